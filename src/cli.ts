@@ -1,0 +1,121 @@
+#!/usr/bin/env node
+import { parseArgs } from 'node:util';
+import { printSidecar } from './cli/print-sidecar.js';
+import { runDemo } from './cli/demo.js';
+import { DEFAULT_PORT, startSidecar } from './sidecar.js';
+
+const USAGE = `noisescope — live gradient noise scale and batch-size advice for PyTorch training
+
+Usage:
+  noisescope serve [--host 127.0.0.1] [--port ${DEFAULT_PORT}] [--json] [--beta 0.99] [--confidence 0.95]
+      Start the sidecar; print one line per measured step (NDJSON with --json).
+  noisescope demo [--port 0] [--json] [-- <python demo args>]
+      Start a sidecar and train a small MLP on scikit-learn's digits through the hook.
+  noisescope bench accuracy
+      Estimator accuracy and interval coverage on synthetic gradients with known G and Σ.
+
+In Python:  ns = noisescope.watch(model, optimizer)   # one line; see README.md
+`;
+
+class UsageError extends Error {
+  override name = 'UsageError';
+}
+
+function numberOption(value: string | undefined, name: string, fallback: number): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (value.trim() === '' || !Number.isFinite(n)) throw new UsageError(`--${name} must be a number, got '${value}'`);
+  return n;
+}
+
+function portOption(value: string | undefined, fallback: number): number {
+  const port = numberOption(value, 'port', fallback);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new UsageError(`--port must be 0..65535, got '${value}'`);
+  return port;
+}
+
+const SERVE_OPTIONS = {
+  host: { type: 'string' },
+  port: { type: 'string' },
+  json: { type: 'boolean', default: false },
+  beta: { type: 'string' },
+  confidence: { type: 'string' },
+  help: { type: 'boolean', short: 'h', default: false },
+} as const;
+
+async function serve(args: string[]): Promise<void> {
+  const { values } = parseArgs({ args, options: SERVE_OPTIONS, strict: true });
+  if (values.help) return void process.stdout.write(USAGE);
+  const sidecar = await startSidecar({
+    host: values.host ?? '127.0.0.1',
+    port: portOption(values.port, DEFAULT_PORT),
+    smoothing: smoothingFrom(values),
+  });
+  const write = (line: string) => process.stdout.write(`${line}\n`);
+  write(values.json ? JSON.stringify({ type: 'listening', address: sidecar.address }) : `noisescope listening on ${sidecar.address}`);
+  const printing = printSidecar(sidecar, values.json, write);
+  await new Promise<void>((resolve) => {
+    const stop = () => resolve();
+    process.once('SIGINT', stop);
+    process.once('SIGTERM', stop);
+  });
+  printing.unsubscribe();
+  await sidecar.close();
+}
+
+function smoothingFrom(values: { beta?: string | undefined; confidence?: string | undefined }) {
+  return {
+    ...(values.beta !== undefined ? { beta: numberOption(values.beta, 'beta', 0) } : {}),
+    ...(values.confidence !== undefined ? { confidence: numberOption(values.confidence, 'confidence', 0) } : {}),
+  };
+}
+
+async function demo(args: string[]): Promise<void> {
+  const split = args.indexOf('--');
+  const own = split >= 0 ? args.slice(0, split) : args;
+  const pythonArgs = split >= 0 ? args.slice(split + 1) : [];
+  const { values } = parseArgs({ args: own, options: SERVE_OPTIONS, strict: true });
+  if (values.help) return void process.stdout.write(USAGE);
+  process.exitCode = await runDemo({
+    port: portOption(values.port, 0),
+    json: values.json,
+    smoothing: smoothingFrom(values),
+    pythonArgs,
+  });
+}
+
+async function bench(args: string[]): Promise<void> {
+  const [which] = args;
+  if (which === 'accuracy') {
+    const { runSyntheticAccuracy } = await import('./bench/synthetic-accuracy.js');
+    process.stdout.write(`${runSyntheticAccuracy()}\n`);
+    return;
+  }
+  throw new UsageError(`unknown benchmark '${which ?? ''}': try 'noisescope bench accuracy'`);
+}
+
+async function main(argv: string[]): Promise<void> {
+  const [command, ...rest] = argv;
+  switch (command) {
+    case 'serve':
+      return serve(rest);
+    case 'demo':
+      return demo(rest);
+    case 'bench':
+      return bench(rest);
+    case undefined:
+    case 'help':
+    case '--help':
+    case '-h':
+      process.stdout.write(USAGE);
+      return;
+    default:
+      throw new UsageError(`unknown command '${command}'`);
+  }
+}
+
+main(process.argv.slice(2)).catch((error: unknown) => {
+  const usage = error instanceof UsageError || (error as { code?: string }).code?.startsWith('ERR_PARSE_ARGS');
+  process.stderr.write(`noisescope: ${(error as Error).message ?? String(error)}\n${usage ? `\n${USAGE}` : ''}`);
+  process.exitCode = usage ? 2 : 1;
+});

@@ -1,0 +1,45 @@
+// Plain-text and NDJSON renderings of the public values, for `serve` and `demo`.
+import type { Estimate, Health, RunInfo, StepStats } from '../types.js';
+
+/** 3 significant digits, compact for large and small magnitudes. */
+export function num(v: number | null | undefined): string {
+  if (v === null || v === undefined || Number.isNaN(v)) return '–';
+  if (v === Infinity) return '∞';
+  const a = Math.abs(v);
+  if (a !== 0 && (a >= 1e5 || a < 1e-3)) return v.toExponential(2);
+  return Number(v.toPrecision(3)).toString();
+}
+
+function estimateText(e: Estimate): string {
+  const interval = e.interval ? ` [${num(e.interval.low)}, ${num(e.interval.high)}]` : '';
+  return `B_simple ${num(e.bSimple)}${interval}  |G|² ${num(e.gradSqNorm)}  tr(Σ) ${num(e.traceSigma)}`;
+}
+
+export function formatStep(s: StepStats): string {
+  const batch = `B ${s.globalBatch} (${s.microBatches} micro${s.ranks > 1 ? ` × ${s.ranks} ranks` : ''})`;
+  const head = `${s.run} step ${s.step}  ${batch}`;
+  if (s.skipped) return `${head}  ${s.note ?? 'skipped'}`;
+  if (!s.smoothed) return `${head}  no estimate: ${s.note ?? ''}`;
+  const raw = s.raw ? `  (this step: ${num(s.raw.bSimple)})` : '';
+  const trust = s.smoothed.trusted ? '' : '  not yet trustworthy';
+  return `${head}  ${estimateText(s.smoothed)}${raw}${trust}`;
+}
+
+export function formatRun(r: RunInfo): string {
+  const state = r.ended ? 'ended' : `${r.ranksConnected}/${r.worldSize} ranks connected`;
+  const n = r.datasetSize ? `, N=${r.datasetSize}` : '';
+  return `run ${r.run}: ${r.layers.length} layers, ${r.parameters.toLocaleString('en-US')} parameters, ${state}, every ${r.every} step(s)${n}`;
+}
+
+/** The problem counters only ('' when there are none), so it changes rarely. */
+export function formatProblems(h: Health): string {
+  if (!h.refused && !h.stepsIncomplete && !h.droppedByHooks) return '';
+  return `ingest: ${h.stepsIncomplete} incomplete steps, ${h.refused} refused messages, ${h.droppedByHooks} measurements dropped by hooks`;
+}
+
+/** One NDJSON line; non-finite numbers become null (JSON has no Infinity). */
+export function ndjson(type: string, value: object): string {
+  return JSON.stringify({ type, ...value }, (_key, v: unknown) =>
+    typeof v === 'number' && !Number.isFinite(v) ? null : v,
+  );
+}

@@ -1,0 +1,28 @@
+import { distinctUntilChanged, map, merge, type Subscription } from 'rxjs';
+import type { Sidecar } from '../sidecar.js';
+import { formatProblems, formatRun, formatStep, ndjson } from './format.js';
+
+/** Subscribes to a sidecar and prints one line per event (plain or NDJSON). */
+export function printSidecar(sidecar: Sidecar, json: boolean, write: (line: string) => void): Subscription {
+  if (json) {
+    return merge(
+      sidecar.runs$.pipe(map((runs) => runs.map((r) => ndjson('run', r)).join('\n'))),
+      sidecar.stats$.pipe(map((s) => ndjson('step', s))),
+      sidecar.layers$.pipe(map((l) => ndjson('layers', l))),
+      sidecar.health$.pipe(map((h) => ndjson('health', h))),
+    ).subscribe((line) => {
+      if (line) write(line);
+    });
+  }
+  return merge(
+    sidecar.runs$.pipe(map((runs) => runs.map(formatRun).join('\n'))),
+    sidecar.stats$.pipe(map(formatStep)),
+    // Health only when something went wrong, and only when it changes.
+    sidecar.health$.pipe(
+      map(formatProblems),
+      distinctUntilChanged(),
+    ),
+  ).subscribe((line) => {
+    if (line) write(line);
+  });
+}

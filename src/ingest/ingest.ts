@@ -1,0 +1,209 @@
+import { BehaviorSubject, Subject, type Observable } from 'rxjs';
+import { NoiseScopeError } from '../errors.js';
+import type { GradientShard__Output } from '../transport/generated/noisescope/v1/GradientShard.js';
+import type { Hello__Output } from '../transport/generated/noisescope/v1/Hello.js';
+import type { StepEnd__Output } from '../transport/generated/noisescope/v1/StepEnd.js';
+import type { RunInfo, Source } from '../types.js';
+import type { CompletedStep } from './completed-step.js';
+import { checkSameLayout, layoutFromHello, type RunLayout } from './run-layout.js';
+import { StepAssembler, type StepOutcome } from './step-assembler.js';
+
+export const RUN_LIMIT = 1_024;
+
+/** A completed step with the layout of its run, as the stats stage needs it. */
+export interface IngestedStep {
+  readonly layout: RunLayout;
+  readonly step: CompletedStep;
+}
+
+/** Counters behind health$. */
+export interface IngestCounters {
+  messages: number;
+  payloadBytes: number;
+  refused: number;
+  stepsCompleted: number;
+  stepsIncomplete: number;
+  droppedByHooks: number;
+}
+
+interface RunEntry {
+  readonly layout: RunLayout;
+  readonly assembler: StepAssembler;
+  /** Live session per rank; a reconnecting rank replaces its old one. */
+  readonly sessions: Map<number, RankSession>;
+  readonly goodbyes: Set<number>;
+  readonly dropped: Map<number, number>;
+  source: Source;
+  readonly startedUnixMs: number;
+}
+
+/** One rank's stream, after its Hello was accepted. */
+export class RankSession {
+  private attached = true;
+  private readonly replacedListeners: (() => void)[] = [];
+
+  constructor(
+    readonly run: string,
+    readonly rank: number,
+    private readonly owner: { stepEnd(end: StepEnd__Output): StepOutcome; shard(shard: GradientShard__Output): void; goodbye(dropped: number): void; detach(session: RankSession): void },
+  ) {}
+
+  shard(shard: GradientShard__Output): void {
+    this.owner.shard(shard);
+  }
+
+  stepEnd(end: StepEnd__Output): StepOutcome {
+    return this.owner.stepEnd(end);
+  }
+
+  goodbye(dropped: number): void {
+    this.owner.goodbye(dropped);
+  }
+
+  /** The stream ended; idempotent. */
+  detach(): void {
+    if (!this.attached) return;
+    this.attached = false;
+    this.owner.detach(this);
+  }
+
+  /** Registers what to do when a newer connection of the same rank takes over. */
+  onReplaced(listener: () => void): void {
+    this.replacedListeners.push(listener);
+  }
+
+  replaced(): void {
+    this.detach();
+    for (const listener of this.replacedListeners) listener();
+  }
+}
+
+function inferSource(step: CompletedStep): Source {
+  if (step.ranks.length > 1) return 'data-parallel';
+  if (step.ranks.some((r) => r.microExamples.length > 1)) return 'accumulation';
+  return 'none';
+}
+
+/** The first stage: validated messages in, completed steps and run info out. */
+export class Ingest {
+  private readonly runs = new Map<string, RunEntry>();
+  private readonly steps = new Subject<IngestedStep>();
+  private readonly runInfo = new BehaviorSubject<readonly RunInfo[]>([]);
+  readonly counters: IngestCounters = {
+    messages: 0,
+    payloadBytes: 0,
+    refused: 0,
+    stepsCompleted: 0,
+    stepsIncomplete: 0,
+    droppedByHooks: 0,
+  };
+
+  readonly steps$: Observable<IngestedStep> = this.steps.asObservable();
+  readonly runs$: Observable<readonly RunInfo[]> = this.runInfo.asObservable();
+
+  hasRun(run: string): boolean {
+    return this.runs.has(run);
+  }
+
+  ranksConnected(): number {
+    let n = 0;
+    for (const entry of this.runs.values()) n += entry.sessions.size;
+    return n;
+  }
+
+  /** Accepts a Hello (or throws why not) and returns the rank's session. */
+  attach(hello: Hello__Output): RankSession {
+    const layout = layoutFromHello(hello);
+    let entry = this.runs.get(layout.run);
+    if (entry) {
+      checkSameLayout(entry.layout, layout);
+    } else {
+      if (this.runs.size >= RUN_LIMIT) {
+        throw new NoiseScopeError('limit-exceeded', `this sidecar already holds ${RUN_LIMIT} runs`);
+      }
+      entry = {
+        layout,
+        assembler: new StepAssembler(layout),
+        sessions: new Map(),
+        goodbyes: new Set(),
+        dropped: new Map(),
+        source: 'none',
+        startedUnixMs: Date.now(),
+      };
+      this.runs.set(layout.run, entry);
+    }
+    const run = entry;
+    const rank = hello.rank;
+    this.noteDropped(run, rank, hello.dropped);
+    run.goodbyes.delete(rank);
+
+    const session = new RankSession(layout.run, rank, {
+      shard: (shard) => {
+        run.assembler.addShard(rank, shard);
+        this.counters.payloadBytes += (shard.sqNorms?.values.length ?? 0) * 8;
+      },
+      stepEnd: (end) => {
+        const outcome = run.assembler.endStep(rank, end);
+        this.counters.stepsIncomplete += run.assembler.takeAbandoned();
+        if (outcome.kind === 'completed') {
+          this.counters.stepsCompleted++;
+          const source = inferSource(outcome.step);
+          if (source !== run.source && !outcome.step.skipReason) {
+            run.source = source;
+            this.publishRuns();
+          }
+          this.steps.next({ layout: run.layout, step: outcome.step });
+        }
+        return outcome;
+      },
+      goodbye: (dropped) => {
+        this.noteDropped(run, rank, dropped);
+        run.goodbyes.add(rank);
+      },
+      detach: (which) => {
+        if (run.sessions.get(rank) === which) run.sessions.delete(rank);
+        this.publishRuns();
+      },
+    });
+    const previous = run.sessions.get(rank);
+    run.sessions.set(rank, session);
+    // A rank that reconnects before its old stream was noticed dead.
+    previous?.replaced();
+    this.publishRuns();
+    return session;
+  }
+
+  close(): void {
+    this.steps.complete();
+    this.runInfo.complete();
+  }
+
+  private noteDropped(run: RunEntry, rank: number, dropped: number): void {
+    const before = run.dropped.get(rank) ?? 0;
+    if (dropped > before) {
+      this.counters.droppedByHooks += dropped - before;
+      run.dropped.set(rank, dropped);
+    }
+  }
+
+  private publishRuns(): void {
+    this.runInfo.next(
+      [...this.runs.values()].map((entry): RunInfo => {
+        const ended = entry.sessions.size === 0 && entry.goodbyes.size >= entry.layout.worldSize;
+        return {
+          run: entry.layout.run,
+          worldSize: entry.layout.worldSize,
+          ranksConnected: entry.sessions.size,
+          source: entry.source,
+          mode: entry.layout.mode,
+          layers: entry.layout.layers,
+          parameters: entry.layout.layers.reduce((sum, l) => sum + l.numel, 0),
+          datasetSize: entry.layout.datasetSize,
+          every: entry.layout.every,
+          startedUnixMs: entry.startedUnixMs,
+          ended,
+        };
+      }),
+    );
+  }
+}

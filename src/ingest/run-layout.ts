@@ -1,0 +1,74 @@
+import { NoiseScopeError } from '../errors.js';
+import type { Hello__Output } from '../transport/generated/noisescope/v1/Hello.js';
+import type { LayerInfo } from '../types.js';
+
+export const PROTOCOL_VERSION = 1;
+/** Limits that keep one bad hook from exhausting the sidecar. */
+export const LIMITS = { layers: 100_000, worldSize: 65_536, nameLength: 1_024 } as const;
+
+/** What a run is: fixed by its first Hello, checked against every later one. */
+export interface RunLayout {
+  readonly run: string;
+  readonly worldSize: number;
+  readonly layers: readonly LayerInfo[];
+  readonly datasetSize: number | null;
+  readonly every: number;
+  readonly mode: 'norms' | 'dense' | 'sketch';
+}
+
+const MODES = { MODE_UNSPECIFIED: 'norms', MODE_NORMS: 'norms', MODE_DENSE: 'dense', MODE_SKETCH: 'sketch' } as const;
+
+/** Validates a Hello; throws a NoiseScopeError saying what is wrong. */
+export function layoutFromHello(hello: Hello__Output): RunLayout {
+  if (hello.protocolVersion !== PROTOCOL_VERSION) {
+    throw new NoiseScopeError(
+      'protocol-mismatch',
+      `hook speaks protocol version ${hello.protocolVersion}, this sidecar speaks ${PROTOCOL_VERSION}: upgrade the older side`,
+    );
+  }
+  const invalid = (why: string) => new NoiseScopeError('invalid-message', `Hello: ${why}`);
+  if (!hello.run) throw invalid('run name is empty');
+  if (hello.run.length > LIMITS.nameLength) throw invalid(`run name is longer than ${LIMITS.nameLength} characters`);
+  if (hello.worldSize < 1 || hello.worldSize > LIMITS.worldSize) {
+    throw invalid(`world_size ${hello.worldSize} is outside 1..${LIMITS.worldSize}`);
+  }
+  if (hello.rank >= hello.worldSize) throw invalid(`rank ${hello.rank} is not below world_size ${hello.worldSize}`);
+  if (hello.layers.length === 0) throw invalid('no layers declared');
+  if (hello.layers.length > LIMITS.layers) throw invalid(`${hello.layers.length} layers exceed the limit of ${LIMITS.layers}`);
+  const seen = new Set<string>();
+  const layers = hello.layers.map((layer, i): LayerInfo => {
+    if (!layer.name) throw invalid(`layer ${i} has no name`);
+    if (seen.has(layer.name)) throw invalid(`layer name '${layer.name}' appears twice`);
+    if (!(layer.numel >= 1)) throw invalid(`layer '${layer.name}' declares ${layer.numel} elements`);
+    seen.add(layer.name);
+    return { name: layer.name, numel: layer.numel, kind: layer.kind };
+  });
+  const mode = MODES[hello.mode as keyof typeof MODES];
+  if (mode === undefined) throw invalid(`unknown mode ${String(hello.mode)}`);
+  return {
+    run: hello.run,
+    worldSize: hello.worldSize,
+    layers,
+    datasetSize: hello.datasetSize > 0 ? hello.datasetSize : null,
+    every: Math.max(1, hello.every),
+    mode,
+  };
+}
+
+/** A later rank must agree with the run's first Hello. */
+export function checkSameLayout(run: RunLayout, next: RunLayout): void {
+  const mismatch = (why: string) =>
+    new NoiseScopeError('layout-mismatch', `run '${run.run}' is already attached with ${why}`);
+  if (next.worldSize !== run.worldSize) {
+    throw mismatch(`world_size ${run.worldSize}; this rank declared ${next.worldSize}`);
+  }
+  if (next.layers.length !== run.layers.length) {
+    throw mismatch(`${run.layers.length} layers; this rank declared ${next.layers.length}`);
+  }
+  run.layers.forEach((layer, i) => {
+    const other = next.layers[i] as LayerInfo;
+    if (other.name !== layer.name || other.numel !== layer.numel) {
+      throw mismatch(`layer ${i} = '${layer.name}' (${layer.numel}); this rank declared '${other.name}' (${other.numel})`);
+    }
+  });
+}

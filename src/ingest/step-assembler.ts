@@ -1,0 +1,246 @@
+import { NoiseScopeError } from '../errors.js';
+import type { GradientShard__Output } from '../transport/generated/noisescope/v1/GradientShard.js';
+import type { StepEnd__Output } from '../transport/generated/noisescope/v1/StepEnd.js';
+import type { CompletedStep, RankStep } from './completed-step.js';
+import type { RunLayout } from './run-layout.js';
+
+/** Bounds on what a run may hold open; the oldest is given up first. */
+export const STEP_LIMITS = { openStepsPerRank: 16, pendingSteps: 64, microBatches: 65_536 } as const;
+
+interface MicroBatch {
+  readonly examples: number;
+  readonly sqNorms: readonly number[];
+}
+
+interface RankState {
+  /** Steps with shards but no StepEnd yet. */
+  readonly open: Map<number, Map<number, MicroBatch>>;
+  /** Highest step this rank has ended; -1 before the first. */
+  lastEnded: number;
+}
+
+interface PendingStep {
+  readonly ranks: Map<number, RankStep>;
+  lr: number | null;
+  loss: number | null;
+  skipReason: string | null;
+  globalExamples: number;
+  unixMs: number;
+}
+
+export type StepOutcome =
+  | { readonly kind: 'completed'; readonly step: CompletedStep }
+  | { readonly kind: 'waiting-for-ranks' }
+  | { readonly kind: 'incomplete'; readonly error: NoiseScopeError };
+
+/**
+ * Joins one run's shards and step ends into CompletedSteps. Every method
+ * validates before it changes anything, so a refused message loses nothing
+ * already accepted.
+ */
+export class StepAssembler {
+  private readonly ranks = new Map<number, RankState>();
+  private readonly pending = new Map<number, PendingStep>();
+  private abandoned = 0;
+
+  constructor(readonly layout: RunLayout) {}
+
+  /** Steps given up (missing shards, evicted by a limit) since the last call. */
+  takeAbandoned(): number {
+    const n = this.abandoned;
+    this.abandoned = 0;
+    return n;
+  }
+
+  addShard(rank: number, shard: GradientShard__Output): void {
+    const where = `step ${shard.step} micro-batch ${shard.microBatch}`;
+    if (shard.payload !== 'sqNorms' || !shard.sqNorms) {
+      throw new NoiseScopeError(
+        'not-implemented',
+        `${where}: ${shard.payload ?? 'empty'} shards are not handled by this sidecar version (it reduces sq_norms)`,
+      );
+    }
+    const state = this.rankState(rank);
+    this.checkStepIsNew(state, rank, shard.step, where);
+    if (shard.examples < 1) throw new NoiseScopeError('invalid-message', `${where}: examples must be ≥ 1, got ${shard.examples}`);
+    if (shard.microBatch >= STEP_LIMITS.microBatches) {
+      throw new NoiseScopeError('limit-exceeded', `${where}: micro-batch index exceeds the limit of ${STEP_LIMITS.microBatches}`);
+    }
+    const values = shard.sqNorms.values;
+    this.checkNorms(values, `${where}: sq_norms`);
+    const open = state.open.get(shard.step);
+    if (open?.has(shard.microBatch)) {
+      throw new NoiseScopeError('duplicate', `${where}: already received from rank ${rank}`);
+    }
+    if (!open && state.open.size >= STEP_LIMITS.openStepsPerRank) {
+      // The oldest open step cannot be waited for forever.
+      const oldest = Math.min(...state.open.keys());
+      state.open.delete(oldest);
+      this.abandoned++;
+    }
+    const micro = open ?? new Map<number, MicroBatch>();
+    micro.set(shard.microBatch, { examples: shard.examples, sqNorms: values });
+    if (!open) state.open.set(shard.step, micro);
+  }
+
+  endStep(rank: number, end: StepEnd__Output): StepOutcome {
+    const where = `step ${end.step}`;
+    const state = this.rankState(rank);
+    this.checkStepIsNew(state, rank, end.step, `${where} end`);
+    const micro = state.open.get(end.step) ?? new Map<number, MicroBatch>();
+    let rankStep: RankStep | null = null;
+    let failure: NoiseScopeError | null = null;
+    if (!end.skipped) {
+      // Malformed step ends are refused outright; missing shards only void the step.
+      this.checkNorms(end.accumulatedSqNorms, `${where}: accumulated_sq_norms`);
+      if (end.reducedSqNorms.length > 0) this.checkNorms(end.reducedSqNorms, `${where}: reduced_sq_norms`);
+      if (end.microBatches < 1) throw new NoiseScopeError('invalid-message', `${where}: micro_batches must be ≥ 1`);
+      failure = this.missingShards(micro, end);
+      if (!failure) rankStep = this.toRankStep(rank, micro, end);
+      if (rankStep && end.localExamples > 0) {
+        const sum = rankStep.microExamples.reduce((a, b) => a + b, 0);
+        if (sum !== end.localExamples) {
+          throw new NoiseScopeError(
+            'invalid-message',
+            `${where}: local_examples ${end.localExamples} ≠ ${sum}, the sum over its micro-batch shards`,
+          );
+        }
+      }
+    }
+
+    // Accepted: this rank is done with the step and every older open one.
+    state.lastEnded = end.step;
+    for (const step of [...state.open.keys()]) {
+      if (step <= end.step) {
+        state.open.delete(step);
+        if (step < end.step) this.abandoned++;
+      }
+    }
+    if (failure) {
+      this.pending.delete(end.step);
+      this.abandoned++;
+      return { kind: 'incomplete', error: failure };
+    }
+
+    const pending = this.pendingStep(end.step);
+    if (end.skipped) pending.skipReason ??= end.skipReason || 'step skipped by the hook';
+    if (rankStep) pending.ranks.set(rank, rankStep);
+    pending.lr ??= Number.isFinite(end.lr) && end.lr > 0 ? end.lr : null;
+    pending.loss ??= Number.isFinite(end.loss) ? end.loss : null;
+    pending.globalExamples += end.localExamples || (rankStep?.microExamples.reduce((a, b) => a + b, 0) ?? 0);
+    pending.unixMs = Math.max(pending.unixMs, end.unixMs || Date.now());
+    this.endedBy(end.step).add(rank);
+    if (this.endedBy(end.step).size < this.layout.worldSize) return { kind: 'waiting-for-ranks' };
+
+    this.pending.delete(end.step);
+    this.ended.delete(end.step);
+    return {
+      kind: 'completed',
+      step: {
+        run: this.layout.run,
+        step: end.step,
+        ranks: [...pending.ranks.values()].sort((a, b) => a.rank - b.rank),
+        globalExamples: pending.globalExamples,
+        lr: pending.lr,
+        loss: pending.loss,
+        skipReason: pending.skipReason,
+        unixMs: pending.unixMs,
+      },
+    };
+  }
+
+  private readonly ended = new Map<number, Set<number>>();
+
+  private endedBy(step: number): Set<number> {
+    let set = this.ended.get(step);
+    if (!set) {
+      set = new Set();
+      this.ended.set(step, set);
+    }
+    return set;
+  }
+
+  private pendingStep(step: number): PendingStep {
+    let pending = this.pending.get(step);
+    if (!pending) {
+      if (this.pending.size >= STEP_LIMITS.pendingSteps) {
+        // A rank that never ends its steps must not grow memory without bound.
+        const oldest = Math.min(...this.pending.keys());
+        this.pending.delete(oldest);
+        this.ended.delete(oldest);
+        this.abandoned++;
+      }
+      pending = { ranks: new Map(), lr: null, loss: null, skipReason: null, globalExamples: 0, unixMs: 0 };
+      this.pending.set(step, pending);
+    }
+    return pending;
+  }
+
+  private rankState(rank: number): RankState {
+    let state = this.ranks.get(rank);
+    if (!state) {
+      state = { open: new Map(), lastEnded: -1 };
+      this.ranks.set(rank, state);
+    }
+    return state;
+  }
+
+  private checkStepIsNew(state: RankState, rank: number, step: number, where: string): void {
+    if (step === state.lastEnded) {
+      throw new NoiseScopeError('duplicate', `${where}: rank ${rank} already ended step ${step}`);
+    }
+    if (step < state.lastEnded) {
+      throw new NoiseScopeError(
+        'step-regression',
+        `${where}: goes backwards, rank ${rank} already ended step ${state.lastEnded}`,
+      );
+    }
+  }
+
+  private checkNorms(values: readonly number[], what: string): void {
+    const layers = this.layout.layers;
+    if (values.length !== layers.length) {
+      throw new NoiseScopeError(
+        'invalid-message',
+        `${what} has ${values.length} values; run '${this.layout.run}' declared ${layers.length} layers`,
+      );
+    }
+    for (let i = 0; i < values.length; i++) {
+      const v = values[i] as number;
+      if (!Number.isFinite(v)) {
+        throw new NoiseScopeError(
+          'invalid-message',
+          `${what}[${i}] (layer '${layers[i]?.name}') is ${v}; report a non-finite gradient as StepEnd.skipped`,
+        );
+      }
+      if (v < 0) {
+        throw new NoiseScopeError('invalid-message', `${what}[${i}] (layer '${layers[i]?.name}') is negative (${v})`);
+      }
+    }
+  }
+
+  private missingShards(micro: Map<number, MicroBatch>, end: StepEnd__Output): NoiseScopeError | null {
+    const missing: number[] = [];
+    for (let i = 0; i < end.microBatches; i++) if (!micro.has(i)) missing.push(i);
+    const extra = [...micro.keys()].filter((i) => i >= end.microBatches);
+    if (missing.length === 0 && extra.length === 0) return null;
+    const parts = [];
+    if (missing.length) parts.push(`micro-batch shard(s) ${missing.join(', ')} never arrived`);
+    if (extra.length) parts.push(`shard(s) ${extra.join(', ')} are beyond the declared ${end.microBatches}`);
+    return new NoiseScopeError(
+      'incomplete-step',
+      `step ${end.step} declared ${end.microBatches} micro-batches but ${parts.join(' and ')}: the step is excluded`,
+    );
+  }
+
+  private toRankStep(rank: number, micro: Map<number, MicroBatch>, end: StepEnd__Output): RankStep {
+    const ordered = [...micro.entries()].sort((a, b) => a[0] - b[0]).map(([, m]) => m);
+    return {
+      rank,
+      microSqNorms: ordered.map((m) => m.sqNorms),
+      microExamples: ordered.map((m) => m.examples),
+      accumulatedSqNorms: end.accumulatedSqNorms,
+      reducedSqNorms: end.reducedSqNorms.length > 0 ? end.reducedSqNorms : null,
+    };
+  }
+}

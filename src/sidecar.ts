@@ -1,0 +1,106 @@
+import { filter, interval, map, share, shareReplay, startWith, type Observable } from 'rxjs';
+import { Ingest } from './ingest/ingest.js';
+import { estimateNoiseScale } from './stats/estimate-noise-scale.js';
+import { DEFAULT_SMOOTHING, type SmoothingOptions } from './stats/run-estimator.js';
+import { bindServer, shutdownServer } from './transport/server.js';
+import { WatchService } from './transport/watch-service.js';
+import type { Health, LayerStats, RunInfo, StepStats } from './types.js';
+
+export interface SidecarOptions {
+  /** Default 127.0.0.1; other addresses are refused until token auth exists. */
+  readonly host?: string;
+  /** Default 50051; 0 picks a free port. */
+  readonly port?: number;
+  readonly smoothing?: Partial<SmoothingOptions>;
+  /** How often health$ emits; default 1000 ms. */
+  readonly healthIntervalMs?: number;
+}
+
+export interface Sidecar {
+  /** host:port the gRPC server listens on. */
+  readonly address: string;
+  readonly port: number;
+  /** One StepStats per measured step of every run. */
+  readonly stats$: Observable<StepStats>;
+  /** Per-layer smoothed estimates, one per estimated step. */
+  readonly layers$: Observable<LayerStats>;
+  readonly health$: Observable<Health>;
+  /** Every run the sidecar knows, each time one changes. */
+  readonly runs$: Observable<readonly RunInfo[]>;
+  close(): Promise<void>;
+}
+
+export const DEFAULT_PORT = 50051;
+
+/**
+ * Starts a sidecar: gRPC in, rxjs out. Data flows one way —
+ * transport → ingest → stats → Observables — and everything else (the CLI,
+ * the Watch RPC, a dashboard) only subscribes.
+ */
+export async function startSidecar(options: SidecarOptions = {}): Promise<Sidecar> {
+  const smoothing: SmoothingOptions = { ...DEFAULT_SMOOTHING, ...options.smoothing };
+  const ingest = new Ingest();
+
+  // Hot and replaying the latest value; connected for the sidecar's lifetime.
+  const updates$ = ingest.steps$.pipe(estimateNoiseScale(smoothing), share());
+  const stats$ = updates$.pipe(
+    map((u) => u.stats),
+    shareReplay({ bufferSize: 1, refCount: false }),
+  );
+  const layers$ = updates$.pipe(
+    map((u) => u.layers),
+    filter((l): l is LayerStats => l !== null),
+    shareReplay({ bufferSize: 1, refCount: false }),
+  );
+  const runs$ = ingest.runs$.pipe(shareReplay({ bufferSize: 1, refCount: false }));
+  const health$ = interval(options.healthIntervalMs ?? 1000).pipe(
+    startWith(0),
+    map(
+      (): Health => ({
+        unixMs: Date.now(),
+        ranksConnected: ingest.ranksConnected(),
+        messages: ingest.counters.messages,
+        bytes: ingest.counters.payloadBytes,
+        refused: ingest.counters.refused,
+        stepsCompleted: ingest.counters.stepsCompleted,
+        stepsIncomplete: ingest.counters.stepsIncomplete,
+        droppedByHooks: ingest.counters.droppedByHooks,
+        computeBackend: 'cpu (norms mode: no reduction needed)',
+      }),
+    ),
+    shareReplay({ bufferSize: 1, refCount: true }),
+  );
+  // Keep the pipeline running with no outside subscriber (Watch clients come and go).
+  const keepAlive = [stats$.subscribe(), layers$.subscribe(), runs$.subscribe()];
+
+  const watch = new WatchService({ runs$, stats$, layers$, health$ });
+  let bound;
+  try {
+    bound = await bindServer(options.host ?? '127.0.0.1', options.port ?? DEFAULT_PORT, ingest, watch);
+  } catch (error) {
+    watch.close();
+    for (const s of keepAlive) s.unsubscribe();
+    ingest.close();
+    throw error;
+  }
+  const { server, address, port, attach } = bound;
+
+  let closing: Promise<void> | null = null;
+  return {
+    address,
+    port,
+    stats$,
+    layers$,
+    health$,
+    runs$,
+    close: () =>
+      (closing ??= (async () => {
+        // End the streams first so Watch calls finish and the server can drain.
+        attach.close();
+        ingest.close();
+        watch.close();
+        await shutdownServer(server);
+        for (const s of keepAlive) s.unsubscribe();
+      })()),
+  };
+}

@@ -1,0 +1,92 @@
+import { defer, map, type OperatorFunction } from 'rxjs';
+import type { IngestedStep } from '../ingest/ingest.js';
+import { toBatchScales } from '../ingest/to-batch-scales.js';
+import type { LayerStats, StepStats } from '../types.js';
+import { RunEstimator, type SmoothingOptions } from './run-estimator.js';
+
+export interface NoiseScaleUpdate {
+  readonly stats: StepStats;
+  readonly layers: LayerStats | null;
+}
+
+const NO_SECOND_SCALE =
+  'one micro-batch on one rank: no second batch scale, so no estimate (use gradient accumulation or data parallelism)';
+const NOT_YET = '|G|² not yet distinguishable from zero: interval unbounded';
+
+interface RunState {
+  readonly estimator: RunEstimator;
+  measured: number;
+  lastSmoothed: StepStats['smoothed'];
+}
+
+/**
+ * Completed steps in, one StepStats (and per-layer stats) out per step.
+ * Each run keeps its own estimator; an error in one run's step becomes a
+ * note on that step, never an error that ends the shared stream.
+ */
+export function estimateNoiseScale(options: SmoothingOptions): OperatorFunction<IngestedStep, NoiseScaleUpdate> {
+  return (source) =>
+    defer(() => {
+      const runs = new Map<string, RunState>();
+      return source.pipe(
+        map(({ layout, step }): NoiseScaleUpdate => {
+          let state = runs.get(layout.run);
+          if (!state) {
+            state = { estimator: new RunEstimator(layout.layers, options), measured: 0, lastSmoothed: null };
+            runs.set(layout.run, state);
+          }
+          const base = {
+            run: step.run,
+            step: step.step,
+            globalBatch: step.globalExamples,
+            microBatches: step.ranks.reduce((n, r) => n + r.microExamples.length, 0),
+            ranks: step.ranks.length,
+            lr: step.lr,
+            loss: step.loss,
+            unixMs: step.unixMs,
+          };
+          const source: StepStats['source'] =
+            step.ranks.length > 1
+              ? 'data-parallel'
+              : step.ranks.some((r) => r.microExamples.length > 1)
+                ? 'accumulation'
+                : 'none';
+          const carry = (note: string, skipped: boolean): NoiseScaleUpdate => ({
+            stats: {
+              ...base,
+              source,
+              levels: 0,
+              raw: null,
+              smoothed: state.lastSmoothed,
+              skipped,
+              note,
+              stepsMeasured: state.measured,
+            },
+            layers: null,
+          });
+          if (step.skipReason) return carry(`skipped: ${step.skipReason}`, true);
+          try {
+            const result = state.estimator.update(toBatchScales(step, layout.datasetSize));
+            if (!result) return carry(NO_SECOND_SCALE, false);
+            state.measured++;
+            state.lastSmoothed = result.smoothed;
+            return {
+              stats: {
+                ...base,
+                source,
+                levels: result.levels,
+                raw: result.raw,
+                smoothed: result.smoothed,
+                skipped: false,
+                note: result.smoothed?.trusted ? null : NOT_YET,
+                stepsMeasured: state.measured,
+              },
+              layers: { run: step.run, step: step.step, layers: result.layers },
+            };
+          } catch (error) {
+            return carry(`internal error estimating this step: ${(error as Error).message}`, true);
+          }
+        }),
+      );
+    });
+}

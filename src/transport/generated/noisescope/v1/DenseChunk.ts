@@ -1,0 +1,16 @@
+// Original file: proto/noisescope/v1/noisescope.proto
+
+import type { DType as _noisescope_v1_DType, DType__Output as _noisescope_v1_DType__Output } from '../../noisescope/v1/DType.js';
+import type { Long } from '@grpc/proto-loader';
+
+export interface DenseChunk {
+  'offset'?: (number | string | Long);
+  'dtype'?: (_noisescope_v1_DType);
+  'data'?: (Buffer | Uint8Array | string);
+}
+
+export interface DenseChunk__Output {
+  'offset': (number);
+  'dtype': (_noisescope_v1_DType__Output);
+  'data': (Buffer);
+}

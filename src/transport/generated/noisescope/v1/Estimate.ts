@@ -1,0 +1,19 @@
+// Original file: proto/noisescope/v1/noisescope.proto
+
+import type { Interval as _noisescope_v1_Interval, Interval__Output as _noisescope_v1_Interval__Output } from '../../noisescope/v1/Interval.js';
+
+export interface Estimate {
+  'gradSqNorm'?: (number | string);
+  'traceSigma'?: (number | string);
+  'bSimple'?: (number | string);
+  'bSimpleInterval'?: (_noisescope_v1_Interval | null);
+  'trusted'?: (boolean);
+}
+
+export interface Estimate__Output {
+  'gradSqNorm': (number);
+  'traceSigma': (number);
+  'bSimple': (number);
+  'bSimpleInterval': (_noisescope_v1_Interval__Output | null);
+  'trusted': (boolean);
+}

@@ -1,0 +1,36 @@
+// Original file: proto/noisescope/v1/noisescope.proto
+
+import type { Layer as _noisescope_v1_Layer, Layer__Output as _noisescope_v1_Layer__Output } from '../../noisescope/v1/Layer.js';
+import type { Source as _noisescope_v1_Source, Source__Output as _noisescope_v1_Source__Output } from '../../noisescope/v1/Source.js';
+import type { Mode as _noisescope_v1_Mode, Mode__Output as _noisescope_v1_Mode__Output } from '../../noisescope/v1/Mode.js';
+import type { Long } from '@grpc/proto-loader';
+
+export interface Hello {
+  'protocolVersion'?: (number);
+  'run'?: (string);
+  'rank'?: (number);
+  'worldSize'?: (number);
+  'layers'?: (_noisescope_v1_Layer)[];
+  'source'?: (_noisescope_v1_Source);
+  'mode'?: (_noisescope_v1_Mode);
+  'datasetSize'?: (number | string | Long);
+  'every'?: (number);
+  'hookVersion'?: (string);
+  'framework'?: (string);
+  'dropped'?: (number | string | Long);
+}
+
+export interface Hello__Output {
+  'protocolVersion': (number);
+  'run': (string);
+  'rank': (number);
+  'worldSize': (number);
+  'layers': (_noisescope_v1_Layer__Output)[];
+  'source': (_noisescope_v1_Source__Output);
+  'mode': (_noisescope_v1_Mode__Output);
+  'datasetSize': (number);
+  'every': (number);
+  'hookVersion': (string);
+  'framework': (string);
+  'dropped': (number);
+}

@@ -1,0 +1,22 @@
+// Original file: proto/noisescope/v1/noisescope.proto
+
+import type { Hello as _noisescope_v1_Hello, Hello__Output as _noisescope_v1_Hello__Output } from '../../noisescope/v1/Hello.js';
+import type { GradientShard as _noisescope_v1_GradientShard, GradientShard__Output as _noisescope_v1_GradientShard__Output } from '../../noisescope/v1/GradientShard.js';
+import type { StepEnd as _noisescope_v1_StepEnd, StepEnd__Output as _noisescope_v1_StepEnd__Output } from '../../noisescope/v1/StepEnd.js';
+import type { Goodbye as _noisescope_v1_Goodbye, Goodbye__Output as _noisescope_v1_Goodbye__Output } from '../../noisescope/v1/Goodbye.js';
+
+export interface RankMessage {
+  'hello'?: (_noisescope_v1_Hello | null);
+  'shard'?: (_noisescope_v1_GradientShard | null);
+  'stepEnd'?: (_noisescope_v1_StepEnd | null);
+  'goodbye'?: (_noisescope_v1_Goodbye | null);
+  'kind'?: "hello"|"shard"|"stepEnd"|"goodbye";
+}
+
+export interface RankMessage__Output {
+  'hello'?: (_noisescope_v1_Hello__Output | null);
+  'shard'?: (_noisescope_v1_GradientShard__Output | null);
+  'stepEnd'?: (_noisescope_v1_StepEnd__Output | null);
+  'goodbye'?: (_noisescope_v1_Goodbye__Output | null);
+  'kind'?: "hello"|"shard"|"stepEnd"|"goodbye";
+}

@@ -1,0 +1,29 @@
+// Original file: proto/noisescope/v1/noisescope.proto
+
+import type { Source as _noisescope_v1_Source, Source__Output as _noisescope_v1_Source__Output } from '../../noisescope/v1/Source.js';
+import type { Mode as _noisescope_v1_Mode, Mode__Output as _noisescope_v1_Mode__Output } from '../../noisescope/v1/Mode.js';
+import type { Long } from '@grpc/proto-loader';
+
+export interface RunInfo {
+  'run'?: (string);
+  'worldSize'?: (number);
+  'ranksConnected'?: (number);
+  'source'?: (_noisescope_v1_Source);
+  'mode'?: (_noisescope_v1_Mode);
+  'layers'?: (number);
+  'parameters'?: (number | string | Long);
+  'datasetSize'?: (number | string | Long);
+  'startedUnixMs'?: (number | string);
+}
+
+export interface RunInfo__Output {
+  'run': (string);
+  'worldSize': (number);
+  'ranksConnected': (number);
+  'source': (_noisescope_v1_Source__Output);
+  'mode': (_noisescope_v1_Mode__Output);
+  'layers': (number);
+  'parameters': (number);
+  'datasetSize': (number);
+  'startedUnixMs': (number);
+}

@@ -1,0 +1,92 @@
+import * as grpc from '@grpc/grpc-js';
+import { merge, Subject, takeUntil, type Observable, type Subscription } from 'rxjs';
+import { filter, map } from 'rxjs/operators';
+import type { Health, LayerStats, RunInfo, StepStats } from '../types.js';
+import type { RunEvent } from './generated/noisescope/v1/RunEvent.js';
+import type { WatchRequest__Output } from './generated/noisescope/v1/WatchRequest.js';
+import { healthToWire, layerStatsToWire, runInfoToWire, stepStatsToWire } from './to-wire.js';
+
+export interface WatchSources {
+  readonly runs$: Observable<readonly RunInfo[]>;
+  readonly stats$: Observable<StepStats>;
+  readonly layers$: Observable<LayerStats>;
+  readonly health$: Observable<Health>;
+}
+
+/**
+ * The Watch RPC: a subscriber of the public Observables like any other. Each
+ * call first gets every known run and its latest step, then live events.
+ */
+export class WatchService {
+  private readonly latestStep = new Map<string, StepStats>();
+  private runs: readonly RunInfo[] = [];
+  private readonly subscription: Subscription;
+  private readonly closed = new Subject<void>();
+
+  constructor(private readonly sources: WatchSources) {
+    this.subscription = merge(
+      sources.runs$.pipe(map((runs) => void (this.runs = runs))),
+      sources.stats$.pipe(map((s) => void this.latestStep.set(s.run, s))),
+    ).subscribe();
+  }
+
+  readonly handler: grpc.handleServerStreamingCall<WatchRequest__Output, RunEvent> = (call) => {
+    const wanted = call.request.run;
+    if (wanted && !this.runs.some((r) => r.run === wanted)) {
+      call.emit('error', {
+        code: grpc.status.NOT_FOUND,
+        details: `unknown run '${wanted}': known runs are ${this.runs.map((r) => `'${r.run}'`).join(', ') || 'none yet'}`,
+      });
+      return;
+    }
+    const mine = (run: string) => !wanted || run === wanted;
+    for (const info of this.runs) if (mine(info.run)) call.write({ runStarted: runInfoToWire(info) });
+    // stats$ replays its latest value on subscribe: send each run's step once.
+    const sentStep = new Map<string, number>();
+    for (const [run, stats] of this.latestStep) {
+      if (!mine(run)) continue;
+      call.write({ step: stepStatsToWire(stats) });
+      sentStep.set(run, stats.step);
+    }
+
+    const known = new Map(this.runs.map((r) => [r.run, r.ended]));
+    const subscription = merge(
+      this.sources.runs$.pipe(
+        map((runs) => runs.filter((r) => mine(r.run) && known.get(r.run) !== r.ended)),
+        map((changed): RunEvent[] =>
+          changed.map((r) => {
+            known.set(r.run, r.ended);
+            return r.ended ? { runEnded: runInfoToWire(r) } : { runStarted: runInfoToWire(r) };
+          }),
+        ),
+      ),
+      this.sources.stats$.pipe(
+        filter((s) => mine(s.run) && s.step > (sentStep.get(s.run) ?? -1)),
+        map((s): RunEvent[] => {
+          sentStep.set(s.run, s.step);
+          return [{ step: stepStatsToWire(s) }];
+        }),
+      ),
+      this.sources.layers$.pipe(
+        filter((s) => mine(s.run)),
+        map((s): RunEvent[] => [{ layers: layerStatsToWire(s) }]),
+      ),
+      this.sources.health$.pipe(map((h): RunEvent[] => [{ health: healthToWire(h) }])),
+    )
+      .pipe(takeUntil(this.closed))
+      .subscribe({
+      next: (events) => {
+        for (const event of events) call.write(event);
+      },
+      complete: () => call.end(),
+    });
+    call.on('cancelled', () => subscription.unsubscribe());
+    call.on('close', () => subscription.unsubscribe());
+  };
+
+  /** Ends every Watch call (the sidecar is closing). */
+  close(): void {
+    this.closed.next();
+    this.subscription.unsubscribe();
+  }
+}
