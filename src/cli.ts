@@ -115,7 +115,7 @@ async function main(argv: string[]): Promise<void> {
 }
 
 main(process.argv.slice(2)).catch((error: unknown) => {
-  const usage = error instanceof UsageError || (error as { code?: string }).code?.startsWith('ERR_PARSE_ARGS');
+  const usage = error instanceof UsageError || error instanceof RangeError || (error as { code?: string }).code?.startsWith('ERR_PARSE_ARGS');
   process.stderr.write(`noisescope: ${(error as Error).message ?? String(error)}\n${usage ? `\n${USAGE}` : ''}`);
   process.exitCode = usage ? 2 : 1;
 });

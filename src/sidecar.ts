@@ -2,6 +2,7 @@ import { filter, interval, map, share, shareReplay, startWith, type Observable }
 import { Ingest } from './ingest/ingest.js';
 import { estimateNoiseScale } from './stats/estimate-noise-scale.js';
 import { DEFAULT_SMOOTHING, type SmoothingOptions } from './stats/run-estimator.js';
+import { validateSmoothingOptions } from './stats/smoothing-options.js';
 import { bindServer, shutdownServer } from './transport/server.js';
 import { WatchService } from './transport/watch-service.js';
 import type { Health, LayerStats, RunInfo, StepStats } from './types.js';
@@ -39,6 +40,7 @@ export const DEFAULT_PORT = 50051;
  */
 export async function startSidecar(options: SidecarOptions = {}): Promise<Sidecar> {
   const smoothing: SmoothingOptions = { ...DEFAULT_SMOOTHING, ...options.smoothing };
+  validateSmoothingOptions(smoothing); // bad options fail here, not at the first step
   const ingest = new Ingest();
 
   // Hot and replaying the latest value; connected for the sidecar's lifetime.
