@@ -13,6 +13,8 @@ Usage:
       Start a sidecar and train a small MLP on scikit-learn's digits through the hook.
   noisescope bench accuracy
       Estimator accuracy and interval coverage on synthetic gradients with known G and Σ.
+  noisescope bench latency
+      Step end → StepStats on stats$ over real gRPC (norms mode), p50/p99.
 
 In Python:  ns = noisescope.watch(model, optimizer)   # one line; see README.md
 `;
@@ -91,7 +93,12 @@ async function bench(args: string[]): Promise<void> {
     process.stdout.write(`${runSyntheticAccuracy()}\n`);
     return;
   }
-  throw new UsageError(`unknown benchmark '${which ?? ''}': try 'noisescope bench accuracy'`);
+  if (which === 'latency') {
+    const { formatLatency, runStepLatency } = await import('./bench/step-latency.js');
+    process.stdout.write(`${formatLatency(await runStepLatency())}\n`);
+    return;
+  }
+  throw new UsageError(`unknown benchmark '${which ?? ''}': try 'noisescope bench accuracy' or 'noisescope bench latency'`);
 }
 
 async function main(argv: string[]): Promise<void> {
