@@ -1,0 +1,91 @@
+import { describe, expect, it } from 'vitest';
+import { StepAssembler, STEP_LIMITS } from '../../src/ingest/step-assembler.js';
+import type { RunLayout } from '../../src/ingest/run-layout.js';
+import type { GradientShard__Output } from '../../src/transport/generated/noisescope/v1/GradientShard.js';
+import type { StepEnd__Output } from '../../src/transport/generated/noisescope/v1/StepEnd.js';
+
+const layout = (worldSize = 1): RunLayout => ({
+  run: 'r',
+  worldSize,
+  layers: [
+    { name: 'a', numel: 10, kind: 'Linear' },
+    { name: 'b', numel: 5, kind: 'Linear' },
+  ],
+  datasetSize: null,
+  every: 1,
+  mode: 'norms',
+});
+
+const shard = (step: number, microBatch: number, values = [1, 2], examples = 8): GradientShard__Output => ({
+  step,
+  microBatch,
+  examples,
+  layer: 0,
+  payload: 'sqNorms',
+  sqNorms: { values },
+});
+
+const end = (step: number, microBatches: number, extra: Partial<StepEnd__Output> = {}): StepEnd__Output => ({
+  step,
+  microBatches,
+  localExamples: 8 * microBatches,
+  globalExamples: 0,
+  accumulatedSqNorms: [3, 4],
+  reducedSqNorms: [],
+  lr: 0.1,
+  loss: Number.NaN,
+  skipped: false,
+  skipReason: '',
+  unixMs: 1,
+  ...extra,
+});
+
+describe('StepAssembler', () => {
+  it('completes a step only when every rank of the run has ended it', () => {
+    const a = new StepAssembler(layout(2));
+    for (const rank of [0, 1]) for (const i of [0, 1]) a.addShard(rank, shard(0, i));
+    expect(a.endStep(0, end(0, 2, { reducedSqNorms: [2, 3] })).kind).toBe('waiting-for-ranks');
+    const outcome = a.endStep(1, end(0, 2, { reducedSqNorms: [2, 3] }));
+    expect(outcome.kind).toBe('completed');
+    if (outcome.kind !== 'completed') return;
+    expect(outcome.step.ranks.map((r) => r.rank)).toEqual([0, 1]);
+    expect(outcome.step.globalExamples).toBe(32);
+    expect(outcome.step.ranks[0]?.reducedSqNorms).toEqual([2, 3]);
+    expect(outcome.step.lr).toBe(0.1);
+  });
+
+  it('leaves its state untouched when it refuses a message', () => {
+    const a = new StepAssembler(layout());
+    a.addShard(0, shard(0, 0));
+    expect(() => a.addShard(0, shard(0, 1, [1, Number.NaN]))).toThrow(/is NaN/);
+    expect(() => a.endStep(0, end(0, 2, { accumulatedSqNorms: [1] }))).toThrow(/has 1 values/);
+    expect(() => a.endStep(0, end(0, 1, { localExamples: 9 }))).toThrow(/local_examples 9 ≠ 8/);
+    a.addShard(0, shard(0, 1));
+    expect(a.endStep(0, end(0, 2)).kind).toBe('completed');
+    expect(a.takeAbandoned()).toBe(0);
+  });
+
+  it('bounds the steps a rank may hold open, giving up the oldest', () => {
+    const a = new StepAssembler(layout());
+    for (let step = 0; step <= STEP_LIMITS.openStepsPerRank; step++) a.addShard(0, shard(step, 0));
+    expect(a.takeAbandoned()).toBe(1);
+    // Ending the newest step abandons every older open one.
+    expect(a.endStep(0, end(STEP_LIMITS.openStepsPerRank, 1)).kind).toBe('completed');
+    expect(a.takeAbandoned()).toBe(STEP_LIMITS.openStepsPerRank - 1);
+  });
+
+  it('bounds the steps waiting for other ranks', () => {
+    const a = new StepAssembler(layout(2));
+    for (let step = 0; step <= STEP_LIMITS.pendingSteps; step++) {
+      a.addShard(0, shard(step, 0));
+      expect(a.endStep(0, end(step, 1)).kind).toBe('waiting-for-ranks');
+    }
+    expect(a.takeAbandoned()).toBe(1);
+  });
+
+  it('accepts a skipped step without shards or norms', () => {
+    const a = new StepAssembler(layout());
+    const outcome = a.endStep(0, end(0, 0, { skipped: true, skipReason: 'inf in a', accumulatedSqNorms: [] }));
+    expect(outcome).toMatchObject({ kind: 'completed', step: { skipReason: 'inf in a', ranks: [] } });
+  });
+});
