@@ -2,8 +2,10 @@ import type { BatchScale } from '../stats/batch-scales.js';
 import type { CompletedStep } from './completed-step.js';
 
 // Contributions h_i = c·g_i share one scale c (the user's loss scaling, e.g.
-// 1/accumulationSteps), so the accumulated gradient is read as the plain mean
-// (1/k)·Σh_i; any common c² cancels in B_simple = tr(Σ)/|G|².
+// 1/accumulationSteps). Everything is put in the units of the gradient the
+// optimizer steps with, Σh_i = c·k·mean(g_i): micro-batch i's gradient is k·h_i
+// and the accumulated one Σh_i as it is. With c = 1/k (loss/k) that is exactly
+// the mean-loss gradient; any other c scales |G|² and tr(Σ) alike (B_simple is unchanged).
 // For unequal micro-batches that mean has variance S²·((1/k²)·Σ 1/b_i − 1/N)
 // (disjoint draws without replacement), which is the x used below.
 
@@ -33,10 +35,10 @@ export function toBatchScales(step: CompletedStep, datasetSize: number | null): 
       microX += invB - invN;
       microCount++;
       const norms = rank.microSqNorms[i] as readonly number[];
-      for (let l = 0; l < layerCount; l++) microY[l]! += norms[l] as number;
+      for (let l = 0; l < layerCount; l++) microY[l]! += k * k * (norms[l] as number);
     }
     accX += sumInvB / (k * k) - invN;
-    for (let l = 0; l < layerCount; l++) accY[l]! += (rank.accumulatedSqNorms[l] as number) / (k * k);
+    for (let l = 0; l < layerCount; l++) accY[l]! += rank.accumulatedSqNorms[l] as number;
   }
   const rankCount = step.ranks.length;
   const hasMicro = step.ranks.some((r) => r.microExamples.length > 1);
@@ -48,13 +50,12 @@ export function toBatchScales(step: CompletedStep, datasetSize: number | null): 
   for (let l = 0; l < layerCount; l++) {
     perLayer[l]!.push({ x: accX / rankCount, y: accY[l]! / rankCount, n: rankCount });
   }
-  // All-reduced scale: DDP averages the ranks' accumulated sums, so with k
-  // micro-batches on every rank reduced/k is the mean of all contributions.
+  // All-reduced scale: DDP averages the ranks' accumulated sums Σh_i, which
+  // are already in the optimizer's units, so the reduced norm is used as it is.
   const reduced = step.ranks[0]?.reducedSqNorms;
-  const k = step.ranks[0]?.microExamples.length ?? 1;
   if (rankCount > 1 && reduced) {
     const x = accX / (rankCount * rankCount) + invN / rankCount - invN;
-    for (let l = 0; l < layerCount; l++) perLayer[l]!.push({ x, y: (reduced[l] as number) / (k * k), n: 1 });
+    for (let l = 0; l < layerCount; l++) perLayer[l]!.push({ x, y: reduced[l] as number, n: 1 });
   }
   return perLayer;
 }

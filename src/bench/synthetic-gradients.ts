@@ -1,0 +1,242 @@
+// Synthetic per-example gradients with known |G|² and tr(Σ), reported as the
+// Python hook reports a step, for the accuracy benchmark.
+import type { CompletedStep, RankStep } from '../ingest/completed-step.js';
+import type { LayerInfo } from '../types.js';
+
+/** Seeded xoshiro128** with polar-method normals: the benchmark is reproducible. */
+export class SeededRandom {
+  private readonly s = new Uint32Array(4);
+  private spare = Number.NaN;
+
+  constructor(seed: number) {
+    let z = seed >>> 0;
+    for (let i = 0; i < 4; i++) {
+      // splitmix32: spread a small seed over the state.
+      z = (z + 0x9e3779b9) >>> 0;
+      let t = Math.imul(z ^ (z >>> 16), 0x21f0aaad);
+      t = Math.imul(t ^ (t >>> 15), 0x735a2d97);
+      this.s[i] = t ^ (t >>> 15);
+    }
+  }
+
+  /** Uniform in (0, 1). */
+  uniform(): number {
+    const s = this.s;
+    const x = Math.imul(s[1]!, 5);
+    const result = Math.imul((x << 7) | (x >>> 25), 9) >>> 0;
+    const t = s[1]! << 9;
+    s[2]! ^= s[0]!;
+    s[3]! ^= s[1]!;
+    s[1]! ^= s[2]!;
+    s[0]! ^= s[3]!;
+    s[2]! ^= t;
+    s[3] = (s[3]! << 11) | (s[3]! >>> 21);
+    return (result + 0.5) / 4294967296;
+  }
+
+  /** Standard normal (Marsaglia's polar method: no trigonometry, two normals per accepted pair). */
+  gaussian(): number {
+    if (!Number.isNaN(this.spare)) {
+      const g = this.spare;
+      this.spare = Number.NaN;
+      return g;
+    }
+    for (;;) {
+      const u = 2 * this.uniform() - 1;
+      const v = 2 * this.uniform() - 1;
+      const r2 = u * u + v * v;
+      if (r2 >= 1 || r2 === 0) continue;
+      const scale = Math.sqrt((-2 * Math.log(r2)) / r2);
+      this.spare = v * scale;
+      return u * scale;
+    }
+  }
+}
+
+/** A layer's per-example gradients: mean G of norm² gradSqNorm, diagonal Σ with tr(Σ) = bSimple·gradSqNorm. */
+export interface SyntheticLayer {
+  readonly name: string;
+  readonly numel: number;
+  readonly gradSqNorm: number;
+  readonly bSimple: number;
+}
+
+/** Where a step's examples come from, and the truth they are judged against. */
+export interface SyntheticGradients {
+  readonly layers: readonly LayerInfo[];
+  readonly bSimple: number;
+  /** Null for an infinite Gaussian source; N for a finite training set. */
+  readonly datasetSize: number | null;
+  beginStep(): void;
+  /** Mean gradient of `examples` fresh examples, per layer, drawn with `random`. */
+  drawMean(random: SeededRandom, examples: number): Float64Array[];
+}
+
+interface Model {
+  readonly mean: Float64Array[];
+  readonly sd: Float64Array[];
+}
+
+// G in a random direction; standard deviations spread log-uniformly over e^±1, scaled to each layer's B_simple.
+function drawModel(random: SeededRandom, layers: readonly SyntheticLayer[]): Model {
+  const mean: Float64Array[] = [];
+  const sd: Float64Array[] = [];
+  for (const layer of layers) {
+    const m = new Float64Array(layer.numel);
+    const s = new Float64Array(layer.numel);
+    let norm2 = 0;
+    let variance = 0;
+    for (let j = 0; j < layer.numel; j++) {
+      m[j] = random.gaussian();
+      s[j] = Math.exp(2 * random.uniform() - 1);
+      norm2 += m[j]! * m[j]!;
+      variance += s[j]! * s[j]!;
+    }
+    const mScale = Math.sqrt(layer.gradSqNorm / norm2);
+    const sScale = Math.sqrt((layer.bSimple * layer.gradSqNorm) / variance);
+    for (let j = 0; j < layer.numel; j++) {
+      m[j]! *= mScale;
+      s[j]! *= sScale;
+    }
+    mean.push(m);
+    sd.push(s);
+  }
+  return { mean, sd };
+}
+
+function layerInfos(layers: readonly SyntheticLayer[]): LayerInfo[] {
+  return layers.map((l) => ({ name: l.name, numel: l.numel, kind: 'synthetic' }));
+}
+
+/** Independent Gaussian examples (model drawn with `random`); a micro-batch mean is drawn directly from N(G, Σ/b). */
+export function gaussianGradients(random: SeededRandom, layers: readonly SyntheticLayer[]): SyntheticGradients {
+  const { mean, sd } = drawModel(random, layers);
+  const gradSqNorm = layers.reduce((s, l) => s + l.gradSqNorm, 0);
+  const traceSigma = layers.reduce((s, l) => s + l.bSimple * l.gradSqNorm, 0);
+  return {
+    layers: layerInfos(layers),
+    bSimple: traceSigma / gradSqNorm,
+    datasetSize: null,
+    beginStep: () => {},
+    drawMean: (random, examples) =>
+      mean.map((m, l) => {
+        const s = sd[l]!;
+        const shrink = 1 / Math.sqrt(examples);
+        const out = new Float64Array(m.length);
+        for (let j = 0; j < m.length; j++) out[j] = m[j]! + s[j]! * shrink * random.gaussian();
+        return out;
+      }),
+  };
+}
+
+/**
+ * A training set of N examples (centred so its mean is exactly G), sampled
+ * without replacement within a step; truth: its |G|² and (N−1)-normalised tr(Σ).
+ */
+export function finiteTrainingSet(random: SeededRandom, layers: readonly SyntheticLayer[], size: number): SyntheticGradients {
+  const { mean, sd } = drawModel(random, layers);
+  let traceSigma = 0;
+  const examples = mean.map((m, l) => {
+    const d = m.length;
+    const values = new Float64Array(size * d);
+    const centre = new Float64Array(d);
+    for (let e = 0; e < size; e++) {
+      for (let j = 0; j < d; j++) {
+        values[e * d + j] = sd[l]![j]! * random.gaussian();
+        centre[j]! += values[e * d + j]! / size;
+      }
+    }
+    for (let e = 0; e < size; e++) {
+      for (let j = 0; j < d; j++) {
+        const noise = values[e * d + j]! - centre[j]!;
+        traceSigma += (noise * noise) / (size - 1);
+        values[e * d + j] = m[j]! + noise;
+      }
+    }
+    return values;
+  });
+  const gradSqNorm = layers.reduce((s, l) => s + l.gradSqNorm, 0);
+  const order = Int32Array.from({ length: size }, (_, i) => i);
+  let drawn = 0;
+  return {
+    layers: layerInfos(layers),
+    bSimple: traceSigma / gradSqNorm,
+    datasetSize: size,
+    beginStep: () => {
+      drawn = 0;
+    },
+    drawMean: (random, count) => {
+      const start = drawn;
+      // Partial Fisher–Yates: disjoint from this step's earlier draws.
+      for (; drawn < start + count; drawn++) {
+        const swap = drawn + Math.floor(random.uniform() * (size - drawn));
+        const chosen = order[swap]!;
+        order[swap] = order[drawn]!;
+        order[drawn] = chosen;
+      }
+      return examples.map((values, l) => {
+        const d = mean[l]!.length;
+        const out = new Float64Array(d);
+        for (let i = start; i < drawn; i++) {
+          const offset = order[i]! * d;
+          for (let j = 0; j < d; j++) out[j]! += values[offset + j]! / count;
+        }
+        return out;
+      });
+    },
+  };
+}
+
+/** Examples per micro-batch, per rank, and whether DDP all-reduces. */
+export interface SyntheticLayout {
+  readonly name: string;
+  readonly microExamples: readonly (readonly number[])[];
+  readonly allReduce: boolean;
+}
+
+function sqNorm(v: Float64Array): number {
+  let s = 0;
+  for (let j = 0; j < v.length; j++) s += v[j]! * v[j]!;
+  return s;
+}
+
+/** One step as the hook reports it, with loss/k scaling: contributions h_i = g_i/k, `.grad` = Σh_i. */
+export function simulateSyntheticStep(random: SeededRandom, source: SyntheticGradients, layout: SyntheticLayout, step: number): CompletedStep {
+  source.beginStep();
+  const grads: Float64Array[][] = [];
+  const ranks = layout.microExamples.map((micro, rank): Omit<RankStep, 'reducedSqNorms'> => {
+    const c = 1 / micro.length;
+    const grad = source.layers.map((l) => new Float64Array(l.numel));
+    const microSqNorms = micro.map((b) =>
+      source.drawMean(random, b).map((g, l) => {
+        let s = 0;
+        for (let j = 0; j < g.length; j++) {
+          const h = c * g[j]!;
+          grad[l]![j]! += h;
+          s += h * h;
+        }
+        return s;
+      }),
+    );
+    grads.push(grad);
+    return { rank, microSqNorms, microExamples: [...micro], accumulatedSqNorms: grad.map(sqNorm) };
+  });
+  const reduced =
+    layout.allReduce && grads.length > 1
+      ? source.layers.map((_, l) => {
+          const avg = new Float64Array(source.layers[l]!.numel);
+          for (const g of grads) for (let j = 0; j < avg.length; j++) avg[j]! += g[l]![j]! / grads.length;
+          return sqNorm(avg);
+        })
+      : null;
+  return {
+    run: 'synthetic',
+    step,
+    ranks: ranks.map((r) => ({ ...r, reducedSqNorms: reduced })),
+    globalExamples: layout.microExamples.flat().reduce((s, b) => s + b, 0),
+    lr: null,
+    loss: null,
+    skipReason: null,
+    unixMs: 0,
+  };
+}
