@@ -2,6 +2,7 @@ import { defer, map, type OperatorFunction } from 'rxjs';
 import type { IngestedStep } from '../ingest/ingest.js';
 import { toBatchScales } from '../ingest/to-batch-scales.js';
 import type { LayerStats, StepStats } from '../types.js';
+import { MIN_EFFECTIVE_STEPS } from './noise-scale-smoother.js';
 import { RunEstimator, type SmoothingOptions } from './run-estimator.js';
 
 export interface NoiseScaleUpdate {
@@ -11,7 +12,14 @@ export interface NoiseScaleUpdate {
 
 const NO_SECOND_SCALE =
   'one micro-batch on one rank: no second batch scale, so no estimate (use gradient accumulation or data parallelism)';
-const NOT_YET = '|G|² not yet distinguishable from zero: interval unbounded';
+/** Why a smoothed estimate is not trusted yet, or null when it is. */
+function untrustedNote(smoothed: StepStats['smoothed']): string | null {
+  if (!smoothed || smoothed.trusted) return null;
+  if (!smoothed.interval || smoothed.interval.high === Infinity) {
+    return 'not yet: |G|² cannot be told from zero, so the interval is unbounded';
+  }
+  return `warming up: fewer than ${MIN_EFFECTIVE_STEPS} effective steps smoothed`;
+}
 
 interface RunState {
   readonly estimator: RunEstimator;
@@ -78,7 +86,7 @@ export function estimateNoiseScale(options: SmoothingOptions): OperatorFunction<
                 raw: result.raw,
                 smoothed: result.smoothed,
                 skipped: false,
-                note: result.smoothed?.trusted ? null : NOT_YET,
+                note: untrustedNote(result.smoothed),
                 stepsMeasured: state.measured,
               },
               layers: { run: step.run, step: step.step, layers: result.layers },
