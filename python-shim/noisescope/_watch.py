@@ -1,0 +1,337 @@
+"""`watch()` and the handle it returns: argument checks, wiring, and giving everything back."""
+from __future__ import annotations
+
+import atexit
+import hashlib
+import logging
+import os
+import secrets
+import sys
+import threading
+import time
+import weakref
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Callable
+
+from ._guard import Guard
+from ._types import Recommendation, WatchStats
+
+if TYPE_CHECKING:
+    import torch
+
+    from ._meter import Meter
+    from ._sender import Sender
+
+logger = logging.getLogger("noisescope")
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+MODES = ("norms",)
+LATER_MODES = {
+    "dense": "dense gradient shards (the sidecar's Gram matrices)",
+    "sketch": "sketched gradient shards",
+    "auto": "automatic mode selection",
+}
+EXIT_FLUSH_S = 1.0  # at interpreter exit: a short, bounded flush
+RUN_NAME_LIMIT = 1024  # the sidecar's limit
+
+_watched: weakref.WeakSet[Any] = weakref.WeakSet()  # models with a live Watch
+_live: weakref.WeakSet[Watch] = weakref.WeakSet()  # watches to flush at interpreter exit
+
+
+@atexit.register
+def _remove_all_at_exit() -> None:
+    """A short, bounded flush of every live watch; never holds up interpreter exit for long."""
+    for handle in list(_live):
+        try:
+            handle.remove(timeout=EXIT_FLUSH_S)
+        except Exception:
+            pass
+
+
+def watch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    address: str | None = None,
+    run: str | None = None,
+    every: int = 1,
+    dataset_size: int | None = None,
+    mode: str = "norms",
+    enabled: bool = True,
+) -> Watch:
+    """Streams gradient-noise measurements of `model`'s training to the noisescope sidecar.
+
+    Hooks the model's parameters (per-micro-batch gradients, before accumulation and
+    clipping), its forward (examples per micro-batch) and `optimizer.step()` (step
+    boundaries); every `every`-th step is measured and sent from a background thread.
+    Training is never blocked or failed by noisescope: with no sidecar, measurements are
+    dropped after one warning.
+
+    Args:
+        model: the module whose gradients are measured.
+        optimizer: the optimizer stepping it.
+        address: the sidecar's host:port; default $NOISESCOPE_ADDRESS or 127.0.0.1:50051.
+        run: the run's name in the sidecar; default $NOISESCOPE_RUN or `<script>-<time>-<hex>`.
+        every: measure one optimizer step in `every` (the 0th, every-th, ...).
+        dataset_size: examples in the training set, for the finite-population correction.
+        mode: "norms" (per-layer squared norms); "dense" and "sketch" come later.
+        enabled: False returns an inert handle, so one flag turns noisescope off.
+
+    Returns:
+        A `Watch`: a context manager; `.remove()` restores the model and optimizer.
+    """
+    import torch
+
+    if not isinstance(enabled, bool):
+        raise TypeError(f"noisescope.watch: enabled must be a bool, got {type(enabled).__name__}")
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"noisescope.watch: model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            f"noisescope.watch: optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+        )
+    if isinstance(every, bool) or not isinstance(every, int):
+        raise TypeError(f"noisescope.watch: every must be an int, got {type(every).__name__}")
+    if every < 1:
+        raise ValueError(f"noisescope.watch: every must be ≥ 1 (measure one step in `every`), got {every}")
+    if not isinstance(mode, str):
+        raise TypeError(f"noisescope.watch: mode must be a str, got {type(mode).__name__}")
+    if mode in LATER_MODES:
+        raise NotImplementedError(
+            f"noisescope.watch: mode={mode!r} ({LATER_MODES[mode]}) is not implemented yet; use mode='norms'"
+        )
+    if mode not in MODES:
+        raise ValueError(f"noisescope.watch: unknown mode {mode!r}; expected one of {', '.join(map(repr, MODES))}")
+    if dataset_size is not None:
+        if isinstance(dataset_size, bool) or not isinstance(dataset_size, int):
+            raise TypeError(
+                f"noisescope.watch: dataset_size must be an int or None, got {type(dataset_size).__name__}"
+            )
+        if dataset_size < 1:
+            raise ValueError(f"noisescope.watch: dataset_size must be ≥ 1 (or None if unknown), got {dataset_size}")
+    if address is None:
+        address = os.environ.get("NOISESCOPE_ADDRESS") or DEFAULT_ADDRESS
+    if not isinstance(address, str) or not address.strip():
+        raise TypeError(f"noisescope.watch: address must be a non-empty 'host:port' string, got {address!r}")
+    if run is not None and (not isinstance(run, str) or not run.strip()):
+        raise TypeError(f"noisescope.watch: run must be a non-empty str or None, got {run!r}")
+    if run is not None and len(run) > RUN_NAME_LIMIT:
+        raise ValueError(f"noisescope.watch: run name is longer than {RUN_NAME_LIMIT} characters")
+    if enabled and model in _watched:
+        raise ValueError("noisescope.watch: this model is already watched; call .remove() on that watch first")
+
+    rank, world_size = _rank_and_world_size()
+    run = run or os.environ.get("NOISESCOPE_RUN") or _default_run_name(world_size)
+    handle = Watch(address=address, run=run)
+    if enabled:
+        handle._start(model, optimizer, every=every, dataset_size=dataset_size or 0, rank=rank, world_size=world_size)
+    return handle
+
+
+class Watch:
+    """The handle `watch()` returns. Use `.remove()` (or a `with` block) to detach."""
+
+    def __init__(self, *, address: str, run: str) -> None:
+        self._address = address
+        self._run = run
+        self._guard = Guard()
+        self._meter: Meter | None = None
+        self._sender: Sender | None = None
+        self._model_ref: weakref.ref[Any] | None = None
+        self._remove_lock = threading.Lock()
+        self._removed = False
+        self._recommendation: Recommendation | None = None
+        self._callbacks: dict[int, Callable[[Recommendation], None]] = {}
+        self._callback_failures: set[int] = set()
+        self._next_callback = 0
+
+    def _start(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        every: int,
+        dataset_size: int,
+        rank: int,
+        world_size: int,
+    ) -> None:
+        import torch
+
+        params, layers = _layers(model)
+        if not params:
+            raise ValueError("noisescope.watch: the model has no parameters that require gradients")
+        try:
+            from . import _wire
+            from ._meter import Meter
+            from ._sender import Sender
+        except Exception as error:  # e.g. generated code and protobuf/grpcio versions disagree
+            logger.warning(
+                "noisescope: cannot load its gRPC code (%s: %s); training continues unwatched. "
+                "Reinstalling noisescope regenerates it.",
+                type(error).__name__,
+                error,
+            )
+            return
+        if not {id(p) for group in optimizer.param_groups for p in group["params"]} & {id(p) for p in params}:
+            logger.warning("noisescope: the optimizer holds none of the model's parameters; is it the right one?")
+        info = _wire.RankInfo(
+            run=self._run,
+            rank=rank,
+            world_size=world_size,
+            layers=layers,
+            dataset_size=dataset_size,
+            every=every,
+            framework=f"torch {torch.__version__}",
+        )
+        sender = Sender(address=self._address, info=info, guard=self._guard, on_recommendation=self._on_recommendation)
+        meter = Meter(
+            model, optimizer, params, every=every, world_size=world_size, guard=self._guard, submit=sender.submit
+        )
+        try:
+            meter.attach()
+            sender.start()
+        except Exception as error:  # registration failure warns, never raises
+            meter.detach()
+            logger.warning(
+                "noisescope: could not hook the model (%s: %s); training continues unwatched",
+                type(error).__name__,
+                error,
+            )
+            return
+        self._meter, self._sender = meter, sender
+        self._model_ref = weakref.ref(model)
+        _watched.add(model)
+        _live.add(self)
+
+    # ------------------------------------------------------------ public surface
+
+    @property
+    def run(self) -> str:
+        return self._run
+
+    @property
+    def address(self) -> str:
+        return self._address
+
+    @property
+    def enabled(self) -> bool:
+        """True while hooks are attached and measuring (False after remove() or an internal error)."""
+        return self._meter is not None and not self._removed and not self._guard.tripped
+
+    @property
+    def recommendation(self) -> Recommendation | None:
+        """The sidecar's latest batch-size recommendation for this run, or None."""
+        return self._recommendation
+
+    def on_recommendation(self, callback: Callable[[Recommendation], None]) -> Callable[[], None]:
+        """Calls `callback` (on a background thread) with each new recommendation; returns an unregister function."""
+        if not callable(callback):
+            raise TypeError(f"on_recommendation: callback must be callable, got {type(callback).__name__}")
+        key = self._next_callback
+        self._next_callback += 1
+        self._callbacks[key] = callback
+
+        def unregister() -> None:
+            self._callbacks.pop(key, None)
+
+        return unregister
+
+    @property
+    def stats(self) -> WatchStats:
+        meter, sender = self._meter, self._sender
+        return WatchStats(
+            steps_seen=meter.steps_seen if meter else 0,
+            steps_measured=meter.steps_measured if meter else 0,
+            messages_sent=sender.messages_sent if sender else 0,
+            dropped=sender.dropped if sender else 0,
+            refusals=sender.refusals if sender else 0,
+            queued=sender.queued if sender else 0,
+            connected=sender.connected if sender else False,
+        )
+
+    def remove(self, timeout: float = 2.0) -> None:
+        """Removes every hook, flushes for at most `timeout` seconds, says Goodbye; idempotent."""
+        with self._remove_lock:
+            if self._removed:
+                return
+            self._removed = True
+        _live.discard(self)
+        if self._meter is not None:
+            self._meter.detach()
+        model = self._model_ref() if self._model_ref is not None else None
+        if model is not None:
+            _watched.discard(model)
+        if self._sender is not None:
+            self._sender.close(timeout)
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        state = "removed" if self._removed else "measuring" if self.enabled else "off"
+        return f"<noisescope.Watch run={self._run!r} address={self._address!r} {state}>"
+
+    # ------------------------------------------------------------ internals
+
+    def _on_recommendation(self, recommendation: Recommendation) -> None:
+        self._recommendation = recommendation
+        for key, callback in list(self._callbacks.items()):
+            try:
+                callback(recommendation)
+            except Exception:  # the user's callback: report it, keep the others going
+                if key not in self._callback_failures:
+                    self._callback_failures.add(key)
+                    logger.exception("noisescope: an on_recommendation callback raised (reported once)")
+
+
+
+def _layers(model: torch.nn.Module) -> tuple[list[torch.nn.Parameter], list[Any]]:
+    """Non-empty parameters that require gradients, in named_parameters() order, with their module's class."""
+    import torch
+
+    from ._meter import LayerInfo
+
+    kinds: dict[int, str] = {}
+    sparse: set[int] = set()
+    for module in model.modules():
+        for param in module.parameters(recurse=False):
+            kinds.setdefault(id(param), type(module).__name__)
+            if isinstance(module, (torch.nn.Embedding, torch.nn.EmbeddingBag)) and module.sparse:
+                sparse.add(id(param))
+    params: list[torch.nn.Parameter] = []
+    layers: list[LayerInfo] = []
+    for name, param in model.named_parameters():
+        if not param.requires_grad or param.numel() == 0:
+            continue
+        if id(param) in sparse:
+            logger.warning("noisescope: %s has sparse gradients, which norms mode does not measure yet; skipped", name)
+            continue
+        params.append(param)
+        layers.append(LayerInfo(name=name, numel=param.numel(), kind=kinds.get(id(param), "")))
+    return params, layers
+
+
+def _rank_and_world_size() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _default_run_name(world_size: int) -> str:
+    """Readable and unique; all ranks of one torchrun job derive the same name."""
+    script = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] not in ("", "-c", "-m") else ""
+    script = script or "python"
+    if world_size > 1:
+        job = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+        if job == "none":
+            job = f"{os.environ.get('MASTER_ADDR', '')}:{os.environ.get('MASTER_PORT', '')}"
+        return f"{script}-{hashlib.sha1(job.encode()).hexdigest()[:8]}"
+    return f"{script}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"

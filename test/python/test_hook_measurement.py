@@ -1,0 +1,316 @@
+"""The hook's measurement in norms mode, checked against exact per-micro-batch gradients."""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+import noisescope
+from test_hook_support import Loop, exact_norms, make_model, make_optimizer, micro_batch, parameters_of
+
+
+def watch_and_record(model: nn.Module, optimizer: torch.optim.Optimizer, address: str, **kwargs):
+    """watch() with the sender's private tap collecting every finished StepRecord."""
+    ns = noisescope.watch(model, optimizer, address=address, **kwargs)
+    records: list = []
+    ns._sender.tap = records.append
+    return ns, records
+
+
+def assert_close(actual: float, expected: float, rel: float, what: str) -> None:
+    assert math.isclose(actual, expected, rel_tol=rel, abs_tol=1e-30), f"{what}: {actual} vs exact {expected}"
+
+
+@pytest.mark.parametrize(
+    "make_opt",
+    [make_optimizer, lambda m: torch.optim.AdamW(m.parameters(), lr=1e-2)],
+    ids=["sgd-momentum", "adamw"],
+)
+def test_training_with_the_hook_is_bitwise_identical(free_address: str, make_opt) -> None:
+    loop = Loop(steps=6, sizes=(8, 8, 8, 8), clip=0.5)
+    plain = make_model()
+    loop.run(plain, make_opt(plain))
+
+    watched = make_model()
+    optimizer = make_opt(watched)
+    ns, records = watch_and_record(watched, optimizer, free_address, every=1)
+    loop.run(watched, optimizer)
+    ns.remove()
+
+    assert len(records) == loop.steps  # it really measured every step
+    for a, b in zip(parameters_of(plain), parameters_of(watched)):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype, rel", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
+def test_norms_equal_exact_values_per_micro_batch_and_accumulated_before_clipping(
+    free_address: str, dtype: torch.dtype, rel: float
+) -> None:
+    loop = Loop(steps=4, sizes=(6, 9, 6, 5), clip=0.05, dtype=dtype)
+    model = make_model(dtype=dtype)
+    reference = copy.deepcopy(model)  # an unwatched twin for autograd.grad
+    optimizer = make_optimizer(model)
+    ns, records = watch_and_record(model, optimizer, free_address)
+    exact: dict[int, tuple[list[list[float]], list[float]]] = {}
+    grad_before_clip: dict[int, list[float]] = {}
+
+    def on_step_start(step: int) -> None:
+        exact[step] = exact_norms(reference, model, step, loop)
+
+    def before_clip(step: int) -> None:
+        grad_before_clip[step] = [p.grad.double().pow(2).sum().item() for p in model.parameters()]
+
+    loop.run(model, optimizer, before_clip=before_clip, on_step_start=on_step_start)
+    ns.remove()
+
+    assert [r.step for r in records] == list(range(loop.steps))
+    names = [name for name, _ in model.named_parameters()]
+    for record in records:
+        micro, accumulated = exact[record.step]
+        assert not record.skipped
+        assert record.micro_examples == tuple(loop.sizes)
+        assert len(record.micro_sq_norms) == len(loop.sizes)
+        for j, row in enumerate(record.micro_sq_norms):
+            for i, value in enumerate(row):
+                assert_close(value, micro[j][i], rel, f"step {record.step} micro {j} {names[i]}")
+        for i, value in enumerate(record.accumulated_sq_norms):
+            assert_close(value, accumulated[i], rel, f"step {record.step} accumulated {names[i]}")
+            # the pre-clip .grad itself, and clipping (0.05) did bite after we measured
+            assert_close(value, grad_before_clip[record.step][i], rel, f"step {record.step} .grad {names[i]}")
+        assert sum(record.accumulated_sq_norms) > 0.05**2
+        assert record.lr == pytest.approx(0.05)
+
+
+def test_every_n_measures_steps_whose_index_is_a_multiple_of_n(free_address: str) -> None:
+    loop = Loop(steps=7, sizes=(4, 4))
+    model = make_model()
+    ns, records = watch_and_record(model, make_optimizer(model), free_address, every=3)
+    hooked: list[bool] = []
+    loop.run(
+        model,
+        ns._meter._optimizer,
+        on_step_start=lambda step: hooked.append(any(p._backward_hooks for p in model.parameters())),
+    )
+    stats = ns.stats
+    ns.remove()
+    assert [r.step for r in records] == [0, 3, 6]
+    assert (stats.steps_seen, stats.steps_measured) == (7, 3)
+    # unmeasured steps run without any gradient or forward hook of ours
+    assert hooked == [True, False, False, True, False, False, True]
+
+
+def test_examples_per_micro_batch_pair_with_grad_enabled_forwards(free_address: str, caplog) -> None:
+    model = make_model()
+    optimizer = make_optimizer(model)
+    ns, records = watch_and_record(model, optimizer, free_address)
+    sizes = (3, 5, 7, 4)
+    for step in range(2):
+        for j, size in enumerate(sizes):
+            with torch.no_grad():
+                model(torch.randn(11, 12))  # evaluation forwards are not micro-batches
+            x, y = micro_batch(step, j, size)
+            F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    ns.remove()
+    assert [r.micro_examples for r in records] == [sizes, sizes]
+    assert "forward passes" not in caplog.text
+
+
+class _KeywordInput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = make_model()
+
+    def forward(self, *, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.net(features["x"])
+
+
+def test_examples_come_from_keyword_and_nested_tensor_arguments(free_address: str) -> None:
+    model = _KeywordInput()
+    optimizer = make_optimizer(model)
+    ns, records = watch_and_record(model, optimizer, free_address)
+    for j, size in enumerate((2, 9)):
+        x, y = micro_batch(0, j, size)
+        F.cross_entropy(model(features={"x": x}), y).backward()
+    optimizer.step()
+    ns.remove()
+    assert records[0].micro_examples == (2, 9)
+
+
+def test_more_forwards_than_backwards_warns_once_and_pairs_the_last_ones(free_address: str, caplog) -> None:
+    model = make_model()
+    optimizer = make_optimizer(model)
+    ns, records = watch_and_record(model, optimizer, free_address)
+    caplog.set_level(logging.WARNING, logger="noisescope")
+    for step in range(2):
+        model(torch.randn(50, 12))  # an evaluation forward with gradients on: not a micro-batch
+        for j, size in enumerate((6, 7)):
+            x, y = micro_batch(step, j, size)
+            F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    ns.remove()
+    assert [r.micro_examples for r in records] == [(6, 7), (6, 7)]
+    warnings = [r.getMessage() for r in caplog.records if "forward passes" in r.getMessage()]
+    assert len(warnings) == 1 and "3 forward passes" in warnings[0] and "2 backward passes" in warnings[0]
+
+
+def test_non_finite_gradients_skip_the_step_naming_the_first_bad_layer(free_address: str) -> None:
+    loop = Loop(steps=2, sizes=(4, 4, 4))
+    model = make_model()
+    ns, records = watch_and_record(model, make_optimizer(model), free_address)
+    loop.run(model, ns._meter._optimizer, loss_scale=lambda step, j: math.inf if (step, j) == (1, 2) else 1.0)
+    ns.remove()
+    first, second = records
+    assert not first.skipped
+    assert second.skipped and "'0.weight'" in second.skip_reason
+    assert second.micro_sq_norms == () and second.accumulated_sq_norms == ()
+
+
+def test_one_micro_batch_on_one_process_warns_once_and_still_measures(free_address: str, caplog) -> None:
+    loop = Loop(steps=3, sizes=(8,))
+    model = make_model()
+    ns, records = watch_and_record(model, make_optimizer(model), free_address)
+    with caplog.at_level(logging.WARNING, logger="noisescope"):
+        loop.run(model, ns._meter._optimizer)
+    ns.remove()
+    warnings = [r for r in caplog.records if "no noise-scale estimate" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "gradient accumulation" in warnings[0].getMessage().lower()
+    assert "DDP" in warnings[0].getMessage()
+    assert [r.step for r in records] == [0, 1, 2]
+
+
+class _Checkpointed(nn.Module):
+    """Reentrant activation checkpointing: each block's backward is a nested backward pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.use_checkpoint = True
+        self.a = nn.Sequential(nn.Linear(12, 24), nn.Tanh())
+        self.b = nn.Sequential(nn.Linear(24, 24), nn.Tanh())
+        self.head = nn.Linear(24, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.use_checkpoint:  # the unwatched twin: autograd.grad cannot see through reentrancy
+            return self.head(self.b(self.a(x)))
+        h = checkpoint(self.a, x.requires_grad_(), use_reentrant=True)
+        h = checkpoint(self.b, h, use_reentrant=True)
+        return self.head(h)
+
+
+def test_reentrant_checkpointing_keeps_one_micro_batch_per_backward(free_address: str) -> None:
+    loop = Loop(steps=2, sizes=(5, 6, 7))
+    model = _Checkpointed()
+    reference = copy.deepcopy(model)
+    reference.use_checkpoint = False
+    optimizer = make_optimizer(model)
+    ns, records = watch_and_record(model, optimizer, free_address)
+    exact = exact_norms(reference, model, 0, loop)
+    loop.run(model, optimizer)
+    ns.remove()
+    micro, accumulated = exact
+    record = records[0]
+    assert record.micro_examples == (5, 6, 7)
+    assert len(record.micro_sq_norms) == 3
+    for j, row in enumerate(record.micro_sq_norms):
+        for i, value in enumerate(row):
+            assert_close(value, micro[j][i], 1e-5, f"micro {j} layer {i}")
+    for i, value in enumerate(record.accumulated_sq_norms):
+        assert_close(value, accumulated[i], 1e-5, f"accumulated layer {i}")
+
+
+def test_gradients_reset_without_a_step_start_the_measurement_over(free_address: str) -> None:
+    loop = Loop(steps=1, sizes=(4, 4, 4, 4))
+    model = make_model()
+    reference = copy.deepcopy(model)
+    optimizer = make_optimizer(model)
+    ns, records = watch_and_record(model, optimizer, free_address)
+    for j in range(2):  # e.g. AMP's GradScaler skipped the step after these
+        x, y = micro_batch(9, j, 4)
+        F.cross_entropy(model(x), y).backward()
+    optimizer.zero_grad()
+    exact = exact_norms(reference, model, 0, loop)
+    loop.run(model, optimizer)
+    ns.remove()
+    assert len(records) == 1 and len(records[0].micro_sq_norms) == 4
+    for i, value in enumerate(records[0].accumulated_sq_norms):
+        assert_close(value, exact[1][i], 1e-5, f"accumulated layer {i}")
+
+
+@pytest.mark.parametrize("numel", [1_000, 9_000_001])
+def test_large_layers_keep_float32_norms_accurate(numel: int) -> None:
+    from noisescope._meter import _grad_terms
+
+    g = torch.Generator().manual_seed(3)
+    summed = torch.randn(numel, generator=g) + 0.3  # a mean keeps every product's sign alike: worst case
+    grad = torch.randn(numel, generator=g) * 0.5 + 0.2
+    sq_norm, cross = _grad_terms(summed.view(-1, 1), grad.view(-1, 1))
+    exact_sq = grad.double().pow(2).sum().item()
+    exact_cross = torch.dot(summed.double(), grad.double()).item()
+    assert cross is not None
+    assert_close(float(sq_norm), exact_sq, 1e-5, "|h|²")
+    assert_close(float(cross), exact_cross, 1e-5, "⟨S, h⟩")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_norms_are_exact_and_training_is_bitwise_identical(free_address: str) -> None:
+    loop = Loop(steps=3, sizes=(6, 9, 6, 5), clip=0.05)
+    plain = make_model().cuda()
+    loop.run(plain, make_optimizer(plain))
+    model = make_model().cuda()
+    reference = copy.deepcopy(model)
+    optimizer = make_optimizer(model)
+    ns, records = watch_and_record(model, optimizer, free_address)
+    exact: dict[int, tuple[list[list[float]], list[float]]] = {}
+    cuda_loop = _CudaLoop(loop)
+    cuda_loop.run(model, optimizer, on_step_start=lambda step: exact.__setitem__(step, cuda_loop.exact(reference, model, step)))
+    ns.remove()
+    for a, b in zip(parameters_of(plain), parameters_of(model)):
+        assert torch.equal(a, b)
+    for record in records:
+        micro, accumulated = exact[record.step]
+        for j, row in enumerate(record.micro_sq_norms):
+            for i, value in enumerate(row):
+                assert_close(value, micro[j][i], 1e-5, f"micro {j} layer {i}")
+        for i, value in enumerate(record.accumulated_sq_norms):
+            assert_close(value, accumulated[i], 1e-5, f"accumulated layer {i}")
+
+
+class _CudaLoop(Loop):
+    """Loop with its micro-batches moved to the GPU."""
+
+    def __init__(self, loop: Loop) -> None:
+        super().__init__(steps=loop.steps, sizes=loop.sizes, clip=loop.clip, dtype=loop.dtype)
+
+    def run(self, model, optimizer, before_clip=None, on_step_start=None, loss_scale=None) -> None:  # type: ignore[override]
+        k = len(self.sizes)
+        for step in range(self.steps):
+            if on_step_start is not None:
+                on_step_start(step)
+            for j, size in enumerate(self.sizes):
+                x, y = micro_batch(step, j, size, self.dtype)
+                (F.cross_entropy(model(x.cuda()), y.cuda()) / k).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), self.clip)
+            optimizer.step()
+            optimizer.zero_grad()
+
+    def exact(self, reference: nn.Module, model: nn.Module, step: int) -> tuple[list[list[float]], list[float]]:
+        reference.load_state_dict(model.state_dict())
+        params = list(reference.parameters())
+        grads = []
+        for j, size in enumerate(self.sizes):
+            x, y = micro_batch(step, j, size, self.dtype)
+            loss = F.cross_entropy(reference(x.cuda()), y.cuda()) / len(self.sizes)
+            grads.append([g.double() for g in torch.autograd.grad(loss, params)])
+        micro = [[g.pow(2).sum().item() for g in row] for row in grads]
+        accumulated = [sum(row[i] for row in grads).pow(2).sum().item() for i in range(len(params))]
+        return micro, accumulated

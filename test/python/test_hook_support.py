@@ -1,0 +1,96 @@
+"""Shared pieces of the hook tests: a small model, seeded data and the training loop.
+
+(Named test_hook_* to live with the hook's tests; it holds no tests itself.)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IN, HIDDEN, CLASSES = 12, 24, 5
+
+
+def make_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Linear(IN, HIDDEN),
+        nn.Tanh(),
+        nn.Linear(HIDDEN, HIDDEN),
+        nn.LayerNorm(HIDDEN),
+        nn.ReLU(),
+        nn.Linear(HIDDEN, CLASSES),
+    ).to(dtype)
+
+
+def micro_batch(step: int, micro: int, size: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded inputs with labels from a fixed random teacher, so the loss has signal."""
+    g = torch.Generator().manual_seed(1000 * step + micro)
+    x = torch.randn(size, IN, generator=g, dtype=torch.float64)
+    teacher = torch.randn(IN, CLASSES, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    y = (x @ teacher + 0.5 * torch.randn(size, CLASSES, generator=g, dtype=torch.float64)).argmax(1)
+    return x.to(dtype), y
+
+
+@dataclass
+class Loop:
+    """Gradient accumulation over `sizes` micro-batches per step, clipping, then the optimizer step."""
+
+    steps: int = 6
+    sizes: Sequence[int] = (8, 8, 8, 8)
+    clip: float | None = 0.5
+    dtype: torch.dtype = torch.float32
+
+    def run(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        before_clip: Callable[[int], None] | None = None,
+        on_step_start: Callable[[int], None] | None = None,
+        loss_scale: Callable[[int, int], float] | None = None,
+    ) -> None:
+        k = len(self.sizes)
+        for step in range(self.steps):
+            if on_step_start is not None:
+                on_step_start(step)
+            for j, size in enumerate(self.sizes):
+                x, y = micro_batch(step, j, size, self.dtype)
+                loss = F.cross_entropy(model(x), y) / k
+                if loss_scale is not None:
+                    loss = loss * loss_scale(step, j)
+                loss.backward()
+            if before_clip is not None:
+                before_clip(step)
+            if self.clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), self.clip)
+            optimizer.step()
+            optimizer.zero_grad()
+
+
+def make_optimizer(model: nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+
+def exact_norms(reference: nn.Module, model: nn.Module, step: int, loop: Loop) -> tuple[list[list[float]], list[float]]:
+    """Per-micro-batch and accumulated squared norms per parameter, by autograd.grad on an unwatched twin.
+
+    `reference` is a copy made before watch(); it takes `model`'s current parameters first.
+    """
+    reference.load_state_dict(model.state_dict())
+    params = [p for p in reference.parameters() if p.requires_grad]
+    k = len(loop.sizes)
+    grads: list[list[torch.Tensor]] = []
+    for j, size in enumerate(loop.sizes):
+        x, y = micro_batch(step, j, size, loop.dtype)
+        loss = F.cross_entropy(reference(x), y) / k
+        grads.append([g.double() for g in torch.autograd.grad(loss, params)])
+    micro = [[g.pow(2).sum().item() for g in row] for row in grads]
+    accumulated = [sum(row[i] for row in grads).pow(2).sum().item() for i in range(len(params))]
+    return micro, accumulated
+
+
+def parameters_of(model: nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.parameters()]
