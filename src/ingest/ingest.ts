@@ -33,6 +33,8 @@ interface RunEntry {
   readonly sessions: Map<number, RankSession>;
   readonly goodbyes: Set<number>;
   readonly dropped: Map<number, number>;
+  /** The hook session each rank last attached with. */
+  readonly hookSessions: Map<number, string>;
   source: Source;
   readonly startedUnixMs: number;
 }
@@ -127,6 +129,7 @@ export class Ingest {
         sessions: new Map(),
         goodbyes: new Set(),
         dropped: new Map(),
+        hookSessions: new Map(),
         source: 'none',
         startedUnixMs: Date.now(),
       };
@@ -134,6 +137,13 @@ export class Ingest {
     }
     const run = entry;
     const rank = hello.rank;
+    const previousSession = run.hookSessions.get(rank);
+    if (previousSession !== undefined && previousSession !== hello.session) {
+      // Same run name, new process: its steps start again from 0.
+      run.assembler.restartRank(rank);
+      run.dropped.delete(rank);
+    }
+    run.hookSessions.set(rank, hello.session);
     this.noteDropped(run, rank, hello.dropped);
     run.goodbyes.delete(rank);
 

@@ -52,6 +52,17 @@ export class StepAssembler {
     return n;
   }
 
+  /**
+   * A new process took the rank over (a new hook session): its step count
+   * restarts, so forget what the old one had ended or left open.
+   */
+  restartRank(rank: number): void {
+    const state = this.ranks.get(rank);
+    if (!state) return;
+    this.abandoned += state.open.size;
+    this.ranks.delete(rank);
+  }
+
   addShard(rank: number, shard: GradientShard__Output): void {
     const where = `step ${shard.step} micro-batch ${shard.microBatch}`;
     if (shard.payload !== 'sqNorms' || !shard.sqNorms) {

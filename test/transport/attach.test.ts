@@ -222,3 +222,28 @@ describe('Watch', () => {
     expect(error.details).toMatch(/unknown run 'nope'/);
   });
 });
+
+describe('hook sessions', () => {
+  it('lets a new process reuse a run name (its steps restart), but not a reconnection', async () => {
+    const got = steps(3);
+    const first = new RankStream(client);
+    first.send(hello({ session: 'a' }));
+    for (const m of accumulationStep(0, MICRO, ACCUMULATED)) first.send(m);
+    await expect.poll(() => first.received.length).toBe(1);
+    first.end();
+    // Reconnection of the same session: step 0 is still a duplicate.
+    const again = new RankStream(client);
+    again.send(hello({ session: 'a' }));
+    for (const m of accumulationStep(0, MICRO, ACCUMULATED).slice(-1)) again.send(m);
+    await expect.poll(() => again.refusals().length).toBe(1);
+    expect(again.refusals()[0]?.code).toBe(status.ALREADY_EXISTS);
+    again.end();
+    // A new session (a new watch() in a new process): steps from 0 again.
+    const second = new RankStream(client);
+    second.send(hello({ session: 'b' }));
+    for (const step of [0, 1]) for (const m of accumulationStep(step, MICRO, ACCUMULATED)) second.send(m);
+    const all = await got;
+    expect(all.map((s) => s.step)).toEqual([0, 0, 1]);
+    expect(second.refusals()).toEqual([]);
+  });
+});

@@ -18,6 +18,7 @@ export interface Hello {
   'hookVersion'?: (string);
   'framework'?: (string);
   'dropped'?: (number | string | Long);
+  'session'?: (string);
 }
 
 export interface Hello__Output {
@@ -33,4 +34,5 @@ export interface Hello__Output {
   'hookVersion': (string);
   'framework': (string);
   'dropped': (number);
+  'session': (string);
 }
