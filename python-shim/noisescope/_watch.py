@@ -9,6 +9,7 @@ import secrets
 import sys
 import threading
 import time
+import uuid
 import weakref
 from pathlib import Path
 from types import TracebackType
@@ -183,6 +184,8 @@ class Watch:
             dataset_size=dataset_size,
             every=every,
             framework=f"torch {torch.__version__}",
+            # The sidecar restarts this rank's step history for a new session, not for a reconnection.
+            session=uuid.uuid4().hex,
         )
         sender = Sender(address=self._address, info=info, guard=self._guard, on_recommendation=self._on_recommendation)
         meter = Meter(

@@ -22,6 +22,7 @@ class RankInfo:
     dataset_size: int  # 0 = unknown
     every: int
     framework: str
+    session: str  # random per watch(); reconnections repeat it, a new watch() of the same run does not
 
 
 def hello(info: RankInfo, dropped: int) -> pb.RankMessage:
@@ -39,6 +40,7 @@ def hello(info: RankInfo, dropped: int) -> pb.RankMessage:
             hook_version=__version__,
             framework=info.framework,
             dropped=dropped,
+            session=info.session,
         )
     )
 
