@@ -94,3 +94,26 @@ def exact_norms(reference: nn.Module, model: nn.Module, step: int, loop: Loop) -
 
 def parameters_of(model: nn.Module) -> list[torch.Tensor]:
     return [p.detach().clone() for p in model.parameters()]
+
+
+def wait_connected(ns: object, connected: bool = True, timeout: float = 15) -> None:
+    """Until the watch's stream is (or is no longer) welcomed by a sidecar."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while ns.stats.connected != connected:  # type: ignore[attr-defined]
+        assert time.monotonic() < deadline, f"still {'not ' if connected else ''}connected after {timeout}s"
+        time.sleep(0.01)
+
+
+def wait_for_events(sidecar: object, kind: str, run: str | None, count: int, timeout: float = 30) -> list[dict]:
+    """The first `count` events of `kind` (for `run`, unless None) the sidecar printed, waiting for them."""
+    seen: list[dict] = []
+
+    def enough(event: dict) -> bool:
+        if event["type"] == kind and (run is None or event.get("run") == run):
+            seen.append(event)
+        return len(seen) >= count
+
+    sidecar.wait_for(enough, timeout=timeout)  # type: ignore[attr-defined]
+    return seen

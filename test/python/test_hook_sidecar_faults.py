@@ -1,0 +1,169 @@
+"""The hook against the real sidecar when things go wrong: restarts, refusals, a refused Hello, forks."""
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+import torch
+
+import noisescope
+from conftest import Sidecar
+from noisescope import _wire
+from test_hook_support import Loop, make_model, make_optimizer, wait_connected, wait_for_events
+
+
+def warnings_in(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "noisescope" and r.levelno >= logging.WARNING]
+
+
+def test_reconnects_after_the_sidecar_restarts_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="noisescope")
+    first = Sidecar()
+    port = first.address.rsplit(":", 1)[1]
+    second: Sidecar | None = None
+    try:
+        model = make_model()
+        optimizer = make_optimizer(model)
+        ns = noisescope.watch(model, optimizer, address=first.address, run="restart")
+        wait_connected(ns)
+        Loop(steps=1).run(model, optimizer)
+        wait_for_events(first, "step", "restart", 1)
+        first.stop()
+        wait_connected(ns, False)
+        Loop(steps=2).run(model, optimizer)  # no sidecar: dropped and counted
+        second = Sidecar("--port", port)  # the last --port wins
+        assert second.address == first.address
+        wait_connected(ns)
+        Loop(steps=1).run(model, optimizer)
+        ns.remove()
+        steps = wait_for_events(second, "step", "restart", 1)
+        assert steps[0]["step"] == 3 and not steps[0]["skipped"]
+        assert ns.stats.dropped == 2
+        # Hello and Goodbye told the new sidecar how many measurements this rank dropped.
+        health = second.wait_for(lambda e: e["type"] == "health" and e["stepsCompleted"] == 1)
+        assert (health["droppedByHooks"], health["refused"]) == (2, 0)
+        second.wait_for(lambda e: e["type"] == "run" and e["run"] == "restart" and e["ended"])
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+    warnings = warnings_in(caplog)
+    assert len(warnings) == 1 and "lost the sidecar" in warnings[0]
+
+
+def test_a_refused_message_is_logged_with_its_grpc_code_and_later_ones_only_counted(
+    sidecar: Sidecar, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="noisescope")
+    model = make_model()
+    optimizer = make_optimizer(model)
+    ns = noisescope.watch(model, optimizer, address=sidecar.address, run="refused")
+    records: list = []
+    ns._sender.tap = records.append
+    wait_connected(ns)
+    Loop(steps=3).run(model, optimizer)
+    wait_for_events(sidecar, "step", "refused", 3)
+    step_end_of = {r.step: _wire.step_messages(r, 1)[-1] for r in records}
+
+    def refusals_reach(n: int) -> None:
+        deadline = time.monotonic() + 10
+        while ns.stats.refusals < n:
+            assert time.monotonic() < deadline, f"{ns.stats.refusals} refusals, expected {n}"
+            time.sleep(0.01)
+
+    # Through the sender's private seam: step 1 again, after step 2 ended (a step going backwards).
+    assert ns._sender._offer([step_end_of[1]])
+    refusals_reach(1)
+    [refusal] = warnings_in(caplog)
+    assert "step 1, gRPC status 11" in refusal and "goes backwards" in refusal  # OUT_OF_RANGE
+    # Step 2 again: a duplicate. Then more: the first five are logged, the rest only counted.
+    assert ns._sender._offer([step_end_of[2]] * 6)
+    refusals_reach(7)
+    logged = warnings_in(caplog)
+    assert len(logged) == 5 and "step 2, gRPC status 6" in logged[1] and "already ended" in logged[1]  # ALREADY_EXISTS
+    assert "only counted" in logged[-1]
+    # The stream stayed open: later steps are accepted as usual.
+    Loop(steps=1).run(model, optimizer)
+    ns.remove()
+    assert [e["step"] for e in wait_for_events(sidecar, "step", "refused", 4)] == [0, 1, 2, 3]
+    assert (ns.stats.refusals, ns.stats.dropped) == (7, 0)
+    health = sidecar.wait_for(lambda e: e["type"] == "health" and e["stepsCompleted"] == 4)
+    assert health["refused"] == 7
+
+
+def test_a_reconnection_keeps_the_session_and_so_the_step_history(
+    sidecar: Sidecar, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="noisescope")
+    model = make_model()
+    optimizer = make_optimizer(model)
+    ns = noisescope.watch(model, optimizer, address=sidecar.address, run="same-session")
+    records: list = []
+    ns._sender.tap = records.append
+    wait_connected(ns)
+    Loop(steps=2).run(model, optimizer)
+    wait_for_events(sidecar, "step", "same-session", 2)
+    with ns._sender._lock:
+        ns._sender._call.cancel()  # the stream breaks; the sidecar itself stays up
+    wait_connected(ns, False)
+    wait_connected(ns)
+    # The sidecar still knows this rank ended step 1: the same session is a reconnection, not a new process.
+    assert ns._sender._offer([_wire.step_messages(records[1], 1)[-1]])
+    deadline = time.monotonic() + 10
+    while ns.stats.refusals < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    Loop(steps=1).run(model, optimizer)
+    ns.remove()
+    assert [e["step"] for e in wait_for_events(sidecar, "step", "same-session", 3)] == [0, 1, 2]
+    assert ns.stats.refusals == 1
+    lost, refused = warnings_in(caplog)
+    assert "lost the sidecar" in lost
+    assert "step 1, gRPC status 6" in refused  # a new session would have restarted the history instead
+
+
+def test_a_sidecar_that_ends_the_stream_with_an_error_is_reported_once(
+    sidecar: Sidecar, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = make_model()
+    optimizer = make_optimizer(model)
+    with noisescope.watch(model, optimizer, address=sidecar.address, run="layout"):
+        Loop(steps=1).run(model, optimizer)
+    caplog.set_level(logging.WARNING, logger="noisescope")
+    # Another model under the same run name: the sidecar ends each attempt with FAILED_PRECONDITION.
+    other = torch.nn.Linear(3, 2)
+    ns = noisescope.watch(other, torch.optim.SGD(other.parameters(), lr=0.1), address=sidecar.address, run="layout")
+    try:
+        deadline = time.monotonic() + 10
+        while "FAILED_PRECONDITION" not in caplog.text:
+            assert time.monotonic() < deadline, caplog.text
+            time.sleep(0.01)
+        attempts = sidecar.wait_for(lambda e: e["type"] == "health" and e["refused"] >= 2, timeout=10)
+        assert attempts["ranksConnected"] == 0  # it retried, and was refused again
+    finally:
+        ns.remove()
+    warnings = warnings_in(caplog)
+    assert len(warnings) == 1 and "already attached with 8 layers" in warnings[0]
+
+
+def test_forked_data_loader_workers_do_not_disturb_the_stream(sidecar: Sidecar) -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randn(96, 12), torch.randint(0, 5, (96,)))
+    loader = DataLoader(data, batch_size=8, num_workers=2, multiprocessing_context="fork")
+    model = make_model()
+    optimizer = make_optimizer(model)
+    ns = noisescope.watch(model, optimizer, address=sidecar.address, run="fork")
+    wait_connected(ns)
+    for epoch in range(2):
+        for j, (x, y) in enumerate(loader):  # workers fork while the stream is open
+            torch.nn.functional.cross_entropy(model(x), y).div(4).backward()
+            if j % 4 == 3:
+                optimizer.step()
+                optimizer.zero_grad()
+    ns.remove()
+    assert (ns.stats.dropped, ns.stats.refusals) == (0, 0)
+    assert [e["step"] for e in wait_for_events(sidecar, "step", "fork", 6)] == list(range(6))
+    sidecar.wait_for(lambda e: e["type"] == "run" and e["run"] == "fork" and e["ended"] and e["ranksConnected"] == 0)
