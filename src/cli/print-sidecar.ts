@@ -14,8 +14,18 @@ export function printSidecar(sidecar: Sidecar, json: boolean, write: (line: stri
       if (line) write(line);
     });
   }
+  // A run's line only when it reads differently (runs$ emits on any run's change).
+  const shown = new Map<string, string>();
   return merge(
-    sidecar.runs$.pipe(map((runs) => runs.map(formatRun).join('\n'))),
+    sidecar.runs$.pipe(
+      map((runs) =>
+        runs
+          .map((r) => [r.run, formatRun(r)] as const)
+          .filter(([run, line]) => shown.get(run) !== line && shown.set(run, line))
+          .map(([, line]) => line)
+          .join('\n'),
+      ),
+    ),
     sidecar.stats$.pipe(map(formatStep)),
     // Health only when something went wrong, and only when it changes.
     sidecar.health$.pipe(
