@@ -4,7 +4,9 @@ import { dirname, join } from 'node:path';
 import { protoRoot } from '../transport/proto.js';
 import { startSidecar } from '../sidecar.js';
 import type { SmoothingOptions } from '../stats/run-estimator.js';
+import { formatSummary } from './format.js';
 import { printSidecar } from './print-sidecar.js';
+import type { StepStats } from '../types.js';
 
 export interface DemoOptions {
   readonly port: number;
@@ -25,6 +27,8 @@ export async function runDemo(options: DemoOptions): Promise<number> {
   const write = (line: string) => process.stdout.write(`${line}\n`);
   write(options.json ? JSON.stringify({ type: 'listening', address: sidecar.address }) : `noisescope listening on ${sidecar.address}`);
   const printing = printSidecar(sidecar, options.json, write);
+  let last: StepStats | null = null;
+  const keepLast = sidecar.stats$.subscribe((s) => (last = s));
   const python = findPython();
   const child = spawn(python, ['-m', 'noisescope.demo', '--address', sidecar.address, ...options.pythonArgs], {
     stdio: ['ignore', 'pipe', 'inherit'],
@@ -42,6 +46,8 @@ export async function runDemo(options: DemoOptions): Promise<number> {
     child.on('exit', (c, signal) => resolve(c ?? (signal ? 1 : 0)));
   });
   printing.unsubscribe();
+  keepLast.unsubscribe();
   await sidecar.close();
+  if (last && !options.json) write(`\n${formatSummary(last)}`);
   return code;
 }

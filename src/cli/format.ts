@@ -43,3 +43,18 @@ export function ndjson(type: string, value: object): string {
     typeof v === 'number' && !Number.isFinite(v) ? null : v,
   );
 }
+
+/** What the last estimate means for the batch in use (the paper's trade-off, not advice yet). */
+export function formatSummary(s: StepStats): string {
+  const e = s.smoothed;
+  if (!e || e.bSimple === null) return `${s.run}: no noise-scale estimate${s.note ? ` (${s.note})` : ''}`;
+  const b = s.globalBatch;
+  const progress = 1 / (1 + e.bSimple / b);
+  const interval = e.interval ? ` [${num(e.interval.low)}, ${num(e.interval.high)}]` : '';
+  return [
+    `${s.run}: B_simple ≈ ${num(e.bSimple)}${interval} at step ${s.step}, with a batch of ${b}${e.trusted ? '' : ' (not yet trustworthy)'}.`,
+    `  Each step makes ${(progress * 100).toFixed(0)}% of the progress an exact gradient would (1/(1 + B_simple/B));`,
+    `  the gradient's expected relative error |G_est − G|²/|G|² is ${num(e.bSimple / b)} (B_simple/B).`,
+    `  B_simple estimates the critical batch: near it, steps and examples each cost about 2× their minimum.`,
+  ].join('\n');
+}
