@@ -1,0 +1,92 @@
+import { Box } from 'ink';
+import type { Health, RunInfo, StepStats } from '../../src/types.js';
+import { short } from '../chart.js';
+import { Line, Toned } from './toned.js';
+
+/** Placeholder until recommendations$ exists. */
+export function RecommendationLine() {
+  return (
+    <Line>
+      <Toned tone="plain" bold>
+        {'Recommendation: '}
+      </Toned>
+      <Toned tone="muted">recommendations arrive in a later version</Toned>
+    </Line>
+  );
+}
+
+/** Which batch-scale source the estimate comes from. */
+export function SourceLine({ info, latest }: { readonly info: RunInfo | null; readonly latest: StepStats | null }) {
+  const source = latest?.source ?? info?.source ?? null;
+  if (!source) return null;
+  const detail = latest
+    ? `${latest.microBatches} micro-batch${latest.microBatches === 1 ? '' : 'es'} × ${latest.ranks} rank${latest.ranks === 1 ? '' : 's'}, ${latest.levels} batch scale${latest.levels === 1 ? '' : 's'}`
+    : '';
+  return (
+    <Line>
+      <Toned tone="plain" bold>
+        {'Scales: '}
+      </Toned>
+      <Toned tone={source === 'none' ? 'warn' : 'plain'}>{source}</Toned>
+      <Toned tone="muted">{detail ? ` (${detail})` : ''}</Toned>
+      {source === 'none' && latest?.note ? <Toned tone="warn">{` — ${latest.note}`}</Toned> : null}
+    </Line>
+  );
+}
+
+/** Ingest counters, with rates from the previous health sample. */
+export function HealthLine({ health, previous }: { readonly health: Health | null; readonly previous: Health | null }) {
+  if (!health) return <Toned tone="muted">ingest: no health report yet</Toned>;
+  const dt = previous ? (health.unixMs - previous.unixMs) / 1000 : 0;
+  const rate = previous && dt > 0 ? ` (${short((health.messages - previous.messages) / dt)}/s)` : '';
+  const problems = health.refused + health.stepsIncomplete + health.droppedByHooks > 0;
+  return (
+    <Line>
+      <Toned tone="plain" bold>
+        {'Ingest: '}
+      </Toned>
+      <Toned tone="plain">{`${health.messages} msgs${rate} ${short(health.bytes / 1e6)} MB · steps ${health.stepsCompleted} ok`}</Toned>
+      <Toned tone={problems ? 'warn' : 'muted'}>
+        {` / ${health.stepsIncomplete} incomplete · refused ${health.refused} · hook drops ${health.droppedByHooks}`}
+      </Toned>
+          </Line>
+  );
+}
+
+export function KeysLine({ log }: { readonly log: string | null }) {
+  return (
+    <Line>
+      <Toned tone="muted">{'q quit  ? help  tab panels  l layers  p pause  r reset chart  [ ] run'}</Toned>
+      {log ? <Toned tone="muted">{`  │ ${log}`}</Toned> : null}
+    </Line>
+  );
+}
+
+export function Help() {
+  const lines = [
+    'q          quit (the sidecar stops with `serve`; with `dashboard` only this view)',
+    '?          show or hide this help',
+    'tab, ←/→   move between the chart, trade-off and layers panels',
+    'l          focus the layers table; ↑/↓ scroll, s cycles the sort key',
+    'p          pause the display (the sidecar keeps ingesting)',
+    'r          start the chart anew from the next step (view only; smoothing is the sidecar\'s)',
+    '[ ]        previous / next run',
+    '',
+    'B_simple = tr(Σ)/|G|² estimates the critical batch. Each step makes',
+    '1/(1 + B_simple/B) of the progress of an exact gradient; the relative',
+    'gradient error is B_simple/B. S/S_min = 1 + B_noise/B, E/E_min = 1 + B/B_noise:',
+    'the knee B = B_noise costs twice the minimum of both.',
+  ];
+  return (
+    <Box flexDirection="column" borderStyle="round" paddingX={1}>
+      <Toned tone="accent" bold>
+        Help
+      </Toned>
+      {lines.map((l, i) => (
+        <Toned key={i} tone="plain">
+          {l || ' '}
+        </Toned>
+      ))}
+    </Box>
+  );
+}

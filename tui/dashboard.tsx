@@ -1,0 +1,174 @@
+// The one stateful container: subscribes to the sources, folds them into a
+// model, throttles renders, handles keys. Every child is presentational.
+import { Box, useApp, useInput, useStdout } from 'ink';
+import { useEffect, useMemo, useRef, useState } from 'react';
+import { asyncScheduler, auditTime, EMPTY, map, merge, scan, startWith, type SchedulerLike } from 'rxjs';
+import { ChartPanel } from './components/chart-panel.js';
+import { Header } from './components/header.js';
+import { LAYER_SORTS, layerRows, LayersPanel, type LayerSort } from './components/layers-panel.js';
+import { Help, HealthLine, KeysLine, RecommendationLine, SourceLine } from './components/status-lines.js';
+import { TradeoffPanel } from './components/tradeoff-panel.js';
+import { EMPTY_MODEL, examplesPerSecond, reduce, type DashboardEvent, type DashboardModel } from './model.js';
+import type { DashboardSources } from './sources.js';
+
+export type Focus = 'chart' | 'tradeoff' | 'layers';
+const FOCUS_ORDER: readonly Focus[] = ['chart', 'tradeoff', 'layers'];
+
+export interface DashboardProps {
+  readonly sources: DashboardSources;
+  /** Renders per second at most (the streams are audited to this). Default 15. */
+  readonly updatesPerSecond?: number;
+  /** Override the terminal size (tests); default: the stdout's, following resizes. */
+  readonly columns?: number;
+  readonly rows?: number;
+  /** Called when the user quits with q. */
+  readonly onQuit?: () => void;
+  readonly scheduler?: SchedulerLike;
+}
+
+/** Folds every source into one model stream, audited to at most `perSecond` values a second. */
+export function dashboardModel$(sources: DashboardSources, perSecond: number, scheduler: SchedulerLike = asyncScheduler) {
+  const events$ = merge(
+    sources.runs$.pipe(map((runs): DashboardEvent => ({ kind: 'runs', runs }))),
+    sources.stats$.pipe(map((stats): DashboardEvent => ({ kind: 'step', stats }))),
+    sources.layers$.pipe(map((layers): DashboardEvent => ({ kind: 'layers', layers }))),
+    sources.health$.pipe(map((health): DashboardEvent => ({ kind: 'health', health }))),
+    (sources.connection$ ?? EMPTY).pipe(map((connection): DashboardEvent => ({ kind: 'connection', connection }))),
+    (sources.log$ ?? EMPTY).pipe(map((line): DashboardEvent => ({ kind: 'log', line }))),
+  );
+  return events$.pipe(scan(reduce, EMPTY_MODEL), auditTime(1000 / perSecond, scheduler), startWith(EMPTY_MODEL));
+}
+
+function useTerminalSize(columns?: number, rows?: number): { columns: number; rows: number } {
+  const { stdout } = useStdout();
+  const read = () => ({ columns: columns ?? stdout.columns ?? 80, rows: rows ?? stdout.rows ?? 24 });
+  const [size, setSize] = useState(read);
+  useEffect(() => {
+    const onResize = () => setSize(read());
+    stdout.on('resize', onResize);
+    return () => void stdout.off('resize', onResize);
+  }, [stdout, columns, rows]);
+  return size;
+}
+
+export function Dashboard(props: DashboardProps) {
+  const { exit } = useApp();
+  const size = useTerminalSize(props.columns, props.rows);
+  const [model, setModel] = useState<DashboardModel>(EMPTY_MODEL);
+  const [paused, setPaused] = useState(false);
+  const [help, setHelp] = useState(false);
+  const [focus, setFocus] = useState<Focus>('chart');
+  const [runIndex, setRunIndex] = useState(0);
+  const [sort, setSort] = useState<LayerSort>('bSimple');
+  const [scroll, setScroll] = useState(0);
+  // Per run: the chart shows steps after this one (r resets the view, not the estimator).
+  const [chartFrom, setChartFrom] = useState<ReadonlyMap<string, number>>(new Map());
+  const latest = useRef<DashboardModel>(EMPTY_MODEL);
+  const pausedRef = useRef(false);
+
+  const perSecond = props.updatesPerSecond ?? 15;
+  useEffect(() => {
+    const subscription = dashboardModel$(props.sources, perSecond, props.scheduler).subscribe((m) => {
+      latest.current = m;
+      if (!pausedRef.current) setModel(m);
+    });
+    return () => subscription.unsubscribe();
+  }, [props.sources, perSecond, props.scheduler]);
+
+  const runCount = model.runs.length;
+  const index = Math.min(runIndex, Math.max(0, runCount - 1));
+  const run = model.runs[index] ?? null;
+  const layerCount = run?.layers?.layers.length ?? 0;
+
+  // Layout for the current size: fixed lines + a chart that takes what is left.
+  const width = Math.max(60, size.columns);
+  const bottomHeight = Math.max(8, Math.min(14, Math.floor((size.rows - 6) / 2)));
+  const chartHeight = Math.max(6, size.rows - 1 - 2 - 1 - 1 - bottomHeight - 1 - 1);
+  const leftWidth = Math.min(36, Math.floor(width * 0.43));
+  const rows = layerRows(bottomHeight);
+
+  useInput((input, key) => {
+    if (input === 'q' || (key.ctrl && input === 'c')) {
+      props.onQuit?.();
+      exit();
+      return;
+    }
+    if (input === '?') return setHelp((h) => !h);
+    if (input === 'p') {
+      pausedRef.current = !pausedRef.current;
+      setPaused(pausedRef.current);
+      if (!pausedRef.current) setModel(latest.current);
+      return;
+    }
+    if (key.tab || key.rightArrow || key.leftArrow) {
+      const step = key.leftArrow || key.shift ? -1 : 1;
+      return setFocus((f) => FOCUS_ORDER[(FOCUS_ORDER.indexOf(f) + step + FOCUS_ORDER.length) % FOCUS_ORDER.length]!);
+    }
+    if (input === 'l') return setFocus('layers');
+    if (input === '[' || input === ']') {
+      setScroll(0);
+      return setRunIndex(Math.max(0, Math.min(runCount - 1, index + (input === '[' ? -1 : 1))));
+    }
+    if (input === 'r' && run) {
+      const last = run.history.at(-1)?.step ?? -1;
+      return setChartFrom((m) => new Map(m).set(run.info.run, last));
+    }
+    if (focus === 'layers') {
+      if (input === 's') {
+        setScroll(0);
+        return setSort((s) => LAYER_SORTS[(LAYER_SORTS.indexOf(s) + 1) % LAYER_SORTS.length]!);
+      }
+      const maxScroll = Math.max(0, layerCount - rows);
+      if (key.downArrow) return setScroll((s) => Math.min(maxScroll, s + 1));
+      if (key.upArrow) return setScroll((s) => Math.max(0, s - 1));
+      if (key.pageDown) return setScroll((s) => Math.min(maxScroll, s + rows));
+      if (key.pageUp) return setScroll((s) => Math.max(0, s - rows));
+    }
+  });
+
+  const from = run ? (chartFrom.get(run.info.run) ?? -1) : -1;
+  const points = useMemo(() => (run ? run.history.filter((p) => p.step > from) : []), [run, from]);
+
+  return (
+    <Box flexDirection="column" width={width}>
+      <Header
+        run={run}
+        runIndex={index}
+        runCount={runCount}
+        examplesPerSecond={run ? examplesPerSecond(run.history) : null}
+        health={model.health}
+        connection={model.connection}
+        paused={paused}
+        nowMs={model.health?.unixMs ?? Date.now()}
+      />
+      {help ? (
+        <Help />
+      ) : (
+        <>
+          <ChartPanel
+            points={points}
+            width={width}
+            height={chartHeight}
+            focused={focus === 'chart'}
+            note={run?.latest?.smoothed ? null : (run?.latest?.note ?? null)}
+          />
+          <RecommendationLine />
+          <SourceLine info={run?.info ?? null} latest={run?.latest ?? null} />
+          <Box>
+            <TradeoffPanel latest={run?.latest ?? null} width={leftWidth} height={bottomHeight} focused={focus === 'tradeoff'} />
+            <LayersPanel
+              layers={run?.layers ?? null}
+              sort={sort}
+              scroll={scroll}
+              width={width - leftWidth}
+              height={bottomHeight}
+              focused={focus === 'layers'}
+            />
+          </Box>
+          <HealthLine health={model.health} previous={model.previousHealth} />
+        </>
+      )}
+      <KeysLine log={model.log} />
+    </Box>
+  );
+}
