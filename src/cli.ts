@@ -7,9 +7,12 @@ import { DEFAULT_PORT, startSidecar } from './sidecar.js';
 const USAGE = `noisescope — live gradient noise scale and batch-size advice for PyTorch training
 
 Usage:
-  noisescope serve [--host 127.0.0.1] [--port ${DEFAULT_PORT}] [--json] [--beta 0.99] [--confidence 0.95]
-      Start the sidecar; print one line per measured step (NDJSON with --json).
-  noisescope demo [--port 0] [--json] [-- <python demo args>]
+  noisescope serve [--host 127.0.0.1] [--port ${DEFAULT_PORT}] [--json] [--no-dashboard] [--beta 0.99] [--confidence 0.95]
+      Start the sidecar. In a terminal it shows the live dashboard (q quits, ? helps);
+      otherwise, or with --no-dashboard, one line per measured step (NDJSON with --json).
+  noisescope dashboard [--address 127.0.0.1:${DEFAULT_PORT}] [--run NAME]
+      Attach the dashboard to a running sidecar through its Watch stream.
+  noisescope demo [--port 0] [--json] [--no-dashboard] [-- <python demo args>]
       Start a sidecar and train a small MLP on scikit-learn's digits through the hook.
   noisescope bench accuracy
       Estimator accuracy and interval coverage on synthetic gradients with known G and Σ.
@@ -40,6 +43,7 @@ const SERVE_OPTIONS = {
   host: { type: 'string' },
   port: { type: 'string' },
   json: { type: 'boolean', default: false },
+  'no-dashboard': { type: 'boolean', default: false },
   beta: { type: 'string' },
   confidence: { type: 'string' },
   help: { type: 'boolean', short: 'h', default: false },
@@ -55,14 +59,52 @@ async function serve(args: string[]): Promise<void> {
   });
   const write = (line: string) => process.stdout.write(`${line}\n`);
   write(values.json ? JSON.stringify({ type: 'listening', address: sidecar.address }) : `noisescope listening on ${sidecar.address}`);
+  if (wantsDashboard(values)) {
+    const { renderDashboard } = await import('../tui/render-dashboard.js');
+    const ink = renderDashboard(sidecar, { address: `listening on ${sidecar.address}` });
+    await Promise.race([ink.waitUntilExit(), untilSignal()]);
+    ink.unmount();
+    await sidecar.close();
+    return;
+  }
   const printing = printSidecar(sidecar, values.json, write);
-  await new Promise<void>((resolve) => {
+  await untilSignal();
+  printing.unsubscribe();
+  await sidecar.close();
+}
+
+function untilSignal(): Promise<void> {
+  return new Promise<void>((resolve) => {
     const stop = () => resolve();
     process.once('SIGINT', stop);
     process.once('SIGTERM', stop);
   });
-  printing.unsubscribe();
-  await sidecar.close();
+}
+
+/** The dashboard needs a terminal on both ends; --json and --no-dashboard keep the lines. */
+function wantsDashboard(values: { json: boolean; 'no-dashboard': boolean }): boolean {
+  return !values.json && !values['no-dashboard'] && Boolean(process.stdout.isTTY) && Boolean(process.stdin.isTTY);
+}
+
+const DASHBOARD_OPTIONS = {
+  address: { type: 'string' },
+  run: { type: 'string' },
+  help: { type: 'boolean', short: 'h', default: false },
+} as const;
+
+async function dashboard(args: string[]): Promise<void> {
+  const { values } = parseArgs({ args, options: DASHBOARD_OPTIONS, strict: true });
+  if (values.help) return void process.stdout.write(USAGE);
+  const address = values.address ?? `127.0.0.1:${DEFAULT_PORT}`;
+  if (!/^[^\s:]+:\d+$/.test(address)) throw new UsageError(`--address must be host:port, got '${address}'`);
+  if (!process.stdout.isTTY || !process.stdin.isTTY) throw new UsageError('the dashboard needs a terminal (use `serve --json` for scripts)');
+  const { watchSidecar } = await import('./remote/watch-client.js');
+  const { renderDashboard } = await import('../tui/render-dashboard.js');
+  const remote = watchSidecar(address, values.run !== undefined ? { run: values.run } : {});
+  const ink = renderDashboard(remote, { address: `watching ${address}` });
+  await Promise.race([ink.waitUntilExit(), untilSignal()]);
+  ink.unmount();
+  remote.close();
 }
 
 function smoothingFrom(values: { beta?: string | undefined; confidence?: string | undefined }) {
@@ -81,6 +123,7 @@ async function demo(args: string[]): Promise<void> {
   process.exitCode = await runDemo({
     port: portOption(values.port, 0),
     json: values.json,
+    dashboard: wantsDashboard(values),
     smoothing: smoothingFrom(values),
     pythonArgs,
   });
@@ -106,6 +149,8 @@ async function main(argv: string[]): Promise<void> {
   switch (command) {
     case 'serve':
       return serve(rest);
+    case 'dashboard':
+      return dashboard(rest);
     case 'demo':
       return demo(rest);
     case 'bench':

@@ -23,6 +23,8 @@ export interface DashboardProps {
   readonly rows?: number;
   /** Called when the user quits with q. */
   readonly onQuit?: () => void;
+  /** Where the sidecar listens (or the one watched), shown at the bottom. */
+  readonly address?: string;
   readonly scheduler?: SchedulerLike;
 }
 
@@ -87,7 +89,12 @@ export function Dashboard(props: DashboardProps) {
   const leftWidth = Math.min(36, Math.floor(width * 0.43));
   const rows = layerRows(bottomHeight);
 
+  // The key handler reads the latest render's values through a ref, never a stale closure.
+  const current = useRef({ runCount, index, run, layerCount, rows, focus });
+  current.current = { runCount, index, run, layerCount, rows, focus };
+
   useInput((input, key) => {
+    const { runCount, index, run, layerCount, rows, focus } = current.current;
     if (input === 'q' || (key.ctrl && input === 'c')) {
       props.onQuit?.();
       exit();
@@ -168,7 +175,7 @@ export function Dashboard(props: DashboardProps) {
           <HealthLine health={model.health} previous={model.previousHealth} />
         </>
       )}
-      <KeysLine log={model.log} />
+      <KeysLine log={model.log} address={props.address ?? null} />
     </Box>
   );
 }

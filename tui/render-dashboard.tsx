@@ -9,13 +9,14 @@ export interface DashboardOptions {
   /** Renders per second at most; default 15. */
   readonly maxFps?: number;
   readonly onQuit?: () => void;
+  readonly address?: string;
   readonly stdout?: NodeJS.WriteStream;
   readonly stdin?: NodeJS.ReadStream;
 }
 
 export function renderDashboard(sources: DashboardSources, options: DashboardOptions = {}): Instance {
   const fps = options.maxFps ?? 15;
-  return render(<Dashboard sources={sources} updatesPerSecond={fps} {...(options.onQuit ? { onQuit: options.onQuit } : {})} />, {
+  return render(<Dashboard sources={sources} updatesPerSecond={fps} {...(options.onQuit ? { onQuit: options.onQuit } : {})} {...(options.address ? { address: options.address } : {})} />, {
     maxFps: fps,
     exitOnCtrlC: false,
     patchConsole: true,

@@ -6,11 +6,15 @@ import { startSidecar } from '../sidecar.js';
 import type { SmoothingOptions } from '../stats/run-estimator.js';
 import { formatSummary } from './format.js';
 import { printSidecar } from './print-sidecar.js';
+import { Subject } from 'rxjs';
+import type { Sidecar } from '../sidecar.js';
 import type { StepStats } from '../types.js';
 
 export interface DemoOptions {
   readonly port: number;
   readonly json: boolean;
+  /** Show the Ink dashboard (a TTY); training output then goes to its last line, not the terminal. */
+  readonly dashboard?: boolean;
   readonly smoothing: Partial<SmoothingOptions>;
   readonly pythonArgs: readonly string[];
 }
@@ -24,6 +28,7 @@ function findPython(): string {
 /** Starts a sidecar, trains the demo model through the hook, prints the live estimate. */
 export async function runDemo(options: DemoOptions): Promise<number> {
   const sidecar = await startSidecar({ port: options.port, smoothing: options.smoothing });
+  if (options.dashboard) return runDemoDashboard(sidecar, options);
   const write = (line: string) => process.stdout.write(`${line}\n`);
   write(options.json ? JSON.stringify({ type: 'listening', address: sidecar.address }) : `noisescope listening on ${sidecar.address}`);
   const printing = printSidecar(sidecar, options.json, write);
@@ -49,5 +54,44 @@ export async function runDemo(options: DemoOptions): Promise<number> {
   keepLast.unsubscribe();
   await sidecar.close();
   if (last && !options.json) write(`\n${formatSummary(last)}`);
+  return code;
+}
+
+/** The demo under the dashboard: training lines feed its log line; q (or the end of training, then q) closes. */
+async function runDemoDashboard(sidecar: Sidecar, options: DemoOptions): Promise<number> {
+  const { renderDashboard } = await import('../../tui/render-dashboard.js');
+  const log = new Subject<string>();
+  let last: StepStats | null = null;
+  const keepLast = sidecar.stats$.subscribe((s) => (last = s));
+  const ink = renderDashboard({ ...sidecar, log$: log.asObservable() }, { address: sidecar.address });
+  const python = findPython();
+  const child = spawn(python, ['-m', 'noisescope.demo', '--address', sidecar.address, ...options.pythonArgs], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const toLog = (chunk: string) => {
+    for (const line of chunk.split('\n')) if (line.trim()) log.next(`train: ${line.trim()}`);
+  };
+  child.stdout.setEncoding('utf8').on('data', toLog);
+  child.stderr.setEncoding('utf8').on('data', toLog);
+  let code = 0;
+  const trained = new Promise<void>((resolve) => {
+    child.on('error', (error) => {
+      log.next(`cannot run ${python}: ${error.message} (run \`npm run setup\`)`);
+      code = 1;
+      resolve();
+    });
+    child.on('exit', (c, signal) => {
+      code = c ?? (signal ? 1 : 0);
+      log.next(`training finished (exit ${code}) — q quits`);
+      resolve();
+    });
+  });
+  await ink.waitUntilExit();
+  if (child.exitCode === null) child.kill('SIGTERM');
+  await trained;
+  ink.unmount();
+  keepLast.unsubscribe();
+  await sidecar.close();
+  if (last) process.stdout.write(`\n${formatSummary(last)}\n`);
   return code;
 }

@@ -43,39 +43,40 @@ export function HealthLine({ health, previous }: { readonly health: Health | nul
   return (
     <Line>
       <Toned tone="plain" bold>
-        {'Ingest: '}
+        {'Ingest '}
       </Toned>
-      <Toned tone="plain">{`${health.messages} msgs${rate} ${short(health.bytes / 1e6)} MB · steps ${health.stepsCompleted} ok`}</Toned>
+      <Toned tone="plain">{`${health.messages} msgs${rate} ${short(health.bytes / 1e6)}MB · steps ${health.stepsCompleted} ok`}</Toned>
       <Toned tone={problems ? 'warn' : 'muted'}>
-        {` / ${health.stepsIncomplete} incomplete · refused ${health.refused} · hook drops ${health.droppedByHooks}`}
+        {` ${health.stepsIncomplete} incomplete · refused ${health.refused} · hook drops ${health.droppedByHooks}`}
       </Toned>
           </Line>
   );
 }
 
-export function KeysLine({ log }: { readonly log: string | null }) {
+export function KeysLine({ log, address }: { readonly log: string | null; readonly address: string | null }) {
   return (
     <Line>
-      <Toned tone="muted">{'q quit  ? help  tab panels  l layers  p pause  r reset chart  [ ] run'}</Toned>
-      {log ? <Toned tone="muted">{`  │ ${log}`}</Toned> : null}
+      {/* A training job's last line (the demo) takes the room of the long key list. */}
+      <Toned tone="muted">{log ? 'q quit  ? help' : 'q quit  ? help  tab panels  l layers  p pause  r reset chart  [ ] run'}</Toned>
+      {log ? <Toned tone="plain">{`  │ ${log}`}</Toned> : address ? <Toned tone="muted">{`  · ${address}`}</Toned> : null}
     </Line>
   );
 }
 
 export function Help() {
   const lines = [
-    'q          quit (the sidecar stops with `serve`; with `dashboard` only this view)',
+    'q          quit (`serve` stops the sidecar; `dashboard` only detaches)',
     '?          show or hide this help',
     'tab, ←/→   move between the chart, trade-off and layers panels',
     'l          focus the layers table; ↑/↓ scroll, s cycles the sort key',
     'p          pause the display (the sidecar keeps ingesting)',
-    'r          start the chart anew from the next step (view only; smoothing is the sidecar\'s)',
+    'r          start the chart anew (a view reset: smoothing is the sidecar\'s)',
     '[ ]        previous / next run',
     '',
     'B_simple = tr(Σ)/|G|² estimates the critical batch. Each step makes',
     '1/(1 + B_simple/B) of the progress of an exact gradient; the relative',
-    'gradient error is B_simple/B. S/S_min = 1 + B_noise/B, E/E_min = 1 + B/B_noise:',
-    'the knee B = B_noise costs twice the minimum of both.',
+    'gradient error is B_simple/B. Steps S/S_min = 1 + B_noise/B, examples',
+    'E/E_min = 1 + B/B_noise: the knee B = B_noise costs 2× the minimum of both.',
   ];
   return (
     <Box flexDirection="column" borderStyle="round" paddingX={1}>

@@ -1,0 +1,100 @@
+// Proto messages from the Watch stream → the public value types (the inverse of
+// transport/to-wire.ts: NaN → null, '' → null, 0 dataset size → null).
+import type { Estimate as WireEstimate } from '../transport/generated/noisescope/v1/Estimate.js';
+import type { Health__Output as WireHealth } from '../transport/generated/noisescope/v1/Health.js';
+import type { LayerStats__Output as WireLayerStats } from '../transport/generated/noisescope/v1/LayerStats.js';
+import type { RunInfo__Output as WireRunInfo } from '../transport/generated/noisescope/v1/RunInfo.js';
+import type { Source__Output as WireSource } from '../transport/generated/noisescope/v1/Source.js';
+import type { StepStats__Output as WireStepStats } from '../transport/generated/noisescope/v1/StepStats.js';
+import type { Estimate, Health, LayerStats, RunInfo, Source, StepStats } from '../types.js';
+
+const SOURCES: Readonly<Record<WireSource, Source>> = {
+  SOURCE_UNSPECIFIED: 'none',
+  SOURCE_NONE: 'none',
+  SOURCE_ACCUMULATION: 'accumulation',
+  SOURCE_DATA_PARALLEL: 'data-parallel',
+  SOURCE_PER_EXAMPLE: 'per-example',
+  SOURCE_PROBE: 'probe',
+};
+
+const orNull = (v: number): number | null => (Number.isNaN(v) ? null : v);
+
+/**
+ * The wire carries a run's layer count, not its layers, and neither `every`
+ * nor `ended` (ended comes as run_ended): those are filled as best it can.
+ */
+export function runInfoFromWire(w: WireRunInfo, ended: boolean): RunInfo {
+  return {
+    run: w.run,
+    worldSize: w.worldSize,
+    ranksConnected: w.ranksConnected,
+    source: SOURCES[w.source] ?? 'none',
+    mode: w.mode === 'MODE_DENSE' ? 'dense' : w.mode === 'MODE_SKETCH' ? 'sketch' : 'norms',
+    layers: [],
+    parameters: w.parameters,
+    datasetSize: w.datasetSize > 0 ? w.datasetSize : null,
+    every: 1,
+    startedUnixMs: w.startedUnixMs,
+    ended,
+  };
+}
+
+function estimateFromWire(e: WireEstimate | null | undefined): Estimate | null {
+  if (!e) return null;
+  const interval = e.bSimpleInterval;
+  return {
+    gradSqNorm: Number(e.gradSqNorm ?? 0),
+    traceSigma: Number(e.traceSigma ?? 0),
+    bSimple: orNull(Number(e.bSimple ?? Number.NaN)),
+    interval: interval ? { low: Number(interval.low ?? 0), high: Number(interval.high ?? 0) } : null,
+    trusted: e.trusted ?? false,
+  };
+}
+
+export function stepStatsFromWire(w: WireStepStats): StepStats {
+  return {
+    run: w.run,
+    step: w.step,
+    source: SOURCES[w.source] ?? 'none',
+    globalBatch: w.globalBatch,
+    microBatches: w.microBatches,
+    ranks: w.ranks,
+    levels: w.levels,
+    raw: estimateFromWire(w.raw),
+    smoothed: estimateFromWire(w.smoothed),
+    lr: orNull(w.lr),
+    loss: orNull(w.loss),
+    skipped: w.skipped,
+    note: w.note === '' ? null : w.note,
+    unixMs: w.unixMs,
+    stepsMeasured: w.stepsMeasured,
+  };
+}
+
+export function layerStatsFromWire(w: WireLayerStats): LayerStats {
+  return {
+    run: w.run,
+    step: w.step,
+    layers: w.layers.map((l) => ({
+      name: l.name,
+      numel: l.numel,
+      gradSqNorm: l.gradSqNorm,
+      traceSigma: l.traceSigma,
+      bSimple: orNull(l.bSimple),
+    })),
+  };
+}
+
+export function healthFromWire(w: WireHealth): Health {
+  return {
+    unixMs: w.unixMs,
+    ranksConnected: w.ranksConnected,
+    messages: w.messages,
+    bytes: w.bytes,
+    refused: w.refused,
+    stepsCompleted: w.stepsCompleted,
+    stepsIncomplete: w.stepsIncomplete,
+    droppedByHooks: w.droppedByHooks,
+    computeBackend: w.computeBackend,
+  };
+}

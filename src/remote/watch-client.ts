@@ -1,0 +1,96 @@
+// A remote sidecar's Watch stream, turned back into the same four Observables
+// the in-process sidecar has, plus the connection's state. Reconnects with back-off.
+import * as grpc from '@grpc/grpc-js';
+import { BehaviorSubject, ReplaySubject, Subject, type Observable } from 'rxjs';
+import { loadProto } from '../transport/proto.js';
+import type { NoiseScopeClient } from '../transport/generated/noisescope/v1/NoiseScope.js';
+import type { RunEvent__Output } from '../transport/generated/noisescope/v1/RunEvent.js';
+import type { Health, LayerStats, RunInfo, StepStats } from '../types.js';
+import { healthFromWire, layerStatsFromWire, runInfoFromWire, stepStatsFromWire } from './from-wire.js';
+
+export type ConnectionState =
+  | { readonly state: 'connecting'; readonly address: string }
+  | { readonly state: 'connected'; readonly address: string }
+  | { readonly state: 'lost'; readonly address: string; readonly reason: string };
+
+export interface WatchClientOptions {
+  /** Only this run; default every run. */
+  readonly run?: string;
+  /** First retry delay after a lost connection; doubles up to maxRetryMs. Default 500. */
+  readonly retryMs?: number;
+  readonly maxRetryMs?: number;
+}
+
+export interface RemoteSidecar {
+  readonly address: string;
+  readonly stats$: Observable<StepStats>;
+  readonly layers$: Observable<LayerStats>;
+  readonly runs$: Observable<readonly RunInfo[]>;
+  readonly health$: Observable<Health>;
+  readonly connection$: Observable<ConnectionState>;
+  close(): void;
+}
+
+/** Watches the sidecar at host:port; never throws for a lost connection, it reports it on connection$. */
+export function watchSidecar(address: string, options: WatchClientOptions = {}): RemoteSidecar {
+  const Service = loadProto().noisescope.v1.NoiseScope;
+  const client: NoiseScopeClient = new Service(address, grpc.credentials.createInsecure());
+  const stats = new ReplaySubject<StepStats>(1);
+  const layers = new ReplaySubject<LayerStats>(1);
+  const health = new ReplaySubject<Health>(1);
+  const runs = new ReplaySubject<readonly RunInfo[]>(1);
+  const connection = new BehaviorSubject<ConnectionState>({ state: 'connecting', address });
+  const known = new Map<string, RunInfo>();
+  let call: grpc.ClientReadableStream<RunEvent__Output> | null = null;
+  let timer: NodeJS.Timeout | null = null;
+  let closed = false;
+  let delay = options.retryMs ?? 500;
+
+  const setConnected = () => {
+    delay = options.retryMs ?? 500;
+    if (connection.value.state !== 'connected') connection.next({ state: 'connected', address });
+  };
+  const onEvent = (e: RunEvent__Output) => {
+    setConnected();
+    if (e.runStarted || e.runEnded) {
+      const info = runInfoFromWire((e.runStarted ?? e.runEnded)!, Boolean(e.runEnded));
+      known.set(info.run, info);
+      runs.next([...known.values()]);
+    } else if (e.step) stats.next(stepStatsFromWire(e.step));
+    else if (e.layers) layers.next(layerStatsFromWire(e.layers));
+    else if (e.health) health.next(healthFromWire(e.health));
+  };
+  const open = () => {
+    if (closed) return;
+    const current = client.Watch(options.run ? { run: options.run } : {});
+    call = current;
+    current.on('metadata', setConnected);
+    current.on('data', onEvent);
+    current.on('error', () => {}); // 'status' carries it
+    current.on('status', (status: grpc.StatusObject) => {
+      if (closed || call !== current) return;
+      const reason = status.code === grpc.status.OK ? 'the sidecar closed the stream' : status.details || grpc.status[status.code] || 'unknown';
+      connection.next({ state: 'lost', address, reason });
+      timer = setTimeout(open, delay);
+      delay = Math.min(delay * 2, options.maxRetryMs ?? 5000);
+    });
+  };
+  open();
+
+  return {
+    address,
+    stats$: stats.asObservable(),
+    layers$: layers.asObservable(),
+    runs$: runs.asObservable(),
+    health$: health.asObservable(),
+    connection$: connection.asObservable(),
+    close() {
+      if (closed) return;
+      closed = true;
+      if (timer) clearTimeout(timer);
+      call?.cancel();
+      client.close();
+      for (const s of [stats, layers, health, runs, connection] as Subject<unknown>[]) s.complete();
+    },
+  };
+}

@@ -1,0 +1,196 @@
+// The dashboard rendered by ink-testing-library from scripted Observables, at 80×24.
+import { render } from 'ink-testing-library';
+import { BehaviorSubject } from 'rxjs';
+import { afterEach, describe, expect, it } from 'vitest';
+import { Dashboard } from '../../tui/dashboard.js';
+import type { ConnectionState } from '../../tui/sources.js';
+import { estimate, health, layerStats, runInfo, scriptedSources, step } from './fixtures.js';
+
+const DOWN = '\u001B[B';
+const UP = '\u001B[A';
+const mounted: (() => void)[] = [];
+afterEach(() => {
+  for (const unmount of mounted.splice(0)) unmount();
+});
+
+function mount(sources = scriptedSources(), extra: { onQuit?: () => void } = {}) {
+  const view = render(<Dashboard sources={sources.sources} columns={80} rows={24} updatesPerSecond={50} {...extra} />);
+  mounted.push(view.unmount);
+  const frame = () => view.lastFrame() ?? '';
+  return { ...sources, ...view, frame };
+}
+
+/** A steady run: B_simple 128 at a batch of 64, 100 steps, 6 layers. */
+function steady(m: ReturnType<typeof mount>) {
+  m.runs.next([runInfo()]);
+  for (let i = 0; i < 100; i++) m.stats.next(step(i, { smoothed: estimate(128 + (i % 3)) }));
+  m.stats.next(step(100, { smoothed: estimate(128) }));
+  m.layers.next(layerStats(6, 'mlp', 100));
+  m.health.next(health({ stepsCompleted: 101 }));
+}
+
+describe('dashboard', () => {
+  it('fits 80×24', async () => {
+    const m = mount();
+    steady(m);
+    await expect.poll(m.frame).toContain('step 100');
+    const lines = m.frame().split('\n');
+    expect(lines.length).toBeLessThan(24);
+    for (const line of lines) expect(line.length).toBeLessThanOrEqual(80);
+  });
+
+  it('says there is no run yet before any training job attaches', async () => {
+    const m = mount();
+    await expect.poll(m.frame).toContain('no run yet');
+    expect(m.frame()).toContain('no per-layer estimates yet');
+    expect(m.frame()).toContain('recommendations arrive in a later version');
+    expect(m.frame()).toContain('ingest: no health report yet');
+  });
+
+  it('shows a steady estimate: B_simple, the chart with the batch, the trade-off and what the batch buys', async () => {
+    const m = mount();
+    steady(m);
+    await expect.poll(m.frame).toContain('step 100');
+    const f = m.frame();
+    expect(f).toContain('B_simple 128 [102, 166]');
+    expect(f).not.toContain('not yet trustworthy');
+    expect(f).toMatch(/●{10,}/); // the estimate drawn across the chart
+    expect(f).toMatch(/─{10,}/); // the batch line
+    expect(f).toContain('─ batch 64');
+    expect(f).toContain('steps 32–100, log scale'); // the last chart-width steps
+    expect(f).toContain('Trade-off · B_noise≈128');
+    // S/S_min = 1 + 128/64 = 3, E/E_min = 1 + 64/128 = 1.5; the knee at 128 costs 2× both.
+    expect(f).toMatch(/▶\s+64\s+3\s+1\.5 now/);
+    expect(f).toMatch(/128\s+2\s+2 knee/);
+    expect(f).toContain('B 64: 33%/step · err 2'); // 1/(1 + 128/64), 128/64
+    expect(f).toContain('Scales: accumulation (4 micro-batches × 1 rank, 2 batch scales)');
+    expect(f).toContain('steps 101 ok 0 incomplete · refused 0 · hook drops 0');
+    expect(f).toContain('cpu (norms mode)');
+  });
+
+  it('warns while warming up: untrusted estimate, unbounded interval', async () => {
+    const m = mount();
+    m.runs.next([runInfo()]);
+    for (let i = 0; i < 5; i++) {
+      m.stats.next(step(i, { smoothed: estimate(300, { trusted: false, interval: { low: 40, high: Infinity } }) }));
+    }
+    await expect.poll(m.frame).toContain('not yet trustworthy');
+    expect(m.frame()).toContain('B_simple 300 [40, ∞]');
+    expect(m.frame()).toContain('┆ unbounded');
+    expect(m.frame()).toContain('● untrusted');
+  });
+
+  it('says "no estimate" with the note when there is none', async () => {
+    const m = mount();
+    m.runs.next([runInfo({ source: 'none' })]);
+    m.stats.next(step(0, { source: 'none', microBatches: 1, levels: 1, raw: null, smoothed: null, note: 'one batch scale: use gradient accumulation' }));
+    await expect.poll(m.frame).toContain('no estimate: one batch scale: use gradient accumulation');
+    expect(m.frame()).toMatch(/Scales: none \(1 micro-batch × 1 rank, 1 batch scale\) — one batch/);
+  });
+
+  it('scrolls and sorts many layers', async () => {
+    const m = mount();
+    steady(m);
+    m.layers.next(layerStats(30, 'mlp', 100));
+    await expect.poll(m.frame).toContain('1–4 of 30');
+    m.stdin.write('l');
+    await expect.poll(m.frame).toContain('↑/↓ scroll, s sort');
+    // Noisiest first: B_simple = (1 + 7i mod 5)/(0.01(i+1)) is largest for layer00 (100) then layer02 (166.7)…
+    const rowsOf = () => [...m.frame().matchAll(/(layer\d\d)\.weight/g)].map((x) => x[1]);
+    expect(rowsOf()).toEqual(['layer02', 'layer01', 'layer00', 'layer04']);
+    m.stdin.write(DOWN);
+    m.stdin.write(DOWN);
+    await expect.poll(m.frame).toContain('3–6 of 30');
+    expect(rowsOf()[0]).toBe('layer00');
+    m.stdin.write(UP);
+    await expect.poll(m.frame).toContain('2–5 of 30');
+    m.stdin.write('s');
+    await expect.poll(m.frame).toContain('Layers · |G|² ↓');
+    expect(rowsOf()).toEqual(['layer29', 'layer28', 'layer27', 'layer26']);
+    m.stdin.write('s');
+    m.stdin.write('s');
+    await expect.poll(m.frame).toContain('Layers · name');
+    expect(rowsOf()).toEqual(['layer00', 'layer01', 'layer02', 'layer03']);
+  });
+
+  it('shows a disconnected rank', async () => {
+    const m = mount();
+    steady(m);
+    m.runs.next([runInfo({ worldSize: 2, ranksConnected: 1 })]);
+    await expect.poll(m.frame).toContain('ranks 1/2');
+  });
+
+  it('switches between two runs with [ and ]', async () => {
+    const m = mount();
+    steady(m);
+    m.runs.next([runInfo(), runInfo({ run: 'resnet', startedUnixMs: 1_005_000 })]);
+    m.stats.next(step(7, { run: 'resnet', globalBatch: 256, smoothed: estimate(900) }));
+    await expect.poll(m.frame).toContain('(1/2 [ ])');
+    expect(m.frame()).toContain('noisescope mlp');
+    m.stdin.write(']');
+    await expect.poll(m.frame).toContain('noisescope resnet');
+    expect(m.frame()).toContain('B_simple 900');
+    expect(m.frame()).toContain('─ batch 256');
+    m.stdin.write('[');
+    await expect.poll(m.frame).toContain('noisescope mlp');
+  });
+
+  it('pauses the display while the streams go on, then catches up', async () => {
+    const m = mount();
+    steady(m);
+    await expect.poll(m.frame).toContain('step 100');
+    m.stdin.write('p');
+    await expect.poll(m.frame).toContain('PAUSED');
+    m.stats.next(step(101, { smoothed: estimate(140) }));
+    await new Promise((r) => setTimeout(r, 100));
+    expect(m.frame()).toContain('step 100');
+    m.stdin.write('p');
+    await expect.poll(m.frame).toContain('step 101');
+    expect(m.frame()).not.toContain('PAUSED');
+  });
+
+  it('r starts the chart anew (a view reset, the estimate is untouched)', async () => {
+    const m = mount();
+    steady(m);
+    await expect.poll(m.frame).toContain('steps 32–100');
+    m.stdin.write('r');
+    await expect.poll(m.frame).toContain('the chart starts with the first estimated step');
+    expect(m.frame()).toContain('B_simple 128');
+    m.stats.next(step(101, { smoothed: estimate(128) }));
+    await expect.poll(m.frame).toContain('steps 101–101');
+  });
+
+  it('toggles help with ?', async () => {
+    const m = mount();
+    steady(m);
+    m.stdin.write('?');
+    await expect.poll(m.frame).toContain('pause the display (the sidecar keeps ingesting)');
+    m.stdin.write('?');
+    await expect.poll(m.frame).toContain('Trade-off');
+  });
+
+  it('shows a lost connection instead of crashing', async () => {
+    const s = scriptedSources();
+    const connection = new BehaviorSubject<ConnectionState>({ state: 'connected', address: '127.0.0.1:1' });
+    const m = mount({ ...s, sources: { ...s.sources, connection$: connection } });
+    steady(m);
+    await expect.poll(m.frame).toContain('B_simple 128');
+    connection.next({ state: 'lost', address: '127.0.0.1:1', reason: 'No connection established' });
+    await expect.poll(m.frame).toContain('connection to 127.0.0.1:1 lost: No connection established');
+  });
+
+  it('shows the training job’s last line', async () => {
+    const m = mount();
+    steady(m);
+    m.log.next('train: step 90/100 loss 0.15');
+    await expect.poll(m.frame).toContain('│ train: step 90/100 loss 0.15');
+  });
+
+  it('q quits', async () => {
+    let quit = false;
+    const m = mount(undefined, { onQuit: () => (quit = true) });
+    await expect.poll(m.frame).toContain('no run yet');
+    m.stdin.write('q');
+    await expect.poll(() => quit).toBe(true);
+  });
+});
