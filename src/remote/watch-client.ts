@@ -56,7 +56,16 @@ export function watchSidecar(address: string, options: WatchClientOptions = {}):
       const info = runInfoFromWire((e.runStarted ?? e.runEnded)!, Boolean(e.runEnded));
       known.set(info.run, info);
       runs.next([...known.values()]);
-    } else if (e.step) stats.next(stepStatsFromWire(e.step));
+    } else if (e.step) {
+      const step = stepStatsFromWire(e.step);
+      // A run's source is settled by its first steps, after run_started was sent: follow the steps.
+      const info = known.get(step.run);
+      if (info && info.source !== step.source) {
+        known.set(step.run, { ...info, source: step.source });
+        runs.next([...known.values()]);
+      }
+      stats.next(step);
+    }
     else if (e.layers) layers.next(layerStatsFromWire(e.layers));
     else if (e.health) health.next(healthFromWire(e.health));
   };
