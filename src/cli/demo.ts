@@ -68,8 +68,9 @@ async function runDemoDashboard(sidecar: Sidecar, options: DemoOptions): Promise
   const child = spawn(python, ['-m', 'noisescope.demo', '--address', sidecar.address, ...options.pythonArgs], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
+  let lastLine = '';
   const toLog = (chunk: string) => {
-    for (const line of chunk.split('\n')) if (line.trim()) log.next(`train: ${line.trim()}`);
+    for (const line of chunk.split('\n')) if (line.trim()) log.next((lastLine = `train: ${line.trim()}`));
   };
   child.stdout.setEncoding('utf8').on('data', toLog);
   child.stderr.setEncoding('utf8').on('data', toLog);
@@ -82,7 +83,7 @@ async function runDemoDashboard(sidecar: Sidecar, options: DemoOptions): Promise
     });
     child.on('exit', (c, signal) => {
       code = c ?? (signal ? 1 : 0);
-      log.next(`training finished (exit ${code}) — q quits`);
+      log.next(`${lastLine ? `${lastLine} · ` : ''}training finished (exit ${code}), q quits`);
       resolve();
     });
   });

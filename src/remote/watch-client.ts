@@ -78,8 +78,10 @@ export function watchSidecar(address: string, options: WatchClientOptions = {}):
     current.on('error', () => {}); // 'status' carries it
     current.on('status', (status: grpc.StatusObject) => {
       if (closed || call !== current) return;
-      const reason = status.code === grpc.status.OK ? 'the sidecar closed the stream' : status.details || grpc.status[status.code] || 'unknown';
-      connection.next({ state: 'lost', address, reason });
+      // One short line: grpc-js details can run to several sentences.
+      const detail = (status.details || '').split(/\.\s|\n/)[0] ?? '';
+      const reason = status.code === grpc.status.OK ? 'the sidecar closed the stream' : `${grpc.status[status.code] ?? status.code}${detail ? `: ${detail}` : ''}`;
+      connection.next({ state: 'lost', address, reason: `${reason} (retrying)` });
       timer = setTimeout(open, delay);
       delay = Math.min(delay * 2, options.maxRetryMs ?? 5000);
     });

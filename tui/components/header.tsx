@@ -55,7 +55,11 @@ export function Header(props: HeaderProps) {
           </Toned>
           <Toned tone="muted">no run yet — waiting for a training job to attach (noisescope.watch(model, optimizer))</Toned>
         </Line>
-        {conn ? <Toned tone={statusTone(status)}>{conn}</Toned> : null}
+        {conn ? (
+          <Line>
+            <Toned tone={statusTone(status)}>{conn}</Toned>
+          </Line>
+        ) : null}
       </Box>
     );
   }
@@ -80,7 +84,9 @@ export function Header(props: HeaderProps) {
         {props.health ? <Toned tone="muted">{`  · ${props.health.computeBackend}`}</Toned> : null}
       </Line>
       {conn ? (
-        <Toned tone={statusTone(status)}>{conn}</Toned>
+        <Line>
+          <Toned tone={statusTone(status)}>{conn}</Toned>
+        </Line>
       ) : (
         <EstimateLine latest={run.latest} />
       )}

@@ -1,0 +1,40 @@
+// The dashboard in a real 80×24 terminal (tmux), fed by real training through the Python hook.
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterEach, expect, it } from 'vitest';
+
+const ROOT = join(import.meta.dirname, '..', '..');
+const CLI = join(ROOT, 'dist', 'src', 'cli.js');
+const PYTHON = join(ROOT, '.venv', 'bin', 'python');
+const hasTmux = spawnSync('tmux', ['-V']).status === 0;
+const ready = hasTmux && existsSync(CLI) && existsSync(PYTHON);
+const session = `noisescope-e2e-${process.pid}`;
+
+const tmux = (...args: string[]) => execFileSync('tmux', args, { encoding: 'utf8' });
+const capture = () => tmux('capture-pane', '-p', '-t', session);
+
+afterEach(() => {
+  spawnSync('tmux', ['kill-session', '-t', session]); // even when the test failed
+});
+
+it.skipIf(!ready)('serve shows the live dashboard in an 80×24 terminal while a real model trains', async () => {
+  const port = 20000 + (process.pid % 20000);
+  tmux('new-session', '-d', '-s', session, '-x', '80', '-y', '24', `${process.execPath} ${CLI} serve --port ${port}`);
+  await expect.poll(capture, { timeout: 15_000 }).toContain('no run yet');
+  const train = spawnSync(PYTHON, ['-m', 'noisescope.demo', '--address', `127.0.0.1:${port}`, '--steps', '120', '--step-time', '0'], {
+    encoding: 'utf8',
+    timeout: 120_000,
+  });
+  expect(train.status, train.stderr).toBe(0);
+  await expect.poll(capture, { timeout: 15_000 }).toContain('step 119');
+  const screen = capture();
+  expect(screen).toMatch(/B_simple \d+(\.\d+)? \[/); // a value with its interval
+  expect(screen).toMatch(/●{5,}/); // the chart
+  expect(screen).toContain('─ batch 64');
+  expect(screen).toMatch(/0\.weight\s+\d/); // the layer table
+  expect(screen).toContain('Scales: accumulation');
+  for (const line of screen.split('\n')) expect([...line].length).toBeLessThanOrEqual(80);
+  tmux('send-keys', '-t', session, 'q');
+  await expect.poll(() => spawnSync('tmux', ['has-session', '-t', session]).status, { timeout: 10_000 }).not.toBe(0);
+}, 180_000);
