@@ -18,6 +18,8 @@ Usage:
       Estimator accuracy and interval coverage on synthetic gradients with known G and Σ.
   noisescope bench latency
       Step end → StepStats on stats$ over real gRPC (norms mode), p50/p99.
+  noisescope bench dashboard
+      Dashboard CPU per frame at 20 updates/s; step latency with and without a dashboard open.
 
 In Python:  ns = noisescope.watch(model, optimizer)   # one line; see README.md
 `;
@@ -141,10 +143,17 @@ async function bench(args: string[]): Promise<void> {
     process.stdout.write(`${formatLatency(await runStepLatency())}\n`);
     return;
   }
-  throw new UsageError(`unknown benchmark '${which ?? ''}': try 'noisescope bench accuracy' or 'noisescope bench latency'`);
+  if (which === 'dashboard') {
+    const { runDashboardBench } = await import('./cli/bench-dashboard.js');
+    process.stdout.write(`${await runDashboardBench()}\n`);
+    return;
+  }
+  throw new UsageError(`unknown benchmark '${which ?? ''}': try 'noisescope bench accuracy', 'latency' or 'dashboard'`);
 }
 
 async function main(argv: string[]): Promise<void> {
+  // React (loaded with the dashboard) picks its build from this: the development one is several times slower.
+  process.env.NODE_ENV ??= 'production';
   const [command, ...rest] = argv;
   switch (command) {
     case 'serve':

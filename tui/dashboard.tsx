@@ -25,6 +25,8 @@ export interface DashboardProps {
   readonly onQuit?: () => void;
   /** Where the sidecar listens (or the one watched), shown at the bottom. */
   readonly address?: string;
+  /** Listen for keys (needs a TTY stdin); default true. */
+  readonly keys?: boolean;
   readonly scheduler?: SchedulerLike;
 }
 
@@ -131,7 +133,7 @@ export function Dashboard(props: DashboardProps) {
       if (key.pageDown) return setScroll((s) => Math.min(maxScroll, s + rows));
       if (key.pageUp) return setScroll((s) => Math.max(0, s - rows));
     }
-  });
+  }, { isActive: props.keys ?? true });
 
   const from = run ? (chartFrom.get(run.info.run) ?? -1) : -1;
   const points = useMemo(() => (run ? run.history.filter((p) => p.step > from) : []), [run, from]);
