@@ -15,7 +15,7 @@ const tmux = (...args: string[]) => execFileSync('tmux', args, { encoding: 'utf8
 const capture = () => tmux('capture-pane', '-p', '-t', session);
 
 afterEach(() => {
-  spawnSync('tmux', ['kill-session', '-t', session]); // even when the test failed
+  spawnSync('tmux', ['kill-session', '-t', `=${session}`]); // exact name; even when the test failed
 });
 
 it.skipIf(!ready)('serve shows the live dashboard in an 80×24 terminal while a real model trains', async () => {
@@ -37,4 +37,26 @@ it.skipIf(!ready)('serve shows the live dashboard in an 80×24 terminal while a 
   for (const line of screen.split('\n')) expect([...line].length).toBeLessThanOrEqual(80);
   tmux('send-keys', '-t', session, 'q');
   await expect.poll(() => spawnSync('tmux', ['has-session', '-t', session]).status, { timeout: 10_000 }).not.toBe(0);
+}, 180_000);
+
+it.skipIf(!ready)('`dashboard --address` follows a `serve --no-dashboard` sidecar and shows when it goes away', async () => {
+  const port = 20000 + ((process.pid + 7) % 20000);
+  // Both in one tmux session: the sidecar in a TTY still prints plain lines with --no-dashboard.
+  tmux('new-session', '-d', '-s', session, '-x', '80', '-y', '24', `${process.execPath} ${CLI} serve --port ${port} --no-dashboard`);
+  await expect.poll(capture, { timeout: 15_000 }).toContain(`noisescope listening on 127.0.0.1:${port}`);
+  tmux('new-window', '-t', session, `${process.execPath} ${CLI} dashboard --address 127.0.0.1:${port}`);
+  const dashboard = () => tmux('capture-pane', '-p', '-t', `${session}:1`);
+  await expect.poll(dashboard, { timeout: 15_000 }).toContain('no run yet');
+  const train = spawnSync(PYTHON, ['-m', 'noisescope.demo', '--address', `127.0.0.1:${port}`, '--steps', '60', '--step-time', '0'], {
+    encoding: 'utf8',
+    timeout: 120_000,
+  });
+  expect(train.status, train.stderr).toBe(0);
+  await expect.poll(dashboard, { timeout: 15_000 }).toContain('step 59');
+  expect(dashboard()).toMatch(/B_simple \d+(\.\d+)? \[/);
+  const plain = tmux('capture-pane', '-p', '-J', '-t', `${session}:0`);
+  expect(plain).toMatch(/step 59\s+B 64 \(4 micro\)/); // the plain lines, unchanged
+  tmux('send-keys', '-t', `${session}:0`, 'C-c');
+  await expect.poll(dashboard, { timeout: 15_000 }).toContain(`connection to 127.0.0.1:${port} lost`);
+  tmux('send-keys', '-t', `${session}:1`, 'q');
 }, 180_000);
