@@ -35,7 +35,7 @@ export function LayersPanel({ layers, sort, scroll, width, height, focused }: La
   const all = layers ? sortLayers(layers.layers, sort) : [];
   const rows = layerRows(height);
   const first = Math.min(scroll, Math.max(0, all.length - rows));
-  const nameWidth = Math.max(6, width - 4 - 3 * 9);
+  const nameWidth = Math.max(6, Math.min(40, width - 4 - 3 * 9));
   return (
     <Panel title={`Layers · ${SORT_LABEL[sort]}`} focused={focused} width={width} height={height}>
       {all.length === 0 ? (
