@@ -148,7 +148,7 @@ export function Dashboard(props: DashboardProps) {
         health={model.health}
         connection={model.connection}
         paused={paused}
-        nowMs={model.health?.unixMs ?? Date.now()}
+        nowMs={Date.now()}
       />
       {help ? (
         <Help />

@@ -14,7 +14,7 @@ export function runInfo(overrides: Partial<RunInfo> = {}): RunInfo {
     parameters: 26122,
     datasetSize: 1797,
     every: 1,
-    startedUnixMs: 1_000_000,
+    startedUnixMs: Date.now() - 10_000,
     ended: false,
     ...overrides,
   };
