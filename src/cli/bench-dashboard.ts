@@ -78,7 +78,7 @@ export async function measureRenderCost(rate = 20, seconds = 10, layers = 100) {
   const frames = terminal.frames - frames0;
   ink.unmount();
   const cpuMs = (cpu.user + cpu.system) / 1000;
-  return { rate, seconds: wallMs / 1000, layers, frames, cpuMs, cpuMsPerFrame: cpuMs / Math.max(1, frames), cpuShare: cpuMs / wallMs };
+  return { rate, seconds: wallMs / 1000, layers, updates: steps, frames, cpuMs, cpuMsPerFrame: cpuMs / Math.max(1, frames), cpuMsPerUpdate: cpuMs / steps, cpuShare: cpuMs / wallMs };
 }
 
 async function closedLoopLatency(sidecar: Sidecar, steps: number, layers: number): Promise<{ p50: number; p99: number; stepsPerSecond: number }> {
@@ -125,8 +125,8 @@ export async function runDashboardBench(): Promise<string> {
   const ingest = await measureIngestWithDashboard();
   const f = (v: number) => v.toFixed(2);
   return [
-    `dashboard render: ${render.frames} frames in ${f(render.seconds)} s at ${render.rate} updates/s (80×24, ${render.layers} layers): ` +
-      `${f(render.cpuMsPerFrame)} ms CPU per frame, ${(render.cpuShare * 100).toFixed(1)}% of one core`,
+    `dashboard render: ${render.updates} updates at ${render.rate}/s (80×24, ${render.layers} layers) drew ${render.frames} frames in ${f(render.seconds)} s: ` +
+      `${f(render.cpuMsPerFrame)} ms CPU per frame, ${f(render.cpuMsPerUpdate)} ms per update, ${(render.cpuShare * 100).toFixed(1)}% of one core`,
     `step end → stats$ (norms mode, ${ingest.layers} layers, ${ingest.steps} steps, closed loop over gRPC loopback):`,
     `  without a dashboard: p50 ${f(ingest.without.p50)} ms, p99 ${f(ingest.without.p99)} ms, ${ingest.without.stepsPerSecond.toFixed(0)} steps/s`,
     `  with the dashboard:  p50 ${f(ingest.withDashboard.p50)} ms, p99 ${f(ingest.withDashboard.p99)} ms, ${ingest.withDashboard.stepsPerSecond.toFixed(0)} steps/s (${ingest.frames} frames drawn)`,
