@@ -1,10 +1,15 @@
 """Norms-mode measurement: per-micro-batch and accumulated squared gradient norms, per layer.
 
 A parameter's tensor hook sees micro-batch j's own gradient h_j before AccumulateGrad adds it
-to `.grad`, which then still holds S_{j-1}, the sum of the earlier micro-batches. |h_j|² and
-⟨S_{j-1}, h_j⟩ are all we compute: the accumulated norm follows as
-|S_k|² = Σ_j (|h_j|² + 2⟨S_{j-1}, h_j⟩) — measured before any clipping touches `.grad`, with
-no extra pass over the gradients, no copies and no reference kept to any gradient tensor.
+to `.grad`. At the end of a backward (a callback queued on the autograd engine) one fused norm
+over every `.grad` gives |S_j|², the accumulated norm so far, measured before any clipping
+touches `.grad`. Only the step's last backward needs it: it is taken at the backward expected
+to be the last (the previous measured step's count) and at any later one; a step that ends
+sooner is sent as skipped. The same fused call takes |h_j|² of the small gradients, whose
+references the hooks held until then; a large h_j's norm is taken in its hook (one read, no
+reference kept). When `.grad` was None before the first micro-batch, S_1 = h_1: that
+backward's micro-batch norms are its `.grad` norms, and no reference is held (one would make
+AccumulateGrad copy h_1 instead of adopting it).
 """
 from __future__ import annotations
 
@@ -42,17 +47,19 @@ class PendingStep:
     """A measured step handed from the training thread to the sender thread.
 
     `values` holds k·L micro-batch squared norms (row-major, [micro-batch][layer]) and then the
-    L accumulated ones, in float64; on CUDA it is a pinned host buffer still being filled by an
-    asynchronous copy, readable once `ready` (a CUDA event) has completed.
+    L accumulated ones: Python floats when the gradients live on the CPU; on CUDA a float64
+    pinned host buffer still being filled by an asynchronous copy, readable once `ready`
+    (a CUDA event) has completed.
     """
 
     step: int
     micro_batches: int
     micro_examples: list[int] | None  # None: the forward passes gave no batch size
-    values: torch.Tensor
+    values: torch.Tensor | list[float]
     ready: Any
     lr: float
     unix_ms: float
+    skip_reason: str = ""  # set: a skipped step, `values` unused
 
 
 @dataclass(frozen=True)
@@ -71,10 +78,21 @@ class StepRecord:
 
 def finish(pending: PendingStep, layers: Sequence[LayerInfo]) -> StepRecord:
     """Sender thread: waits for the device copy and turns it into a checked StepRecord."""
+    if pending.skip_reason:
+        return StepRecord(
+            step=pending.step,
+            micro_examples=tuple(pending.micro_examples or ()),
+            micro_sq_norms=(),
+            accumulated_sq_norms=(),
+            lr=pending.lr,
+            unix_ms=pending.unix_ms,
+            skipped=True,
+            skip_reason=pending.skip_reason,
+        )
     if pending.ready is not None:
         pending.ready.synchronize()  # blocks the sender thread only, never training
     k, n_layers = pending.micro_batches, len(layers)
-    flat: list[float] = pending.values.tolist()
+    flat: list[float] = pending.values.tolist() if isinstance(pending.values, torch.Tensor) else pending.values
     micro = tuple(tuple(flat[j * n_layers : (j + 1) * n_layers]) for j in range(k))
     accumulated = tuple(flat[k * n_layers :])
     examples = tuple(pending.micro_examples or ())
@@ -97,63 +115,92 @@ def finish(pending: PendingStep, layers: Sequence[LayerInfo]) -> StepRecord:
     )
 
 
-def _flat_pair(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """1-D views of two same-shaped tensors pairing the same elements; copies only for odd layouts."""
-    if a.is_contiguous() and b.is_contiguous():
-        return a.view(-1), b.view(-1)
-    if (
-        a.dim() == 4
-        and a.is_contiguous(memory_format=torch.channels_last)
-        and b.is_contiguous(memory_format=torch.channels_last)
-    ):
-        return a.permute(0, 2, 3, 1).reshape(-1), b.permute(0, 2, 3, 1).reshape(-1)
-    return a.reshape(-1), b.reshape(-1)
+# On the CPU, fp32 sums of squares are taken over pieces and added in fp64: one BLAS dot over
+# 2^22 elements is off by ~1e-5 relative (2^18: ~3e-7), torch's fp32 norm kernel by ~2e-4
+# (2^16: ~4e-7). Pieces this size cost ~2% in speed.
+_CPU_PIECE = 1 << 18  # elements per dot
+# The largest gradient the fused norm takes whole on the CPU, and that a hook may hold on to
+# until the end of its backward (so the held memory stays small).
+_SMALL = 1 << 16
 
 
-# Longer fp32 dot products on the CPU are split and summed in fp64: one BLAS dot over 5e7
-# elements is off by ~3e-4 relative (vector_norm by ~8e-3); 2^22-element pieces stay near 1e-5.
-_CPU_CHUNK = 1 << 22
-
-
-def _grad_terms(summed: torch.Tensor | None, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(|grad|², ⟨summed, grad⟩) as 0-dim device tensors, accumulated in at least fp32."""
+def _sq_norm(grad: torch.Tensor) -> float | torch.Tensor:
+    """|grad|² accumulated in at least fp32: a float for CPU tensors, a 0-dim tensor (no sync) elsewhere."""
     dtype = grad.dtype
-    if (
-        (dtype is torch.float32 or dtype is torch.float64)
-        and grad.layout is torch.strided
-        and grad.is_contiguous()
-        and (summed is None or (summed.dtype is dtype and summed.is_contiguous()))
-    ):
-        # The common case in as few dispatches as possible: it runs per layer per micro-batch.
+    if (dtype is torch.float32 or dtype is torch.float64) and grad.layout is torch.strided and grad.is_contiguous():
+        # The common case in as few dispatches as possible: it runs in the hook of every large gradient.
         h = grad if grad.dim() == 1 else grad.view(-1)
-        s = None if summed is None else summed if summed.dim() == 1 else summed.view(-1)
-        if h.numel() > _CPU_CHUNK and not h.is_cuda:
-            return _chunked_dot(h, h), None if s is None else _chunked_dot(s, h)
-        return torch.dot(h, h), None if s is None else torch.dot(s, h)
-    return _grad_terms_general(summed, grad)
+        if not grad.is_cpu:
+            return torch.dot(h, h)
+        if h.numel() <= _CPU_PIECE:
+            return torch.dot(h, h).item()
+        return _cpu_sq_norm(h)
+    return _sq_norm_general(grad)
 
 
-def _chunked_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    total = torch.zeros((), dtype=torch.float64)
-    for start in range(0, a.numel(), _CPU_CHUNK):
-        total += torch.dot(a[start : start + _CPU_CHUNK], b[start : start + _CPU_CHUNK])
+def _cpu_sq_norm(h: torch.Tensor) -> float:
+    """A 1-D CPU tensor's |h|², piece by piece, summed in fp64."""
+    total = 0.0
+    for piece in h.split(_CPU_PIECE):
+        if piece.is_complex():
+            total += torch.vdot(piece, piece).real.item()
+        else:
+            if piece.dtype is not torch.float32 and piece.dtype is not torch.float64:
+                piece = piece.float()  # half/bf16: a transient 1 MiB copy buys an fp32 dot
+            total += torch.dot(piece, piece).item()
     return total
 
 
-def _grad_terms_general(summed: torch.Tensor | None, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Other layouts and dtypes: half/bf16 (fp32 accumulation), complex, channels-last."""
-    if grad.layout != torch.strided or (summed is not None and summed.layout != torch.strided):
+def _sq_norm_general(grad: torch.Tensor) -> float | torch.Tensor:
+    """Other layouts and dtypes: half/bf16 (fp32 accumulation), complex, channels-last, strided."""
+    if grad.layout != torch.strided:
         raise NotImplementedError(f"{grad.layout} gradients are not supported in norms mode yet")
+    if grad.is_cpu:
+        return _cpu_sq_norm(_flat(grad))
+    if grad.is_complex():
+        return torch.linalg.vector_norm(grad).square()
     wide = torch.float64 if grad.dtype == torch.float64 else torch.float32
-    sq_norm = torch.linalg.vector_norm(grad, dtype=None if grad.is_complex() else wide).square()
-    if summed is None:
-        return sq_norm, None
-    a, b = _flat_pair(summed, grad)
-    if a.is_complex() or b.is_complex():
-        return sq_norm, torch.vdot(a, b).real
-    if a.dtype != wide or b.dtype != wide:
-        a, b = a.to(wide), b.to(wide)  # half/bf16: a transient copy buys an fp32 dot
-    return sq_norm, torch.dot(a, b)
+    return torch.linalg.vector_norm(grad, dtype=wide).square()
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """A 1-D view of `t` (its elements in any order); copies only for odd layouts."""
+    if t.is_contiguous():
+        return t.view(-1)
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        return t.permute(0, 2, 3, 1).reshape(-1)
+    return t.reshape(-1)
+
+
+def _grad_sq_norms(grads: Sequence[torch.Tensor | None]) -> list[float | torch.Tensor | None]:
+    """|g|² for every tensor, as `_sq_norm` gives it, with fused norms over the common ones.
+
+    One `torch._foreach_norm` takes every small fp32/fp64 CPU tensor, and one per device and
+    dtype every accelerator tensor of those dtypes; the rest go one by one.
+    """
+    out: list[float | torch.Tensor | None] = [None] * len(grads)
+    cpu: list[int] = []
+    device: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, g in enumerate(grads):
+        if g is None:
+            continue
+        if (g.dtype is torch.float32 or g.dtype is torch.float64) and g.layout is torch.strided:
+            if not g.is_cpu:
+                device.setdefault((g.device, g.dtype), []).append(i)
+                continue
+            if g.numel() <= _SMALL:
+                cpu.append(i)
+                continue
+        out[i] = _sq_norm(g)
+    if cpu:
+        norms = torch._foreach_norm([grads[i] for i in cpu])  # type: ignore[misc]
+        for i, norm in zip(cpu, torch.stack(norms).tolist()):
+            out[i] = norm * norm
+    for indices in device.values():
+        norms = torch._foreach_norm([grads[i] for i in indices])  # type: ignore[misc]
+        for i, sq in zip(indices, torch.stack(norms).double().square().unbind()):
+            out[i] = sq
+    return out
 
 
 def _leading_dim(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:
@@ -166,24 +213,27 @@ def _leading_dim(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:
     return None
 
 
+Norm = Any  # float | torch.Tensor: a squared norm as _sq_norm gives it
+
+
 class _StepBuffer:
-    """Device-side results of one measured step, filled by the hooks."""
+    """Results of one measured step, filled by the hooks."""
 
-    __slots__ = ("sq_norms", "cross", "examples", "task_micro", "running", "contributed", "calls")
+    __slots__ = (
+        "sq_norms", "held", "accumulated", "accumulated_at", "fresh", "examples", "task_micro", "running", "calls"
+    )
 
-    def __init__(self, n_layers: int) -> None:
-        self.sq_norms: list[list[torch.Tensor | None]] = []  # [micro-batch][layer]: |h_j|²
-        self.cross: list[list[torch.Tensor | None]] = []  # [micro-batch][layer]: ⟨S_{j-1}, h_j⟩
+    def __init__(self) -> None:
+        self.sq_norms: list[list[Norm | None]] = []  # [micro-batch][layer]: |h_j|²
+        self.held: list[tuple[int, torch.Tensor]] = []  # (layer, small h_j) until its backward ends
+        self.accumulated: list[Norm | None] | None = None  # [layer]: |.grad|² after backward `accumulated_at`
+        self.accumulated_at = -1
+        # `.grad` was None for every parameter when micro-batch 0 began: S_1 = h_1.
+        self.fresh = False
         self.examples: list[int] = []  # dim 0 of each grad-enabled forward, in order
         self.task_micro: dict[int, int] = {}  # graph task id → micro-batch index
         self.running: list[int] = []  # graph tasks whose backward has not finished
-        self.contributed = [False] * n_layers
-        self.calls = [0] * n_layers  # per-layer gradient count (only without graph task ids)
-
-    def add_micro(self, n_layers: int) -> int:
-        self.sq_norms.append([None] * n_layers)
-        self.cross.append([None] * n_layers)
-        return len(self.sq_norms) - 1
+        self.calls: list[int] = []  # per-layer gradient count (only without graph task ids)
 
 
 class Meter:
@@ -217,6 +267,7 @@ class Meter:
         self._warned: set[str] = set()
         self._active = False
         self._measuring = False  # read first thing by every hook: the fast path when off
+        self._micro_batches: int | None = None  # in the last measured step: when to expect the last backward
         self._buffer: _StepBuffer | None = None
         self.steps_seen = 0
         self.steps_measured = 0
@@ -276,44 +327,41 @@ class Meter:
         def hook(grad: torch.Tensor) -> None:
             if self._measuring:
                 try:
-                    self._on_grad(index, param, grad)
+                    buffer = self._buffer
+                    if buffer is None:
+                        return None
+                    micro = buffer.task_micro.get(_graph_task_id()) if _graph_task_id is not None else None
+                    if micro is None:
+                        micro = self._micro_index(buffer, index, param)
+                        buffer = self._buffer or buffer  # _micro_index starts a fresh buffer after a reset
+                    if micro == 0 and buffer.fresh:
+                        return None  # S_1 = h_1: the end of this backward reads it from .grad
+                    if grad.numel() <= _SMALL:
+                        buffer.held.append((index, grad))  # its norm joins the fused one at the end
+                    else:
+                        row = buffer.sq_norms[micro]
+                        earlier = row[index]
+                        # A second gradient in one micro-batch (a backward nested in it, e.g. reentrant
+                        # checkpointing of a shared weight) adds its own norm: the micro-batch norm misses
+                        # the cross term between the two; the accumulated one stays exact.
+                        row[index] = _sq_norm(grad) if earlier is None else earlier + _sq_norm(grad)
                 except Exception as error:
                     self._guard.trip("the gradient hook", error)
             return None  # the gradient is never replaced
 
         return hook
 
-    def _on_grad(self, index: int, param: nn.Parameter, grad: torch.Tensor) -> None:
-        buffer = self._buffer
-        if buffer is None:
-            return
-        micro = buffer.task_micro.get(_graph_task_id()) if _graph_task_id is not None else None
-        if micro is None:
-            micro = self._micro_index(buffer, index, param)
-            buffer = self._buffer or buffer  # _micro_index starts a fresh buffer after a reset
-        sq_norm, cross = _grad_terms(param.grad, grad)
-        sq_norms = buffer.sq_norms[micro]
-        earlier = sq_norms[index]
-        if earlier is None:
-            sq_norms[index] = sq_norm
-            buffer.cross[micro][index] = cross
-        else:
-            # A second gradient in one micro-batch (a backward nested in it, e.g. reentrant
-            # checkpointing of a shared weight): the accumulated norm stays exact; the
-            # micro-batch norm misses only the cross term between the two.
-            sq_norms[index] = earlier + sq_norm
-            if cross is not None:
-                previous = buffer.cross[micro][index]
-                buffer.cross[micro][index] = cross if previous is None else previous + cross
-        buffer.contributed[index] = True
-
     def _micro_index(self, buffer: _StepBuffer, index: int, param: nn.Parameter) -> int:
         """Which micro-batch (backward pass) of the step this gradient belongs to."""
+        n_layers = len(self._params)
         if _graph_task_id is None:
+            if not buffer.calls:
+                buffer.calls = [0] * n_layers
             micro = buffer.calls[index]
             buffer.calls[index] += 1
             while len(buffer.sq_norms) <= micro:
-                buffer.add_micro(len(self._params))
+                self._new_micro(buffer)
+                self._queue_backward_end(buffer, None, len(buffer.sq_norms) - 1)
             return micro
         task = _graph_task_id()
         known = buffer.task_micro.get(task)
@@ -327,19 +375,53 @@ class Meter:
                 # A backward inside a running one (reentrant checkpointing): same micro-batch.
                 micro = buffer.task_micro[buffer.running[0]]
             else:
-                if buffer.sq_norms and param.grad is None and buffer.contributed[index]:
+                if param.grad is None and any(row[index] is not None for row in buffer.sq_norms):
                     buffer = self._restart(buffer)
-                micro = buffer.add_micro(len(self._params))
+                micro = self._new_micro(buffer)
             buffer.task_micro[task] = micro
             buffer.running.append(task)
-        torch.autograd.Variable._execution_engine.queue_callback(functools.partial(self._task_done, buffer, task))
+        self._queue_backward_end(buffer, task, micro)
         return micro
 
-    def _task_done(self, buffer: _StepBuffer, task: int) -> None:
+    def _new_micro(self, buffer: _StepBuffer) -> int:
+        if not buffer.sq_norms:
+            # The first gradient of a backward comes before any AccumulateGrad of it has run.
+            buffer.fresh = all(p.grad is None for p in self._params)
+        buffer.sq_norms.append([None] * len(self._params))
+        return len(buffer.sq_norms) - 1
+
+    def _queue_backward_end(self, buffer: _StepBuffer, task: int | None, micro: int) -> None:
+        torch.autograd.Variable._execution_engine.queue_callback(
+            functools.partial(self._backward_done, buffer, task, micro)
+        )
+
+    def _backward_done(self, buffer: _StepBuffer, task: int | None, micro: int) -> None:
+        """Runs when a backward has finished: norms of the held h_j, and |S_j|² if this may be the step's last."""
         try:
             with self._lock:
-                if task in buffer.running:
+                if task is not None and task in buffer.running:
                     buffer.running.remove(task)
+                if buffer.running or buffer is not self._buffer:
+                    return  # an inner (reentrant) backward, or a step already closed or restarted
+            held, buffer.held = buffer.held, []
+            n_layers = len(self._params)
+            row = buffer.sq_norms[micro]
+            grad_is_h = micro == 0 and buffer.fresh  # .grad is h_1 itself
+            expected = self._micro_batches
+            if grad_is_h or expected is None or micro >= expected - 1:
+                # NB: under DDP with gradient_as_bucket_view the last backward's `.grad` is being
+                # all-reduced here; DDP support takes the local norm from its communication hook.
+                norms = _grad_sq_norms([p.grad for p in self._params] + [h for _, h in held])
+                buffer.accumulated, buffer.accumulated_at = norms[:n_layers], micro
+                if grad_is_h:
+                    row[:] = norms[:n_layers]
+                    return
+                held_norms = norms[n_layers:]
+            else:  # not the step's last backward, if it keeps the last step's count: no |S_j|²
+                held_norms = _grad_sq_norms([h for _, h in held]) if held else []
+            for (index, _), sq_norm in zip(held, held_norms):
+                earlier = row[index]
+                row[index] = sq_norm if earlier is None else earlier + sq_norm
         except Exception as error:  # runs inside autograd: must never raise
             self._guard.trip("the backward-end callback", error)
 
@@ -351,7 +433,7 @@ class Meter:
             "noisescope: gradients were reset without an optimizer step (e.g. AMP's GradScaler skipped "
             "a step); the partial measurement of that step was discarded.",
         )
-        fresh = _StepBuffer(len(self._params))
+        fresh = _StepBuffer()
         fresh.examples = stale.examples[len(stale.sq_norms) :]
         self._buffer = fresh
         return fresh
@@ -387,7 +469,7 @@ class Meter:
             self._arm()
         elif not measuring and self._handles:
             self._disarm()
-        self._buffer = _StepBuffer(len(self._params)) if measuring else None
+        self._buffer = _StepBuffer() if measuring else None
         self._measuring = measuring
 
     def _close(self, step: int, buffer: _StepBuffer) -> None:
@@ -411,36 +493,63 @@ class Meter:
                 "estimate' too). Gradient accumulation (several backward() calls per optimizer.step()) "
                 "or DDP gives one; per-example mode will, once it lands.",
             )
+        expected, self._micro_batches = self._micro_batches, k
         self.steps_measured += 1
-        values = self._stack(buffer, k)
-        host, ready = _to_host(values)
+        values: torch.Tensor | list[float] = []
+        ready = None
+        skip_reason = ""
+        accumulated = buffer.accumulated
+        if buffer.accumulated_at != k - 1 or accumulated is None:
+            # Fewer backward passes than the last measured step: .grad may have been clipped
+            # since the last one, so its accumulated norm is not known.
+            skip_reason = (
+                f"{k} micro-batches where the previous measured step had {expected}: the accumulated "
+                "norm is only taken at the backward expected to be the last"
+            )
+            self._warn_once(
+                "shorter-step",
+                logging.INFO,
+                "noisescope: step %d had %d micro-batches where the previous measured step had %s; it is "
+                "sent as skipped (its accumulated norm was not taken). Steps with the usual number of "
+                "micro-batches are measured in full.",
+                step,
+                k,
+                expected,
+            )
+        else:
+            entries = [*(t for row in buffer.sq_norms for t in row), *accumulated]
+            if all(t is None or type(t) is float for t in entries):
+                values = [0.0 if t is None else t for t in entries]
+            else:
+                values, ready = _to_host(self._stack(entries))
         self._submit(
             PendingStep(
                 step=step,
                 micro_batches=k,
                 micro_examples=self._examples(buffer, k, step),
-                values=host,
+                values=values,
                 ready=ready,
                 lr=_learning_rate(self._optimizer),
                 unix_ms=unix_ms,
+                skip_reason=skip_reason,
             )
         )
 
-    def _stack(self, buffer: _StepBuffer, k: int) -> torch.Tensor:
-        """One float64 tensor on the device: k·L squared norms, then L accumulated ones."""
-        n_layers = len(self._params)
-        first = next(t for row in buffer.sq_norms for t in row if t is not None)
-        zero = self._zeros.get(first.device)
+    def _stack(self, entries: list[Norm | None]) -> torch.Tensor:
+        """Accelerator norms (0-dim tensors, no sync so far) as one float64 tensor on the first one's device."""
+        device = next(t for t in entries if isinstance(t, torch.Tensor)).device
+        zero = self._zeros.get(device)
         if zero is None:
-            zero = self._zeros[first.device] = torch.zeros((), dtype=torch.float32, device=first.device)
-        terms = [zero if t is None else t for rows in (buffer.sq_norms, buffer.cross) for row in rows for t in row]
+            zero = self._zeros[device] = torch.zeros((), dtype=torch.float64, device=device)
+        terms = [
+            zero if t is None else t if isinstance(t, torch.Tensor) else torch.tensor(t, dtype=torch.float64, device=device)
+            for t in entries
+        ]
         try:
             stacked = torch.stack(terms)
         except RuntimeError:  # layers on several devices: gather on the first one
-            stacked = torch.stack([t.to(first.device) for t in terms])
-        sq_norms, cross = stacked.to(torch.float64).view(2, k, n_layers).unbind(0)
-        accumulated = (sq_norms + 2.0 * cross).sum(0).clamp_min_(0.0)  # |S|² ≈ 0 may round below zero
-        return torch.cat((sq_norms.reshape(-1), accumulated))
+            stacked = torch.stack([t.to(device) for t in terms])
+        return stacked.to(torch.float64)
 
     def _examples(self, buffer: _StepBuffer, k: int, step: int) -> list[int] | None:
         """Examples per micro-batch: the j-th grad-enabled forward pairs with the j-th backward."""

@@ -117,7 +117,7 @@ def test_a_bug_in_the_hook_is_logged_once_and_switches_it_off(free_address: str,
     def broken(*args: object) -> None:
         raise RuntimeError("a bug in noisescope")
 
-    monkeypatch.setattr("noisescope._meter._grad_terms", broken)
+    monkeypatch.setattr("noisescope._meter._grad_sq_norms", broken)
     model = make_model()
     optimizer = make_optimizer(model)
     ns = noisescope.watch(model, optimizer, address=free_address)
@@ -134,7 +134,7 @@ def test_a_bug_in_the_hook_is_logged_once_and_switches_it_off(free_address: str,
 
 
 def test_a_bug_in_the_step_hook_is_contained_too(free_address: str, monkeypatch, caplog) -> None:
-    monkeypatch.setattr("noisescope._meter._to_host", lambda values: 1 / 0)
+    monkeypatch.setattr("noisescope._meter._learning_rate", lambda optimizer: 1 / 0)
     model = make_model()
     optimizer = make_optimizer(model)
     ns = noisescope.watch(model, optimizer, address=free_address)

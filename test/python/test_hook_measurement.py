@@ -228,6 +228,114 @@ def test_reentrant_checkpointing_keeps_one_micro_batch_per_backward(free_address
         assert_close(value, accumulated[i], 1e-5, f"accumulated layer {i}")
 
 
+@pytest.mark.parametrize("sizes", [(8,), (5, 7, 6)], ids=["one-micro-batch", "three-micro-batches"])
+@pytest.mark.parametrize("set_to_none", [True, False], ids=["grad-none", "grad-zeroed"])
+def test_accumulated_norms_are_exact_whether_grad_starts_none_or_zeroed(
+    free_address: str, sizes: tuple[int, ...], set_to_none: bool
+) -> None:
+    loop = Loop(steps=3, sizes=sizes, clip=0.05, set_to_none=set_to_none)
+    model = make_model()
+    reference = copy.deepcopy(model)
+    optimizer = make_optimizer(model)
+    ns, records = watch_and_record(model, optimizer, free_address)
+    exact: dict[int, tuple[list[list[float]], list[float]]] = {}
+    loop.run(model, optimizer, on_step_start=lambda step: exact.__setitem__(step, exact_norms(reference, model, step, loop)))
+    ns.remove()
+    assert [r.step for r in records] == [0, 1, 2]
+    for record in records:
+        micro, accumulated = exact[record.step]
+        for j, row in enumerate(record.micro_sq_norms):
+            for i, value in enumerate(row):
+                assert_close(value, micro[j][i], 1e-5, f"step {record.step} micro {j} layer {i}")
+        for i, value in enumerate(record.accumulated_sq_norms):
+            assert_close(value, accumulated[i], 1e-5, f"step {record.step} accumulated layer {i}")
+
+
+def test_a_step_with_fewer_micro_batches_than_the_last_is_skipped_and_the_others_stay_exact(
+    free_address: str, caplog
+) -> None:
+    counts = [4, 4, 2, 5, 3, 3]  # micro-batches per step; clipping bites after each
+    model = make_model()
+    reference = copy.deepcopy(model)
+    optimizer = make_optimizer(model)
+    ns, records = watch_and_record(model, optimizer, free_address)
+    exact = []
+    with caplog.at_level(logging.INFO, logger="noisescope"):
+        for k in counts:
+            loop = Loop(steps=1, sizes=(6,) * k, clip=0.05)
+            exact.append(exact_norms(reference, model, 0, loop))
+            loop.run(model, optimizer)
+    ns.remove()
+    assert [r.step for r in records] == list(range(len(counts)))
+    skipped = [r.step for r in records if r.skipped]
+    assert skipped == [2, 4]  # 2 after 4, 3 after 5: the accumulated norm was not taken
+    assert "2 micro-batches where the previous measured step had 4" in records[2].skip_reason
+    assert records[2].micro_examples == (6, 6)
+    assert len([r for r in caplog.records if "sent as skipped" in r.getMessage()]) == 1
+    for record in records:
+        if record.skipped:
+            continue
+        micro, accumulated = exact[record.step]
+        assert len(record.micro_sq_norms) == counts[record.step]
+        for j, row in enumerate(record.micro_sq_norms):
+            for i, value in enumerate(row):
+                assert_close(value, micro[j][i], 1e-5, f"step {record.step} micro {j} layer {i}")
+        for i, value in enumerate(record.accumulated_sq_norms):
+            assert_close(value, accumulated[i], 1e-5, f"step {record.step} accumulated layer {i}")
+
+
+def test_large_layers_measured_in_their_hooks_are_exact_too(free_address: str) -> None:
+    torch.manual_seed(0)
+    # 12·600 and 500 elements are held until the end of backward; 600·500 = 300,000 is taken in its hook.
+    model = nn.Sequential(nn.Linear(12, 600), nn.Tanh(), nn.Linear(600, 500), nn.Tanh(), nn.Linear(500, 5))
+    reference = copy.deepcopy(model)
+    optimizer = make_optimizer(model)
+    ns, records = watch_and_record(model, optimizer, free_address)
+    loop = Loop(steps=3, sizes=(5, 7, 6), clip=0.05)
+    exact: dict[int, tuple[list[list[float]], list[float]]] = {}
+    loop.run(model, optimizer, on_step_start=lambda step: exact.__setitem__(step, exact_norms(reference, model, step, loop)))
+    ns.remove()
+    assert [r.step for r in records] == [0, 1, 2] and not any(r.skipped for r in records)
+    for record in records:
+        micro, accumulated = exact[record.step]
+        for j, row in enumerate(record.micro_sq_norms):
+            for i, value in enumerate(row):
+                assert_close(value, micro[j][i], 1e-5, f"step {record.step} micro {j} layer {i}")
+        for i, value in enumerate(record.accumulated_sq_norms):
+            assert_close(value, accumulated[i], 1e-5, f"step {record.step} accumulated layer {i}")
+
+
+class _SharedWeight(nn.Module):
+    """One Linear used twice, once inside a reentrant checkpoint: two gradients per backward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.use_checkpoint = True
+        self.shared = nn.Linear(12, 12)
+        self.head = nn.Linear(12, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = checkpoint(self.shared, x.requires_grad_(), use_reentrant=True) if self.use_checkpoint else self.shared(x)
+        return self.head(torch.tanh(self.shared(torch.tanh(h))))
+
+
+def test_a_weight_with_two_gradients_in_a_single_micro_batch_keeps_its_accumulated_norm_exact(
+    free_address: str,
+) -> None:
+    loop = Loop(steps=2, sizes=(8,))
+    model = _SharedWeight()
+    reference = copy.deepcopy(model)
+    reference.use_checkpoint = False
+    optimizer = make_optimizer(model)
+    ns, records = watch_and_record(model, optimizer, free_address)
+    exact = exact_norms(reference, model, 0, loop)
+    loop.run(model, optimizer)
+    ns.remove()
+    for i, value in enumerate(records[0].accumulated_sq_norms):  # |h_a + h_b|², not |h_a|² + |h_b|²
+        assert_close(value, exact[1][i], 1e-5, f"accumulated layer {i}")
+
+
 def test_gradients_reset_without_a_step_start_the_measurement_over(free_address: str) -> None:
     loop = Loop(steps=1, sizes=(4, 4, 4, 4))
     model = make_model()
@@ -246,19 +354,52 @@ def test_gradients_reset_without_a_step_start_the_measurement_over(free_address:
         assert_close(value, exact[1][i], 1e-5, f"accumulated layer {i}")
 
 
-@pytest.mark.parametrize("numel", [1_000, 9_000_001])
+@pytest.mark.parametrize("numel", [1_000, 70_000, 9_000_001])
 def test_large_layers_keep_float32_norms_accurate(numel: int) -> None:
-    from noisescope._meter import _grad_terms
+    from noisescope._meter import _grad_sq_norms, _sq_norm
 
     g = torch.Generator().manual_seed(3)
-    summed = torch.randn(numel, generator=g) + 0.3  # a mean keeps every product's sign alike: worst case
-    grad = torch.randn(numel, generator=g) * 0.5 + 0.2
-    sq_norm, cross = _grad_terms(summed.view(-1, 1), grad.view(-1, 1))
-    exact_sq = grad.double().pow(2).sum().item()
-    exact_cross = torch.dot(summed.double(), grad.double()).item()
-    assert cross is not None
-    assert_close(float(sq_norm), exact_sq, 1e-5, "|h|²")
-    assert_close(float(cross), exact_cross, 1e-5, "⟨S, h⟩")
+    grad = torch.randn(numel, generator=g) * 0.5 + 0.2  # a mean makes rounding errors add up: worst case
+    exact = grad.double().pow(2).sum().item()
+    assert_close(float(_sq_norm(grad.view(-1, 1))), exact, 1e-5, "|h|² in the gradient hook")
+    [accumulated] = _grad_sq_norms([grad.view(-1, 1)])
+    assert_close(float(accumulated), exact, 1e-5, "|.grad|² after the backward")
+
+
+@pytest.mark.parametrize(
+    "make_grad",
+    [
+        lambda g: torch.randn(700, 300, generator=g).t(),  # transposed
+        lambda g: torch.randn(8, 16, 5, 5, generator=g).to(memory_format=torch.channels_last),
+        lambda g: torch.randn(3000, 1000, generator=g)[:, ::3],  # strided
+        lambda g: torch.randn(600, 500, generator=g).half(),
+        lambda g: torch.randn(600, 500, generator=g).bfloat16(),
+        lambda g: torch.randn(600, 500, dtype=torch.complex64, generator=g),
+        lambda g: torch.randn(600, 500, dtype=torch.float64, generator=g),
+    ],
+    ids=["transposed", "channels-last", "strided", "float16", "bfloat16", "complex64", "float64"],
+)
+def test_norms_of_other_layouts_and_dtypes_are_exact(make_grad) -> None:
+    from noisescope._meter import _grad_sq_norms, _sq_norm
+
+    grad = make_grad(torch.Generator().manual_seed(5))
+    exact = grad.to(torch.complex128 if grad.is_complex() else torch.float64).abs().pow(2).sum().item()
+    rel = 1e-12 if grad.dtype == torch.float64 else 1e-5
+    assert_close(float(_sq_norm(grad)), exact, rel, "|h|²")
+    [accumulated] = _grad_sq_norms([grad])
+    assert_close(float(accumulated), exact, rel, "|.grad|²")
+
+
+def test_accelerator_norms_are_gathered_into_one_float64_tensor() -> None:
+    """The CUDA path's stacking (0-dim tensors of mixed dtypes, floats, missing layers), run on the CPU."""
+    from types import SimpleNamespace
+
+    from noisescope._meter import Meter
+
+    entries = [torch.tensor(1.5), None, 2.25, torch.tensor(3.0, dtype=torch.float64), torch.tensor(0.5, dtype=torch.half)]
+    stacked = Meter._stack(SimpleNamespace(_zeros={}), entries)  # type: ignore[arg-type]
+    assert stacked.dtype == torch.float64
+    assert stacked.tolist() == [1.5, 0.0, 2.25, 3.0, 0.5]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

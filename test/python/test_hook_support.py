@@ -43,6 +43,7 @@ class Loop:
     sizes: Sequence[int] = (8, 8, 8, 8)
     clip: float | None = 0.5
     dtype: torch.dtype = torch.float32
+    set_to_none: bool = True  # optimizer.zero_grad(set_to_none=...)
 
     def run(
         self,
@@ -67,7 +68,7 @@ class Loop:
             if self.clip is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), self.clip)
             optimizer.step()
-            optimizer.zero_grad()
+            optimizer.zero_grad(set_to_none=self.set_to_none)
 
 
 def make_optimizer(model: nn.Module) -> torch.optim.Optimizer:

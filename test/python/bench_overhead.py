@@ -1,0 +1,128 @@
+"""Benchmark: hook overhead per optimizer step (norms mode), against a real sidecar.
+
+Run: .venv/bin/python test/python/bench_overhead.py [--quick]
+
+Each configuration (no hook, every=10, every=1) trains the same model with gradient
+accumulation. Rounds interleave the configurations so machine noise hits them alike; in
+each round a configuration's figure is its mean step time (for every=10 the mean carries
+the one measured step in ten), and the table gives the median over rounds of the ratio to
+"no hook" in the same round. The sidecar runs as its own process (as in real use) with its
+output discarded, so nothing in the training process reads it.
+"""
+from __future__ import annotations
+
+import argparse
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import noisescope
+
+ROOT = Path(__file__).resolve().parents[2]
+ACCUMULATION = 4
+CONFIGS: dict[str, int | None] = {"no hook": None, "every=10": 10, "every=1": 1}
+
+
+class QuietSidecar:
+    """`noisescope serve --json` on a free port, stdout to /dev/null (the tests' Sidecar parses it)."""
+
+    def __init__(self) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.address = f"127.0.0.1:{port}"
+        self.proc = subprocess.Popen(
+            ["node", str(ROOT / "dist" / "src" / "cli.js"), "serve", "--port", str(port), "--json"],
+            stdout=subprocess.DEVNULL,
+            cwd=ROOT,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.stop()
+                    raise RuntimeError("the sidecar did not start; run `npm run build` first")
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def make(width: int, depth: int, inputs: int) -> tuple[nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    layers: list[nn.Module] = [nn.Linear(inputs, width), nn.ReLU()]
+    for _ in range(depth - 1):
+        layers += [nn.Linear(width, width), nn.ReLU()]
+    layers.append(nn.Linear(width, 10))
+    model = nn.Sequential(*layers)
+    return model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+
+def mean_step_time(model: nn.Module, opt: torch.optim.Optimizer, micro: int, inputs: int, steps: int) -> float:
+    gen = torch.Generator().manual_seed(1)
+    xs = torch.randn(ACCUMULATION, micro, inputs, generator=gen)
+    ys = torch.randint(0, 10, (ACCUMULATION, micro), generator=gen)
+    loss_fn = nn.CrossEntropyLoss()
+    started = time.perf_counter()
+    for _ in range(steps):
+        opt.zero_grad()
+        for j in range(ACCUMULATION):
+            (loss_fn(model(xs[j]), ys[j]) / ACCUMULATION).backward()
+        opt.step()
+    return (time.perf_counter() - started) / steps
+
+
+def bench(name: str, width: int, depth: int, micro: int, inputs: int, address: str, rounds: int, steps: int) -> str:
+    assert steps % 10 == 0, "every=10 must measure exactly one step in ten"
+    means: dict[str, list[float]] = {label: [] for label in CONFIGS}
+    for r in range(rounds):
+        for label, every in CONFIGS.items():
+            model, opt = make(width, depth, inputs)
+            if every is None:
+                mean_step_time(model, opt, micro, inputs, 10)  # warm-up
+                means[label].append(mean_step_time(model, opt, micro, inputs, steps))
+                continue
+            with noisescope.watch(model, opt, address=address, every=every, run=f"bench-{name}-{label}-{r}"):
+                mean_step_time(model, opt, micro, inputs, 10)  # warm-up, connected, one measured step in it
+                means[label].append(mean_step_time(model, opt, micro, inputs, steps))
+    params = sum(p.numel() for p in make(width, depth, inputs)[0].parameters())
+    base = statistics.median(means["no hook"])
+    cells = [f"{name:<26} {params:>10,} {base * 1e3:>9.2f} ms"]
+    for label in ("every=10", "every=1"):
+        ratios = [hooked / plain for hooked, plain in zip(means[label], means["no hook"])]
+        cells.append(f"{(statistics.median(ratios) - 1) * 100:>+8.1f}%")
+    return " ".join(cells)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run, noisier)")
+    args = parser.parse_args()
+    scale = 3 if args.quick else 1
+    torch.set_num_threads(1)  # one core for training, the other for the sidecar
+    sidecar = QuietSidecar()
+    try:
+        print(
+            f"hook overhead per optimizer step (norms mode, {ACCUMULATION} micro-batches, "
+            f"torch {torch.__version__}, 1 thread; median over rounds of mean-step-time ratios)"
+        )
+        print(f"{'model':<26} {'parameters':>10} {'no hook':>12} {'every=10':>9} {'every=1':>8}")
+        print(bench("MLP 64-128-128-10 (b=16)", 128, 2, 16, 64, sidecar.address, rounds=15 // scale, steps=200))
+        print(bench("MLP 512x4 (b=64)", 512, 4, 64, 512, sidecar.address, rounds=9 // scale, steps=30))
+        print(bench("MLP 2048x4 (b=128)", 2048, 4, 128, 1024, sidecar.address, rounds=6 // scale, steps=10))
+    finally:
+        sidecar.stop()
+
+
+if __name__ == "__main__":
+    main()
