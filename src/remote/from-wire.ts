@@ -19,10 +19,7 @@ const SOURCES: Readonly<Record<WireSource, Source>> = {
 
 const orNull = (v: number): number | null => (Number.isNaN(v) ? null : v);
 
-/**
- * The wire carries a run's layer count, not its layers, and neither `every`
- * nor `ended` (ended comes as run_ended): those are filled as best it can.
- */
+/** `ended` is not a RunInfo field on the wire: it comes as the run_ended event. */
 export function runInfoFromWire(w: WireRunInfo, ended: boolean): RunInfo {
   return {
     run: w.run,
@@ -30,10 +27,10 @@ export function runInfoFromWire(w: WireRunInfo, ended: boolean): RunInfo {
     ranksConnected: w.ranksConnected,
     source: SOURCES[w.source] ?? 'none',
     mode: w.mode === 'MODE_DENSE' ? 'dense' : w.mode === 'MODE_SKETCH' ? 'sketch' : 'norms',
-    layers: [],
+    layers: w.layerDetails.map((l) => ({ name: l.name, numel: l.numel, kind: l.kind })),
     parameters: w.parameters,
     datasetSize: w.datasetSize > 0 ? w.datasetSize : null,
-    every: 1,
+    every: Math.max(1, w.every),
     startedUnixMs: w.startedUnixMs,
     ended,
   };

@@ -52,8 +52,8 @@ export function watchSidecar(address: string, options: WatchClientOptions = {}):
   };
   const onEvent = (e: RunEvent__Output) => {
     setConnected();
-    if (e.runStarted || e.runEnded) {
-      const info = runInfoFromWire((e.runStarted ?? e.runEnded)!, Boolean(e.runEnded));
+    if (e.runStarted || e.runUpdated || e.runEnded) {
+      const info = runInfoFromWire((e.runStarted ?? e.runUpdated ?? e.runEnded)!, Boolean(e.runEnded));
       known.set(info.run, info);
       runs.next([...known.values()]);
     } else if (e.step) {

@@ -28,6 +28,8 @@ export function runInfoToWire(info: RunInfo): WireRunInfo {
     parameters: info.parameters,
     datasetSize: info.datasetSize ?? 0,
     startedUnixMs: info.startedUnixMs,
+    layerDetails: info.layers.map((l) => ({ name: l.name, numel: l.numel, kind: l.kind })),
+    every: info.every,
   };
 }
 

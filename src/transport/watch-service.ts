@@ -49,14 +49,20 @@ export class WatchService {
       sentStep.set(run, stats.step);
     }
 
-    const known = new Map(this.runs.map((r) => [r.run, r.ended]));
+    // What each watcher last heard of each run, to send only what changed.
+    const told = new Map(this.runs.map((r) => [r.run, JSON.stringify(runInfoToWire(r))]));
     const subscription = merge(
       this.sources.runs$.pipe(
-        map((runs) => runs.filter((r) => mine(r.run) && known.get(r.run) !== r.ended)),
-        map((changed): RunEvent[] =>
-          changed.map((r) => {
-            known.set(r.run, r.ended);
-            return r.ended ? { runEnded: runInfoToWire(r) } : { runStarted: runInfoToWire(r) };
+        map((runs) =>
+          runs.flatMap((r): RunEvent[] => {
+            if (!mine(r.run)) return [];
+            const wire = runInfoToWire(r);
+            const text = JSON.stringify(wire);
+            const before = told.get(r.run);
+            if (before === text) return [];
+            told.set(r.run, text);
+            if (r.ended) return [{ runEnded: wire }];
+            return [before === undefined ? { runStarted: wire } : { runUpdated: wire }];
           }),
         ),
       ),

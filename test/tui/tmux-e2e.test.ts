@@ -7,8 +7,12 @@ import { afterEach, expect, it } from 'vitest';
 const ROOT = join(import.meta.dirname, '..', '..');
 const CLI = join(ROOT, 'dist', 'src', 'cli.js');
 const PYTHON = join(ROOT, '.venv', 'bin', 'python');
-const hasTmux = spawnSync('tmux', ['-V']).status === 0;
-const ready = hasTmux && existsSync(CLI) && existsSync(PYTHON);
+// npm test installs all three (.ci/bootstrap); a missing one fails here rather than skipping.
+function requireSetUp(): void {
+  expect(spawnSync('tmux', ['-V']).status, 'tmux is missing: run `npm run setup`').toBe(0);
+  expect(existsSync(CLI), `${CLI} is missing: run \`npm run build\``).toBe(true);
+  expect(existsSync(PYTHON), `${PYTHON} is missing: run \`npm run setup\``).toBe(true);
+}
 const session = `noisescope-e2e-${process.pid}`;
 
 const tmux = (...args: string[]) => execFileSync('tmux', args, { encoding: 'utf8' });
@@ -18,7 +22,8 @@ afterEach(() => {
   spawnSync('tmux', ['kill-session', '-t', `=${session}`]); // exact name; even when the test failed
 });
 
-it.skipIf(!ready)('serve shows the live dashboard in an 80×24 terminal while a real model trains', async () => {
+it('serve shows the live dashboard in an 80×24 terminal while a real model trains', async () => {
+  requireSetUp();
   const port = 20000 + (process.pid % 20000);
   tmux('new-session', '-d', '-s', session, '-x', '80', '-y', '24', `${process.execPath} ${CLI} serve --port ${port}`);
   await expect.poll(capture, { timeout: 15_000 }).toContain('no run yet');
@@ -39,7 +44,8 @@ it.skipIf(!ready)('serve shows the live dashboard in an 80×24 terminal while a 
   await expect.poll(() => spawnSync('tmux', ['has-session', '-t', session]).status, { timeout: 10_000 }).not.toBe(0);
 }, 180_000);
 
-it.skipIf(!ready)('`dashboard --address` follows a `serve --no-dashboard` sidecar and shows when it goes away', async () => {
+it('`dashboard --address` follows a `serve --no-dashboard` sidecar and shows when it goes away', async () => {
+  requireSetUp();
   const port = 20000 + ((process.pid + 7) % 20000);
   // Both in one tmux session: the sidecar in a TTY still prints plain lines with --no-dashboard.
   tmux('new-session', '-d', '-s', session, '-x', '80', '-y', '24', `${process.execPath} ${CLI} serve --port ${port} --no-dashboard`);

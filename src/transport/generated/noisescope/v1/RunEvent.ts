@@ -13,7 +13,8 @@ export interface RunEvent {
   'health'?: (_noisescope_v1_Health | null);
   'runEnded'?: (_noisescope_v1_RunInfo | null);
   'recommendation'?: (_noisescope_v1_Recommendation | null);
-  'kind'?: "runStarted"|"step"|"layers"|"health"|"runEnded"|"recommendation";
+  'runUpdated'?: (_noisescope_v1_RunInfo | null);
+  'kind'?: "runStarted"|"step"|"layers"|"health"|"runEnded"|"recommendation"|"runUpdated";
 }
 
 export interface RunEvent__Output {
@@ -23,5 +24,6 @@ export interface RunEvent__Output {
   'health'?: (_noisescope_v1_Health__Output | null);
   'runEnded'?: (_noisescope_v1_RunInfo__Output | null);
   'recommendation'?: (_noisescope_v1_Recommendation__Output | null);
-  'kind'?: "runStarted"|"step"|"layers"|"health"|"runEnded"|"recommendation";
+  'runUpdated'?: (_noisescope_v1_RunInfo__Output | null);
+  'kind'?: "runStarted"|"step"|"layers"|"health"|"runEnded"|"recommendation"|"runUpdated";
 }

@@ -2,6 +2,7 @@
 
 import type { Source as _noisescope_v1_Source, Source__Output as _noisescope_v1_Source__Output } from '../../noisescope/v1/Source.js';
 import type { Mode as _noisescope_v1_Mode, Mode__Output as _noisescope_v1_Mode__Output } from '../../noisescope/v1/Mode.js';
+import type { Layer as _noisescope_v1_Layer, Layer__Output as _noisescope_v1_Layer__Output } from '../../noisescope/v1/Layer.js';
 import type { Long } from '@grpc/proto-loader';
 
 export interface RunInfo {
@@ -14,6 +15,8 @@ export interface RunInfo {
   'parameters'?: (number | string | Long);
   'datasetSize'?: (number | string | Long);
   'startedUnixMs'?: (number | string);
+  'layerDetails'?: (_noisescope_v1_Layer)[];
+  'every'?: (number);
 }
 
 export interface RunInfo__Output {
@@ -26,4 +29,6 @@ export interface RunInfo__Output {
   'parameters': (number);
   'datasetSize': (number);
   'startedUnixMs': (number);
+  'layerDetails': (_noisescope_v1_Layer__Output)[];
+  'every': (number);
 }
