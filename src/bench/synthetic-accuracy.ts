@@ -95,8 +95,8 @@ export function measureSyntheticAccuracy(options: SyntheticAccuracyOptions = {})
         const smoothed = last?.smoothed;
         const estimate = smoothed?.bSimple ?? Number.POSITIVE_INFINITY;
         estimates.push(estimate);
-        errors.push(Math.abs(estimate - source.bSimple) / source.bSimple);
-        if (smoothed?.interval && smoothed.interval.low <= source.bSimple && source.bSimple <= smoothed.interval.high) covered++;
+        errors.push(Math.abs(estimate - source.truth.bSimple) / source.truth.bSimple);
+        if (smoothed?.interval && smoothed.interval.low <= source.truth.bSimple && source.truth.bSimple <= smoothed.interval.high) covered++;
         if (smoothed?.trusted) trusted++;
       }
       estimates.sort((a, b) => a - b);
@@ -105,7 +105,7 @@ export function measureSyntheticAccuracy(options: SyntheticAccuracyOptions = {})
         layout: scenario.layout.name,
         beta,
         steps,
-        trueBSimple: source.bSimple,
+        trueBSimple: source.truth.bSimple,
         medianEstimate: quantile(estimates, 0.5),
         medianRelativeError: quantile(errors, 0.5),
         p90RelativeError: quantile(errors, 0.9),

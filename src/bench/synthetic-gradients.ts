@@ -1,5 +1,6 @@
-// Synthetic per-example gradients with known |G|² and tr(Σ), reported as the
-// Python hook reports a step, for the accuracy benchmark.
+// Synthetic per-example gradients with known |G|² and tr(Σ), turned into
+// CompletedSteps exactly as the Python hook reports a step: the one simulator
+// behind `noisescope bench accuracy` and the tests in test/stats.
 import type { CompletedStep, RankStep } from '../ingest/completed-step.js';
 import type { LayerInfo } from '../types.js';
 
@@ -34,6 +35,11 @@ export class SeededRandom {
     return (result + 0.5) / 4294967296;
   }
 
+  /** Uniform integer in [0, n). */
+  int(n: number): number {
+    return Math.floor(this.uniform() * n);
+  }
+
   /** Standard normal (Marsaglia's polar method: no trigonometry, two normals per accepted pair). */
   gaussian(): number {
     if (!Number.isNaN(this.spare)) {
@@ -53,6 +59,13 @@ export class SeededRandom {
   }
 }
 
+/** |G|², tr(Σ) and their ratio B_simple = tr(Σ)/|G|². */
+export interface Truth {
+  readonly gradSqNorm: number;
+  readonly traceSigma: number;
+  readonly bSimple: number;
+}
+
 /** A layer's per-example gradients: mean G of norm² gradSqNorm, diagonal Σ with tr(Σ) = bSimple·gradSqNorm. */
 export interface SyntheticLayer {
   readonly name: string;
@@ -64,9 +77,12 @@ export interface SyntheticLayer {
 /** Where a step's examples come from, and the truth they are judged against. */
 export interface SyntheticGradients {
   readonly layers: readonly LayerInfo[];
-  readonly bSimple: number;
+  /** The whole model's truth: sums of the layers' |G|² and tr(Σ). */
+  readonly truth: Truth;
+  readonly layerTruth: readonly Truth[];
   /** Null for an infinite Gaussian source; N for a finite training set. */
   readonly datasetSize: number | null;
+  /** A new step: draws within one step never repeat an example. */
   beginStep(): void;
   /** Mean gradient of `examples` fresh examples, per layer, drawn with `random`. */
   drawMean(random: SeededRandom, examples: number): Float64Array[];
@@ -92,7 +108,7 @@ function drawModel(random: SeededRandom, layers: readonly SyntheticLayer[]): Mod
       norm2 += m[j]! * m[j]!;
       variance += s[j]! * s[j]!;
     }
-    const mScale = Math.sqrt(layer.gradSqNorm / norm2);
+    const mScale = norm2 > 0 ? Math.sqrt(layer.gradSqNorm / norm2) : 0;
     const sScale = Math.sqrt((layer.bSimple * layer.gradSqNorm) / variance);
     for (let j = 0; j < layer.numel; j++) {
       m[j]! *= mScale;
@@ -104,39 +120,69 @@ function drawModel(random: SeededRandom, layers: readonly SyntheticLayer[]): Mod
   return { mean, sd };
 }
 
+function sqNorm(v: Float64Array): number {
+  let s = 0;
+  for (let j = 0; j < v.length; j++) s += v[j]! * v[j]!;
+  return s;
+}
+
+function sumTruth(layers: readonly Truth[]): Truth {
+  const gradSqNorm = layers.reduce((s, l) => s + l.gradSqNorm, 0);
+  const traceSigma = layers.reduce((s, l) => s + l.traceSigma, 0);
+  return { gradSqNorm, traceSigma, bSimple: traceSigma / gradSqNorm };
+}
+
 function layerInfos(layers: readonly SyntheticLayer[]): LayerInfo[] {
   return layers.map((l) => ({ name: l.name, numel: l.numel, kind: 'synthetic' }));
 }
 
-/** Independent Gaussian examples (model drawn with `random`); a micro-batch mean is drawn directly from N(G, Σ/b). */
-export function gaussianGradients(random: SeededRandom, layers: readonly SyntheticLayer[]): SyntheticGradients {
+export interface GaussianGradientsOptions {
+  /** Average each micro-batch mean from `b` explicit examples instead of drawing it from N(G, Σ/b) (default false). */
+  readonly perExample?: boolean;
+}
+
+/**
+ * Independent Gaussian examples N(G, Σ) (model drawn with `random`). A
+ * micro-batch mean is drawn directly from N(G, Σ/b), the same distribution
+ * at a fraction of the cost, unless `perExample` asks for explicit examples.
+ */
+export function gaussianGradients(random: SeededRandom, layers: readonly SyntheticLayer[], options: GaussianGradientsOptions = {}): SyntheticGradients {
   const { mean, sd } = drawModel(random, layers);
-  const gradSqNorm = layers.reduce((s, l) => s + l.gradSqNorm, 0);
-  const traceSigma = layers.reduce((s, l) => s + l.bSimple * l.gradSqNorm, 0);
+  const perExample = options.perExample ?? false;
+  const layerTruth = layers.map((l) => ({ gradSqNorm: l.gradSqNorm, traceSigma: l.bSimple * l.gradSqNorm, bSimple: l.bSimple }));
   return {
     layers: layerInfos(layers),
-    bSimple: traceSigma / gradSqNorm,
+    truth: sumTruth(layerTruth),
+    layerTruth,
     datasetSize: null,
     beginStep: () => {},
     drawMean: (random, examples) =>
       mean.map((m, l) => {
         const s = sd[l]!;
-        const shrink = 1 / Math.sqrt(examples);
         const out = new Float64Array(m.length);
-        for (let j = 0; j < m.length; j++) out[j] = m[j]! + s[j]! * shrink * random.gaussian();
+        if (perExample) {
+          for (let e = 0; e < examples; e++) for (let j = 0; j < m.length; j++) out[j]! += m[j]! + s[j]! * random.gaussian();
+          for (let j = 0; j < m.length; j++) out[j]! /= examples;
+        } else {
+          const shrink = 1 / Math.sqrt(examples);
+          for (let j = 0; j < m.length; j++) out[j] = m[j]! + s[j]! * shrink * random.gaussian();
+        }
         return out;
       }),
   };
 }
 
 /**
- * A training set of N examples (centred so its mean is exactly G), sampled
- * without replacement within a step; truth: its |G|² and (N−1)-normalised tr(Σ).
+ * A training set of N examples drawn once from the Gaussian model (noise
+ * centred so its mean is exactly G: B_simple can be set near, or above, N),
+ * sampled without replacement within a step like an epoch-shuffling
+ * DataLoader; truth: its |G|² and (N−1)-normalised tr(Σ).
  */
 export function finiteTrainingSet(random: SeededRandom, layers: readonly SyntheticLayer[], size: number): SyntheticGradients {
   const { mean, sd } = drawModel(random, layers);
-  let traceSigma = 0;
+  const layerTruth: Truth[] = [];
   const examples = mean.map((m, l) => {
+    let traceSigma = 0;
     const d = m.length;
     const values = new Float64Array(size * d);
     const centre = new Float64Array(d);
@@ -153,23 +199,26 @@ export function finiteTrainingSet(random: SeededRandom, layers: readonly Synthet
         values[e * d + j] = m[j]! + noise;
       }
     }
+    const gradSqNorm = sqNorm(m);
+    layerTruth.push({ gradSqNorm, traceSigma, bSimple: traceSigma / gradSqNorm });
     return values;
   });
-  const gradSqNorm = layers.reduce((s, l) => s + l.gradSqNorm, 0);
   const order = Int32Array.from({ length: size }, (_, i) => i);
   let drawn = 0;
   return {
     layers: layerInfos(layers),
-    bSimple: traceSigma / gradSqNorm,
+    truth: sumTruth(layerTruth),
+    layerTruth,
     datasetSize: size,
     beginStep: () => {
       drawn = 0;
     },
     drawMean: (random, count) => {
+      if (drawn + count > size) throw new RangeError('a step cannot draw more examples than the training set holds');
       const start = drawn;
       // Partial Fisher–Yates: disjoint from this step's earlier draws.
       for (; drawn < start + count; drawn++) {
-        const swap = drawn + Math.floor(random.uniform() * (size - drawn));
+        const swap = drawn + random.int(size - drawn);
         const chosen = order[swap]!;
         order[swap] = order[drawn]!;
         order[drawn] = chosen;
@@ -192,20 +241,21 @@ export interface SyntheticLayout {
   readonly name: string;
   readonly microExamples: readonly (readonly number[])[];
   readonly allReduce: boolean;
+  /** The loss scale c in h_i = c·g_i; default 1/k (loss / accumulation steps). */
+  readonly lossScale?: number;
 }
 
-function sqNorm(v: Float64Array): number {
-  let s = 0;
-  for (let j = 0; j < v.length; j++) s += v[j]! * v[j]!;
-  return s;
-}
-
-/** One step as the hook reports it, with loss/k scaling: contributions h_i = g_i/k, `.grad` = Σh_i. */
+/**
+ * One optimizer step as the hook reports it: each micro-batch's contribution
+ * h_i = c·g_i (g_i its mean gradient, c = 1/k unless the layout says), |Σh_i|²
+ * as PyTorch's `.grad` holds it after k backward passes, and DDP's average of
+ * the ranks' `.grad`.
+ */
 export function simulateSyntheticStep(random: SeededRandom, source: SyntheticGradients, layout: SyntheticLayout, step: number): CompletedStep {
   source.beginStep();
   const grads: Float64Array[][] = [];
   const ranks = layout.microExamples.map((micro, rank): Omit<RankStep, 'reducedSqNorms'> => {
-    const c = 1 / micro.length;
+    const c = layout.lossScale ?? 1 / micro.length;
     const grad = source.layers.map((l) => new Float64Array(l.numel));
     const microSqNorms = micro.map((b) =>
       source.drawMean(random, b).map((g, l) => {

@@ -1,10 +1,10 @@
 import { describe, expect, it } from 'vitest';
 import { toBatchScales } from '../../src/ingest/to-batch-scales.js';
 import { RunEstimator } from '../../src/stats/run-estimator.js';
-import { type GradientSource, type Layout, type LayerSpec, Rng, finitePopulationSource, gaussianSource, simulateStep } from './simulate.js';
+import { type SyntheticGradients, type SyntheticLayout, type SyntheticLayer, SeededRandom, finiteTrainingSet, gaussianGradients, simulateSyntheticStep } from '../../src/bench/synthetic-gradients.js';
 
 // Small models keep hundreds of independent replicates cheap; B_simple ≈ 67, above the micro-batch.
-const LAYERS: readonly LayerSpec[] = [
+const LAYERS: readonly SyntheticLayer[] = [
   { name: 'a', numel: 120, gradSqNorm: 1, bSimple: 40 },
   { name: 'b', numel: 80, gradSqNorm: 0.5, bSimple: 120 },
 ];
@@ -12,7 +12,7 @@ const REPLICATES = 300;
 
 interface Case {
   readonly name: string;
-  readonly layout: Layout;
+  readonly layout: SyntheticLayout;
   readonly beta: number;
   readonly confidence: number;
   readonly steps: number;
@@ -43,15 +43,15 @@ const CASES: readonly Case[] = [
 
 function coverage(c: Case): { covered: number; bounded: number } {
   // One fixed training set for the FPC case: coverage is over the sampling, given the data.
-  const fixed = c.populationSize ? finitePopulationSource(new Rng(999), LAYERS, c.populationSize) : null;
+  const fixed = c.populationSize ? finiteTrainingSet(new SeededRandom(999), LAYERS, c.populationSize) : null;
   let covered = 0;
   let bounded = 0;
   for (let r = 0; r < REPLICATES; r++) {
-    const rng = new Rng(10_000 + r);
-    const source: GradientSource = fixed ?? gaussianSource(rng, LAYERS);
+    const rng = new SeededRandom(10_000 + r);
+    const source: SyntheticGradients = fixed ?? gaussianGradients(rng, LAYERS);
     const estimator = new RunEstimator(source.layers, { beta: c.beta, confidence: c.confidence });
     let last = null;
-    for (let s = 0; s < c.steps; s++) last = estimator.update(toBatchScales(simulateStep(rng, source, c.layout, s), c.populationSize ?? null));
+    for (let s = 0; s < c.steps; s++) last = estimator.update(toBatchScales(simulateSyntheticStep(rng, source, c.layout, s), c.populationSize ?? null));
     const { low, high } = last!.smoothed!.interval!;
     if (low <= source.truth.bSimple && source.truth.bSimple <= high) covered++;
     if (Number.isFinite(high)) bounded++;

@@ -2,28 +2,29 @@ import { describe, expect, it } from 'vitest';
 import { toBatchScales } from '../../src/ingest/to-batch-scales.js';
 import { fitBatchScales } from '../../src/stats/fit-batch-scales.js';
 import { RunEstimator } from '../../src/stats/run-estimator.js';
-import { type GradientSource, type Layout, type LayerSpec, Rng, finitePopulationSource, meanAndStandardError, relativeError, simulateStep } from './simulate.js';
+import { type SyntheticGradients, type SyntheticLayout, type SyntheticLayer, SeededRandom, finiteTrainingSet, simulateSyntheticStep } from '../../src/bench/synthetic-gradients.js';
+import { meanAndStandardError, relativeError } from './simulate.js';
 
 // A training set of N = 256 examples whose B_simple (~200) is comparable to N, sampled
 // without replacement within each step as an epoch-shuffling DataLoader does.
 const N = 256;
-const LAYERS: readonly LayerSpec[] = [
+const LAYERS: readonly SyntheticLayer[] = [
   { name: 'w1', numel: 600, gradSqNorm: 1, bSimple: 150 },
   { name: 'w2', numel: 300, gradSqNorm: 0.5, bSimple: 300 },
 ];
-const ACCUMULATION: Layout = { name: '4 micro-batches of 16', microExamples: [[16, 16, 16, 16]], allReduce: false };
-const DATA_PARALLEL: Layout = { name: '2 ranks × micro-batches 8, 24 + all-reduce', microExamples: [[8, 24], [8, 24]], allReduce: true };
+const ACCUMULATION: SyntheticLayout = { name: '4 micro-batches of 16', microExamples: [[16, 16, 16, 16]], allReduce: false };
+const DATA_PARALLEL: SyntheticLayout = { name: '2 ranks × micro-batches 8, 24 + all-reduce', microExamples: [[8, 24], [8, 24]], allReduce: true };
 
-function population(seed: number): { rng: Rng; source: GradientSource } {
-  const rng = new Rng(seed);
-  return { rng, source: finitePopulationSource(rng, LAYERS, N) };
+function population(seed: number): { rng: SeededRandom; source: SyntheticGradients } {
+  const rng = new SeededRandom(seed);
+  return { rng, source: finiteTrainingSet(rng, LAYERS, N) };
 }
 
-function rawSteps(rng: Rng, source: GradientSource, layout: Layout, steps: number, datasetSize: number | null) {
+function rawSteps(rng: SeededRandom, source: SyntheticGradients, layout: SyntheticLayout, steps: number, datasetSize: number | null) {
   const gradSqNorm: number[] = [];
   const traceSigma: number[] = [];
   for (let s = 0; s < steps; s++) {
-    const fits = toBatchScales(simulateStep(rng, source, layout, s), datasetSize).map((l) => fitBatchScales(l)!);
+    const fits = toBatchScales(simulateSyntheticStep(rng, source, layout, s), datasetSize).map((l) => fitBatchScales(l)!);
     gradSqNorm.push(fits.reduce((a, f) => a + f.gradSqNorm, 0));
     traceSigma.push(fits.reduce((a, f) => a + f.traceSigma, 0));
   }
@@ -58,11 +59,11 @@ describe('sampling without replacement from N examples, with the finite-populati
   it('smoothed B_simple is within 5% with the correction and visibly wrong without it', () => {
     const { source } = population(4);
     const estimate = (datasetSize: number | null) => {
-      const rng = new Rng(5);
+      const rng = new SeededRandom(5);
       // B_simple ≫ the micro-batch makes single steps very noisy: smooth over ~400 effective steps.
       const estimator = new RunEstimator(source.layers, { beta: 0.995, confidence: 0.95 });
       let smoothed = null;
-      for (let s = 0; s < 1500; s++) smoothed = estimator.update(toBatchScales(simulateStep(rng, source, ACCUMULATION, s), datasetSize))!.smoothed;
+      for (let s = 0; s < 1500; s++) smoothed = estimator.update(toBatchScales(simulateSyntheticStep(rng, source, ACCUMULATION, s), datasetSize))!.smoothed;
       return smoothed!;
     };
     const corrected = estimate(N);

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { toBatchScales } from '../../src/ingest/to-batch-scales.js';
 import { countDistinctX, fitBatchScales } from '../../src/stats/fit-batch-scales.js';
-import { Rng, gaussianSource, simulateStep } from './simulate.js';
+import { SeededRandom, gaussianGradients, simulateSyntheticStep } from '../../src/bench/synthetic-gradients.js';
 
 function expectRelativelyClose(actual: number, expected: number, tolerance = 1e-12): void {
   expect(Math.abs(actual - expected)).toBeLessThanOrEqual(tolerance * Math.max(1, Math.abs(expected)));
@@ -9,7 +9,7 @@ function expectRelativelyClose(actual: number, expected: number, tolerance = 1e-
 
 describe('fitBatchScales', () => {
   it('with two batch sizes equals the paper’s two-batch formulas', () => {
-    const rng = new Rng(7);
+    const rng = new SeededRandom(7);
     for (let trial = 0; trial < 50; trial++) {
       const bSmall = 1 + rng.int(64);
       const bBig = bSmall * (2 + rng.int(16));
@@ -26,7 +26,7 @@ describe('fitBatchScales', () => {
   });
 
   it('recovers a noiseless line exactly through three to six levels with any counts', () => {
-    const rng = new Rng(11);
+    const rng = new SeededRandom(11);
     for (let trial = 0; trial < 50; trial++) {
       const gradSqNorm = rng.gaussian();
       const traceSigma = 100 * rng.uniform();
@@ -78,8 +78,8 @@ describe('fitBatchScales', () => {
   });
 
   it('through toBatchScales, k equal micro-batches give the unbiased sample variance b/(k−1)·Σ|g_i − ḡ|²', () => {
-    const rng = new Rng(3);
-    const source = gaussianSource(rng, [
+    const rng = new SeededRandom(3);
+    const source = gaussianGradients(rng, [
       { name: 'w', numel: 50, gradSqNorm: 1, bSimple: 30 },
       { name: 'b', numel: 20, gradSqNorm: 0.5, bSimple: 10 },
     ]);
@@ -88,9 +88,9 @@ describe('fitBatchScales', () => {
       // Re-draw the same micro-batch means the simulator will use, to compute the sample variance directly.
       const seed = 100 + k;
       const means: Float64Array[][] = [];
-      const probe = new Rng(seed);
+      const probe = new SeededRandom(seed);
       for (let i = 0; i < k; i++) means.push(source.drawMean(probe, b));
-      const step = simulateStep(new Rng(seed), source, { name: `k${k}`, microExamples: [Array(k).fill(b)], allReduce: false }, 0);
+      const step = simulateSyntheticStep(new SeededRandom(seed), source, { name: `k${k}`, microExamples: [Array(k).fill(b)], allReduce: false }, 0);
       const scales = toBatchScales(step, null);
       for (let l = 0; l < 2; l++) {
         const d = means[0]![l]!.length;

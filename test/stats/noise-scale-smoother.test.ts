@@ -2,9 +2,9 @@ import { describe, expect, it } from 'vitest';
 import { fiellerInterval } from '../../src/stats/fieller.js';
 import { MIN_EFFECTIVE_STEPS, NoiseScaleSmoother, rawEstimate } from '../../src/stats/noise-scale-smoother.js';
 import { studentTQuantile } from '../../src/stats/quantiles.js';
-import { Rng } from './simulate.js';
+import { SeededRandom } from '../../src/bench/synthetic-gradients.js';
 
-function steps(rng: Rng, count: number): { gradSqNorm: number; traceSigma: number }[] {
+function steps(rng: SeededRandom, count: number): { gradSqNorm: number; traceSigma: number }[] {
   return Array.from({ length: count }, () => ({
     gradSqNorm: 2 + 0.8 * rng.gaussian(),
     traceSigma: 300 + 60 * rng.gaussian(),
@@ -14,7 +14,7 @@ function steps(rng: Rng, count: number): { gradSqNorm: number; traceSigma: numbe
 describe('NoiseScaleSmoother', () => {
   it('is a bias-corrected EMA of |G|² and tr(Σ) separately, and divides them', () => {
     const beta = 0.9;
-    const data = steps(new Rng(1), 37);
+    const data = steps(new SeededRandom(1), 37);
     const smoother = new NoiseScaleSmoother({ beta, confidence: 0.95 });
     data.forEach((e) => smoother.update(e));
     // Plain EMA from zero, then divided by 1 − beta^t.
@@ -49,7 +49,7 @@ describe('NoiseScaleSmoother', () => {
 
   it('without smoothing (beta 0) never bounds the interval', () => {
     const smoother = new NoiseScaleSmoother({ beta: 0, confidence: 0.9 });
-    for (const e of steps(new Rng(2), 20)) smoother.update(e);
+    for (const e of steps(new SeededRandom(2), 20)) smoother.update(e);
     const est = smoother.estimate()!;
     expect(est.interval!.high).toBe(Number.POSITIVE_INFINITY);
     expect(est.trusted).toBe(false);
@@ -58,7 +58,7 @@ describe('NoiseScaleSmoother', () => {
   it('counts effective steps as 1/Σw² of the normalised weights', () => {
     const beta = 0.95;
     const smoother = new NoiseScaleSmoother({ beta, confidence: 0.9 });
-    const data = steps(new Rng(3), 500);
+    const data = steps(new SeededRandom(3), 500);
     data.forEach((e, i) => {
       smoother.update(e);
       const t = i + 1;
@@ -73,7 +73,7 @@ describe('NoiseScaleSmoother', () => {
   it('gets its interval from the Bessel-corrected weighted (co)variances, Σw² and Student t', () => {
     const beta = 0.9;
     const confidence = 0.9;
-    const data = steps(new Rng(4), 25);
+    const data = steps(new SeededRandom(4), 25);
     const smoother = new NoiseScaleSmoother({ beta, confidence });
     data.forEach((e) => smoother.update(e));
     // Direct, non-incremental computation of the same quantities.
@@ -100,7 +100,7 @@ describe('NoiseScaleSmoother', () => {
   it('is trusted only once bounded with enough effective steps', () => {
     const smoother = new NoiseScaleSmoother({ beta: 0.99, confidence: 0.95 });
     const trustedAt: number[] = [];
-    steps(new Rng(5), 30).forEach((e, i) => {
+    steps(new SeededRandom(5), 30).forEach((e, i) => {
       smoother.update(e);
       if (smoother.estimate()!.trusted) trustedAt.push(i + 1);
     });
@@ -110,7 +110,7 @@ describe('NoiseScaleSmoother', () => {
 
   it('forgets everything on reset', () => {
     const smoother = new NoiseScaleSmoother({ beta: 0.9, confidence: 0.95 });
-    steps(new Rng(6), 10).forEach((e) => smoother.update(e));
+    steps(new SeededRandom(6), 10).forEach((e) => smoother.update(e));
     smoother.reset();
     expect(smoother.estimate()).toBeNull();
     expect(smoother.stepsSeen).toBe(0);

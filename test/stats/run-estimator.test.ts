@@ -2,17 +2,18 @@ import { describe, expect, it } from 'vitest';
 import { toBatchScales } from '../../src/ingest/to-batch-scales.js';
 import { fitBatchScales } from '../../src/stats/fit-batch-scales.js';
 import { DEFAULT_SMOOTHING, RunEstimator, type RunEstimatorUpdate } from '../../src/stats/run-estimator.js';
-import { type GradientSource, type Layout, type LayerSpec, Rng, gaussianSource, relativeError, simulateStep } from './simulate.js';
+import { type SyntheticGradients, type SyntheticLayout, type SyntheticLayer, SeededRandom, gaussianGradients, simulateSyntheticStep } from '../../src/bench/synthetic-gradients.js';
+import { relativeError } from './simulate.js';
 
 // Four layers (1000 parameters) with different noise scales; whole-model B_simple ≈ 70.
-const LAYERS: readonly LayerSpec[] = [
+const LAYERS: readonly SyntheticLayer[] = [
   { name: 'embed', numel: 300, gradSqNorm: 1, bSimple: 40 },
   { name: 'hidden', numel: 200, gradSqNorm: 0.5, bSimple: 120 },
   { name: 'out', numel: 400, gradSqNorm: 2, bSimple: 60 },
   { name: 'bias', numel: 100, gradSqNorm: 0.2, bSimple: 200 },
 ];
 
-const LAYOUTS: readonly Layout[] = [
+const LAYOUTS: readonly SyntheticLayout[] = [
   { name: '2 micro-batches of 32', microExamples: [[32, 32]], allReduce: false },
   { name: '4 micro-batches of 16', microExamples: [[16, 16, 16, 16]], allReduce: false },
   { name: '8 micro-batches of 8', microExamples: [Array(8).fill(8)], allReduce: false },
@@ -20,18 +21,18 @@ const LAYOUTS: readonly Layout[] = [
   { name: '2 ranks × 4 micro-batches + all-reduce', microExamples: [[8, 8, 8, 8], [8, 8, 8, 8]], allReduce: true },
 ];
 
-function run(source: GradientSource, layout: Layout, steps: number, rng: Rng, beta = DEFAULT_SMOOTHING.beta): RunEstimatorUpdate {
+function run(source: SyntheticGradients, layout: SyntheticLayout, steps: number, rng: SeededRandom, beta = DEFAULT_SMOOTHING.beta): RunEstimatorUpdate {
   const estimator = new RunEstimator(source.layers, { beta, confidence: 0.95 });
   let last: RunEstimatorUpdate | null = null;
-  for (let s = 0; s < steps; s++) last = estimator.update(toBatchScales(simulateStep(rng, source, layout, s), null));
+  for (let s = 0; s < steps; s++) last = estimator.update(toBatchScales(simulateSyntheticStep(rng, source, layout, s), null));
   return last!;
 }
 
 describe('RunEstimator accuracy on synthetic gradients (default smoothing)', () => {
   for (const [i, layout] of LAYOUTS.entries()) {
     it(`${layout.name}: smoothed B_simple, tr(Σ) and |G|² within 5% of the truth`, () => {
-      const rng = new Rng(20 + i);
-      const source = gaussianSource(rng, LAYERS);
+      const rng = new SeededRandom(20 + i);
+      const source = gaussianGradients(rng, LAYERS);
       const update = run(source, layout, 1000, rng);
       const smoothed = update.smoothed!;
       expect(relativeError(smoothed.bSimple!, source.truth.bSimple)).toBeLessThan(0.05);
@@ -45,8 +46,8 @@ describe('RunEstimator accuracy on synthetic gradients (default smoothing)', () 
   }
 
   it('per layer: every layer’s smoothed values within 5% with longer smoothing', () => {
-    const rng = new Rng(30);
-    const source = gaussianSource(rng, LAYERS);
+    const rng = new SeededRandom(30);
+    const source = gaussianGradients(rng, LAYERS);
     const update = run(source, LAYOUTS[4]!, 2500, rng, 0.998);
     expect(update.layers.map((l) => l.name)).toEqual(LAYERS.map((l) => l.name));
     update.layers.forEach((layer, l) => {
@@ -61,9 +62,9 @@ describe('RunEstimator accuracy on synthetic gradients (default smoothing)', () 
 
 describe('RunEstimator bookkeeping', () => {
   it('fits the total through the per-level sums, which equals the sum of the layer fits', () => {
-    const rng = new Rng(40);
-    const source = gaussianSource(rng, LAYERS);
-    const scales = toBatchScales(simulateStep(rng, source, LAYOUTS[4]!, 0), null);
+    const rng = new SeededRandom(40);
+    const source = gaussianGradients(rng, LAYERS);
+    const scales = toBatchScales(simulateSyntheticStep(rng, source, LAYOUTS[4]!, 0), null);
     const update = new RunEstimator(source.layers).update(scales)!;
     const layerFits = scales.map((s) => fitBatchScales(s)!);
     const sum = (f: (e: { gradSqNorm: number; traceSigma: number }) => number) => layerFits.reduce((a, e) => a + f(e), 0);
@@ -76,26 +77,26 @@ describe('RunEstimator bookkeeping', () => {
   });
 
   it('returns null, and learns nothing, from a step with a single batch scale', () => {
-    const rng = new Rng(41);
-    const source = gaussianSource(rng, LAYERS);
+    const rng = new SeededRandom(41);
+    const source = gaussianGradients(rng, LAYERS);
     const estimator = new RunEstimator(source.layers, DEFAULT_SMOOTHING);
-    const single: Layout = { name: 'one micro-batch', microExamples: [[64]], allReduce: false };
-    expect(estimator.update(toBatchScales(simulateStep(rng, source, single, 0), null))).toBeNull();
+    const single: SyntheticLayout = { name: 'one micro-batch', microExamples: [[64]], allReduce: false };
+    expect(estimator.update(toBatchScales(simulateSyntheticStep(rng, source, single, 0), null))).toBeNull();
     expect(estimator.update([])).toBeNull();
-    const next = estimator.update(toBatchScales(simulateStep(rng, source, LAYOUTS[1]!, 1), null))!;
+    const next = estimator.update(toBatchScales(simulateSyntheticStep(rng, source, LAYOUTS[1]!, 1), null))!;
     expect(next.smoothed!.gradSqNorm).toBe(next.raw!.gradSqNorm);
   });
 
   it('skips a step with a non-finite norm instead of poisoning the average', () => {
-    const rng = new Rng(42);
-    const source = gaussianSource(rng, LAYERS);
+    const rng = new SeededRandom(42);
+    const source = gaussianGradients(rng, LAYERS);
     const estimator = new RunEstimator(source.layers, DEFAULT_SMOOTHING);
-    const first = estimator.update(toBatchScales(simulateStep(rng, source, LAYOUTS[1]!, 0), null))!;
-    const bad = toBatchScales(simulateStep(rng, source, LAYOUTS[1]!, 1), null).map((levels) =>
+    const first = estimator.update(toBatchScales(simulateSyntheticStep(rng, source, LAYOUTS[1]!, 0), null))!;
+    const bad = toBatchScales(simulateSyntheticStep(rng, source, LAYOUTS[1]!, 1), null).map((levels) =>
       levels.map((s, i) => (i === 0 ? { ...s, y: Number.NaN } : s)),
     );
     expect(estimator.update(bad)).toBeNull();
-    const third = estimator.update(toBatchScales(simulateStep(rng, source, LAYOUTS[1]!, 2), null))!;
+    const third = estimator.update(toBatchScales(simulateSyntheticStep(rng, source, LAYOUTS[1]!, 2), null))!;
     expect(Number.isFinite(third.smoothed!.gradSqNorm)).toBe(true);
     expect(third.smoothed!.gradSqNorm).not.toBe(first.smoothed!.gradSqNorm);
   });
@@ -109,12 +110,12 @@ describe('RunEstimator bookkeeping', () => {
   });
 
   it('forgets the run on reset', () => {
-    const rng = new Rng(43);
-    const source = gaussianSource(rng, LAYERS);
+    const rng = new SeededRandom(43);
+    const source = gaussianGradients(rng, LAYERS);
     const estimator = new RunEstimator(source.layers, { beta: 0.9, confidence: 0.9 });
-    for (let s = 0; s < 20; s++) estimator.update(toBatchScales(simulateStep(rng, source, LAYOUTS[1]!, s), null));
+    for (let s = 0; s < 20; s++) estimator.update(toBatchScales(simulateSyntheticStep(rng, source, LAYOUTS[1]!, s), null));
     estimator.reset();
-    const scales = toBatchScales(simulateStep(rng, source, LAYOUTS[1]!, 20), null);
+    const scales = toBatchScales(simulateSyntheticStep(rng, source, LAYOUTS[1]!, 20), null);
     const after = estimator.update(scales)!;
     expect(after.smoothed!.gradSqNorm).toBe(after.raw!.gradSqNorm);
     expect(after.layers[0]!.traceSigma).toBe(fitBatchScales(scales[0]!)!.traceSigma);
@@ -132,14 +133,14 @@ describe('RunEstimator bookkeeping', () => {
 
 describe('RunEstimator says “not yet” while |G|² is indistinguishable from zero', () => {
   it('keeps the B_simple interval unbounded and untrusted when the true gradient is ~0', () => {
-    const rng = new Rng(50);
+    const rng = new SeededRandom(50);
     // |G|² = 1e-6 next to tr(Σ) = 100: B_simple 1e8, far beyond any batch.
-    const source = gaussianSource(rng, [{ name: 'flat', numel: 300, gradSqNorm: 1e-6, bSimple: 1e8 }]);
+    const source = gaussianGradients(rng, [{ name: 'flat', numel: 300, gradSqNorm: 1e-6, bSimple: 1e8 }]);
     const estimator = new RunEstimator(source.layers, DEFAULT_SMOOTHING);
     let unbounded = 0;
     const steps = 300;
     for (let s = 0; s < steps; s++) {
-      const update = estimator.update(toBatchScales(simulateStep(rng, source, LAYOUTS[1]!, s), null))!;
+      const update = estimator.update(toBatchScales(simulateSyntheticStep(rng, source, LAYOUTS[1]!, s), null))!;
       if (update.smoothed!.interval!.high === Number.POSITIVE_INFINITY) {
         unbounded++;
         expect(update.smoothed!.trusted).toBe(false);

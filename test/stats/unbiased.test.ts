@@ -2,14 +2,15 @@ import { describe, expect, it } from 'vitest';
 import { toBatchScales } from '../../src/ingest/to-batch-scales.js';
 import { fitBatchScales } from '../../src/stats/fit-batch-scales.js';
 import { RunEstimator } from '../../src/stats/run-estimator.js';
-import { type Layout, type LayerSpec, Rng, gaussianSource, meanAndStandardError, simulateStep } from './simulate.js';
+import { type SyntheticLayout, type SyntheticLayer, SeededRandom, gaussianGradients, simulateSyntheticStep } from '../../src/bench/synthetic-gradients.js';
+import { meanAndStandardError } from './simulate.js';
 
-const LAYERS: readonly LayerSpec[] = [
+const LAYERS: readonly SyntheticLayer[] = [
   { name: 'a', numel: 120, gradSqNorm: 1, bSimple: 50 },
   { name: 'b', numel: 80, gradSqNorm: 0.5, bSimple: 150 },
 ];
 
-const LAYOUTS: readonly (Layout & { perExample?: boolean })[] = [
+const LAYOUTS: readonly (SyntheticLayout & { perExample?: boolean })[] = [
   { name: '2 micro-batches of 8', microExamples: [[8, 8]], allReduce: false },
   { name: '4 micro-batches of 4, explicit per-example gradients', microExamples: [[4, 4, 4, 4]], allReduce: false, perExample: true },
   { name: '8 micro-batches of 2', microExamples: [Array(8).fill(2)], allReduce: false },
@@ -22,14 +23,14 @@ const LAYOUTS: readonly (Layout & { perExample?: boolean })[] = [
 describe('raw per-step estimates are unbiased', () => {
   for (const [i, layout] of LAYOUTS.entries()) {
     it(`${layout.name}: mean over 2000 steps within 4 standard errors of |G|² and tr(Σ)`, () => {
-      const rng = new Rng(60 + i);
-      const source = gaussianSource(rng, LAYERS, layout.perExample ?? false);
+      const rng = new SeededRandom(60 + i);
+      const source = gaussianGradients(rng, LAYERS, { perExample: layout.perExample ?? false });
       const estimator = new RunEstimator(source.layers, { beta: 0.9, confidence: 0.9 });
       const gradSqNorm: number[] = [];
       const traceSigma: number[] = [];
       const perLayer = LAYERS.map(() => ({ gradSqNorm: [] as number[], traceSigma: [] as number[] }));
       for (let s = 0; s < 2000; s++) {
-        const scales = toBatchScales(simulateStep(rng, source, layout, s), null);
+        const scales = toBatchScales(simulateSyntheticStep(rng, source, layout, s), null);
         const update = estimator.update(scales)!;
         gradSqNorm.push(update.raw!.gradSqNorm);
         traceSigma.push(update.raw!.traceSigma);
