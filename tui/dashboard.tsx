@@ -34,7 +34,7 @@ export interface DashboardProps {
 export function dashboardModel$(sources: DashboardSources, perSecond: number, scheduler: SchedulerLike = asyncScheduler) {
   const events$ = merge(
     sources.runs$.pipe(map((runs): DashboardEvent => ({ kind: 'runs', runs }))),
-    sources.stats$.pipe(map((stats): DashboardEvent => ({ kind: 'step', stats }))),
+    sources.stats$.pipe(map((stats): DashboardEvent => ({ kind: 'step', stats, receivedUnixMs: Date.now() }))),
     sources.layers$.pipe(map((layers): DashboardEvent => ({ kind: 'layers', layers }))),
     sources.health$.pipe(map((health): DashboardEvent => ({ kind: 'health', health }))),
     (sources.connection$ ?? EMPTY).pipe(map((connection): DashboardEvent => ({ kind: 'connection', connection }))),
@@ -174,7 +174,7 @@ export function Dashboard(props: DashboardProps) {
               focused={focus === 'layers'}
             />
           </Box>
-          <HealthLine health={model.health} previous={model.previousHealth} />
+          <HealthLine health={model.health} previous={model.previousHealth} lagMs={run?.lagMs ?? null} />
         </>
       )}
       <KeysLine log={model.log} address={props.address ?? null} />

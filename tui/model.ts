@@ -19,6 +19,8 @@ export interface RunView {
   /** The last HISTORY steps, oldest first. */
   readonly history: readonly ChartPoint[];
   readonly layers: LayerStats | null;
+  /** Hook's step end → this dashboard, for the latest step (same-machine clocks); null before one. */
+  readonly lagMs: number | null;
 }
 
 export interface DashboardModel {
@@ -32,7 +34,7 @@ export interface DashboardModel {
 
 export type DashboardEvent =
   | { readonly kind: 'runs'; readonly runs: readonly RunInfo[] }
-  | { readonly kind: 'step'; readonly stats: StepStats }
+  | { readonly kind: 'step'; readonly stats: StepStats; readonly receivedUnixMs?: number }
   | { readonly kind: 'layers'; readonly layers: LayerStats }
   | { readonly kind: 'health'; readonly health: Health }
   | { readonly kind: 'connection'; readonly connection: ConnectionState }
@@ -75,7 +77,7 @@ function toPoint(s: StepStats): ChartPoint {
 function updateRun(model: DashboardModel, run: string, make: () => RunInfo, update: (v: RunView) => RunView): DashboardModel {
   const i = model.runs.findIndex((r) => r.info.run === run);
   if (i < 0) {
-    const fresh: RunView = { info: make(), latest: null, history: [], layers: null };
+    const fresh: RunView = { info: make(), latest: null, history: [], layers: null, lagMs: null };
     return { ...model, runs: [...model.runs, update(fresh)] };
   }
   const runs = model.runs.slice();
@@ -97,7 +99,8 @@ export function reduce(model: DashboardModel, event: DashboardEvent): DashboardM
         const last = v.history.at(-1);
         const kept = last && s.step <= last.step ? v.history.filter((p) => p.step < s.step) : v.history;
         const history = [...kept.slice(-(HISTORY - 1)), toPoint(s)];
-        return { ...v, latest: s, history };
+        const lagMs = event.receivedUnixMs === undefined ? v.lagMs : Math.max(0, event.receivedUnixMs - s.unixMs);
+        return { ...v, latest: s, history, lagMs };
       });
     }
     case 'layers': {

@@ -64,7 +64,8 @@ describe('dashboard', () => {
     expect(f).toMatch(/128\s+2\s+2 knee/);
     expect(f).toContain('B 64: 33%/step · err 2'); // 1/(1 + 128/64), 128/64
     expect(f).toContain('Scales: accumulation (4 micro-batches × 1 rank, 2 batch scales)');
-    expect(f).toContain('steps 101 ok 0 incomplete · refused 0 · hook drops 0');
+    expect(f).toContain('101 steps · no losses');
+    expect(f).toMatch(/Ingest .* lag \S+/);
     expect(f).toContain('cpu (norms mode)');
   });
 
@@ -118,6 +119,10 @@ describe('dashboard', () => {
     steady(m);
     m.runs.next([runInfo({ worldSize: 2, ranksConnected: 1 })]);
     await expect.poll(m.frame).toContain('ranks 1/2');
+    // What was lost shows up in the ingest line, with rates from the previous sample.
+    m.health.next(health({ unixMs: 1_012_000, messages: 700, bytes: 220_000, stepsIncomplete: 3, refused: 2, droppedByHooks: 5 }));
+    await expect.poll(m.frame).toContain('3 incomplete · 2 refused · 5 dropped');
+    expect(m.frame()).toContain('100 msg/s 50kB/s');
   });
 
   it('switches between two runs with [ and ]', async () => {

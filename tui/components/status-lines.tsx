@@ -34,23 +34,44 @@ export function SourceLine({ info, latest }: { readonly info: RunInfo | null; re
   );
 }
 
-/** Ingest counters, with rates from the previous health sample. */
-export function HealthLine({ health, previous }: { readonly health: Health | null; readonly previous: Health | null }) {
+/** Ingest counters, with rates from the previous health sample and the latest step's lag. */
+export function HealthLine({
+  health,
+  previous,
+  lagMs,
+}: {
+  readonly health: Health | null;
+  readonly previous: Health | null;
+  readonly lagMs: number | null;
+}) {
   if (!health) return <Toned tone="muted">ingest: no health report yet</Toned>;
   const dt = previous ? (health.unixMs - previous.unixMs) / 1000 : 0;
-  const rate = previous && dt > 0 ? ` (${short((health.messages - previous.messages) / dt)}/s)` : '';
-  const problems = health.refused + health.stepsIncomplete + health.droppedByHooks > 0;
+  const rates =
+    previous && dt > 0
+      ? `${short((health.messages - previous.messages) / dt)} msg/s ${bytesPerSecond((health.bytes - previous.bytes) / dt)}`
+      : `${health.messages} msgs`;
+  const lag = lagMs === null ? '' : lagMs < 1000 ? ` lag ${Math.round(lagMs)}ms` : ` lag ${short(lagMs / 1000)}s`;
+  // Only the losses that happened, so the line fits 80 columns.
+  const losses = [
+    [health.stepsIncomplete, 'incomplete'],
+    [health.refused, 'refused'],
+    [health.droppedByHooks, 'dropped'],
+  ] as const;
+  const happened = losses.filter(([n]) => n > 0).map(([n, what]) => `${short(n)} ${what}`);
   return (
     <Line>
       <Toned tone="plain" bold>
         {'Ingest '}
       </Toned>
-      <Toned tone="plain">{`${health.messages} msgs${rate} ${short(health.bytes / 1e6)}MB · steps ${health.stepsCompleted} ok`}</Toned>
-      <Toned tone={problems ? 'warn' : 'muted'}>
-        {` ${health.stepsIncomplete} incomplete · refused ${health.refused} · hook drops ${health.droppedByHooks}`}
-      </Toned>
-          </Line>
+      <Toned tone="plain">{`${rates} · ${short(health.stepsCompleted)} steps`}</Toned>
+      <Toned tone={happened.length ? 'warn' : 'muted'}>{` · ${happened.length ? happened.join(' · ') : 'no losses'}`}</Toned>
+      <Toned tone="plain">{lag ? ` ·${lag}` : ''}</Toned>
+    </Line>
   );
+}
+
+function bytesPerSecond(v: number): string {
+  return v >= 1e6 ? `${short(v / 1e6)}MB/s` : `${short(v / 1e3)}kB/s`;
 }
 
 export function KeysLine({ log, address }: { readonly log: string | null; readonly address: string | null }) {
