@@ -83,9 +83,14 @@ function untilSignal(): Promise<void> {
   });
 }
 
+/** Ink draws no live frames under CI (it checks the CI variable), so CI gets the lines. */
+const inCi = (): boolean => Boolean(process.env.CI) && process.env.CI !== '0' && process.env.CI !== 'false';
+
 /** The dashboard needs a terminal on both ends; --json and --no-dashboard keep the lines. */
 function wantsDashboard(values: { json: boolean; 'no-dashboard': boolean }): boolean {
-  return !values.json && !values['no-dashboard'] && Boolean(process.stdout.isTTY) && Boolean(process.stdin.isTTY);
+  return (
+    !values.json && !values['no-dashboard'] && Boolean(process.stdout.isTTY) && Boolean(process.stdin.isTTY) && !inCi()
+  );
 }
 
 const DASHBOARD_OPTIONS = {
@@ -100,6 +105,7 @@ async function dashboard(args: string[]): Promise<void> {
   const address = values.address ?? `127.0.0.1:${DEFAULT_PORT}`;
   if (!/^[^\s:]+:\d+$/.test(address)) throw new UsageError(`--address must be host:port, got '${address}'`);
   if (!process.stdout.isTTY || !process.stdin.isTTY) throw new UsageError('the dashboard needs a terminal (use `serve --json` for scripts)');
+  if (inCi()) throw new UsageError('the dashboard draws nothing while the CI variable is set (unset CI, or use `serve --json`)');
   const { watchSidecar } = await import('./remote/watch-client.js');
   const { renderDashboard } = await import('../tui/render-dashboard.js');
   const remote = watchSidecar(address, values.run !== undefined ? { run: values.run } : {});

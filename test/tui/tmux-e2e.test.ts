@@ -14,6 +14,8 @@ function requireSetUp(): void {
   expect(existsSync(PYTHON), `${PYTHON} is missing: run \`npm run setup\``).toBe(true);
 }
 const session = `noisescope-e2e-${process.pid}`;
+// Ink draws no live frames when CI is set (CI runs this suite with CI=true); a person's terminal has no CI.
+const NODE = `env -u CI ${process.execPath}`;
 
 const tmux = (...args: string[]) => execFileSync('tmux', args, { encoding: 'utf8' });
 const capture = () => tmux('capture-pane', '-p', '-t', session);
@@ -25,7 +27,7 @@ afterEach(() => {
 it('serve shows the live dashboard in an 80×24 terminal while a real model trains', async () => {
   requireSetUp();
   const port = 20000 + (process.pid % 20000);
-  tmux('new-session', '-d', '-s', session, '-x', '80', '-y', '24', `${process.execPath} ${CLI} serve --port ${port}`);
+  tmux('new-session', '-d', '-s', session, '-x', '80', '-y', '24', `${NODE} ${CLI} serve --port ${port}`);
   await expect.poll(capture, { timeout: 15_000 }).toContain('no run yet');
   const train = spawnSync(PYTHON, ['-m', 'noisescope.demo', '--address', `127.0.0.1:${port}`, '--steps', '120', '--step-time', '0'], {
     encoding: 'utf8',
@@ -48,9 +50,9 @@ it('`dashboard --address` follows a `serve --no-dashboard` sidecar and shows whe
   requireSetUp();
   const port = 20000 + ((process.pid + 7) % 20000);
   // Both in one tmux session: the sidecar in a TTY still prints plain lines with --no-dashboard.
-  tmux('new-session', '-d', '-s', session, '-x', '80', '-y', '24', `${process.execPath} ${CLI} serve --port ${port} --no-dashboard`);
+  tmux('new-session', '-d', '-s', session, '-x', '80', '-y', '24', `${NODE} ${CLI} serve --port ${port} --no-dashboard`);
   await expect.poll(capture, { timeout: 15_000 }).toContain(`noisescope listening on 127.0.0.1:${port}`);
-  tmux('new-window', '-t', session, `${process.execPath} ${CLI} dashboard --address 127.0.0.1:${port}`);
+  tmux('new-window', '-t', session, `${NODE} ${CLI} dashboard --address 127.0.0.1:${port}`);
   const dashboard = () => tmux('capture-pane', '-p', '-t', `${session}:1`);
   await expect.poll(dashboard, { timeout: 15_000 }).toContain('no run yet');
   const train = spawnSync(PYTHON, ['-m', 'noisescope.demo', '--address', `127.0.0.1:${port}`, '--steps', '60', '--step-time', '0'], {
