@@ -1,3 +1,5 @@
+import type { Source } from '../types.js';
+
 // One optimizer step of one run, every rank's shards joined.
 
 export interface RankStep {
@@ -22,4 +24,11 @@ export interface CompletedStep {
   /** Non-finite gradients on some rank: flagged, excluded from the estimate. */
   readonly skipReason: string | null;
   readonly unixMs: number;
+}
+
+/** Where the step's second batch scale came from. */
+export function sourceOf(step: CompletedStep): Source {
+  if (step.ranks.length > 1) return 'data-parallel';
+  if (step.ranks.some((r) => r.microExamples.length > 1)) return 'accumulation';
+  return 'none';
 }

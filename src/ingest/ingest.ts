@@ -4,7 +4,7 @@ import type { GradientShard__Output } from '../transport/generated/noisescope/v1
 import type { Hello__Output } from '../transport/generated/noisescope/v1/Hello.js';
 import type { StepEnd__Output } from '../transport/generated/noisescope/v1/StepEnd.js';
 import type { RunInfo, Source } from '../types.js';
-import type { CompletedStep } from './completed-step.js';
+import { sourceOf, type CompletedStep } from './completed-step.js';
 import { checkSameLayout, layoutFromHello, type RunLayout } from './run-layout.js';
 import { StepAssembler, type StepOutcome } from './step-assembler.js';
 
@@ -80,12 +80,6 @@ export class RankSession {
   }
 }
 
-function inferSource(step: CompletedStep): Source {
-  if (step.ranks.length > 1) return 'data-parallel';
-  if (step.ranks.some((r) => r.microExamples.length > 1)) return 'accumulation';
-  return 'none';
-}
-
 /** The first stage: validated messages in, completed steps and run info out. */
 export class Ingest {
   private readonly runs = new Map<string, RunEntry>();
@@ -157,7 +151,7 @@ export class Ingest {
         this.counters.stepsIncomplete += run.assembler.takeAbandoned();
         if (outcome.kind === 'completed') {
           this.counters.stepsCompleted++;
-          const source = inferSource(outcome.step);
+          const source = sourceOf(outcome.step);
           if (source !== run.source && !outcome.step.skipReason) {
             run.source = source;
             this.publishRuns();

@@ -20,6 +20,8 @@ interface RankState {
 }
 
 interface PendingStep {
+  /** Ranks that ended the step (a skipped step has a rank here but no RankStep). */
+  readonly endedBy: Set<number>;
   readonly ranks: Map<number, RankStep>;
   lr: number | null;
   loss: number | null;
@@ -140,11 +142,10 @@ export class StepAssembler {
     pending.loss ??= Number.isFinite(end.loss) ? end.loss : null;
     pending.globalExamples += end.localExamples || (rankStep?.microExamples.reduce((a, b) => a + b, 0) ?? 0);
     pending.unixMs = Math.max(pending.unixMs, end.unixMs || Date.now());
-    this.endedBy(end.step).add(rank);
-    if (this.endedBy(end.step).size < this.layout.worldSize) return { kind: 'waiting-for-ranks' };
+    pending.endedBy.add(rank);
+    if (pending.endedBy.size < this.layout.worldSize) return { kind: 'waiting-for-ranks' };
 
     this.pending.delete(end.step);
-    this.ended.delete(end.step);
     return {
       kind: 'completed',
       step: {
@@ -160,17 +161,6 @@ export class StepAssembler {
     };
   }
 
-  private readonly ended = new Map<number, Set<number>>();
-
-  private endedBy(step: number): Set<number> {
-    let set = this.ended.get(step);
-    if (!set) {
-      set = new Set();
-      this.ended.set(step, set);
-    }
-    return set;
-  }
-
   private pendingStep(step: number): PendingStep {
     let pending = this.pending.get(step);
     if (!pending) {
@@ -178,10 +168,9 @@ export class StepAssembler {
         // A rank that never ends its steps must not grow memory without bound.
         const oldest = Math.min(...this.pending.keys());
         this.pending.delete(oldest);
-        this.ended.delete(oldest);
         this.abandoned++;
       }
-      pending = { ranks: new Map(), lr: null, loss: null, skipReason: null, globalExamples: 0, unixMs: 0 };
+      pending = { endedBy: new Set(), ranks: new Map(), lr: null, loss: null, skipReason: null, globalExamples: 0, unixMs: 0 };
       this.pending.set(step, pending);
     }
     return pending;

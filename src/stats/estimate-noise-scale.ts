@@ -1,5 +1,6 @@
 import { defer, map, type OperatorFunction } from 'rxjs';
 import type { IngestedStep } from '../ingest/ingest.js';
+import { sourceOf } from '../ingest/completed-step.js';
 import { toBatchScales } from '../ingest/to-batch-scales.js';
 import type { LayerStats, StepStats } from '../types.js';
 import { MIN_EFFECTIVE_STEPS } from './noise-scale-smoother.js';
@@ -53,12 +54,7 @@ export function estimateNoiseScale(options: SmoothingOptions): OperatorFunction<
             loss: step.loss,
             unixMs: step.unixMs,
           };
-          const source: StepStats['source'] =
-            step.ranks.length > 1
-              ? 'data-parallel'
-              : step.ranks.some((r) => r.microExamples.length > 1)
-                ? 'accumulation'
-                : 'none';
+          const source = sourceOf(step);
           const carry = (note: string, skipped: boolean): NoiseScaleUpdate => ({
             stats: {
               ...base,
