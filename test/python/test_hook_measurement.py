@@ -12,19 +12,16 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 import noisescope
-from test_hook_support import Loop, exact_norms, make_model, make_optimizer, micro_batch, parameters_of
-
-
-def watch_and_record(model: nn.Module, optimizer: torch.optim.Optimizer, address: str, **kwargs):
-    """watch() with the sender's private tap collecting every finished StepRecord."""
-    ns = noisescope.watch(model, optimizer, address=address, **kwargs)
-    records: list = []
-    ns._sender.tap = records.append
-    return ns, records
-
-
-def assert_close(actual: float, expected: float, rel: float, what: str) -> None:
-    assert math.isclose(actual, expected, rel_tol=rel, abs_tol=1e-30), f"{what}: {actual} vs exact {expected}"
+from test_hook_support import (
+    Loop,
+    assert_close,
+    exact_norms,
+    make_model,
+    make_optimizer,
+    micro_batch,
+    parameters_of,
+    watch_and_record,
+)
 
 
 @pytest.mark.parametrize(
@@ -400,58 +397,3 @@ def test_accelerator_norms_are_gathered_into_one_float64_tensor() -> None:
     stacked = Meter._stack(SimpleNamespace(_zeros={}), entries)  # type: ignore[arg-type]
     assert stacked.dtype == torch.float64
     assert stacked.tolist() == [1.5, 0.0, 2.25, 3.0, 0.5]
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_on_cuda_norms_are_exact_and_training_is_bitwise_identical(free_address: str) -> None:
-    loop = Loop(steps=3, sizes=(6, 9, 6, 5), clip=0.05)
-    plain = make_model().cuda()
-    loop.run(plain, make_optimizer(plain))
-    model = make_model().cuda()
-    reference = copy.deepcopy(model)
-    optimizer = make_optimizer(model)
-    ns, records = watch_and_record(model, optimizer, free_address)
-    exact: dict[int, tuple[list[list[float]], list[float]]] = {}
-    cuda_loop = _CudaLoop(loop)
-    cuda_loop.run(model, optimizer, on_step_start=lambda step: exact.__setitem__(step, cuda_loop.exact(reference, model, step)))
-    ns.remove()
-    for a, b in zip(parameters_of(plain), parameters_of(model)):
-        assert torch.equal(a, b)
-    for record in records:
-        micro, accumulated = exact[record.step]
-        for j, row in enumerate(record.micro_sq_norms):
-            for i, value in enumerate(row):
-                assert_close(value, micro[j][i], 1e-5, f"micro {j} layer {i}")
-        for i, value in enumerate(record.accumulated_sq_norms):
-            assert_close(value, accumulated[i], 1e-5, f"accumulated layer {i}")
-
-
-class _CudaLoop(Loop):
-    """Loop with its micro-batches moved to the GPU."""
-
-    def __init__(self, loop: Loop) -> None:
-        super().__init__(steps=loop.steps, sizes=loop.sizes, clip=loop.clip, dtype=loop.dtype)
-
-    def run(self, model, optimizer, before_clip=None, on_step_start=None, loss_scale=None) -> None:  # type: ignore[override]
-        k = len(self.sizes)
-        for step in range(self.steps):
-            if on_step_start is not None:
-                on_step_start(step)
-            for j, size in enumerate(self.sizes):
-                x, y = micro_batch(step, j, size, self.dtype)
-                (F.cross_entropy(model(x.cuda()), y.cuda()) / k).backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), self.clip)
-            optimizer.step()
-            optimizer.zero_grad()
-
-    def exact(self, reference: nn.Module, model: nn.Module, step: int) -> tuple[list[list[float]], list[float]]:
-        reference.load_state_dict(model.state_dict())
-        params = list(reference.parameters())
-        grads = []
-        for j, size in enumerate(self.sizes):
-            x, y = micro_batch(step, j, size, self.dtype)
-            loss = F.cross_entropy(reference(x.cuda()), y.cuda()) / len(self.sizes)
-            grads.append([g.double() for g in torch.autograd.grad(loss, params)])
-        micro = [[g.pow(2).sum().item() for g in row] for row in grads]
-        accumulated = [sum(row[i] for row in grads).pow(2).sum().item() for i in range(len(params))]
-        return micro, accumulated

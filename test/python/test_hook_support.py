@@ -4,12 +4,15 @@
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+import noisescope
 
 IN, HIDDEN, CLASSES = 12, 24, 5
 
@@ -26,13 +29,15 @@ def make_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> nn.Module:
     ).to(dtype)
 
 
-def micro_batch(step: int, micro: int, size: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+def micro_batch(
+    step: int, micro: int, size: int, dtype: torch.dtype = torch.float32, device: str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded inputs with labels from a fixed random teacher, so the loss has signal."""
     g = torch.Generator().manual_seed(1000 * step + micro)
     x = torch.randn(size, IN, generator=g, dtype=torch.float64)
     teacher = torch.randn(IN, CLASSES, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     y = (x @ teacher + 0.5 * torch.randn(size, CLASSES, generator=g, dtype=torch.float64)).argmax(1)
-    return x.to(dtype), y
+    return x.to(device=device, dtype=dtype), y.to(device)
 
 
 @dataclass
@@ -44,6 +49,7 @@ class Loop:
     clip: float | None = 0.5
     dtype: torch.dtype = torch.float32
     set_to_none: bool = True  # optimizer.zero_grad(set_to_none=...)
+    device: str = "cpu"  # where the micro-batches go (the model must be there too)
 
     def run(
         self,
@@ -58,7 +64,7 @@ class Loop:
             if on_step_start is not None:
                 on_step_start(step)
             for j, size in enumerate(self.sizes):
-                x, y = micro_batch(step, j, size, self.dtype)
+                x, y = micro_batch(step, j, size, self.dtype, self.device)
                 loss = F.cross_entropy(model(x), y) / k
                 if loss_scale is not None:
                     loss = loss * loss_scale(step, j)
@@ -85,7 +91,7 @@ def exact_norms(reference: nn.Module, model: nn.Module, step: int, loop: Loop) -
     k = len(loop.sizes)
     grads: list[list[torch.Tensor]] = []
     for j, size in enumerate(loop.sizes):
-        x, y = micro_batch(step, j, size, loop.dtype)
+        x, y = micro_batch(step, j, size, loop.dtype, loop.device)
         loss = F.cross_entropy(reference(x), y) / k
         grads.append([g.double() for g in torch.autograd.grad(loss, params)])
     micro = [[g.pow(2).sum().item() for g in row] for row in grads]
@@ -118,3 +124,15 @@ def wait_for_events(sidecar: object, kind: str, run: str | None, count: int, tim
 
     sidecar.wait_for(enough, timeout=timeout)  # type: ignore[attr-defined]
     return seen
+
+
+def watch_and_record(model: nn.Module, optimizer: torch.optim.Optimizer, address: str, **kwargs):
+    """watch() with the sender's private tap collecting every finished StepRecord."""
+    ns = noisescope.watch(model, optimizer, address=address, **kwargs)
+    records: list = []
+    ns._sender.tap = records.append
+    return ns, records
+
+
+def assert_close(actual: float, expected: float, rel: float, what: str) -> None:
+    assert math.isclose(actual, expected, rel_tol=rel, abs_tol=1e-30), f"{what}: {actual} vs exact {expected}"
