@@ -18,6 +18,20 @@ export interface Estimate {
   readonly interval: Interval | null;
   /** The interval is bounded and |G|^2 is distinguishable from zero. */
   readonly trusted: boolean;
+  /**
+   * Sampling spread of the smoothed |G|² and tr(Σ) (what the interval is built
+   * from), for tests of "B_noise = b" such as the recommendation's confidence.
+   * Absent on raw (single-step) estimates.
+   */
+  readonly spread?: EstimateSpread;
+}
+
+export interface EstimateSpread {
+  readonly varGradSqNorm: number;
+  readonly varTraceSigma: number;
+  readonly covariance: number;
+  /** Degrees of freedom of the Student t behind the interval. */
+  readonly df: number;
 }
 
 export interface RunInfo {
@@ -33,6 +47,10 @@ export interface RunInfo {
   readonly every: number;
   readonly startedUnixMs: number;
   readonly ended: boolean;
+  /** The optimizer's class name as the hook reported it (e.g. 'SGD', 'AdamW'); null when unknown. */
+  readonly optimizer: string | null;
+  /** The run's own recommendation bounds from its Hello; fields it left unset are absent. */
+  readonly policy: Partial<BatchPolicy>;
 }
 
 export interface LayerInfo {
@@ -61,8 +79,84 @@ export interface StepStats {
   /** Why there is no estimate, or a caveat the user should see. */
   readonly note: string | null;
   readonly unixMs: number;
-  /** Steps that have fed the smoothed estimate so far. */
+  /** Steps that have fed the smoothed estimate so far (since the run began, across regimes). */
   readonly stepsMeasured: number;
+  /** lr / global batch (the optimizer's temperature, up to a constant); null when the lr is unknown. */
+  readonly temperature: number | null;
+  /** The step the current smoothing regime began (the run's first measured step, or a temperature change). */
+  readonly regimeStartStep: number;
+  /** Set on the step where a temperature change restarted the smoothing. */
+  readonly temperatureChange: TemperatureChange | null;
+}
+
+/** The optimizer's temperature lr/B moved beyond tolerance between two measured steps of a run. */
+export interface TemperatureChange {
+  readonly fromLr: number;
+  readonly toLr: number;
+  readonly fromBatch: number;
+  readonly toBatch: number;
+}
+
+/** What the recommendation aims for: balanced = the knee B = B_noise; time = 4 B_noise; compute = B_noise / 4. */
+export type Objective = 'balanced' | 'time' | 'compute';
+
+/** Bounds and preferences for batch-size recommendations (sidecar defaults, overridden per run by its Hello). */
+export interface BatchPolicy {
+  readonly objective: Objective;
+  /** Global examples per optimizer step. */
+  readonly minBatch: number;
+  /** Global examples per optimizer step; Infinity = unbounded. */
+  readonly maxBatch: number;
+  /** Examples per device per micro-batch; null = keep the run's current micro-batch. */
+  readonly maxMicroBatch: number | null;
+  /** At most this factor per change (> 1). */
+  readonly maxFactor: number;
+  /** Consecutive measured steps the interval must exclude the current batch before a change. */
+  readonly window: number;
+  /** Only ever recommend larger batches (a ramp-up). */
+  readonly monotone: boolean;
+}
+
+export type RecommendationAction = 'hold' | 'increase' | 'decrease';
+
+/** A heuristic, labelled as one: how the learning rate usually scales with the batch. */
+export interface LearningRateHint {
+  readonly currentLr: number;
+  readonly suggestedLr: number;
+  readonly rule: 'linear' | 'sqrt';
+  readonly note: string;
+}
+
+/** The policy's advice for one run; a new one is emitted when the action or the recommended batch changes. */
+export interface Recommendation {
+  readonly run: string;
+  /** The measured step it was made at. */
+  readonly step: number;
+  /** Per run, from 1. */
+  readonly sequence: number;
+  readonly action: RecommendationAction;
+  readonly currentGlobalBatch: number;
+  readonly recommendedGlobalBatch: number;
+  /** Examples per device per micro-batch, and accumulation steps per rank, that give the recommended batch. */
+  readonly microBatch: number;
+  readonly accumulationSteps: number;
+  readonly worldSize: number;
+  /** The smoothed B_simple and its interval the advice was made from. */
+  readonly noiseScale: number;
+  readonly interval: Interval;
+  /** Objective × noise scale, before rounding, bounds and the per-change factor. */
+  readonly targetBatch: number;
+  readonly objective: Objective;
+  /** Predicted optimizer steps / examples to reach the same loss, recommended ÷ current. */
+  readonly stepsFactor: number;
+  readonly examplesFactor: number;
+  /** Null when the learning rate is unknown or the batch holds. */
+  readonly lrHint: LearningRateHint | null;
+  /** In [0, 1]: for a change, the probability (Fieller t test) that B_noise·objective lies on that side of the current batch. */
+  readonly confidence: number;
+  /** One sentence. */
+  readonly reason: string;
+  readonly unixMs: number;
 }
 
 export interface LayerEstimate {

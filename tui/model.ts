@@ -58,6 +58,8 @@ function placeholderRun(run: string, s: StepStats): RunInfo {
     every: 1,
     startedUnixMs: s.unixMs,
     ended: false,
+    optimizer: null,
+    policy: {},
   };
 }
 
@@ -132,6 +134,9 @@ const emptyStep: StepStats = {
   note: null,
   unixMs: 0,
   stepsMeasured: 0,
+  temperature: null,
+  regimeStartStep: 0,
+  temperatureChange: null,
 };
 
 /** Examples per second over the last steps of the history (null with fewer than two). */

@@ -33,6 +33,7 @@ function syntheticStep(step: number, layers: number): { stats: StepStats; layers
     stats: {
       run: 'bench', step, source: 'accumulation', globalBatch: 64, microBatches: 4, ranks: 1, levels: 2,
       raw: smoothed, smoothed, lr: 0.1, loss: 0.5, skipped: false, note: null, unixMs: Date.now(), stepsMeasured: step + 1,
+      temperature: 0.1 / 64, regimeStartStep: 0, temperatureChange: null,
     },
     layers: {
       run: 'bench',
@@ -47,7 +48,7 @@ export async function measureRenderCost(rate = 20, seconds = 10, layers = 100) {
   const stats$ = new ReplaySubject<StepStats>(1);
   const layers$ = new ReplaySubject<LayerStats>(1);
   const runs$ = new BehaviorSubject<readonly RunInfo[]>([
-    { run: 'bench', worldSize: 1, ranksConnected: 1, source: 'accumulation', mode: 'norms', layers: [], parameters: 1e6, datasetSize: null, every: 1, startedUnixMs: Date.now(), ended: false },
+    { run: 'bench', worldSize: 1, ranksConnected: 1, source: 'accumulation', mode: 'norms', layers: [], parameters: 1e6, datasetSize: null, every: 1, startedUnixMs: Date.now(), ended: false, optimizer: 'SGD', policy: {} },
   ]);
   const health$ = new ReplaySubject<Health>(1);
   const terminal = new NullTerminal();

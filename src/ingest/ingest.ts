@@ -206,6 +206,8 @@ export class Ingest {
           every: entry.layout.every,
           startedUnixMs: entry.startedUnixMs,
           ended,
+          optimizer: entry.layout.optimizer,
+          policy: entry.layout.policy,
         };
       }),
     );

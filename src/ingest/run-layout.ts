@@ -1,6 +1,7 @@
 import { NoiseScopeError } from '../errors.js';
 import type { Hello__Output } from '../transport/generated/noisescope/v1/Hello.js';
-import type { LayerInfo } from '../types.js';
+import type { BatchPolicy, LayerInfo } from '../types.js';
+import { policyFromWire } from './policy-from-wire.js';
 
 export const PROTOCOL_VERSION = 1;
 /** Limits that keep one bad hook from exhausting the sidecar. */
@@ -14,6 +15,9 @@ export interface RunLayout {
   readonly datasetSize: number | null;
   readonly every: number;
   readonly mode: 'norms' | 'dense' | 'sketch';
+  readonly optimizer: string | null;
+  /** The recommendation bounds the first Hello asked for (unset fields absent). */
+  readonly policy: Partial<BatchPolicy>;
 }
 
 const MODES = { MODE_UNSPECIFIED: 'norms', MODE_NORMS: 'norms', MODE_DENSE: 'dense', MODE_SKETCH: 'sketch' } as const;
@@ -52,6 +56,8 @@ export function layoutFromHello(hello: Hello__Output): RunLayout {
     datasetSize: hello.datasetSize > 0 ? hello.datasetSize : null,
     every: Math.max(1, hello.every),
     mode,
+    optimizer: hello.optimizer ? hello.optimizer.slice(0, LIMITS.nameLength) : null,
+    policy: policyFromWire(hello.policy),
   };
 }
 

@@ -6,7 +6,11 @@ import type { LayerStats__Output as WireLayerStats } from '../transport/generate
 import type { RunInfo__Output as WireRunInfo } from '../transport/generated/noisescope/v1/RunInfo.js';
 import type { Source__Output as WireSource } from '../transport/generated/noisescope/v1/Source.js';
 import type { StepStats__Output as WireStepStats } from '../transport/generated/noisescope/v1/StepStats.js';
-import type { Estimate, Health, LayerStats, RunInfo, Source, StepStats } from '../types.js';
+import type { Recommendation__Output as WireRecommendation } from '../transport/generated/noisescope/v1/Recommendation.js';
+import type { Objective__Output as WireObjective } from '../transport/generated/noisescope/v1/Objective.js';
+import type { Action__Output as WireAction } from '../transport/generated/noisescope/v1/Action.js';
+import { policyFromWire } from '../ingest/policy-from-wire.js';
+import type { Estimate, Health, LayerStats, Objective, Recommendation, RecommendationAction, RunInfo, Source, StepStats } from '../types.js';
 
 const SOURCES: Readonly<Record<WireSource, Source>> = {
   SOURCE_UNSPECIFIED: 'none',
@@ -15,6 +19,19 @@ const SOURCES: Readonly<Record<WireSource, Source>> = {
   SOURCE_DATA_PARALLEL: 'data-parallel',
   SOURCE_PER_EXAMPLE: 'per-example',
   SOURCE_PROBE: 'probe',
+};
+
+const OBJECTIVES: Readonly<Record<WireObjective, Objective>> = {
+  OBJECTIVE_UNSPECIFIED: 'balanced',
+  OBJECTIVE_BALANCED: 'balanced',
+  OBJECTIVE_TIME: 'time',
+  OBJECTIVE_COMPUTE: 'compute',
+};
+const ACTIONS: Readonly<Record<WireAction, RecommendationAction>> = {
+  ACTION_UNSPECIFIED: 'hold',
+  ACTION_HOLD: 'hold',
+  ACTION_INCREASE: 'increase',
+  ACTION_DECREASE: 'decrease',
 };
 
 const orNull = (v: number): number | null => (Number.isNaN(v) ? null : v);
@@ -33,6 +50,8 @@ export function runInfoFromWire(w: WireRunInfo, ended: boolean): RunInfo {
     every: Math.max(1, w.every),
     startedUnixMs: w.startedUnixMs,
     ended,
+    optimizer: w.optimizer === '' ? null : w.optimizer,
+    policy: policyFromWire(w.policy),
   };
 }
 
@@ -65,6 +84,9 @@ export function stepStatsFromWire(w: WireStepStats): StepStats {
     note: w.note === '' ? null : w.note,
     unixMs: w.unixMs,
     stepsMeasured: w.stepsMeasured,
+    temperature: orNull(w.temperature),
+    regimeStartStep: w.regimeStartStep,
+    temperatureChange: w.temperatureChange ? { ...w.temperatureChange } : null,
   };
 }
 
@@ -93,5 +115,29 @@ export function healthFromWire(w: WireHealth): Health {
     stepsIncomplete: w.stepsIncomplete,
     droppedByHooks: w.droppedByHooks,
     computeBackend: w.computeBackend,
+  };
+}
+
+export function recommendationFromWire(w: WireRecommendation): Recommendation {
+  return {
+    run: w.run,
+    step: w.step,
+    sequence: w.sequence,
+    action: ACTIONS[w.action] ?? 'hold',
+    currentGlobalBatch: w.currentGlobalBatch,
+    recommendedGlobalBatch: w.recommendedGlobalBatch,
+    microBatch: w.microBatch,
+    accumulationSteps: w.accumulationSteps,
+    worldSize: w.worldSize,
+    noiseScale: w.noiseScale,
+    interval: { low: w.noiseScaleInterval?.low ?? 0, high: w.noiseScaleInterval?.high ?? Number.POSITIVE_INFINITY },
+    targetBatch: w.targetBatch,
+    objective: OBJECTIVES[w.objective] ?? 'balanced',
+    stepsFactor: w.stepsFactor,
+    examplesFactor: w.examplesFactor,
+    lrHint: w.lrHint ? { ...w.lrHint, rule: w.lrHint.rule === 'linear' ? 'linear' : 'sqrt' } : null,
+    confidence: w.confidence,
+    reason: w.reason,
+    unixMs: w.unixMs,
   };
 }

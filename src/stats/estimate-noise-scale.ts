@@ -25,6 +25,7 @@ function untrustedNote(smoothed: StepStats['smoothed']): string | null {
 interface RunState {
   readonly estimator: RunEstimator;
   measured: number;
+  regimeStartStep: number | null;
   lastSmoothed: StepStats['smoothed'];
 }
 
@@ -41,7 +42,7 @@ export function estimateNoiseScale(options: SmoothingOptions): OperatorFunction<
         map(({ layout, step }): NoiseScaleUpdate => {
           let state = runs.get(layout.run);
           if (!state) {
-            state = { estimator: new RunEstimator(layout.layers, options), measured: 0, lastSmoothed: null };
+            state = { estimator: new RunEstimator(layout.layers, options), measured: 0, regimeStartStep: null, lastSmoothed: null };
             runs.set(layout.run, state);
           }
           const base = {
@@ -53,6 +54,9 @@ export function estimateNoiseScale(options: SmoothingOptions): OperatorFunction<
             lr: step.lr,
             loss: step.loss,
             unixMs: step.unixMs,
+            temperature: step.lr !== null && step.globalExamples > 0 ? step.lr / step.globalExamples : null,
+            regimeStartStep: (state.regimeStartStep ??= step.step),
+            temperatureChange: null,
           };
           const source = sourceOf(step);
           const carry = (note: string, skipped: boolean): NoiseScaleUpdate => ({

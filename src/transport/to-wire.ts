@@ -1,5 +1,9 @@
 // Public value types → proto messages for the Watch stream (null → NaN or unset).
-import type { Estimate, Health, LayerStats, RunInfo, Source, StepStats } from '../types.js';
+import type { BatchPolicy, Estimate, Health, LayerStats, Objective, Recommendation, RecommendationAction, RunInfo, Source, StepStats } from '../types.js';
+import type { Action as WireAction } from './generated/noisescope/v1/Action.js';
+import type { BatchPolicy as WireBatchPolicy } from './generated/noisescope/v1/BatchPolicy.js';
+import type { Objective as WireObjective } from './generated/noisescope/v1/Objective.js';
+import type { Recommendation as WireRecommendation } from './generated/noisescope/v1/Recommendation.js';
 import type { Estimate as WireEstimate } from './generated/noisescope/v1/Estimate.js';
 import type { Health as WireHealth } from './generated/noisescope/v1/Health.js';
 import type { LayerStats as WireLayerStats } from './generated/noisescope/v1/LayerStats.js';
@@ -13,6 +17,17 @@ const SOURCES: Readonly<Record<Source, WireSource>> = {
   'data-parallel': 'SOURCE_DATA_PARALLEL',
   'per-example': 'SOURCE_PER_EXAMPLE',
   probe: 'SOURCE_PROBE',
+};
+
+const OBJECTIVES: Readonly<Record<Objective, WireObjective>> = {
+  balanced: 'OBJECTIVE_BALANCED',
+  time: 'OBJECTIVE_TIME',
+  compute: 'OBJECTIVE_COMPUTE',
+};
+const ACTIONS: Readonly<Record<RecommendationAction, WireAction>> = {
+  hold: 'ACTION_HOLD',
+  increase: 'ACTION_INCREASE',
+  decrease: 'ACTION_DECREASE',
 };
 
 const orNaN = (v: number | null): number => v ?? Number.NaN;
@@ -30,6 +45,45 @@ export function runInfoToWire(info: RunInfo): WireRunInfo {
     startedUnixMs: info.startedUnixMs,
     layerDetails: info.layers.map((l) => ({ name: l.name, numel: l.numel, kind: l.kind })),
     every: info.every,
+    optimizer: info.optimizer ?? '',
+    policy: policyToWire(info.policy),
+  };
+}
+
+/** Unset fields → 0 (the wire's "the sidecar's default"). */
+export function policyToWire(p: Partial<BatchPolicy>): WireBatchPolicy {
+  return {
+    objective: p.objective ? OBJECTIVES[p.objective] : 'OBJECTIVE_UNSPECIFIED',
+    minBatch: p.minBatch ?? 0,
+    maxBatch: p.maxBatch === undefined || p.maxBatch === Number.POSITIVE_INFINITY ? 0 : p.maxBatch,
+    maxMicroBatch: p.maxMicroBatch ?? 0,
+    maxFactor: p.maxFactor ?? 0,
+    window: p.window ?? 0,
+    monotone: p.monotone ?? false,
+  };
+}
+
+export function recommendationToWire(r: Recommendation): WireRecommendation {
+  return {
+    run: r.run,
+    step: r.step,
+    currentGlobalBatch: r.currentGlobalBatch,
+    recommendedGlobalBatch: r.recommendedGlobalBatch,
+    microBatch: r.microBatch,
+    accumulationSteps: r.accumulationSteps,
+    confidence: r.confidence,
+    reason: r.reason,
+    action: ACTIONS[r.action],
+    sequence: r.sequence,
+    noiseScale: r.noiseScale,
+    noiseScaleInterval: { low: r.interval.low, high: r.interval.high },
+    targetBatch: r.targetBatch,
+    objective: OBJECTIVES[r.objective],
+    stepsFactor: r.stepsFactor,
+    examplesFactor: r.examplesFactor,
+    lrHint: r.lrHint ? { ...r.lrHint } : null,
+    worldSize: r.worldSize,
+    unixMs: r.unixMs,
   };
 }
 
@@ -61,6 +115,9 @@ export function stepStatsToWire(s: StepStats): WireStepStats {
     note: s.note ?? '',
     unixMs: s.unixMs,
     stepsMeasured: s.stepsMeasured,
+    temperature: orNaN(s.temperature),
+    regimeStartStep: s.regimeStartStep,
+    temperatureChange: s.temperatureChange ? { ...s.temperatureChange } : null,
   };
 }
 

@@ -1,6 +1,7 @@
 import type * as grpc from '@grpc/grpc-js';
 import type { EnumTypeDefinition, MessageTypeDefinition } from '@grpc/proto-loader';
 
+import type { BatchPolicy as _noisescope_v1_BatchPolicy, BatchPolicy__Output as _noisescope_v1_BatchPolicy__Output } from './noisescope/v1/BatchPolicy.js';
 import type { DenseChunk as _noisescope_v1_DenseChunk, DenseChunk__Output as _noisescope_v1_DenseChunk__Output } from './noisescope/v1/DenseChunk.js';
 import type { Estimate as _noisescope_v1_Estimate, Estimate__Output as _noisescope_v1_Estimate__Output } from './noisescope/v1/Estimate.js';
 import type { FlowControl as _noisescope_v1_FlowControl, FlowControl__Output as _noisescope_v1_FlowControl__Output } from './noisescope/v1/FlowControl.js';
@@ -12,6 +13,7 @@ import type { Interval as _noisescope_v1_Interval, Interval__Output as _noisesco
 import type { Layer as _noisescope_v1_Layer, Layer__Output as _noisescope_v1_Layer__Output } from './noisescope/v1/Layer.js';
 import type { LayerEstimate as _noisescope_v1_LayerEstimate, LayerEstimate__Output as _noisescope_v1_LayerEstimate__Output } from './noisescope/v1/LayerEstimate.js';
 import type { LayerStats as _noisescope_v1_LayerStats, LayerStats__Output as _noisescope_v1_LayerStats__Output } from './noisescope/v1/LayerStats.js';
+import type { LearningRateHint as _noisescope_v1_LearningRateHint, LearningRateHint__Output as _noisescope_v1_LearningRateHint__Output } from './noisescope/v1/LearningRateHint.js';
 import type { NoiseScopeClient as _noisescope_v1_NoiseScopeClient, NoiseScopeDefinition as _noisescope_v1_NoiseScopeDefinition } from './noisescope/v1/NoiseScope.js';
 import type { RankMessage as _noisescope_v1_RankMessage, RankMessage__Output as _noisescope_v1_RankMessage__Output } from './noisescope/v1/RankMessage.js';
 import type { Recommendation as _noisescope_v1_Recommendation, Recommendation__Output as _noisescope_v1_Recommendation__Output } from './noisescope/v1/Recommendation.js';
@@ -23,6 +25,7 @@ import type { Sketch as _noisescope_v1_Sketch, Sketch__Output as _noisescope_v1_
 import type { SquaredNorms as _noisescope_v1_SquaredNorms, SquaredNorms__Output as _noisescope_v1_SquaredNorms__Output } from './noisescope/v1/SquaredNorms.js';
 import type { StepEnd as _noisescope_v1_StepEnd, StepEnd__Output as _noisescope_v1_StepEnd__Output } from './noisescope/v1/StepEnd.js';
 import type { StepStats as _noisescope_v1_StepStats, StepStats__Output as _noisescope_v1_StepStats__Output } from './noisescope/v1/StepStats.js';
+import type { TemperatureChange as _noisescope_v1_TemperatureChange, TemperatureChange__Output as _noisescope_v1_TemperatureChange__Output } from './noisescope/v1/TemperatureChange.js';
 import type { WatchRequest as _noisescope_v1_WatchRequest, WatchRequest__Output as _noisescope_v1_WatchRequest__Output } from './noisescope/v1/WatchRequest.js';
 import type { Welcome as _noisescope_v1_Welcome, Welcome__Output as _noisescope_v1_Welcome__Output } from './noisescope/v1/Welcome.js';
 
@@ -33,6 +36,8 @@ type SubtypeConstructor<Constructor extends new (...args: any) => any, Subtype> 
 export interface ProtoGrpcType {
   noisescope: {
     v1: {
+      Action: EnumTypeDefinition
+      BatchPolicy: MessageTypeDefinition<_noisescope_v1_BatchPolicy, _noisescope_v1_BatchPolicy__Output>
       DType: EnumTypeDefinition
       DenseChunk: MessageTypeDefinition<_noisescope_v1_DenseChunk, _noisescope_v1_DenseChunk__Output>
       Estimate: MessageTypeDefinition<_noisescope_v1_Estimate, _noisescope_v1_Estimate__Output>
@@ -45,8 +50,10 @@ export interface ProtoGrpcType {
       Layer: MessageTypeDefinition<_noisescope_v1_Layer, _noisescope_v1_Layer__Output>
       LayerEstimate: MessageTypeDefinition<_noisescope_v1_LayerEstimate, _noisescope_v1_LayerEstimate__Output>
       LayerStats: MessageTypeDefinition<_noisescope_v1_LayerStats, _noisescope_v1_LayerStats__Output>
+      LearningRateHint: MessageTypeDefinition<_noisescope_v1_LearningRateHint, _noisescope_v1_LearningRateHint__Output>
       Mode: EnumTypeDefinition
       NoiseScope: SubtypeConstructor<typeof grpc.Client, _noisescope_v1_NoiseScopeClient> & { service: _noisescope_v1_NoiseScopeDefinition }
+      Objective: EnumTypeDefinition
       ProtocolVersion: EnumTypeDefinition
       RankMessage: MessageTypeDefinition<_noisescope_v1_RankMessage, _noisescope_v1_RankMessage__Output>
       Recommendation: MessageTypeDefinition<_noisescope_v1_Recommendation, _noisescope_v1_Recommendation__Output>
@@ -59,6 +66,7 @@ export interface ProtoGrpcType {
       SquaredNorms: MessageTypeDefinition<_noisescope_v1_SquaredNorms, _noisescope_v1_SquaredNorms__Output>
       StepEnd: MessageTypeDefinition<_noisescope_v1_StepEnd, _noisescope_v1_StepEnd__Output>
       StepStats: MessageTypeDefinition<_noisescope_v1_StepStats, _noisescope_v1_StepStats__Output>
+      TemperatureChange: MessageTypeDefinition<_noisescope_v1_TemperatureChange, _noisescope_v1_TemperatureChange__Output>
       WatchRequest: MessageTypeDefinition<_noisescope_v1_WatchRequest, _noisescope_v1_WatchRequest__Output>
       Welcome: MessageTypeDefinition<_noisescope_v1_Welcome, _noisescope_v1_Welcome__Output>
     }

@@ -3,6 +3,7 @@
 import type { Layer as _noisescope_v1_Layer, Layer__Output as _noisescope_v1_Layer__Output } from '../../noisescope/v1/Layer.js';
 import type { Source as _noisescope_v1_Source, Source__Output as _noisescope_v1_Source__Output } from '../../noisescope/v1/Source.js';
 import type { Mode as _noisescope_v1_Mode, Mode__Output as _noisescope_v1_Mode__Output } from '../../noisescope/v1/Mode.js';
+import type { BatchPolicy as _noisescope_v1_BatchPolicy, BatchPolicy__Output as _noisescope_v1_BatchPolicy__Output } from '../../noisescope/v1/BatchPolicy.js';
 import type { Long } from '@grpc/proto-loader';
 
 export interface Hello {
@@ -19,6 +20,8 @@ export interface Hello {
   'framework'?: (string);
   'dropped'?: (number | string | Long);
   'session'?: (string);
+  'optimizer'?: (string);
+  'policy'?: (_noisescope_v1_BatchPolicy | null);
 }
 
 export interface Hello__Output {
@@ -35,4 +38,6 @@ export interface Hello__Output {
   'framework': (string);
   'dropped': (number);
   'session': (string);
+  'optimizer': (string);
+  'policy': (_noisescope_v1_BatchPolicy__Output | null);
 }

@@ -3,6 +3,7 @@
 import type { Source as _noisescope_v1_Source, Source__Output as _noisescope_v1_Source__Output } from '../../noisescope/v1/Source.js';
 import type { Mode as _noisescope_v1_Mode, Mode__Output as _noisescope_v1_Mode__Output } from '../../noisescope/v1/Mode.js';
 import type { Layer as _noisescope_v1_Layer, Layer__Output as _noisescope_v1_Layer__Output } from '../../noisescope/v1/Layer.js';
+import type { BatchPolicy as _noisescope_v1_BatchPolicy, BatchPolicy__Output as _noisescope_v1_BatchPolicy__Output } from '../../noisescope/v1/BatchPolicy.js';
 import type { Long } from '@grpc/proto-loader';
 
 export interface RunInfo {
@@ -17,6 +18,8 @@ export interface RunInfo {
   'startedUnixMs'?: (number | string);
   'layerDetails'?: (_noisescope_v1_Layer)[];
   'every'?: (number);
+  'optimizer'?: (string);
+  'policy'?: (_noisescope_v1_BatchPolicy | null);
 }
 
 export interface RunInfo__Output {
@@ -31,4 +34,6 @@ export interface RunInfo__Output {
   'startedUnixMs': (number);
   'layerDetails': (_noisescope_v1_Layer__Output)[];
   'every': (number);
+  'optimizer': (string);
+  'policy': (_noisescope_v1_BatchPolicy__Output | null);
 }

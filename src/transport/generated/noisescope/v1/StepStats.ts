@@ -2,6 +2,7 @@
 
 import type { Source as _noisescope_v1_Source, Source__Output as _noisescope_v1_Source__Output } from '../../noisescope/v1/Source.js';
 import type { Estimate as _noisescope_v1_Estimate, Estimate__Output as _noisescope_v1_Estimate__Output } from '../../noisescope/v1/Estimate.js';
+import type { TemperatureChange as _noisescope_v1_TemperatureChange, TemperatureChange__Output as _noisescope_v1_TemperatureChange__Output } from '../../noisescope/v1/TemperatureChange.js';
 import type { Long } from '@grpc/proto-loader';
 
 export interface StepStats {
@@ -20,6 +21,9 @@ export interface StepStats {
   'note'?: (string);
   'unixMs'?: (number | string);
   'stepsMeasured'?: (number | string | Long);
+  'temperature'?: (number | string);
+  'regimeStartStep'?: (number | string | Long);
+  'temperatureChange'?: (_noisescope_v1_TemperatureChange | null);
 }
 
 export interface StepStats__Output {
@@ -38,4 +42,7 @@ export interface StepStats__Output {
   'note': (string);
   'unixMs': (number);
   'stepsMeasured': (number);
+  'temperature': (number);
+  'regimeStartStep': (number);
+  'temperatureChange': (_noisescope_v1_TemperatureChange__Output | null);
 }
