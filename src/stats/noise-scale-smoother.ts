@@ -2,7 +2,7 @@ import type { Estimate } from '../types.js';
 import type { StepEstimate } from './batch-scales.js';
 import { fiellerInterval } from './fieller.js';
 import { studentTQuantile } from './quantiles.js';
-import { type SmoothingOptions, validateSmoothingOptions } from './smoothing-options.js';
+import { type SmootherOptions, validateSmootherOptions } from './smoothing-options.js';
 
 /** Fewer effective steps than this and the normal approximation behind the interval is not yet believable. */
 export const MIN_EFFECTIVE_STEPS = 10;
@@ -42,8 +42,8 @@ export class NoiseScaleSmoother {
   private cachedDf = Number.NaN;
   private cachedQuantile = Number.NaN;
 
-  constructor(options: SmoothingOptions) {
-    validateSmoothingOptions(options);
+  constructor(options: SmootherOptions) {
+    validateSmootherOptions(options);
     this.beta = options.beta;
     this.confidence = options.confidence;
   }
@@ -104,7 +104,8 @@ export class NoiseScaleSmoother {
     const quantile = this.quantileFor(df);
     const interval = fiellerInterval(traceSigma, gradSqNorm, varTraceSigma, varGradSqNorm, cov, quantile);
     const trusted = Number.isFinite(interval.high) && this.effectiveSteps >= MIN_EFFECTIVE_STEPS;
-    return { gradSqNorm, traceSigma, bSimple, interval, trusted };
+    const spread = { varGradSqNorm, varTraceSigma, covariance: cov, df };
+    return { gradSqNorm, traceSigma, bSimple, interval, trusted, spread };
   }
 
   // df depends on beta and the step count only and settles after a few horizons: memoise the last one.

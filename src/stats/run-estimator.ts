@@ -2,7 +2,7 @@ import type { Estimate, LayerEstimate, LayerInfo } from '../types.js';
 import type { BatchScale } from './batch-scales.js';
 import { countDistinctX, fitBatchScales } from './fit-batch-scales.js';
 import { NoiseScaleSmoother, rawEstimate } from './noise-scale-smoother.js';
-import { DEFAULT_SMOOTHING, type SmoothingOptions, validateSmoothingOptions } from './smoothing-options.js';
+import { DEFAULT_SMOOTHING, type SmootherOptions, validateSmootherOptions } from './smoothing-options.js';
 
 export { DEFAULT_SMOOTHING, type SmoothingOptions } from './smoothing-options.js';
 
@@ -27,8 +27,8 @@ export class RunEstimator {
   private readonly total: NoiseScaleSmoother;
   private readonly perLayer: NoiseScaleSmoother[];
 
-  constructor(layers: readonly LayerInfo[], options: SmoothingOptions = DEFAULT_SMOOTHING) {
-    validateSmoothingOptions(options);
+  constructor(layers: readonly LayerInfo[], options: SmootherOptions = DEFAULT_SMOOTHING) {
+    validateSmootherOptions(options);
     this.layerInfos = layers;
     this.total = new NoiseScaleSmoother(options);
     this.perLayer = layers.map(() => new NoiseScaleSmoother(options));

@@ -97,6 +97,40 @@ describe('NoiseScaleSmoother', () => {
     expect(Number.isFinite(interval!.high)).toBe(true);
   });
 
+  it('attaches the spread behind its interval: Fieller from the spread gives the same interval', () => {
+    const confidence = 0.95;
+    const smoother = new NoiseScaleSmoother({ beta: 0.95, confidence });
+    for (const [i, e] of steps(new SeededRandom(7), 80).entries()) {
+      smoother.update(e);
+      const est = smoother.estimate()!;
+      if (i === 0) {
+        // One step says nothing about the spread.
+        expect(est.spread).toBeUndefined();
+        continue;
+      }
+      const { varGradSqNorm, varTraceSigma, covariance, df } = est.spread!;
+      const quantile = studentTQuantile((1 + confidence) / 2, df);
+      expect(fiellerInterval(est.traceSigma, est.gradSqNorm, varTraceSigma, varGradSqNorm, covariance, quantile)).toEqual(est.interval);
+      expect(varGradSqNorm).toBeGreaterThan(0);
+      expect(varTraceSigma).toBeGreaterThan(0);
+    }
+    // Steady state: Var(EMA mean) ≈ σ²·(1 − beta)/(1 + beta), σ = 0.8 for |G|² and 60 for tr(Σ); df ≈ the effective steps.
+    const { spread } = smoother.estimate()!;
+    expect(spread!.varGradSqNorm / ((0.8 ** 2 * 0.05) / 1.95)).toBeGreaterThan(0.5);
+    expect(spread!.varGradSqNorm / ((0.8 ** 2 * 0.05) / 1.95)).toBeLessThan(2);
+    expect(spread!.varTraceSigma / ((60 ** 2 * 0.05) / 1.95)).toBeGreaterThan(0.5);
+    expect(spread!.varTraceSigma / ((60 ** 2 * 0.05) / 1.95)).toBeLessThan(2);
+    expect(spread!.df).toBeGreaterThan(0.5 * smoother.effectiveSteps);
+    expect(spread!.df).toBeLessThan(smoother.effectiveSteps);
+  });
+
+  it('has no spread without smoothing (beta 0), nor on raw estimates', () => {
+    const smoother = new NoiseScaleSmoother({ beta: 0, confidence: 0.9 });
+    for (const e of steps(new SeededRandom(8), 5)) smoother.update(e);
+    expect(smoother.estimate()!.spread).toBeUndefined();
+    expect(rawEstimate({ gradSqNorm: 2, traceSigma: 100 }).spread).toBeUndefined();
+  });
+
   it('is trusted only once bounded with enough effective steps', () => {
     const smoother = new NoiseScaleSmoother({ beta: 0.99, confidence: 0.95 });
     const trustedAt: number[] = [];

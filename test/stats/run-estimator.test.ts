@@ -122,12 +122,25 @@ describe('RunEstimator bookkeeping', () => {
     expect(after.smoothed!.interval!.high).toBe(Number.POSITIVE_INFINITY);
   });
 
+  it('carries the interval’s spread on the smoothed estimate only', () => {
+    const rng = new SeededRandom(44);
+    const source = gaussianGradients(rng, LAYERS);
+    const estimator = new RunEstimator(source.layers, { beta: 0.9, confidence: 0.9 });
+    const first = estimator.update(toBatchScales(simulateSyntheticStep(rng, source, LAYOUTS[1]!, 0), null))!;
+    expect(first.smoothed!.spread).toBeUndefined();
+    const second = estimator.update(toBatchScales(simulateSyntheticStep(rng, source, LAYOUTS[1]!, 1), null))!;
+    expect(second.smoothed!.spread).toEqual({ varGradSqNorm: expect.any(Number), varTraceSigma: expect.any(Number), covariance: expect.any(Number), df: expect.any(Number) });
+    // Two steps: one degree of freedom.
+    expect(second.smoothed!.spread!.df).toBeCloseTo(1, 12);
+    expect(second.raw!.spread).toBeUndefined();
+  });
+
   it('validates its options with a RangeError naming the bad value', () => {
     expect(() => new RunEstimator([], { beta: 1, confidence: 0.95 })).toThrow(new RangeError('smoothing beta must be in [0, 1), got 1'));
     expect(() => new RunEstimator([], { beta: 0.99, confidence: 1.5 })).toThrow(
       new RangeError('interval confidence must be in (0, 1), got 1.5'),
     );
-    expect(DEFAULT_SMOOTHING).toEqual({ beta: 0.99, confidence: 0.95 });
+    expect(DEFAULT_SMOOTHING).toEqual({ beta: 0.99, confidence: 0.95, temperatureTolerance: 0.2 });
   });
 });
 
