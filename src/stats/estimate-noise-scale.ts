@@ -2,9 +2,11 @@ import { defer, map, type OperatorFunction } from 'rxjs';
 import type { IngestedStep } from '../ingest/ingest.js';
 import { sourceOf } from '../ingest/completed-step.js';
 import { toBatchScales } from '../ingest/to-batch-scales.js';
-import type { LayerStats, StepStats } from '../types.js';
+import type { LayerStats, StepStats, TemperatureChange } from '../types.js';
 import { MIN_EFFECTIVE_STEPS } from './noise-scale-smoother.js';
-import { RunEstimator, type SmoothingOptions } from './run-estimator.js';
+import { RunEstimator } from './run-estimator.js';
+import { type SmoothingOptions, validateSmoothingOptions } from './smoothing-options.js';
+import { restartNote, TemperatureRegime, temperatureOf } from './temperature-regime.js';
 
 export interface NoiseScaleUpdate {
   readonly stats: StepStats;
@@ -24,17 +26,22 @@ function untrustedNote(smoothed: StepStats['smoothed']): string | null {
 
 interface RunState {
   readonly estimator: RunEstimator;
+  readonly regime: TemperatureRegime;
   measured: number;
-  regimeStartStep: number | null;
   lastSmoothed: StepStats['smoothed'];
+  /** Says why the estimate is re-estimating, until the regime a temperature change began is first trusted. */
+  restarted: string | null;
 }
 
 /**
  * Completed steps in, one StepStats (and per-layer stats) out per step.
- * Each run keeps its own estimator; an error in one run's step becomes a
+ * Each run keeps its own estimator, restarted whenever the optimizer's
+ * temperature lr/B leaves its regime's by more than `temperatureTolerance`
+ * (so two noise scales are never mixed); an error in one run's step becomes a
  * note on that step, never an error that ends the shared stream.
  */
 export function estimateNoiseScale(options: SmoothingOptions): OperatorFunction<IngestedStep, NoiseScaleUpdate> {
+  validateSmoothingOptions(options);
   return (source) =>
     defer(() => {
       const runs = new Map<string, RunState>();
@@ -42,8 +49,23 @@ export function estimateNoiseScale(options: SmoothingOptions): OperatorFunction<
         map(({ layout, step }): NoiseScaleUpdate => {
           let state = runs.get(layout.run);
           if (!state) {
-            state = { estimator: new RunEstimator(layout.layers, options), measured: 0, regimeStartStep: null, lastSmoothed: null };
+            state = {
+              estimator: new RunEstimator(layout.layers, options),
+              regime: new TemperatureRegime(options.temperatureTolerance),
+              measured: 0,
+              lastSmoothed: null,
+              restarted: null,
+            };
             runs.set(layout.run, state);
+          }
+          let temperatureChange: TemperatureChange | null = null;
+          if (!step.skipReason) {
+            temperatureChange = state.regime.observe(step.step, step.lr, step.globalExamples);
+            if (temperatureChange) {
+              state.estimator.reset();
+              state.lastSmoothed = null;
+              state.restarted = restartNote(step.step, temperatureChange);
+            }
           }
           const base = {
             run: step.run,
@@ -54,9 +76,9 @@ export function estimateNoiseScale(options: SmoothingOptions): OperatorFunction<
             lr: step.lr,
             loss: step.loss,
             unixMs: step.unixMs,
-            temperature: step.lr !== null && step.globalExamples > 0 ? step.lr / step.globalExamples : null,
-            regimeStartStep: (state.regimeStartStep ??= step.step),
-            temperatureChange: null,
+            temperature: temperatureOf(step.lr, step.globalExamples),
+            regimeStartStep: state.regime.startStep(step.step),
+            temperatureChange,
           };
           const source = sourceOf(step);
           const carry = (note: string, skipped: boolean): NoiseScaleUpdate => ({
@@ -78,6 +100,7 @@ export function estimateNoiseScale(options: SmoothingOptions): OperatorFunction<
             if (!result) return carry(NO_SECOND_SCALE, false);
             state.measured++;
             state.lastSmoothed = result.smoothed;
+            if (result.smoothed?.trusted) state.restarted = null;
             return {
               stats: {
                 ...base,
@@ -86,7 +109,7 @@ export function estimateNoiseScale(options: SmoothingOptions): OperatorFunction<
                 raw: result.raw,
                 smoothed: result.smoothed,
                 skipped: false,
-                note: untrustedNote(result.smoothed),
+                note: state.restarted ?? untrustedNote(result.smoothed),
                 stepsMeasured: state.measured,
               },
               layers: { run: step.run, step: step.step, layers: result.layers },
