@@ -64,6 +64,7 @@ function estimateFromWire(e: WireEstimate | null | undefined): Estimate | null {
     bSimple: orNull(Number(e.bSimple ?? Number.NaN)),
     interval: interval ? { low: Number(interval.low ?? 0), high: Number(interval.high ?? 0) } : null,
     trusted: e.trusted ?? false,
+    ...(e.spread ? { spread: { varGradSqNorm: Number(e.spread.varGradSqNorm), varTraceSigma: Number(e.spread.varTraceSigma), covariance: Number(e.spread.covariance), df: Number(e.spread.df) } } : {}),
   };
 }
 

@@ -95,6 +95,7 @@ function estimateToWire(e: Estimate | null): WireEstimate | null {
     bSimple: orNaN(e.bSimple),
     bSimpleInterval: e.interval ? { low: e.interval.low, high: e.interval.high } : null,
     trusted: e.trusted,
+    spread: e.spread ? { ...e.spread } : null,
   };
 }
 

@@ -4,6 +4,7 @@ import type { EnumTypeDefinition, MessageTypeDefinition } from '@grpc/proto-load
 import type { BatchPolicy as _noisescope_v1_BatchPolicy, BatchPolicy__Output as _noisescope_v1_BatchPolicy__Output } from './noisescope/v1/BatchPolicy.js';
 import type { DenseChunk as _noisescope_v1_DenseChunk, DenseChunk__Output as _noisescope_v1_DenseChunk__Output } from './noisescope/v1/DenseChunk.js';
 import type { Estimate as _noisescope_v1_Estimate, Estimate__Output as _noisescope_v1_Estimate__Output } from './noisescope/v1/Estimate.js';
+import type { EstimateSpread as _noisescope_v1_EstimateSpread, EstimateSpread__Output as _noisescope_v1_EstimateSpread__Output } from './noisescope/v1/EstimateSpread.js';
 import type { FlowControl as _noisescope_v1_FlowControl, FlowControl__Output as _noisescope_v1_FlowControl__Output } from './noisescope/v1/FlowControl.js';
 import type { Goodbye as _noisescope_v1_Goodbye, Goodbye__Output as _noisescope_v1_Goodbye__Output } from './noisescope/v1/Goodbye.js';
 import type { GradientShard as _noisescope_v1_GradientShard, GradientShard__Output as _noisescope_v1_GradientShard__Output } from './noisescope/v1/GradientShard.js';
@@ -41,6 +42,7 @@ export interface ProtoGrpcType {
       DType: EnumTypeDefinition
       DenseChunk: MessageTypeDefinition<_noisescope_v1_DenseChunk, _noisescope_v1_DenseChunk__Output>
       Estimate: MessageTypeDefinition<_noisescope_v1_Estimate, _noisescope_v1_Estimate__Output>
+      EstimateSpread: MessageTypeDefinition<_noisescope_v1_EstimateSpread, _noisescope_v1_EstimateSpread__Output>
       FlowControl: MessageTypeDefinition<_noisescope_v1_FlowControl, _noisescope_v1_FlowControl__Output>
       Goodbye: MessageTypeDefinition<_noisescope_v1_Goodbye, _noisescope_v1_Goodbye__Output>
       GradientShard: MessageTypeDefinition<_noisescope_v1_GradientShard, _noisescope_v1_GradientShard__Output>

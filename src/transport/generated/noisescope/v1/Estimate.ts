@@ -1,6 +1,7 @@
 // Original file: proto/noisescope/v1/noisescope.proto
 
 import type { Interval as _noisescope_v1_Interval, Interval__Output as _noisescope_v1_Interval__Output } from '../../noisescope/v1/Interval.js';
+import type { EstimateSpread as _noisescope_v1_EstimateSpread, EstimateSpread__Output as _noisescope_v1_EstimateSpread__Output } from '../../noisescope/v1/EstimateSpread.js';
 
 export interface Estimate {
   'gradSqNorm'?: (number | string);
@@ -8,6 +9,7 @@ export interface Estimate {
   'bSimple'?: (number | string);
   'bSimpleInterval'?: (_noisescope_v1_Interval | null);
   'trusted'?: (boolean);
+  'spread'?: (_noisescope_v1_EstimateSpread | null);
 }
 
 export interface Estimate__Output {
@@ -16,4 +18,5 @@ export interface Estimate__Output {
   'bSimple': (number);
   'bSimpleInterval': (_noisescope_v1_Interval__Output | null);
   'trusted': (boolean);
+  'spread': (_noisescope_v1_EstimateSpread__Output | null);
 }
