@@ -1,5 +1,6 @@
-import { type OperatorFunction } from 'rxjs';
+import { defer, filter, map, type OperatorFunction } from 'rxjs';
 import type { BatchPolicy, Recommendation, RunInfo, StepStats } from '../types.js';
+import { RunPolicy } from './run-policy.js';
 
 /** One run's step statistics with the run as the sidecar knows it at that moment. */
 export interface PolicyInput {
@@ -10,10 +11,32 @@ export interface PolicyInput {
 
 /**
  * Step statistics in, a Recommendation out whenever a run's advice changes
- * (its action or its recommended batch). Per-run state; never errors the stream.
- * TODO(issue 4): implemented by the policy work in this directory.
+ * (its action or its recommended batch; see RunPolicy). Per-run state; never
+ * errors the stream: a step the policy cannot digest gives no advice.
  */
 export function recommendBatchSize(defaults: BatchPolicy): OperatorFunction<PolicyInput, Recommendation> {
-  void defaults;
-  throw new Error('recommendBatchSize: not implemented yet');
+  return (source) =>
+    defer(() => {
+      const runs = new Map<string, RunPolicy>();
+      const observe = ({ stats, run }: PolicyInput): Recommendation | null => {
+        if (!run) return null;
+        let policy = runs.get(stats.run);
+        if (!policy) {
+          policy = new RunPolicy(defaults);
+          runs.set(stats.run, policy);
+        }
+        return policy.observe(stats, run);
+      };
+      return source.pipe(
+        map((input) => {
+          try {
+            return observe(input);
+          } catch {
+            // A bug on one odd step must not end every run's advice; the tests keep odd inputs from getting here.
+            return null;
+          }
+        }),
+        filter((r): r is Recommendation => r !== null),
+      );
+    });
 }

@@ -1,0 +1,111 @@
+import { describe, expect, it } from 'vitest';
+import { ScriptedRun, estimate, runInfo, seededNormals } from './fixtures.js';
+
+// Scripted noise-scale trajectories through one run's policy (default policy: knee, 2× per change, window 10),
+// the hook applying every change at the next step as the Python helper would.
+
+describe('rising noise scale', () => {
+  it('successive increases that follow B_simple, each at most 2× and made after 10 steps of evidence', () => {
+    const r = new ScriptedRun(runInfo(), { microBatch: 16, accumulationSteps: 2 });
+    const b = (i: number) => 40 + 2 * i;
+    r.follow(300, b);
+    const changes = r.recommendations.filter((x) => x.action !== 'hold');
+    expect(changes.length).toBeGreaterThanOrEqual(3);
+    for (const c of changes) {
+      expect(c.action).toBe('increase');
+      expect(c.recommendedGlobalBatch).toBeGreaterThan(c.currentGlobalBatch);
+      expect(c.recommendedGlobalBatch).toBeLessThanOrEqual(2 * c.currentGlobalBatch);
+      expect(c.microBatch).toBe(16);
+      expect(c.recommendedGlobalBatch).toBe(16 * c.accumulationSteps);
+      // The recommended batch is the multiple of 16 nearest the knee (within the cap).
+      expect(Math.abs(c.recommendedGlobalBatch - Math.min(c.targetBatch, 2 * c.currentGlobalBatch))).toBeLessThanOrEqual(8);
+    }
+    // The first change waits for a full window of evidence.
+    expect(r.recommendations[0]!.step).toBe(10);
+    // The batch never goes down and ends near the estimate it follows.
+    expect(r.batches.every((x, i) => i === 0 || x >= r.batches[i - 1]!)).toBe(true);
+    const last = b(299);
+    expect(r.globalBatch).toBeGreaterThan(0.8 * last);
+    expect(r.globalBatch).toBeLessThan(1.1 * last);
+  });
+
+  it('a jump far above the batch is climbed at most 2× per change, each after a fresh window', () => {
+    const r = new ScriptedRun(runInfo({ worldSize: 4 }), { microBatch: 8, accumulationSteps: 1 });
+    r.follow(100, () => 1000);
+    const changes = r.recommendations.filter((x) => x.action === 'increase');
+    expect(changes.map((c) => c.recommendedGlobalBatch)).toEqual([64, 128, 256, 512, 992]);
+    expect(changes.slice(0, 4).every((c) => c.reason.includes('capped at 2× per change'))).toBe(true);
+    // The hook applied each at the next step; the next change needs 10 steps at the new batch.
+    expect(changes.map((c) => c.step)).toEqual([10, 20, 30, 40, 50]);
+    expect(changes[4]).toMatchObject({ microBatch: 8, accumulationSteps: 31, worldSize: 4, recommendedGlobalBatch: 8 * 31 * 4 });
+    // 992 is the multiple of 32 nearest 1000; then it holds.
+    expect(r.recommendations.at(-1)).toMatchObject({ action: 'hold', currentGlobalBatch: 992, step: 60 });
+  });
+});
+
+describe('noisy noise scale around the batch', () => {
+  it('flickering evidence on both sides never changes the batch (hysteresis)', () => {
+    const r = new ScriptedRun(runInfo(), { microBatch: 32, accumulationSteps: 2 });
+    const z = seededNormals(7);
+    let above = 0;
+    let below = 0;
+    r.follow(500, () => {
+      const b = 64 * Math.exp(0.3 * z());
+      const e = estimate(b);
+      if (e.interval!.low > 64) above++;
+      if (e.interval!.high < 64) below++;
+      return b;
+    });
+    // The script did exclude the batch often, on both sides — just never for 10 steps in a row.
+    expect(above).toBeGreaterThan(50);
+    expect(below).toBeGreaterThan(50);
+    expect(r.recommendations.filter((x) => x.action !== 'hold')).toEqual([]);
+    expect(r.recommendations.length).toBeLessThanOrEqual(1);
+    expect(new Set(r.batches)).toEqual(new Set([64]));
+  });
+});
+
+describe('flat noise scale at the knee', () => {
+  it('a single hold after the window, then silence', () => {
+    const r = new ScriptedRun(runInfo(), { microBatch: 32, accumulationSteps: 4 });
+    const z = seededNormals(3);
+    r.follow(200, () => 128 * (1 + 0.02 * z()));
+    expect(r.recommendations).toHaveLength(1);
+    const hold = r.recommendations[0]!;
+    expect(hold).toMatchObject({ action: 'hold', step: 10, sequence: 1, currentGlobalBatch: 128, recommendedGlobalBatch: 128, microBatch: 32, accumulationSteps: 4 });
+    expect(hold.reason).toMatch(/^the current batch 128 lies inside B_simple's interval \d+–\d+\.$/);
+    expect(hold.lrHint).toBeNull();
+    expect(hold).toMatchObject({ stepsFactor: 1, examplesFactor: 1 });
+    expect(hold.confidence).toBeGreaterThan(0.5);
+  });
+});
+
+describe('collapsing noise scale', () => {
+  it('successive decreases, each at most 2×, down to the smallest batch the granularity allows', () => {
+    const r = new ScriptedRun(runInfo({ worldSize: 4 }), { microBatch: 16, accumulationSteps: 8 });
+    r.follow(300, (i) => Math.max(20, 600 - 3 * i));
+    const changes = r.recommendations.filter((x) => x.action !== 'hold');
+    expect(changes.length).toBeGreaterThanOrEqual(2);
+    for (const c of changes) {
+      expect(c.action).toBe('decrease');
+      expect(c.recommendedGlobalBatch).toBeGreaterThanOrEqual(c.currentGlobalBatch / 2);
+      expect(c.reason).toMatch(/cuts examples to the same loss by \d+% for \d+% more optimizer steps\.$/);
+      expect(c.stepsFactor).toBeGreaterThan(1);
+      expect(c.examplesFactor).toBeLessThan(1);
+    }
+    // 64 = 16 per micro-batch × 4 ranks × 1 accumulation step: the floor while B_simple sits at 20.
+    expect(r.globalBatch).toBe(64);
+    expect(r.recommendations.at(-1)!.action).toBe('hold');
+    expect(r.recommendations.at(-1)!.reason).toContain('but the current batch is already the smallest batch this run can take.');
+  });
+
+  it('monotone: one hold that says why, however far the estimate falls', () => {
+    const r = new ScriptedRun(runInfo({ policy: { monotone: true } }), { microBatch: 16, accumulationSteps: 16 });
+    r.follow(200, (i) => Math.max(20, 200 - 2 * i));
+    expect(r.recommendations).toHaveLength(1);
+    const [first] = r.recommendations;
+    expect(first!.action).toBe('hold');
+    expect(first!.reason).toMatch(/has stayed below the current batch 256 for 10 measured steps, but the policy only ramps up \(monotone\), so the batch holds\.$/);
+    expect(new Set(r.batches)).toEqual(new Set([256]));
+  });
+});
