@@ -1,0 +1,143 @@
+import { join } from 'node:path';
+import { Subject, type Observable, type Observer, type Subscription } from 'rxjs';
+import type { LayerStats, Recommendation, RunInfo, StepStats } from '../types.js';
+import { RunLogFile, type LogBuffer, type LogCounters } from './run-log-file.js';
+import { runLogFileName } from './run-log-file-name.js';
+import { RUN_LOG_SCHEMA_VERSION, type RunLogRecord } from './schema.js';
+
+/** The sidecar's public Observables the log is written from (it only subscribes). */
+export interface RunLogSources {
+  readonly runs$: Observable<readonly RunInfo[]>;
+  readonly stats$: Observable<StepStats>;
+  readonly layers$?: Observable<LayerStats>;
+  readonly recommendations$?: Observable<Recommendation>;
+}
+
+export interface RunLogOptions {
+  /** Created if missing. */
+  readonly dir: string;
+  /** Bytes queued for the disk over all runs before lines are dropped (and counted); default 8 MiB. */
+  readonly maxBufferedBytes?: number;
+  /** One per-layer record every this many steps of a run (its first estimated step included); 0 = none; default 10. */
+  readonly layersEvery?: number;
+}
+
+/** A run's log stopped: it could not be written. Reported once per run. */
+export interface RunLogFailure {
+  /** null when a source Observable itself failed (nothing more is logged then). */
+  readonly run: string | null;
+  readonly path: string;
+  /** The file system's code (ENOSPC, EACCES, …) when it gave one. */
+  readonly code: string | null;
+  readonly message: string;
+}
+
+export interface RunLogWriter {
+  readonly dir: string;
+  /** Where a run's records go. */
+  pathFor(run: string): string;
+  readonly errors$: Observable<RunLogFailure>;
+  /** Lines written and dropped so far, over all runs. */
+  readonly counters: Readonly<LogCounters>;
+  /** Stops listening, writes everything queued (and any pending log-gap), closes the files; idempotent. */
+  close(): Promise<void>;
+}
+
+export const DEFAULT_MAX_BUFFERED_BYTES = 8 << 20;
+export const DEFAULT_LAYERS_EVERY = 10;
+
+/** Appends every run seen on `sources` to `<dir>/<runLogFileName(run)>` (see schema.ts). */
+export function writeRunLog(sources: RunLogSources, options: RunLogOptions): RunLogWriter {
+  const maxBufferedBytes = options.maxBufferedBytes ?? DEFAULT_MAX_BUFFERED_BYTES;
+  const layersEvery = options.layersEvery ?? DEFAULT_LAYERS_EVERY;
+  if (typeof options.dir !== 'string' || options.dir === '') throw new RangeError(`runLog.dir must be a directory path, got ${JSON.stringify(options.dir)}`);
+  if (!(Number.isInteger(maxBufferedBytes) && maxBufferedBytes > 0)) throw new RangeError(`runLog maxBufferedBytes must be an integer > 0, got ${String(maxBufferedBytes)}`);
+  if (!(Number.isInteger(layersEvery) && layersEvery >= 0)) throw new RangeError(`runLog layersEvery must be an integer ≥ 0, got ${String(layersEvery)}`);
+
+  const errors = new Subject<RunLogFailure>();
+  const buffer: LogBuffer = { queued: 0, max: maxBufferedBytes };
+  const counters: LogCounters = { written: 0, dropped: 0 };
+  const files = new Map<string, RunLogFile>();
+  const pathFor = (run: string) => join(options.dir, runLogFileName(run));
+
+  const fileFor = (run: string): RunLogFile => {
+    let file = files.get(run);
+    if (!file) {
+      const path = pathFor(run);
+      file = new RunLogFile(run, path, buffer, counters, (error) => errors.next(failure(run, path, error)));
+      files.set(run, file);
+    }
+    return file;
+  };
+  const base = () => ({ v: RUN_LOG_SCHEMA_VERSION, unixMs: Date.now() }) as const;
+  const append = (run: string, record: RunLogRecord) => fileFor(run).append(record);
+
+  // A run is logged when first seen and whenever its RunInfo changes.
+  const lastInfo = new Map<string, { json: string; ended: boolean }>();
+  const onRuns = (runs: readonly RunInfo[]) => {
+    for (const info of runs) {
+      const json = JSON.stringify(info);
+      const last = lastInfo.get(info.run);
+      if (last?.json === json) continue;
+      lastInfo.set(info.run, { json, ended: info.ended });
+      if (info.ended && !last?.ended) {
+        append(info.run, { ...base(), type: 'run-ended', info });
+        void fileFor(info.run).release(); // an ended run holds no file open; a late record reopens it
+      } else {
+        append(info.run, { ...base(), type: 'run', info });
+      }
+    }
+  };
+
+  const layersLoggedAt = new Map<string, number>();
+  const onLayers = (layers: LayerStats) => {
+    if (layersEvery === 0) return;
+    const last = layersLoggedAt.get(layers.run);
+    if (last !== undefined && layers.step >= last && layers.step < last + layersEvery) return;
+    layersLoggedAt.set(layers.run, layers.step);
+    append(layers.run, { ...base(), type: 'layers', layers });
+  };
+
+  // A failing source ends only its own subscription; the others keep logging.
+  const observer = <T>(next: (value: T) => void): Partial<Observer<T>> => ({
+    next,
+    error: (error: unknown) => errors.next(failure(null, options.dir, error)),
+  });
+  const subscriptions: Subscription[] = [
+    sources.runs$.subscribe(observer(onRuns)),
+    sources.stats$.subscribe(observer((stats: StepStats) => append(stats.run, { ...base(), type: 'step', stats }))),
+  ];
+  if (sources.layers$) subscriptions.push(sources.layers$.subscribe(observer(onLayers)));
+  if (sources.recommendations$) {
+    subscriptions.push(
+      sources.recommendations$.subscribe(
+        observer((recommendation: Recommendation) => append(recommendation.run, { ...base(), type: 'recommendation', recommendation })),
+      ),
+    );
+  }
+
+  let closing: Promise<void> | null = null;
+  return {
+    dir: options.dir,
+    pathFor,
+    errors$: errors.asObservable(),
+    counters,
+    close: () =>
+      (closing ??= (async () => {
+        for (const s of subscriptions) s.unsubscribe();
+        await Promise.all([...files.values()].map((f) => f.release()));
+        errors.complete();
+      })()),
+  };
+}
+
+function failure(run: string | null, path: string, error: unknown): RunLogFailure {
+  const code = (error as { code?: unknown } | null)?.code;
+  const message = error instanceof Error ? error.message : String(error);
+  return {
+    run,
+    path,
+    code: typeof code === 'string' ? code : null,
+    message: run === null ? `run log stopped: a source failed: ${message}` : `run log for '${run}' stopped: ${message}`,
+  };
+}
