@@ -7,10 +7,24 @@
 
 The hook measures per-micro-batch gradient norms and streams them to the noisescope
 sidecar (`noisescope serve`), which estimates the gradient noise scale and recommends a
-batch size. Importing this package does not import torch or grpc.
+batch size: `ns.recommendation`, `ns.on_recommendation(callback)`, and, opt-in,
+`ns.adaptive_accumulation(...)` to follow it by changing the gradient-accumulation count.
+Importing this package does not import torch or grpc.
 """
-from ._types import Recommendation, WatchStats
+from ._adaptive import AccumulationChange, AdaptiveAccumulation
+from ._policy import BatchPolicy
+from ._types import LearningRateHint, Recommendation, WatchStats
 from ._version import __version__
 from ._watch import Watch, watch
 
-__all__ = ["Recommendation", "Watch", "WatchStats", "__version__", "watch"]
+__all__ = [
+    "AccumulationChange",
+    "AdaptiveAccumulation",
+    "BatchPolicy",
+    "LearningRateHint",
+    "Recommendation",
+    "Watch",
+    "WatchStats",
+    "__version__",
+    "watch",
+]

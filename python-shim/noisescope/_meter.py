@@ -4,12 +4,12 @@ A parameter's tensor hook sees micro-batch j's own gradient h_j before Accumulat
 to `.grad`. At the end of a backward (a callback queued on the autograd engine) one fused norm
 over every `.grad` gives |S_j|², the accumulated norm so far, measured before any clipping
 touches `.grad`. Only the step's last backward needs it: it is taken at the backward expected
-to be the last (the previous measured step's count) and at any later one; a step that ends
-sooner is sent as skipped. The same fused call takes |h_j|² of the small gradients, whose
-references the hooks held until then; a large h_j's norm is taken in its hook (one read, no
-reference kept). When `.grad` was None before the first micro-batch, S_1 = h_1: that
-backward's micro-batch norms are its `.grad` norms, and no reference is held (one would make
-AccumulateGrad copy h_1 instead of adopting it).
+to be the last (the previous measured step's count, or the one the accumulation helper set)
+and at any later one; a step that ends sooner is sent as skipped. The same fused call takes
+|h_j|² of the small gradients, whose references the hooks held until then; a large h_j's norm
+is taken in its hook (one read, no reference kept). When `.grad` was None before the first
+micro-batch, S_1 = h_1: that backward's micro-batch norms are its `.grad` norms, and no
+reference is held (one would make AccumulateGrad copy h_1 instead of adopting it).
 """
 from __future__ import annotations
 
@@ -462,6 +462,14 @@ class Meter:
         return None
 
     # ------------------------------------------------------------ step boundaries
+
+    def expect_micro_batches(self, count: int) -> None:
+        """Between steps: the next steps have `count` micro-batches (the accumulation helper changed it).
+
+        The accumulated norm is taken at the backward expected to be the last; without this, a
+        step with fewer micro-batches than the last measured one would be sent as skipped.
+        """
+        self._micro_batches = count
 
     def _begin_step(self) -> None:
         measuring = self._active and self.steps_seen % self._every == 0

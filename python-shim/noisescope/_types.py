@@ -2,20 +2,44 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
+
+Action = Literal["hold", "increase", "decrease"]
+
+
+@dataclass(frozen=True)
+class LearningRateHint:
+    """A heuristic, labelled as one: how the learning rate usually scales with the batch."""
+
+    current_lr: float
+    suggested_lr: float
+    rule: str  # "linear" (SGD) or "sqrt" (adaptive optimizers)
+    note: str
 
 
 @dataclass(frozen=True)
 class Recommendation:
-    """The sidecar's latest batch-size advice for this run (SidecarMessage.recommendation)."""
+    """The sidecar's batch-size advice for this run (SidecarMessage.recommendation)."""
 
     run: str
-    step: int
+    step: int  # the measured step it was made at
     current_global_batch: int
     recommended_global_batch: int
-    micro_batch: int
-    accumulation_steps: int
-    confidence: float
-    reason: str
+    micro_batch: int  # examples per device per micro-batch that give the recommended batch
+    accumulation_steps: int  # micro-batches per optimizer step on each rank
+    confidence: float  # in [0, 1]
+    reason: str  # one sentence
+    action: Action
+    sequence: int  # per run, from 1; a re-delivery repeats it
+    noise_scale: float  # the smoothed B_simple it was made from
+    interval: tuple[float, float]  # (low, high) of the noise scale; high = inf when unbounded
+    target_batch: float  # objective × noise scale, before rounding and bounds
+    objective: str  # "balanced" | "time" | "compute"
+    steps_factor: float  # predicted optimizer steps to the same loss, recommended ÷ current
+    examples_factor: float  # predicted examples to the same loss, recommended ÷ current
+    lr_hint: LearningRateHint | None  # None when the learning rate is unknown or the batch holds
+    world_size: int
+    unix_ms: float  # when the sidecar made it
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,13 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Callable
 
 from ._guard import Guard
+from ._policy import BatchPolicy
 from ._types import Recommendation, WatchStats
 
 if TYPE_CHECKING:
     import torch
 
+    from ._adaptive import AdaptiveAccumulation
     from ._meter import Meter
     from ._sender import Sender
 
@@ -59,6 +61,7 @@ def watch(
     every: int = 1,
     dataset_size: int | None = None,
     mode: str = "norms",
+    policy: BatchPolicy | None = None,
     enabled: bool = True,
 ) -> Watch:
     """Streams gradient-noise measurements of `model`'s training to the noisescope sidecar.
@@ -77,6 +80,8 @@ def watch(
         every: measure one optimizer step in `every` (the 0th, every-th, ...).
         dataset_size: examples in the training set, for the finite-population correction.
         mode: "norms" (per-layer squared norms); "dense" and "sketch" come later.
+        policy: this run's bounds for batch-size recommendations (a `BatchPolicy`); None
+            leaves every field to the sidecar's defaults.
         enabled: False returns an inert handle, so one flag turns noisescope off.
 
     Returns:
@@ -119,23 +124,37 @@ def watch(
         raise TypeError(f"noisescope.watch: run must be a non-empty str or None, got {run!r}")
     if run is not None and len(run) > RUN_NAME_LIMIT:
         raise ValueError(f"noisescope.watch: run name is longer than {RUN_NAME_LIMIT} characters")
+    if policy is not None and not isinstance(policy, BatchPolicy):
+        raise TypeError(f"noisescope.watch: policy must be a noisescope.BatchPolicy or None, got {type(policy).__name__}")
     if enabled and model in _watched:
         raise ValueError("noisescope.watch: this model is already watched; call .remove() on that watch first")
 
     rank, world_size = _rank_and_world_size()
     run = run or os.environ.get("NOISESCOPE_RUN") or _default_run_name(world_size)
-    handle = Watch(address=address, run=run)
+    handle = Watch(address=address, run=run, policy=policy, world_size=world_size, optimizer=optimizer)
     if enabled:
-        handle._start(model, optimizer, every=every, dataset_size=dataset_size or 0, rank=rank, world_size=world_size)
+        handle._start(model, optimizer, every=every, dataset_size=dataset_size or 0, rank=rank)
     return handle
 
 
 class Watch:
     """The handle `watch()` returns. Use `.remove()` (or a `with` block) to detach."""
 
-    def __init__(self, *, address: str, run: str) -> None:
+    def __init__(
+        self,
+        *,
+        address: str,
+        run: str,
+        policy: BatchPolicy | None = None,
+        world_size: int = 1,
+        optimizer: torch.optim.Optimizer | None = None,
+    ) -> None:
         self._address = address
         self._run = run
+        self._policy = policy
+        self._world_size = world_size
+        self._optimizer = optimizer
+        self._adaptive: AdaptiveAccumulation | None = None
         self._guard = Guard()
         self._meter: Meter | None = None
         self._sender: Sender | None = None
@@ -146,6 +165,7 @@ class Watch:
         self._callbacks: dict[int, Callable[[Recommendation], None]] = {}
         self._callback_failures: set[int] = set()
         self._next_callback = 0
+        self._delivered: tuple[str, int, int, str, int] | None = None  # the last recommendation's identity
 
     def _start(
         self,
@@ -155,7 +175,6 @@ class Watch:
         every: int,
         dataset_size: int,
         rank: int,
-        world_size: int,
     ) -> None:
         import torch
 
@@ -179,17 +198,19 @@ class Watch:
         info = _wire.RankInfo(
             run=self._run,
             rank=rank,
-            world_size=world_size,
+            world_size=self._world_size,
             layers=layers,
             dataset_size=dataset_size,
             every=every,
             framework=f"torch {torch.__version__}",
             # The sidecar restarts this rank's step history for a new session, not for a reconnection.
             session=uuid.uuid4().hex,
+            optimizer=type(optimizer).__name__,
+            policy=self._policy,
         )
         sender = Sender(address=self._address, info=info, guard=self._guard, on_recommendation=self._on_recommendation)
         meter = Meter(
-            model, optimizer, params, every=every, world_size=world_size, guard=self._guard, submit=sender.submit
+            model, optimizer, params, every=every, world_size=self._world_size, guard=self._guard, submit=sender.submit
         )
         try:
             meter.attach()
@@ -223,6 +244,11 @@ class Watch:
         return self._meter is not None and not self._removed and not self._guard.tripped
 
     @property
+    def policy(self) -> BatchPolicy | None:
+        """The BatchPolicy this run sent the sidecar (None: the sidecar's defaults)."""
+        return self._policy
+
+    @property
     def recommendation(self) -> Recommendation | None:
         """The sidecar's latest batch-size recommendation for this run, or None."""
         return self._recommendation
@@ -239,6 +265,68 @@ class Watch:
             self._callbacks.pop(key, None)
 
         return unregister
+
+    def adaptive_accumulation(
+        self,
+        *,
+        steps: int,
+        micro_batch: int,
+        apply_lr_hint: bool = False,
+        scheduler: Any = None,
+    ) -> AdaptiveAccumulation:
+        """Opt-in: follow the sidecar's batch-size advice by changing the gradient-accumulation count.
+
+        The data loader keeps its micro-batch; the helper's `.steps` (micro-batches per optimizer
+        step) changes only at a step boundary (the optimizer's step post-hook), to the count an
+        increase or decrease recommendation made for the batch now running asks for (rounded to
+        this micro-batch, at least 2 on one process, within this watch's policy). Advice made for
+        another batch (stale, e.g. before the last change) and "hold" change nothing.
+
+        Args:
+            steps: the accumulation count to start with (≥ 2 on one process, ≥ 1 under DDP).
+            micro_batch: examples per micro-batch on each rank, as the data loader gives them.
+            apply_lr_hint: also scale every parameter group's learning rate as the recommendation's
+                hint says (a heuristic: linear scaling for SGD, square root for adaptive optimizers).
+            scheduler: with apply_lr_hint, an LR scheduler whose `base_lrs` are scaled the same
+                way. Caveat: other absolute learning rates a scheduler keeps (OneCycleLR's max_lr,
+                CyclicLR's bounds, a group's 'initial_lr') are not touched.
+
+        Under DDP every rank follows the same advice, each at its own next step boundary after it
+        arrives, so for a step the ranks' counts may differ.
+
+        Raises:
+            ValueError: steps or micro_batch out of range, or the policy's max_batch below the
+                smallest batch this helper can run ("bounds cannot be satisfied").
+        """
+        from ._adaptive import AdaptiveAccumulation, check_bounds
+
+        check_bounds(steps=steps, micro_batch=micro_batch, world_size=self._world_size, policy=self._policy)
+        if not isinstance(apply_lr_hint, bool):
+            raise TypeError(f"adaptive_accumulation: apply_lr_hint must be a bool, got {type(apply_lr_hint).__name__}")
+        if scheduler is not None and not isinstance(getattr(scheduler, "base_lrs", None), list):
+            raise TypeError(
+                f"adaptive_accumulation: scheduler must be an LR scheduler (with base_lrs), got {type(scheduler).__name__}"
+            )
+        if self._removed:
+            raise RuntimeError("adaptive_accumulation: this watch was removed")
+        if self._adaptive is not None and not self._adaptive._removed:
+            raise RuntimeError("adaptive_accumulation: this watch already has one; remove() it first")
+        helper = AdaptiveAccumulation(
+            optimizer=self._optimizer,
+            steps=steps,
+            micro_batch=micro_batch,
+            world_size=self._world_size,
+            policy=self._policy,
+            apply_lr_hint=apply_lr_hint,
+            scheduler=scheduler,
+            meter=self._meter if self.enabled else None,
+        )
+        if self.enabled:  # otherwise no advice comes: a fixed count
+            helper._attach(self.on_recommendation)
+            if self._recommendation is not None:
+                helper._offer(self._recommendation)  # advice that came before: the staleness check decides
+        self._adaptive = helper
+        return helper
 
     @property
     def stats(self) -> WatchStats:
@@ -260,6 +348,8 @@ class Watch:
                 return
             self._removed = True
         _live.discard(self)
+        if self._adaptive is not None:
+            self._adaptive.remove()
         if self._meter is not None:
             self._meter.detach()
         model = self._model_ref() if self._model_ref is not None else None
@@ -283,6 +373,12 @@ class Watch:
     # ------------------------------------------------------------ internals
 
     def _on_recommendation(self, recommendation: Recommendation) -> None:
+        """Sender thread. After each Welcome the sidecar re-sends the run's latest: delivered once."""
+        r = recommendation
+        identity = (r.run, r.sequence, r.step, r.action, r.recommended_global_batch)
+        if identity == self._delivered:
+            return
+        self._delivered = identity
         self._recommendation = recommendation
         for key, callback in list(self._callbacks.items()):
             try:

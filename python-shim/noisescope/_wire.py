@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ._meter import LayerInfo, StepRecord
-from ._types import Recommendation
+from ._policy import BatchPolicy
+from ._types import LearningRateHint, Recommendation
 from ._version import __version__
 from .v1 import noisescope_pb2 as pb
 
@@ -23,6 +24,8 @@ class RankInfo:
     every: int
     framework: str
     session: str  # random per watch(); reconnections repeat it, a new watch() of the same run does not
+    optimizer: str = ""  # the optimizer's class name: picks the learning-rate hint's rule
+    policy: BatchPolicy | None = None  # None: the sidecar's defaults
 
 
 def hello(info: RankInfo, dropped: int) -> pb.RankMessage:
@@ -41,7 +44,25 @@ def hello(info: RankInfo, dropped: int) -> pb.RankMessage:
             framework=info.framework,
             dropped=dropped,
             session=info.session,
+            optimizer=info.optimizer,
+            policy=batch_policy(info.policy) if info.policy is not None else None,
         )
+    )
+
+
+_OBJECTIVES = {"balanced": pb.OBJECTIVE_BALANCED, "time": pb.OBJECTIVE_TIME, "compute": pb.OBJECTIVE_COMPUTE}
+
+
+def batch_policy(policy: BatchPolicy) -> pb.BatchPolicy:
+    """Unset fields go as 0: the sidecar's default."""
+    return pb.BatchPolicy(
+        objective=_OBJECTIVES[policy.objective] if policy.objective is not None else pb.OBJECTIVE_UNSPECIFIED,
+        min_batch=policy.min_batch or 0,
+        max_batch=policy.max_batch or 0,
+        max_micro_batch=policy.max_micro_batch or 0,
+        max_factor=float(policy.max_factor or 0.0),
+        window=policy.window or 0,
+        monotone=policy.monotone,
     )
 
 
@@ -82,7 +103,13 @@ def goodbye(reason: str, dropped: int) -> pb.RankMessage:
     return pb.RankMessage(goodbye=pb.Goodbye(reason=reason, dropped=dropped))
 
 
+# An unspecified action (a sidecar older than the field) is advice to act on nothing.
+_ACTIONS = {pb.ACTION_INCREASE: "increase", pb.ACTION_DECREASE: "decrease"}
+_OBJECTIVE_NAMES = {value: name for name, value in _OBJECTIVES.items()}
+
+
 def recommendation(message: pb.Recommendation) -> Recommendation:
+    hint = message.lr_hint if message.HasField("lr_hint") else None
     return Recommendation(
         run=message.run,
         step=message.step,
@@ -92,4 +119,19 @@ def recommendation(message: pb.Recommendation) -> Recommendation:
         accumulation_steps=message.accumulation_steps,
         confidence=message.confidence,
         reason=message.reason,
+        action=_ACTIONS.get(message.action, "hold"),  # type: ignore[arg-type]
+        sequence=message.sequence,
+        noise_scale=message.noise_scale,
+        interval=(message.noise_scale_interval.low, message.noise_scale_interval.high),
+        target_batch=message.target_batch,
+        objective=_OBJECTIVE_NAMES.get(message.objective, ""),
+        steps_factor=message.steps_factor,
+        examples_factor=message.examples_factor,
+        lr_hint=LearningRateHint(
+            current_lr=hint.current_lr, suggested_lr=hint.suggested_lr, rule=hint.rule, note=hint.note
+        )
+        if hint is not None
+        else None,
+        world_size=message.world_size,
+        unix_ms=message.unix_ms,
     )

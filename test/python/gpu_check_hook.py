@@ -12,7 +12,7 @@ import copy
 
 import torch
 
-from test_hook_support import Loop, assert_close, exact_norms, make_model, make_optimizer, parameters_of, watch_and_record
+from test_hook_support import Loop, assert_matches_exact, exact_norms, make_model, make_optimizer, parameters_of, watch_and_record
 
 
 def test_on_cuda_norms_are_exact_and_training_is_bitwise_identical(free_address: str) -> None:
@@ -31,8 +31,4 @@ def test_on_cuda_norms_are_exact_and_training_is_bitwise_identical(free_address:
         assert torch.equal(a, b)
     for record in records:
         micro, accumulated = exact[record.step]
-        for j, row in enumerate(record.micro_sq_norms):
-            for i, value in enumerate(row):
-                assert_close(value, micro[j][i], 1e-5, f"micro {j} layer {i}")
-        for i, value in enumerate(record.accumulated_sq_norms):
-            assert_close(value, accumulated[i], 1e-5, f"accumulated layer {i}")
+        assert_matches_exact(record, micro, accumulated)

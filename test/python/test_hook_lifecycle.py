@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import noisescope
-from test_hook_support import Loop, make_model, make_optimizer, parameters_of
+from test_hook_support import Loop, advice, make_model, make_optimizer, parameters_of
 
 
 def hook_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, object]:
@@ -216,10 +216,10 @@ def test_recommendation_callbacks_unregister_safely(free_address: str) -> None:
     unregister = ns.on_recommendation(seen.append)
     with pytest.raises(TypeError, match="callable"):
         ns.on_recommendation(42)  # type: ignore[arg-type]
-    advice = noisescope.Recommendation("r", 3, 32, 64, 16, 4, 0.8, "knee")
-    ns._on_recommendation(advice)  # what the connection thread calls on SidecarMessage.recommendation
+    first, second = advice(sequence=1), advice(sequence=2, step=9)
+    ns._on_recommendation(first)  # what the connection thread calls on SidecarMessage.recommendation
     unregister()
     unregister()
-    ns._on_recommendation(advice)
-    assert seen == [advice] and ns.recommendation is advice
+    ns._on_recommendation(second)
+    assert seen == [first] and ns.recommendation is second
     ns.remove()

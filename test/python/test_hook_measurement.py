@@ -15,6 +15,7 @@ import noisescope
 from test_hook_support import (
     Loop,
     assert_close,
+    assert_matches_exact,
     exact_norms,
     make_model,
     make_optimizer,
@@ -218,11 +219,7 @@ def test_reentrant_checkpointing_keeps_one_micro_batch_per_backward(free_address
     record = records[0]
     assert record.micro_examples == (5, 6, 7)
     assert len(record.micro_sq_norms) == 3
-    for j, row in enumerate(record.micro_sq_norms):
-        for i, value in enumerate(row):
-            assert_close(value, micro[j][i], 1e-5, f"micro {j} layer {i}")
-    for i, value in enumerate(record.accumulated_sq_norms):
-        assert_close(value, accumulated[i], 1e-5, f"accumulated layer {i}")
+    assert_matches_exact(record, micro, accumulated)
 
 
 @pytest.mark.parametrize("sizes", [(8,), (5, 7, 6)], ids=["one-micro-batch", "three-micro-batches"])
@@ -241,11 +238,7 @@ def test_accumulated_norms_are_exact_whether_grad_starts_none_or_zeroed(
     assert [r.step for r in records] == [0, 1, 2]
     for record in records:
         micro, accumulated = exact[record.step]
-        for j, row in enumerate(record.micro_sq_norms):
-            for i, value in enumerate(row):
-                assert_close(value, micro[j][i], 1e-5, f"step {record.step} micro {j} layer {i}")
-        for i, value in enumerate(record.accumulated_sq_norms):
-            assert_close(value, accumulated[i], 1e-5, f"step {record.step} accumulated layer {i}")
+        assert_matches_exact(record, micro, accumulated)
 
 
 def test_a_step_with_fewer_micro_batches_than_the_last_is_skipped_and_the_others_stay_exact(
@@ -274,11 +267,7 @@ def test_a_step_with_fewer_micro_batches_than_the_last_is_skipped_and_the_others
             continue
         micro, accumulated = exact[record.step]
         assert len(record.micro_sq_norms) == counts[record.step]
-        for j, row in enumerate(record.micro_sq_norms):
-            for i, value in enumerate(row):
-                assert_close(value, micro[j][i], 1e-5, f"step {record.step} micro {j} layer {i}")
-        for i, value in enumerate(record.accumulated_sq_norms):
-            assert_close(value, accumulated[i], 1e-5, f"step {record.step} accumulated layer {i}")
+        assert_matches_exact(record, micro, accumulated)
 
 
 def test_large_layers_measured_in_their_hooks_are_exact_too(free_address: str) -> None:
@@ -295,11 +284,7 @@ def test_large_layers_measured_in_their_hooks_are_exact_too(free_address: str) -
     assert [r.step for r in records] == [0, 1, 2] and not any(r.skipped for r in records)
     for record in records:
         micro, accumulated = exact[record.step]
-        for j, row in enumerate(record.micro_sq_norms):
-            for i, value in enumerate(row):
-                assert_close(value, micro[j][i], 1e-5, f"step {record.step} micro {j} layer {i}")
-        for i, value in enumerate(record.accumulated_sq_norms):
-            assert_close(value, accumulated[i], 1e-5, f"step {record.step} accumulated layer {i}")
+        assert_matches_exact(record, micro, accumulated)
 
 
 class _SharedWeight(nn.Module):

@@ -136,3 +136,40 @@ def watch_and_record(model: nn.Module, optimizer: torch.optim.Optimizer, address
 
 def assert_close(actual: float, expected: float, rel: float, what: str) -> None:
     assert math.isclose(actual, expected, rel_tol=rel, abs_tol=1e-30), f"{what}: {actual} vs exact {expected}"
+
+
+def advice(**fields) -> noisescope.Recommendation:
+    """A Recommendation value as the sidecar would send it (for tests of what the hook does with one)."""
+    values = dict(
+        run="r",
+        step=3,
+        current_global_batch=32,
+        recommended_global_batch=64,
+        micro_batch=16,
+        accumulation_steps=4,
+        confidence=0.8,
+        reason="knee",
+        action="increase",
+        sequence=1,
+        noise_scale=70.0,
+        interval=(50.0, 95.0),
+        target_batch=70.0,
+        objective="balanced",
+        steps_factor=0.7,
+        examples_factor=1.4,
+        lr_hint=None,
+        world_size=1,
+        unix_ms=0.0,
+    )
+    values.update(fields)
+    return noisescope.Recommendation(**values)
+
+
+def assert_matches_exact(record, micro: list[list[float]], accumulated: list[float], rel: float = 1e-5) -> None:
+    """A measured StepRecord against exact_norms' values, per micro-batch and accumulated, layer by layer."""
+    assert len(record.micro_sq_norms) == len(micro), f"step {record.step}: {len(record.micro_sq_norms)} micro-batches"
+    for j, row in enumerate(record.micro_sq_norms):
+        for i, value in enumerate(row):
+            assert_close(value, micro[j][i], rel, f"step {record.step} micro {j} layer {i}")
+    for i, value in enumerate(record.accumulated_sq_norms):
+        assert_close(value, accumulated[i], rel, f"step {record.step} accumulated layer {i}")
