@@ -20,6 +20,8 @@ export interface RunLogOptions {
   readonly maxBufferedBytes?: number;
   /** One per-layer record every this many steps of a run (its first estimated step included); 0 = none; default 10. */
   readonly layersEvery?: number;
+  /** Called with each failure as well as errors$ emitting it (the sidecar warns by default). */
+  readonly onError?: (failure: RunLogFailure) => void;
 }
 
 /** A run's log stopped: it could not be written. Reported once per run. */
@@ -55,6 +57,8 @@ export function writeRunLog(sources: RunLogSources, options: RunLogOptions): Run
   if (!(Number.isInteger(layersEvery) && layersEvery >= 0)) throw new RangeError(`runLog layersEvery must be an integer ≥ 0, got ${String(layersEvery)}`);
 
   const errors = new Subject<RunLogFailure>();
+  const onError = options.onError;
+  if (onError) errors.subscribe((failure) => onError(failure));
   const buffer: LogBuffer = { queued: 0, max: maxBufferedBytes };
   const counters: LogCounters = { written: 0, dropped: 0 };
   const files = new Map<string, RunLogFile>();
@@ -140,4 +144,9 @@ function failure(run: string | null, path: string, error: unknown): RunLogFailur
     code: typeof code === 'string' ? code : null,
     message: run === null ? `run log stopped: a source failed: ${message}` : `run log for '${run}' stopped: ${message}`,
   };
+}
+
+/** The sidecar's default: one process warning per failure (Node prints it on stderr), never a throw. */
+export function warnRunLogFailure(failure: RunLogFailure): void {
+  process.emitWarning(`${failure.message} (${failure.path})`, { code: 'NOISESCOPE_RUN_LOG' });
 }

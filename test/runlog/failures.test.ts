@@ -27,7 +27,8 @@ describe('run log write errors', () => {
     const root = await scratch();
     await writeFile(join(root, 'a-file'), 'not a directory');
     const { runs, stats } = sources();
-    const writer = writeRunLog({ runs$: runs, stats$: stats }, { dir: join(root, 'a-file', 'runs') });
+    const called: RunLogFailure[] = [];
+    const writer = writeRunLog({ runs$: runs, stats$: stats }, { dir: join(root, 'a-file', 'runs'), onError: (f) => called.push(f) });
     const failures: RunLogFailure[] = [];
     writer.errors$.subscribe((f) => failures.push(f));
     runs.next([runInfo('doomed')]);
@@ -43,6 +44,7 @@ describe('run log write errors', () => {
         message: expect.stringMatching(/^run log for 'doomed' stopped: /),
       },
     ]);
+    expect(called).toEqual(failures);
     expect(writer.counters.written).toBe(0);
   });
 
