@@ -40,7 +40,8 @@ export class EvidenceStreak {
   observe(stats: StepStats, direction: Direction | null): number {
     const regimeMoved = this.lastRegimeStart !== null && stats.regimeStartStep !== this.lastRegimeStart;
     this.lastRegimeStart = stats.regimeStartStep;
-    if (direction === null || stats.temperatureChange !== null || regimeMoved) {
+    // An absent temperatureChange (a producer that predates it) is no change.
+    if (direction === null || (stats.temperatureChange ?? null) !== null || regimeMoved) {
       this.reset();
       return 0;
     }

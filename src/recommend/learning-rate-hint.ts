@@ -7,10 +7,9 @@ const SGD_FAMILY = /sgd|^lars$/i;
 // Adam-style and other per-parameter adaptive optimizers, by torch / common library class names.
 const ADAPTIVE = /adam|adagrad|adadelta|adafactor|rmsprop|lamb|lion|adan|sophia/i;
 
-function family(optimizer: string | null): Family {
-  if (optimizer === null || optimizer.trim() === '') return 'unknown';
-  if (SGD_FAMILY.test(optimizer)) return 'sgd';
-  if (ADAPTIVE.test(optimizer)) return 'adaptive';
+function family(name: string): Family {
+  if (SGD_FAMILY.test(name)) return 'sgd';
+  if (ADAPTIVE.test(name)) return 'adaptive';
   return 'unknown';
 }
 
@@ -29,7 +28,9 @@ export function learningRateHint(
   if (lr === null || !Number.isFinite(lr) || !(lr > 0) || recommendedBatch === currentBatch) return null;
   const ratio = recommendedBatch / currentBatch;
   if (!(Number.isFinite(ratio) && ratio > 0)) return null;
-  const kind = family(optimizer);
+  // Whatever the hook sent that is not a name counts as unknown.
+  const name = typeof optimizer === 'string' ? optimizer.trim() : '';
+  const kind = family(name);
   if (kind === 'sgd') {
     return {
       currentLr: lr,
@@ -40,8 +41,8 @@ export function learningRateHint(
   }
   const why =
     kind === 'adaptive'
-      ? `square-root rule for Adam-style optimizers such as ${optimizer}, Malladi et al. 2022`
-      : `square-root rule, Malladi et al. 2022, as the milder guess: the optimizer ${optimizer === null || optimizer.trim() === '' ? 'is unknown' : `${optimizer} is not one we recognise`}`;
+      ? `square-root rule for Adam-style optimizers such as ${name}, Malladi et al. 2022`
+      : `square-root rule, Malladi et al. 2022, as the milder guess: the optimizer ${name === '' ? 'is unknown' : `${name} is not one we recognise`}`;
   return {
     currentLr: lr,
     suggestedLr: lr * Math.sqrt(ratio),

@@ -19,7 +19,7 @@ export function recommendBatchSize(defaults: BatchPolicy): OperatorFunction<Poli
     defer(() => {
       const runs = new Map<string, RunPolicy>();
       const observe = ({ stats, run }: PolicyInput): Recommendation | null => {
-        if (!run) return null;
+        if (!run || typeof stats.run !== 'string') return null;
         let policy = runs.get(stats.run);
         if (!policy) {
           policy = new RunPolicy(defaults);

@@ -39,10 +39,11 @@ export class RunPolicy {
       this.evidence.observe(stats, null);
       return null;
     }
-    const effective = effectivePolicy(this.defaults, run.policy, facts);
+    const overrides = run.policy ?? {};
+    const effective = effectivePolicy(this.defaults, overrides, facts);
     if (effective.problem !== null) {
       this.evidence.observe(stats, null);
-      return this.emit(`problem|${effective.problem}`, stats, this.problemHold(stats, facts, run.policy, effective.problem));
+      return this.emit(`problem|${effective.problem}`, stats, this.problemHold(stats, facts, overrides, effective.problem));
     }
     const policy = effective.policy;
     const factor = OBJECTIVE_FACTOR[policy.objective];
