@@ -85,12 +85,33 @@ export function writeRunLog(sources: RunLogSources, options: RunLogOptions): Run
       if (last?.json === json) continue;
       lastInfo.set(info.run, { json, ended: info.ended });
       if (info.ended && !last?.ended) {
+        writeAdvice(info.run);
         append(info.run, { ...base(), type: 'run-ended', info });
         void fileFor(info.run).release(); // an ended run holds no file open; a late record reopens it
       } else {
         append(info.run, { ...base(), type: 'run', info });
       }
     }
+  };
+
+  // recommendations$ is computed from stats$, so a recommendation can reach the writer
+  // before the step it was made at: it waits for that step's record (or a microtask).
+  const pendingAdvice = new Map<string, Recommendation[]>();
+  const writeAdvice = (run: string) => {
+    const pending = pendingAdvice.get(run);
+    if (!pending) return;
+    pendingAdvice.delete(run);
+    for (const recommendation of pending) append(run, { ...base(), type: 'recommendation', recommendation });
+  };
+  const onRecommendation = (recommendation: Recommendation) => {
+    const pending = pendingAdvice.get(recommendation.run);
+    if (pending) return void pending.push(recommendation);
+    pendingAdvice.set(recommendation.run, [recommendation]);
+    queueMicrotask(() => writeAdvice(recommendation.run));
+  };
+  const onStats = (stats: StepStats) => {
+    append(stats.run, { ...base(), type: 'step', stats });
+    writeAdvice(stats.run);
   };
 
   const layersLoggedAt = new Map<string, number>();
@@ -109,16 +130,10 @@ export function writeRunLog(sources: RunLogSources, options: RunLogOptions): Run
   });
   const subscriptions: Subscription[] = [
     sources.runs$.subscribe(observer(onRuns)),
-    sources.stats$.subscribe(observer((stats: StepStats) => append(stats.run, { ...base(), type: 'step', stats }))),
+    sources.stats$.subscribe(observer(onStats)),
   ];
   if (sources.layers$) subscriptions.push(sources.layers$.subscribe(observer(onLayers)));
-  if (sources.recommendations$) {
-    subscriptions.push(
-      sources.recommendations$.subscribe(
-        observer((recommendation: Recommendation) => append(recommendation.run, { ...base(), type: 'recommendation', recommendation })),
-      ),
-    );
-  }
+  if (sources.recommendations$) subscriptions.push(sources.recommendations$.subscribe(observer(onRecommendation)));
 
   let closing: Promise<void> | null = null;
   return {
@@ -129,6 +144,7 @@ export function writeRunLog(sources: RunLogSources, options: RunLogOptions): Run
     close: () =>
       (closing ??= (async () => {
         for (const s of subscriptions) s.unsubscribe();
+        for (const run of [...pendingAdvice.keys()]) writeAdvice(run);
         await Promise.all([...files.values()].map((f) => f.release()));
         errors.complete();
       })()),

@@ -71,6 +71,22 @@ describe('run log round trip', () => {
     expect(JSON.parse(lines[1]!).stats.smoothed.interval).toEqual({ low: 12.25, high: null });
   });
 
+  it('puts a recommendation after the step it was made at, even when it reaches the writer first', async () => {
+    const { writer, stats, recommendations } = await setup();
+    // As in the sidecar: recommendations$ is computed from stats$ and can be notified first.
+    recommendations.next(recommendation('order', 7));
+    stats.next(stepStats('order', 7));
+    await Promise.resolve();
+    recommendations.next(recommendation('order', 8, { sequence: 2 })); // no step follows it: written anyway
+    await writer.close();
+    const log = await readRunLog(writer.pathFor('order'));
+    expect(log.records.map((r) => (r.type === 'step' ? `step ${r.stats.step}` : `${r.type} ${r.type === 'recommendation' ? r.recommendation.step : ''}`))).toEqual([
+      'step 7',
+      'recommendation 7',
+      'recommendation 8',
+    ]);
+  });
+
   it('writes a run again only when its RunInfo changes', async () => {
     const { writer, runs } = await setup();
     const info = runInfo('gamma');
