@@ -42,5 +42,6 @@ export function recommendationConfidence(estimate: Estimate, factor: number, cur
   const t = fieller ? fieller.t : intervalZ(estimate, factor, currentBatch);
   const df = fieller ? fieller.df : Number.POSITIVE_INFINITY;
   if (action === 'hold') return 2 * (1 - studentTCdf(Math.abs(t), df));
+  // Signed, not |t|: a change the bounds force against the evidence (a batch above max batch) gets < 0.5.
   return studentTCdf(action === 'increase' ? t : -t, df);
 }

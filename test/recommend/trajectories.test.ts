@@ -109,3 +109,31 @@ describe('collapsing noise scale', () => {
     expect(new Set(r.batches)).toEqual(new Set([256]));
   });
 });
+
+describe('bounded runs', () => {
+  it('climbs to the largest batch within max batch, then holds and says why', () => {
+    const r = new ScriptedRun(runInfo({ worldSize: 4, policy: { maxBatch: 1500 } }), { microBatch: 16, accumulationSteps: 8 });
+    r.follow(60, () => 3000);
+    expect(r.recommendations.map((x) => [x.action, x.currentGlobalBatch, x.recommendedGlobalBatch])).toEqual([
+      ['increase', 512, 1024],
+      ['increase', 1024, 1472],
+      ['hold', 1472, 1472],
+    ]);
+    expect(r.recommendations[1]!.reason).toContain(': 1472 (held to max batch 1500) cuts optimizer steps');
+    expect(r.recommendations[2]!.reason).toMatch(/, but the current batch is already the largest batch this run can take within max batch 1500\.$/);
+  });
+
+  it('a per-change factor finer than the granularity takes the one next step, and says so', () => {
+    const r = new ScriptedRun(runInfo({ worldSize: 4, policy: { maxFactor: 1.5 } }), { microBatch: 64, accumulationSteps: 1 });
+    r.follow(10, () => 2000);
+    expect(r.recommendations[0]).toMatchObject({ action: 'increase', currentGlobalBatch: 256, recommendedGlobalBatch: 512, accumulationSteps: 2 });
+    expect(r.recommendations[0]!.reason).toContain(": 512 (the granularity's next step, beyond 1.5× per change) cuts");
+  });
+
+  it('the compute objective aims at a quarter of B_simple and says so', () => {
+    const r = new ScriptedRun(runInfo({ policy: { objective: 'compute' } }), { microBatch: 16, accumulationSteps: 8 });
+    r.follow(10, () => 200);
+    expect(r.recommendations[0]).toMatchObject({ action: 'decrease', recommendedGlobalBatch: 64, targetBatch: 50, objective: 'compute', noiseScale: 200 });
+    expect(r.recommendations[0]!.reason).toMatch(/^0\.25 × B_simple ≈ 50 \(compute objective; B_simple interval \d+–\d+\) has stayed below the current batch 128/);
+  });
+});
