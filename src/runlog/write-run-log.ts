@@ -58,7 +58,15 @@ export function writeRunLog(sources: RunLogSources, options: RunLogOptions): Run
 
   const errors = new Subject<RunLogFailure>();
   const onError = options.onError;
-  if (onError) errors.subscribe((failure) => onError(failure));
+  if (onError) {
+    errors.subscribe((failure) => {
+      try {
+        onError(failure);
+      } catch {
+        // A throwing callback must not turn a lost log into a crashed sidecar.
+      }
+    });
+  }
   const buffer: LogBuffer = { queued: 0, max: maxBufferedBytes };
   const counters: LogCounters = { written: 0, dropped: 0 };
   const files = new Map<string, RunLogFile>();

@@ -70,6 +70,26 @@ describe('run log write errors', () => {
     ]);
   });
 
+  it('an onError callback that throws changes nothing (the sidecar keeps running)', async () => {
+    const root = await scratch();
+    await writeFile(join(root, 'a-file'), '');
+    const { runs, stats } = sources();
+    let calls = 0;
+    const writer = writeRunLog(
+      { runs$: runs, stats$: stats },
+      {
+        dir: join(root, 'a-file'),
+        onError: () => {
+          calls++;
+          throw new Error('careless callback');
+        },
+      },
+    );
+    stats.next(stepStats('careless', 0));
+    await expect.poll(() => calls).toBe(1);
+    await writer.close();
+  });
+
   it('a source that errors is reported, and the other sources keep logging', async () => {
     const dir = await scratch();
     const { runs, stats } = sources();
