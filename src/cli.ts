@@ -2,52 +2,49 @@
 import { parseArgs } from 'node:util';
 import { printSidecar } from './cli/print-sidecar.js';
 import { runDemo } from './cli/demo.js';
+import { policyFromFlags, portOption, SIDECAR_FLAGS, smoothingFromFlags, UsageError } from './cli/flags.js';
+import { DEFAULT_BATCH_POLICY } from './recommend/batch-policy.js';
 import { DEFAULT_PORT, startSidecar } from './sidecar.js';
+import { DEFAULT_SMOOTHING } from './stats/run-estimator.js';
 
 const USAGE = `noisescope — live gradient noise scale and batch-size advice for PyTorch training
 
 Usage:
-  noisescope serve [--host 127.0.0.1] [--port ${DEFAULT_PORT}] [--json] [--no-dashboard] [--beta 0.99] [--confidence 0.95]
+  noisescope serve [--host 127.0.0.1] [--port ${DEFAULT_PORT}] [--json] [--no-dashboard] [smoothing] [policy]
       Start the sidecar. In a terminal it shows the live dashboard (q quits, ? helps);
-      otherwise, or with --no-dashboard, one line per measured step (NDJSON with --json).
+      otherwise, or with --no-dashboard, one line per measured step and per
+      recommendation (NDJSON with --json).
+    smoothing: [--beta ${DEFAULT_SMOOTHING.beta}] [--confidence ${DEFAULT_SMOOTHING.confidence}] [--temperature-tolerance ${DEFAULT_SMOOTHING.temperatureTolerance}]
+      EMA decay; interval confidence; relative move of lr/B that restarts the smoothing (Infinity: never).
+    policy (defaults for every run; a run's hook may override them):
+      [--objective balanced|time|compute]  target batch = B_noise × 1 | 4 | 1/4   (default balanced)
+      [--min-batch N] [--max-batch N]       global examples per optimizer step   (default 1, unbounded)
+      [--max-micro-batch N]                 examples per device per micro-batch  (default: keep the run's)
+      [--max-factor X]                      at most this factor per change, > 1  (default ${DEFAULT_BATCH_POLICY.maxFactor})
+      [--window N]                          measured steps the evidence must hold before a change (default ${DEFAULT_BATCH_POLICY.window})
+      [--monotone]                          only ever recommend larger batches
   noisescope dashboard [--address 127.0.0.1:${DEFAULT_PORT}] [--run NAME]
       Attach the dashboard to a running sidecar through its Watch stream.
-  noisescope demo [--port 0] [--json] [--no-dashboard] [-- <python demo args>]
-      Start a sidecar and train a small MLP on scikit-learn's digits through the hook.
+  noisescope demo [--port 0] [--json] [--no-dashboard] [--adaptive] [smoothing] [-- <python demo args>]
+      Start a sidecar and train a small MLP on scikit-learn's digits through the hook;
+      --adaptive lets the training apply each recommendation (gradient accumulation).
   noisescope bench accuracy
       Estimator accuracy and interval coverage on synthetic gradients with known G and Σ.
   noisescope bench latency
-      Step end → StepStats on stats$ over real gRPC (norms mode), p50/p99.
+      Step end → StepStats on stats$, and step end → Recommendation on recommendations$,
+      over real gRPC (norms mode), p50/p99.
   noisescope bench dashboard
       Dashboard CPU per frame at 20 updates/s; step latency with and without a dashboard open.
 
 In Python:  ns = noisescope.watch(model, optimizer)   # one line; see README.md
 `;
 
-class UsageError extends Error {
-  override name = 'UsageError';
-}
-
-function numberOption(value: string | undefined, name: string, fallback: number): number {
-  if (value === undefined) return fallback;
-  const n = Number(value);
-  if (value.trim() === '' || !Number.isFinite(n)) throw new UsageError(`--${name} must be a number, got '${value}'`);
-  return n;
-}
-
-function portOption(value: string | undefined, fallback: number): number {
-  const port = numberOption(value, 'port', fallback);
-  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new UsageError(`--port must be 0..65535, got '${value}'`);
-  return port;
-}
-
 const SERVE_OPTIONS = {
   host: { type: 'string' },
   port: { type: 'string' },
   json: { type: 'boolean', default: false },
   'no-dashboard': { type: 'boolean', default: false },
-  beta: { type: 'string' },
-  confidence: { type: 'string' },
+  ...SIDECAR_FLAGS,
   help: { type: 'boolean', short: 'h', default: false },
 } as const;
 
@@ -57,7 +54,8 @@ async function serve(args: string[]): Promise<void> {
   const sidecar = await startSidecar({
     host: values.host ?? '127.0.0.1',
     port: portOption(values.port, DEFAULT_PORT),
-    smoothing: smoothingFrom(values),
+    smoothing: smoothingFromFlags(values),
+    policy: policyFromFlags(values),
   });
   const write = (line: string) => process.stdout.write(`${line}\n`);
   write(values.json ? JSON.stringify({ type: 'listening', address: sidecar.address }) : `noisescope listening on ${sidecar.address}`);
@@ -115,24 +113,29 @@ async function dashboard(args: string[]): Promise<void> {
   remote.close();
 }
 
-function smoothingFrom(values: { beta?: string | undefined; confidence?: string | undefined }) {
-  return {
-    ...(values.beta !== undefined ? { beta: numberOption(values.beta, 'beta', 0) } : {}),
-    ...(values.confidence !== undefined ? { confidence: numberOption(values.confidence, 'confidence', 0) } : {}),
-  };
-}
+const DEMO_OPTIONS = {
+  port: { type: 'string' },
+  json: { type: 'boolean', default: false },
+  'no-dashboard': { type: 'boolean', default: false },
+  beta: SIDECAR_FLAGS.beta,
+  confidence: SIDECAR_FLAGS.confidence,
+  'temperature-tolerance': SIDECAR_FLAGS['temperature-tolerance'],
+  adaptive: { type: 'boolean', default: false },
+  help: { type: 'boolean', short: 'h', default: false },
+} as const;
 
 async function demo(args: string[]): Promise<void> {
   const split = args.indexOf('--');
   const own = split >= 0 ? args.slice(0, split) : args;
-  const pythonArgs = split >= 0 ? args.slice(split + 1) : [];
-  const { values } = parseArgs({ args: own, options: SERVE_OPTIONS, strict: true });
+  const { values } = parseArgs({ args: own, options: DEMO_OPTIONS, strict: true });
   if (values.help) return void process.stdout.write(USAGE);
+  // --adaptive is the Python demo's: it applies each recommendation to its own training.
+  const pythonArgs = [...(values.adaptive ? ['--adaptive'] : []), ...(split >= 0 ? args.slice(split + 1) : [])];
   process.exitCode = await runDemo({
     port: portOption(values.port, 0),
     json: values.json,
     dashboard: wantsDashboard(values),
-    smoothing: smoothingFrom(values),
+    smoothing: smoothingFromFlags(values),
     pythonArgs,
   });
 }

@@ -5,14 +5,26 @@ export { NoiseScopeError, toNoiseScopeError } from './errors.js';
 export type { NoiseScopeErrorCode } from './errors.js';
 export { DEFAULT_SMOOTHING } from './stats/run-estimator.js';
 export type { SmoothingOptions } from './stats/run-estimator.js';
+export { DEFAULT_BATCH_POLICY, OBJECTIVE_FACTOR, OBJECTIVES, mergePolicy, validateBatchPolicy } from './recommend/batch-policy.js';
+export { recommendBatchSize } from './recommend/recommend-batch-size.js';
+export type { PolicyInput } from './recommend/recommend-batch-size.js';
+export { watchSidecar } from './remote/watch-client.js';
+export type { ConnectionState, RemoteSidecar, WatchClientOptions } from './remote/watch-client.js';
 export type {
+  BatchPolicy,
   Estimate,
+  EstimateSpread,
   Health,
   Interval,
   LayerEstimate,
   LayerInfo,
   LayerStats,
+  LearningRateHint,
+  Objective,
+  Recommendation,
+  RecommendationAction,
   RunInfo,
   Source,
   StepStats,
+  TemperatureChange,
 } from './types.js';

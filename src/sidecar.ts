@@ -1,11 +1,13 @@
-import { filter, interval, map, share, shareReplay, startWith, type Observable } from 'rxjs';
+import { filter, interval, map, share, shareReplay, startWith, withLatestFrom, type Observable } from 'rxjs';
 import { Ingest } from './ingest/ingest.js';
+import { DEFAULT_BATCH_POLICY, validateBatchPolicy } from './recommend/batch-policy.js';
+import { recommendBatchSize } from './recommend/recommend-batch-size.js';
 import { estimateNoiseScale } from './stats/estimate-noise-scale.js';
 import { DEFAULT_SMOOTHING, type SmoothingOptions } from './stats/run-estimator.js';
 import { validateSmoothingOptions } from './stats/smoothing-options.js';
 import { bindServer, shutdownServer } from './transport/server.js';
 import { WatchService } from './transport/watch-service.js';
-import type { Health, LayerStats, RunInfo, StepStats } from './types.js';
+import type { BatchPolicy, Health, LayerStats, Recommendation, RunInfo, StepStats } from './types.js';
 
 export interface SidecarOptions {
   /** Default 127.0.0.1; other addresses are refused until token auth exists. */
@@ -13,6 +15,8 @@ export interface SidecarOptions {
   /** Default 50051; 0 picks a free port. */
   readonly port?: number;
   readonly smoothing?: Partial<SmoothingOptions>;
+  /** The sidecar's recommendation bounds; each run's Hello may override them. */
+  readonly policy?: Partial<BatchPolicy>;
   /** How often health$ emits; default 1000 ms. */
   readonly healthIntervalMs?: number;
 }
@@ -28,6 +32,8 @@ export interface Sidecar {
   readonly health$: Observable<Health>;
   /** Every run the sidecar knows, each time one changes. */
   readonly runs$: Observable<readonly RunInfo[]>;
+  /** A new Recommendation whenever a run's advice changes (its action or recommended batch). */
+  readonly recommendations$: Observable<Recommendation>;
   close(): Promise<void>;
 }
 
@@ -35,12 +41,15 @@ export const DEFAULT_PORT = 50051;
 
 /**
  * Starts a sidecar: gRPC in, rxjs out. Data flows one way —
- * transport → ingest → stats → Observables — and everything else (the CLI,
- * the Watch RPC, a dashboard) only subscribes.
+ * transport → ingest → stats → recommend → Observables — and everything else
+ * (the CLI, the Watch RPC, the ranks' Attach streams, a dashboard) only subscribes.
+ * Bad smoothing or policy options reject here, before anything binds.
  */
 export async function startSidecar(options: SidecarOptions = {}): Promise<Sidecar> {
   const smoothing: SmoothingOptions = { ...DEFAULT_SMOOTHING, ...options.smoothing };
   validateSmoothingOptions(smoothing); // bad options fail here, not at the first step
+  const policy: BatchPolicy = { ...DEFAULT_BATCH_POLICY, ...options.policy };
+  validateBatchPolicy(policy);
   const ingest = new Ingest();
 
   // Hot and replaying the latest value; connected for the sidecar's lifetime.
@@ -55,6 +64,13 @@ export async function startSidecar(options: SidecarOptions = {}): Promise<Sideca
     shareReplay({ bufferSize: 1, refCount: false }),
   );
   const runs$ = ingest.runs$.pipe(shareReplay({ bufferSize: 1, refCount: false }));
+  // Each step with its run as known at that moment (its batch bounds, optimizer, world size).
+  const recommendations$ = stats$.pipe(
+    withLatestFrom(runs$),
+    map(([stats, runs]) => ({ stats, run: runs.find((r) => r.run === stats.run) })),
+    recommendBatchSize(policy),
+    shareReplay({ bufferSize: 1, refCount: false }),
+  );
   const health$ = interval(options.healthIntervalMs ?? 1000).pipe(
     startWith(0),
     map(
@@ -73,12 +89,12 @@ export async function startSidecar(options: SidecarOptions = {}): Promise<Sideca
     shareReplay({ bufferSize: 1, refCount: true }),
   );
   // Keep the pipeline running with no outside subscriber (Watch clients come and go).
-  const keepAlive = [stats$.subscribe(), layers$.subscribe(), runs$.subscribe()];
+  const keepAlive = [stats$.subscribe(), layers$.subscribe(), runs$.subscribe(), recommendations$.subscribe()];
 
-  const watch = new WatchService({ runs$, stats$, layers$, health$ });
+  const watch = new WatchService({ runs$, stats$, layers$, health$, recommendations$ });
   let bound;
   try {
-    bound = await bindServer(options.host ?? '127.0.0.1', options.port ?? DEFAULT_PORT, ingest, watch);
+    bound = await bindServer(options.host ?? '127.0.0.1', options.port ?? DEFAULT_PORT, ingest, watch, recommendations$);
   } catch (error) {
     watch.close();
     for (const s of keepAlive) s.unsubscribe();
@@ -95,6 +111,7 @@ export async function startSidecar(options: SidecarOptions = {}): Promise<Sideca
     layers$,
     health$,
     runs$,
+    recommendations$,
     close: () =>
       (closing ??= (async () => {
         // End the streams first so Watch calls finish and the server can drain.

@@ -1,5 +1,5 @@
 // Plain-text and NDJSON renderings of the public values, for `serve` and `demo`.
-import type { Estimate, Health, RunInfo, StepStats } from '../types.js';
+import type { Estimate, Health, Recommendation, RunInfo, StepStats } from '../types.js';
 
 /** 3 significant digits, compact for large and small magnitudes. */
 export function num(v: number | null | undefined): string {
@@ -29,6 +29,14 @@ export function formatRun(r: RunInfo): string {
   const state = r.ended ? 'ended' : `${r.ranksConnected}/${r.worldSize} ranks connected`;
   const n = r.datasetSize ? `, N=${r.datasetSize}` : '';
   return `run ${r.run}: ${r.layers.length} layers, ${r.parameters.toLocaleString('en-US')} parameters, ${state}, every ${r.every} step(s)${n}`;
+}
+
+/** One line: what to do, how to get there, how sure, then the policy's own reason (which has the evidence). */
+export function formatRecommendation(r: Recommendation): string {
+  const layout = `${r.microBatch} per micro-batch × ${r.accumulationSteps} accumulation${r.worldSize > 1 ? ` × ${r.worldSize} ranks` : ''}`;
+  const what = r.action === 'hold' ? `hold batch ${r.currentGlobalBatch}` : `${r.action} batch ${r.currentGlobalBatch} → ${r.recommendedGlobalBatch} (${layout})`;
+  const lr = r.lrHint ? `, lr ${num(r.lrHint.currentLr)} → ${num(r.lrHint.suggestedLr)} (${r.lrHint.rule} rule, a heuristic)` : '';
+  return `${r.run} step ${r.step}  recommendation #${r.sequence}: ${what}, confidence ${num(r.confidence)}${lr}. ${r.reason}`;
 }
 
 /** The problem counters only ('' when there are none), so it changes rarely. */

@@ -1,6 +1,6 @@
 import { distinctUntilChanged, map, merge, type Subscription } from 'rxjs';
 import type { Sidecar } from '../sidecar.js';
-import { formatProblems, formatRun, formatStep, ndjson } from './format.js';
+import { formatProblems, formatRecommendation, formatRun, formatStep, ndjson } from './format.js';
 
 /** Subscribes to a sidecar and prints one line per event (plain or NDJSON). */
 export function printSidecar(sidecar: Sidecar, json: boolean, write: (line: string) => void): Subscription {
@@ -9,6 +9,7 @@ export function printSidecar(sidecar: Sidecar, json: boolean, write: (line: stri
       sidecar.runs$.pipe(map((runs) => runs.map((r) => ndjson('run', r)).join('\n'))),
       sidecar.stats$.pipe(map((s) => ndjson('step', s))),
       sidecar.layers$.pipe(map((l) => ndjson('layers', l))),
+      sidecar.recommendations$.pipe(map((r) => ndjson('recommendation', r))),
       sidecar.health$.pipe(map((h) => ndjson('health', h))),
     ).subscribe((line) => {
       if (line) write(line);
@@ -27,6 +28,7 @@ export function printSidecar(sidecar: Sidecar, json: boolean, write: (line: stri
       ),
     ),
     sidecar.stats$.pipe(map(formatStep)),
+    sidecar.recommendations$.pipe(map(formatRecommendation)),
     // Health only when something went wrong, and only when it changes.
     sidecar.health$.pipe(
       map(formatProblems),

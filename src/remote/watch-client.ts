@@ -1,12 +1,12 @@
 // A remote sidecar's Watch stream, turned back into the same four Observables
-// the in-process sidecar has, plus the connection's state. Reconnects with back-off.
+// the in-process sidecar has (and recommendations$), plus the connection's state. Reconnects with back-off.
 import * as grpc from '@grpc/grpc-js';
 import { BehaviorSubject, ReplaySubject, Subject, type Observable } from 'rxjs';
 import { loadProto } from '../transport/proto.js';
 import type { NoiseScopeClient } from '../transport/generated/noisescope/v1/NoiseScope.js';
 import type { RunEvent__Output } from '../transport/generated/noisescope/v1/RunEvent.js';
-import type { Health, LayerStats, RunInfo, StepStats } from '../types.js';
-import { healthFromWire, layerStatsFromWire, runInfoFromWire, stepStatsFromWire } from './from-wire.js';
+import type { Health, LayerStats, Recommendation, RunInfo, StepStats } from '../types.js';
+import { healthFromWire, layerStatsFromWire, recommendationFromWire, runInfoFromWire, stepStatsFromWire } from './from-wire.js';
 
 export type ConnectionState =
   | { readonly state: 'connecting'; readonly address: string }
@@ -27,6 +27,8 @@ export interface RemoteSidecar {
   readonly layers$: Observable<LayerStats>;
   readonly runs$: Observable<readonly RunInfo[]>;
   readonly health$: Observable<Health>;
+  /** Each run's latest recommendation when (re)connecting, then every new one. */
+  readonly recommendations$: Observable<Recommendation>;
   readonly connection$: Observable<ConnectionState>;
   close(): void;
 }
@@ -39,8 +41,11 @@ export function watchSidecar(address: string, options: WatchClientOptions = {}):
   const layers = new ReplaySubject<LayerStats>(1);
   const health = new ReplaySubject<Health>(1);
   const runs = new ReplaySubject<readonly RunInfo[]>(1);
+  const recommendations = new ReplaySubject<Recommendation>(1);
   const connection = new BehaviorSubject<ConnectionState>({ state: 'connecting', address });
   const known = new Map<string, RunInfo>();
+  // A reconnect re-delivers each run's latest recommendation: pass on only new ones.
+  const lastRecommendation = new Map<string, string>();
   let call: grpc.ClientReadableStream<RunEvent__Output> | null = null;
   let timer: NodeJS.Timeout | null = null;
   let closed = false;
@@ -68,6 +73,14 @@ export function watchSidecar(address: string, options: WatchClientOptions = {}):
     }
     else if (e.layers) layers.next(layerStatsFromWire(e.layers));
     else if (e.health) health.next(healthFromWire(e.health));
+    else if (e.recommendation) {
+      const r = recommendationFromWire(e.recommendation);
+      const key = `${r.sequence}@${r.step}@${r.unixMs}`;
+      if (lastRecommendation.get(r.run) !== key) {
+        lastRecommendation.set(r.run, key);
+        recommendations.next(r);
+      }
+    }
   };
   const open = () => {
     if (closed) return;
@@ -94,6 +107,7 @@ export function watchSidecar(address: string, options: WatchClientOptions = {}):
     layers$: layers.asObservable(),
     runs$: runs.asObservable(),
     health$: health.asObservable(),
+    recommendations$: recommendations.asObservable(),
     connection$: connection.asObservable(),
     close() {
       if (closed) return;
@@ -101,7 +115,7 @@ export function watchSidecar(address: string, options: WatchClientOptions = {}):
       if (timer) clearTimeout(timer);
       call?.cancel();
       client.close();
-      for (const s of [stats, layers, health, runs, connection] as Subject<unknown>[]) s.complete();
+      for (const s of [stats, layers, health, runs, recommendations, connection] as Subject<unknown>[]) s.complete();
     },
   };
 }

@@ -1,47 +1,95 @@
 import * as grpc from '@grpc/grpc-js';
+import type { Observable, Subscription } from 'rxjs';
 import { toNoiseScopeError, NoiseScopeError } from '../errors.js';
 import { PROTOCOL_VERSION } from '../ingest/run-layout.js';
 import type { Ingest, RankSession } from '../ingest/ingest.js';
+import type { Recommendation } from '../types.js';
 import type { RankMessage__Output } from './generated/noisescope/v1/RankMessage.js';
 import type { SidecarMessage } from './generated/noisescope/v1/SidecarMessage.js';
+import type { Recommendation as WireRecommendation } from './generated/noisescope/v1/Recommendation.js';
+import { recommendationToWire } from './to-wire.js';
 
 export const SIDECAR_VERSION = '0.1.0';
 
 type AttachCall = grpc.ServerDuplexStream<RankMessage__Output, SidecarMessage>;
 
+/** Where a welcomed rank's stream gets the recommendations of its run. */
+interface RankOutbox {
+  /** The rank was welcomed into `run`: from now on it gets that run's recommendations. */
+  welcomed(run: string, call: AttachCall): void;
+  /** The stream is over (ended, failed, cancelled or replaced). */
+  gone(call: AttachCall): void;
+}
+
 /**
  * The Attach RPC: a rank's Hello opens a session; each later message is
  * accepted or refused on its own (a Refusal on the stream, which stays open).
  * Only a stream that cannot be attributed to a run (no or bad Hello) is ended
- * with an error status.
+ * with an error status. Every welcomed rank gets each new recommendation of
+ * its run, and the run's latest right after its Welcome (so one made while the
+ * hook was away is not lost).
  */
 export class AttachService {
   private readonly calls = new Set<AttachCall>();
+  /** Welcomed streams per run. */
+  private readonly ranks = new Map<string, Set<AttachCall>>();
+  private readonly latest = new Map<string, WireRecommendation>();
+  private readonly subscription: Subscription;
+  private readonly outbox: RankOutbox = {
+    welcomed: (run, call) => {
+      let calls = this.ranks.get(run);
+      if (!calls) this.ranks.set(run, (calls = new Set()));
+      calls.add(call);
+      const latest = this.latest.get(run);
+      if (latest) call.write({ recommendation: latest });
+    },
+    gone: (call) => {
+      for (const [run, calls] of this.ranks) if (calls.delete(call) && calls.size === 0) this.ranks.delete(run);
+    },
+  };
 
-  constructor(private readonly ingest: Ingest) {}
+  constructor(
+    private readonly ingest: Ingest,
+    recommendations$: Observable<Recommendation>,
+  ) {
+    this.subscription = recommendations$.subscribe((r) => {
+      const wire = recommendationToWire(r);
+      this.latest.set(r.run, wire);
+      for (const call of this.ranks.get(r.run) ?? []) call.write({ recommendation: wire });
+    });
+  }
 
   readonly handler: grpc.handleBidiStreamingCall<RankMessage__Output, SidecarMessage> = (call) => {
     this.calls.add(call);
-    call.on('close', () => this.calls.delete(call));
-    handleAttach(this.ingest, call);
+    call.on('close', () => {
+      this.calls.delete(call);
+      this.outbox.gone(call);
+    });
+    handleAttach(this.ingest, call, this.outbox);
   };
 
   /** Ends every rank's stream (the sidecar is closing); hooks will reconnect to the next one. */
   close(): void {
+    this.subscription.unsubscribe();
     for (const call of this.calls) call.emit('error', { code: grpc.status.UNAVAILABLE, details: 'sidecar is shutting down' });
     this.calls.clear();
+    this.ranks.clear();
   }
 }
 
-function handleAttach(ingest: Ingest, call: AttachCall): void {
+function handleAttach(ingest: Ingest, call: AttachCall, outbox: RankOutbox): void {
   {
     let session: RankSession | null = null;
     let ended = false;
+    const stop = () => {
+      ended = true;
+      outbox.gone(call);
+      session?.detach();
+    };
     const fail = (error: NoiseScopeError) => {
       if (ended) return;
-      ended = true;
+      stop();
       ingest.counters.refused++;
-      session?.detach();
       call.emit('error', { code: error.grpcStatus, details: error.message });
     };
     const refuse = (error: NoiseScopeError, step: number) => {
@@ -63,6 +111,7 @@ function handleAttach(ingest: Ingest, call: AttachCall): void {
           call.write({
             welcome: { protocolVersion: PROTOCOL_VERSION, sidecarVersion: SIDECAR_VERSION, run: session.run, rank: session.rank },
           });
+          outbox.welcomed(session.run, call);
           return;
         }
         if (!session) {
@@ -92,19 +141,11 @@ function handleAttach(ingest: Ingest, call: AttachCall): void {
       }
     });
     call.on('end', () => {
-      session?.detach();
-      if (!ended) {
-        ended = true;
-        call.end();
-      }
+      const wasEnded = ended;
+      stop();
+      if (!wasEnded) call.end();
     });
-    call.on('cancelled', () => {
-      ended = true;
-      session?.detach();
-    });
-    call.on('error', () => {
-      ended = true;
-      session?.detach();
-    });
+    call.on('cancelled', stop);
+    call.on('error', stop);
   }
 }

@@ -1,6 +1,8 @@
 import * as grpc from '@grpc/grpc-js';
+import type { Observable } from 'rxjs';
 import { NoiseScopeError } from '../errors.js';
 import type { Ingest } from '../ingest/ingest.js';
+import type { Recommendation } from '../types.js';
 import { AttachService } from './attach-service.js';
 import type { NoiseScopeHandlers } from './generated/noisescope/v1/NoiseScope.js';
 import { loadProto } from './proto.js';
@@ -19,8 +21,14 @@ export interface BoundServer {
   readonly attach: AttachService;
 }
 
-/** Binds the NoiseScope service; loopback only until tokens exist. */
-export async function bindServer(host: string, port: number, ingest: Ingest, watch: WatchService): Promise<BoundServer> {
+/** Binds the NoiseScope service; loopback only until tokens exist. Ranks get `recommendations$` of their run. */
+export async function bindServer(
+  host: string,
+  port: number,
+  ingest: Ingest,
+  watch: WatchService,
+  recommendations$: Observable<Recommendation>,
+): Promise<BoundServer> {
   if (!isLoopback(host)) {
     throw new NoiseScopeError(
       'invalid-message',
@@ -29,13 +37,19 @@ export async function bindServer(host: string, port: number, ingest: Ingest, wat
     );
   }
   const server = new grpc.Server();
-  const attach = new AttachService(ingest);
+  const attach = new AttachService(ingest, recommendations$);
   const handlers: NoiseScopeHandlers = { Attach: attach.handler, Watch: watch.handler };
   server.addService(loadProto().noisescope.v1.NoiseScope.service, handlers);
   const target = host.includes(':') && !host.startsWith('[') ? `[${host}]:${port}` : `${host}:${port}`;
-  const bound = await new Promise<number>((resolve, reject) => {
-    server.bindAsync(target, grpc.ServerCredentials.createInsecure(), (error, p) => (error ? reject(error) : resolve(p)));
-  });
+  let bound: number;
+  try {
+    bound = await new Promise<number>((resolve, reject) => {
+      server.bindAsync(target, grpc.ServerCredentials.createInsecure(), (error, p) => (error ? reject(error) : resolve(p)));
+    });
+  } catch (error) {
+    attach.close();
+    throw error;
+  }
   const shownHost = target.slice(0, target.lastIndexOf(':'));
   return { server, port: bound, address: `${shownHost}:${bound}`, attach };
 }

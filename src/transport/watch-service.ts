@@ -1,24 +1,27 @@
 import * as grpc from '@grpc/grpc-js';
-import { merge, Subject, takeUntil, type Observable, type Subscription } from 'rxjs';
+import { asapScheduler, merge, observeOn, Subject, takeUntil, type Observable, type Subscription } from 'rxjs';
 import { filter, map } from 'rxjs/operators';
-import type { Health, LayerStats, RunInfo, StepStats } from '../types.js';
+import type { Health, LayerStats, Recommendation, RunInfo, StepStats } from '../types.js';
 import type { RunEvent } from './generated/noisescope/v1/RunEvent.js';
 import type { WatchRequest__Output } from './generated/noisescope/v1/WatchRequest.js';
-import { healthToWire, layerStatsToWire, runInfoToWire, stepStatsToWire } from './to-wire.js';
+import { healthToWire, layerStatsToWire, recommendationToWire, runInfoToWire, stepStatsToWire } from './to-wire.js';
 
 export interface WatchSources {
   readonly runs$: Observable<readonly RunInfo[]>;
   readonly stats$: Observable<StepStats>;
   readonly layers$: Observable<LayerStats>;
   readonly health$: Observable<Health>;
+  readonly recommendations$: Observable<Recommendation>;
 }
 
 /**
  * The Watch RPC: a subscriber of the public Observables like any other. Each
- * call first gets every known run and its latest step, then live events.
+ * call first gets every known run, its latest step and its latest
+ * recommendation, then live events.
  */
 export class WatchService {
   private readonly latestStep = new Map<string, StepStats>();
+  private readonly latestRecommendation = new Map<string, Recommendation>();
   private runs: readonly RunInfo[] = [];
   private readonly subscription: Subscription;
   private readonly closed = new Subject<void>();
@@ -27,6 +30,7 @@ export class WatchService {
     this.subscription = merge(
       sources.runs$.pipe(map((runs) => void (this.runs = runs))),
       sources.stats$.pipe(map((s) => void this.latestStep.set(s.run, s))),
+      sources.recommendations$.pipe(map((r) => void this.latestRecommendation.set(r.run, r))),
     ).subscribe();
   }
 
@@ -47,6 +51,13 @@ export class WatchService {
       if (!mine(run)) continue;
       call.write({ step: stepStatsToWire(stats) });
       sentStep.set(run, stats.step);
+    }
+    // Likewise recommendations$ (which replays one value over all runs): each run's latest once.
+    const sentRecommendation = new Map<string, Recommendation>();
+    for (const [run, recommendation] of this.latestRecommendation) {
+      if (!mine(run)) continue;
+      call.write({ recommendation: recommendationToWire(recommendation) });
+      sentRecommendation.set(run, recommendation);
     }
 
     // What each watcher last heard of each run, to send only what changed.
@@ -78,6 +89,16 @@ export class WatchService {
         map((s): RunEvent[] => [{ layers: layerStatsToWire(s) }]),
       ),
       this.sources.health$.pipe(map((h): RunEvent[] => [{ health: healthToWire(h) }])),
+      // recommendations$ is fed by stats$ before this call subscribed to it: a microtask
+      // later, so the step a recommendation was made at reaches the watcher first.
+      this.sources.recommendations$.pipe(
+        observeOn(asapScheduler),
+        filter((r) => mine(r.run) && sentRecommendation.get(r.run) !== r),
+        map((r): RunEvent[] => {
+          sentRecommendation.set(r.run, r);
+          return [{ recommendation: recommendationToWire(r) }];
+        }),
+      ),
     )
       .pipe(takeUntil(this.closed))
       .subscribe({

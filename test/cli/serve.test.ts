@@ -2,7 +2,9 @@ import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import { recommendationFromWire } from '../../src/remote/from-wire.js';
 import { accumulationStep, connect, hello, RankStream } from '../support/rank-client.js';
+import { SyntheticRun } from '../support/synthetic-run.js';
 
 // The built CLI, as a user runs it (npm test builds dist/ first).
 const CLI = join(import.meta.dirname, '..', '..', 'dist', 'src', 'cli.js');
@@ -65,13 +67,68 @@ describe('noisescope serve', () => {
   it.each([
     [['serve', '--port', 'abc'], /--port must be a number, got 'abc'/],
     [['serve', '--port', '70000'], /--port must be 0..65535/],
-    [['serve', '--beta', '1.5'], /beta/],
+    [['serve', '--beta', '1.5'], /--beta must be in \[0, 1\), got '1.5'/],
+    [['serve', '--confidence', '1'], /--confidence must be in \(0, 1\), got '1'/],
+    [['serve', '--temperature-tolerance', '0'], /--temperature-tolerance must be a number > 0 \(or Infinity\), got '0'/],
+    [['serve', '--temperature-tolerance', 'wide'], /--temperature-tolerance must be a number > 0 \(or Infinity\), got 'wide'/],
+    [['serve', '--objective', 'fast'], /--objective must be balanced, time, compute, got 'fast'/],
+    [['serve', '--min-batch', '0'], /--min-batch must be a whole number ≥ 1, got '0'/],
+    [['serve', '--max-batch', '12.5'], /--max-batch must be a whole number ≥ 1, got '12.5'/],
+    [['serve', '--max-micro-batch=-4'], /--max-micro-batch must be a whole number ≥ 1, got '-4'/],
+    [['serve', '--max-factor', '1'], /--max-factor must be a number above 1, got '1'/],
+    [['serve', '--max-factor', 'x2'], /--max-factor must be a number above 1, got 'x2'/],
+    [['serve', '--window', ''], /--window must be a whole number ≥ 1, got ''/],
+    [['serve', '--min-batch', '256', '--max-batch', '64'], /--max-batch 64 is below --min-batch 256: no batch satisfies both/],
+    [['serve', '--monotone=yes'], /--monotone/],
+    [['demo', '--window', '3'], /Unknown option '--window'/],
     [['serve', '--bogus'], /Unknown option '--bogus'/],
     [['frobnicate'], /unknown command 'frobnicate'/],
-  ])('rejects %j with a clear message and exit code 2', async (args, message) => {
-    const run = start(args);
+  ])('rejects %j with a clear message and exit code 2, before listening', async (args, message) => {
+    const run = start(args.includes('--port') ? args : [...args, '--port', '0']);
     expect(await run.exit).toBe(2);
     expect(run.stderr()).toMatch(message);
+    expect(run.lines).toEqual([]);
+  });
+
+  it('prints each recommendation as NDJSON with --json, as the run’s ranks receive it', async () => {
+    const serve = start(['serve', '--port', '0', '--json', '--window', '3', '--max-factor', '4', '--objective', 'time']);
+    await expect.poll(() => serve.lines.length, { timeout: 10_000 }).toBeGreaterThan(0);
+    const { address } = JSON.parse(serve.lines[0]!) as { address: string };
+    const client = connect(address);
+    const rank = new RankStream(client);
+    // B_simple 100 at batch 64: the time objective aims at 400, capped at 4× per change.
+    const run = new SyntheticRun({ run: 'cli-adv', bSimple: 100, microExamples: [[16, 16, 16, 16]], seed: 5 });
+    rank.send(run.hello(0));
+    for (let step = 0; step < 40; step++) for (const m of run.messages(step, 0)) rank.send(m);
+    const events = () => serve.lines.map((l) => JSON.parse(l) as { type: string; [k: string]: unknown });
+    await expect.poll(() => events().filter((e) => e.type === 'step').length, { timeout: 10_000 }).toBe(40);
+    const printed = events().filter((e) => e.type === 'recommendation');
+    expect(printed.length).toBeGreaterThan(0);
+    expect(printed[0]).toMatchObject({ run: 'cli-adv', sequence: 1, action: 'increase', objective: 'time', currentGlobalBatch: 64, recommendedGlobalBatch: 256, accumulationSteps: 16 });
+    await expect.poll(() => rank.recommendations().length).toBe(printed.length);
+    expect(printed).toEqual(rank.recommendations().map((w) => ({ type: 'recommendation', ...recommendationFromWire(w) })));
+    rank.end();
+    client.close();
+  });
+
+  it('prints one readable line per recommendation without --json', async () => {
+    const serve = start(['serve', '--port', '0', '--window', '3']);
+    await expect.poll(() => serve.lines.length, { timeout: 10_000 }).toBeGreaterThan(0);
+    const client = connect(serve.lines[0]!.replace('noisescope listening on ', ''));
+    const rank = new RankStream(client);
+    const run = new SyntheticRun({ run: 'cli-down', bSimple: 4, microExamples: [[16, 16, 16, 16]], seed: 6 });
+    rank.send(run.hello(0));
+    for (let step = 0; step < 40; step++) for (const m of run.messages(step, 0)) rank.send(m);
+    await expect.poll(() => serve.lines.filter((l) => l.startsWith('cli-down step 39')).length, { timeout: 10_000 }).toBe(1);
+    await expect.poll(() => rank.recommendations().length).toBeGreaterThan(0);
+    const lines = serve.lines.filter((l) => / recommendation #\d+:/.test(l));
+    expect(lines.length).toBe(rank.recommendations().length);
+    const first = rank.recommendations()[0]!;
+    expect(lines[0]).toMatch(
+      new RegExp(`^cli-down step ${first.step}  recommendation #1: decrease batch 64 → 32 \\(16 per micro-batch × 2 accumulation\\), confidence [\\d.]+, lr 0.1 → 0.05 \\(linear rule, a heuristic\\)\\. \\S.+$`),
+    );
+    rank.end();
+    client.close();
   });
 
   it('refuses to listen beyond loopback without a token', async () => {

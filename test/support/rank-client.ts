@@ -6,6 +6,7 @@ import type { NoiseScopeClient } from '../../src/transport/generated/noisescope/
 import type { RankMessage } from '../../src/transport/generated/noisescope/v1/RankMessage.js';
 import type { SidecarMessage__Output } from '../../src/transport/generated/noisescope/v1/SidecarMessage.js';
 import type { Hello } from '../../src/transport/generated/noisescope/v1/Hello.js';
+import type { CompletedStep } from '../../src/ingest/completed-step.js';
 
 export function connect(address: string): NoiseScopeClient {
   const Service = loadProto().noisescope.v1.NoiseScope;
@@ -57,6 +58,10 @@ export class RankStream {
   refusals() {
     return this.received.flatMap((m) => (m.refusal ? [m.refusal] : []));
   }
+
+  recommendations() {
+    return this.received.flatMap((m) => (m.recommendation ? [m.recommendation] : []));
+  }
 }
 
 /** Shards and StepEnd for one accumulation step with per-layer norms. */
@@ -78,6 +83,32 @@ export function accumulationStep(
         globalExamples: examples * micro.length,
         accumulatedSqNorms: accumulated,
         lr: 0.1,
+        loss: Number.NaN,
+      },
+    },
+  ];
+}
+
+/**
+ * What rank `rank` sends for one step simulated by src/bench/synthetic-gradients.ts
+ * (known |G|² and tr(Σ)): its micro-batch shards, then its StepEnd.
+ */
+export function syntheticStepMessages(step: CompletedStep, rank: number, lr = 0.1): RankMessage[] {
+  const mine = step.ranks.find((r) => r.rank === rank);
+  if (!mine) throw new RangeError(`the simulated step ${step.step} has no rank ${rank}`);
+  return [
+    ...mine.microSqNorms.map((values, i): RankMessage => ({
+      shard: { step: step.step, microBatch: i, examples: mine.microExamples[i]!, sqNorms: { values: [...values] } },
+    })),
+    {
+      stepEnd: {
+        step: step.step,
+        microBatches: mine.microSqNorms.length,
+        localExamples: mine.microExamples.reduce((a, b) => a + b, 0),
+        globalExamples: step.globalExamples,
+        accumulatedSqNorms: [...mine.accumulatedSqNorms],
+        reducedSqNorms: mine.reducedSqNorms ? [...mine.reducedSqNorms] : [],
+        lr,
         loss: Number.NaN,
       },
     },

@@ -3,8 +3,10 @@ import { firstValueFrom, filter, type Subscription } from 'rxjs';
 import { afterEach, describe, expect, it } from 'vitest';
 import { watchSidecar, type RemoteSidecar } from '../../src/remote/watch-client.js';
 import { startSidecar, type Sidecar } from '../../src/sidecar.js';
-import type { Health, LayerStats, RunInfo, StepStats } from '../../src/types.js';
+import type { Health, LayerStats, Recommendation, RunInfo, StepStats } from '../../src/types.js';
 import { accumulationStep, connect, hello, RankStream } from '../support/rank-client.js';
+import { SyntheticRun } from '../support/synthetic-run.js';
+import { startTcpProxy } from '../support/tcp-proxy.js';
 
 const cleanup: (() => unknown)[] = [];
 afterEach(async () => {
@@ -77,5 +79,57 @@ describe('watchSidecar', () => {
     sidecar = await startSidecar({ port, healthIntervalMs: 50 });
     cleanup.push(() => sidecar.close());
     await expect.poll(() => states.at(-1)?.state, { timeout: 10_000 }).toBe('connected');
+  });
+
+  it('reproduces recommendations$, gives a later client each run’s latest, and repeats none on reconnect', async () => {
+    sidecar = await startSidecar({ port: 0, policy: { window: 3 } });
+    cleanup.push(() => sidecar.close());
+    const local = record<Recommendation>(sidecar.recommendations$);
+    // Through a forwarder, so the connection can be lost while the sidecar keeps its state.
+    const proxy = await startTcpProxy(sidecar.address);
+    cleanup.push(() => proxy.close());
+    remote = watchSidecar(proxy.address, { retryMs: 50, maxRetryMs: 200 });
+    cleanup.push(() => remote.close());
+    const far = record<Recommendation>(remote.recommendations$);
+    const farStats = record<StepStats>(remote.stats$);
+    const states = record(remote.connection$);
+    const farHealth = record<Health>(remote.health$);
+    await firstValueFrom(remote.connection$.pipe(filter((c) => c.state === 'connected')));
+
+    const client = connect(sidecar.address);
+    cleanup.push(() => client.close());
+    // Noise scale 400 and 4, batch 64: one run is advised to increase, the other to decrease.
+    const runs = [
+      new SyntheticRun({ run: 'up', bSimple: 400, microExamples: [[16, 16, 16, 16]], seed: 21 }),
+      new SyntheticRun({ run: 'down', bSimple: 4, microExamples: [[16, 16, 16, 16]], seed: 22 }),
+    ];
+    const ranks = runs.map((run) => {
+      const rank = new RankStream(client);
+      rank.send(run.hello(0));
+      return rank;
+    });
+    for (let step = 0; step < 40; step++) for (const [i, run] of runs.entries()) for (const m of run.messages(step, 0)) ranks[i]!.send(m);
+    await expect.poll(() => farStats.length, { timeout: 10_000 }).toBe(80);
+    expect(new Set(local.map((r) => r.run))).toEqual(new Set(['up', 'down']));
+    await expect.poll(() => far.length).toBe(local.length);
+    expect(far).toEqual(local);
+
+    // A client that connects now hears each run's latest, once.
+    const later = watchSidecar(sidecar.address);
+    cleanup.push(() => later.close());
+    const heard = record<Recommendation>(later.recommendations$);
+    const latest = ['up', 'down'].map((run) => local.filter((r) => r.run === run).at(-1));
+    await expect.poll(() => heard.length).toBe(2);
+    expect(new Set(heard)).toEqual(new Set(latest));
+
+    // A lost connection: the sidecar re-sends each run's latest on reconnect, which is not a new one.
+    proxy.cut();
+    await expect.poll(() => states.at(-1)?.state, { timeout: 10_000 }).toBe('lost');
+    await expect.poll(() => states.at(-1)?.state, { timeout: 10_000 }).toBe('connected');
+    // Health comes after the re-sent runs, steps and recommendations.
+    const healthBefore = farHealth.length;
+    await expect.poll(() => farHealth.length, { timeout: 10_000 }).toBeGreaterThan(healthBefore);
+    expect(farStats.length).toBe(82); // each run's latest step, re-sent
+    expect(far).toEqual(local);
   });
 });
