@@ -148,8 +148,9 @@ async function bench(args: string[]): Promise<void> {
     return;
   }
   if (which === 'latency') {
-    const { formatLatency, runStepLatency } = await import('./bench/step-latency.js');
+    const { formatLatency, formatRecommendationLatency, runRecommendationLatency, runStepLatency } = await import('./bench/step-latency.js');
     process.stdout.write(`${formatLatency(await runStepLatency())}\n`);
+    process.stdout.write(`${formatRecommendationLatency(await runRecommendationLatency())}\n`);
     return;
   }
   if (which === 'dashboard') {
