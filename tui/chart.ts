@@ -14,7 +14,14 @@ export interface Chart {
   readonly firstStep: number | null;
   readonly lastStep: number | null;
   readonly unbounded: boolean;
+  /** Some shown step restarted the smoothing (a RESTART column). */
+  readonly restarts: boolean;
+  /** Some shown step changed the global batch (a step in the batch line). */
+  readonly batchChanges: boolean;
 }
+
+/** The column of a step where the smoothing restarted (lr or batch changed the temperature). */
+export const RESTART = '┃';
 
 export const LABEL_WIDTH = 6;
 
@@ -33,15 +40,18 @@ const positive = (v: number | null): v is number => v !== null && Number.isFinit
 
 /**
  * Lays the last `width` points out on a `height`-row grid, log10 on the y axis.
- * Interval: │ (muted), B_simple: ● (accent, warn while untrusted), batch: ─ (ok).
+ * Interval: │ (muted), restart: ┃ (mark) over it, batch: ─ (ok) with ╭╯/╮╰ where it changed,
+ * B_simple: ● (accent, warn while untrusted) on top.
  */
 export function layoutChart(points: readonly ChartPoint[], width: number, height: number): Chart {
-  const shown = points.slice(-Math.max(1, width));
+  const first = Math.max(0, points.length - Math.max(1, width));
+  const shown = points.slice(first);
   const values = shown.flatMap((p) => [p.bSimple, p.low, p.high, p.globalBatch].filter(positive));
   const empty = (): Cell[] => Array.from({ length: width }, () => ({ ch: ' ', tone: 'plain' as const }));
   const rows = Array.from({ length: height }, empty);
   if (values.length === 0 || height < 2) {
-    return { rows, labels: rows.map(() => ''), firstStep: shown[0]?.step ?? null, lastStep: shown.at(-1)?.step ?? null, unbounded: false };
+    const steps = { firstStep: shown[0]?.step ?? null, lastStep: shown.at(-1)?.step ?? null };
+    return { rows, labels: rows.map(() => ''), ...steps, unbounded: false, restarts: false, batchChanges: false };
   }
   let lo = Math.log10(Math.min(...values));
   let hi = Math.log10(Math.max(...values));
@@ -55,6 +65,8 @@ export function layoutChart(points: readonly ChartPoint[], width: number, height
     return Math.min(height - 1, Math.max(0, Math.round((1 - t) * (height - 1))));
   };
   let unbounded = false;
+  let restarts = false;
+  let batchChanges = false;
   shown.forEach((p, x) => {
     const put = (y: number, ch: string, tone: Tone) => (rows[y]![x] = { ch, tone });
     if (positive(p.low) || p.high === Infinity) {
@@ -63,14 +75,32 @@ export function layoutChart(points: readonly ChartPoint[], width: number, height
       if (p.high === Infinity) unbounded = true;
       for (let y = top; y <= bottom; y++) put(y, p.high === Infinity ? '┆' : '│', 'muted');
     }
-    if (positive(p.globalBatch)) put(rowOf(p.globalBatch), '─', 'ok');
+    // Over the interval (one column of it matters less than the event), under batch and B_simple.
+    if (p.temperatureChange) {
+      restarts = true;
+      for (let y = 0; y < height; y++) put(y, RESTART, 'mark');
+    }
+    // The point before the first shown one still tells whether the first column is a change.
+    const before = points[first + x - 1]?.globalBatch;
+    if (positive(p.globalBatch)) {
+      const to = rowOf(p.globalBatch);
+      const from = positive(before ?? null) ? rowOf(before!) : to;
+      if (from === to) put(to, '─', 'ok');
+      else {
+        batchChanges = true;
+        // A step in the line: up from the old row into the new one, or down.
+        for (let y = Math.min(from, to) + 1; y < Math.max(from, to); y++) put(y, '│', 'ok');
+        put(from, to < from ? '╯' : '╮', 'ok');
+        put(to, to < from ? '╭' : '╰', 'ok');
+      }
+    }
     if (positive(p.bSimple)) put(rowOf(p.bSimple), '●', p.trusted ? 'accent' : 'warn');
   });
   const labels = rows.map((_, y) => {
     if (y !== 0 && y !== height - 1 && y !== Math.floor((height - 1) / 2)) return '';
     return short(10 ** (hi - (y / (height - 1)) * (hi - lo)));
   });
-  return { rows, labels, firstStep: shown[0]?.step ?? null, lastStep: shown.at(-1)?.step ?? null, unbounded };
+  return { rows, labels, firstStep: shown[0]?.step ?? null, lastStep: shown.at(-1)?.step ?? null, unbounded, restarts, batchChanges };
 }
 
 /** Consecutive cells of one tone, so a row renders as a few <Text> spans. */

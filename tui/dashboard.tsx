@@ -6,9 +6,11 @@ import { asyncScheduler, auditTime, EMPTY, map, merge, scan, startWith, type Sch
 import { ChartPanel } from './components/chart-panel.js';
 import { Header } from './components/header.js';
 import { LAYER_SORTS, layerRows, LayersPanel, type LayerSort } from './components/layers-panel.js';
-import { Help, HealthLine, KeysLine, RecommendationLine, SourceLine } from './components/status-lines.js';
+import { RecommendationPanel } from './components/recommendation-panel.js';
+import { Help, HealthLine, KeysLine, SourceLine } from './components/status-lines.js';
 import { TradeoffPanel } from './components/tradeoff-panel.js';
-import { EMPTY_MODEL, examplesPerSecond, reduce, type DashboardEvent, type DashboardModel } from './model.js';
+import { EMPTY_MODEL, examplesPerSecond, recentRestart, reduce, type DashboardEvent, type DashboardModel } from './model.js';
+import { RECOMMENDATION_LINES, restartNotice } from './recommendation.js';
 import type { DashboardSources } from './sources.js';
 
 export type Focus = 'chart' | 'tradeoff' | 'layers';
@@ -39,6 +41,7 @@ export function dashboardModel$(sources: DashboardSources, perSecond: number, sc
     sources.health$.pipe(map((health): DashboardEvent => ({ kind: 'health', health }))),
     (sources.connection$ ?? EMPTY).pipe(map((connection): DashboardEvent => ({ kind: 'connection', connection }))),
     (sources.log$ ?? EMPTY).pipe(map((line): DashboardEvent => ({ kind: 'log', line }))),
+    (sources.recommendations$ ?? EMPTY).pipe(map((recommendation): DashboardEvent => ({ kind: 'recommendation', recommendation }))),
   );
   return events$.pipe(scan(reduce, EMPTY_MODEL), auditTime(1000 / perSecond, scheduler), startWith(EMPTY_MODEL));
 }
@@ -84,10 +87,12 @@ export function Dashboard(props: DashboardProps) {
   const run = model.runs[index] ?? null;
   const layerCount = run?.layers?.layers.length ?? 0;
 
-  // Layout for the current size: fixed lines + a chart that takes what is left.
+  // Layout for the current size: fixed lines (header 2, recommendation, scales, ingest, keys,
+  // one spare) + the bottom panels + a chart that takes what is left.
   const width = Math.max(60, size.columns);
-  const bottomHeight = Math.max(8, Math.min(14, Math.floor((size.rows - 6) / 2)));
-  const chartHeight = Math.max(6, size.rows - 1 - 2 - 1 - 1 - bottomHeight - 1 - 1);
+  const fixedLines = 2 + RECOMMENDATION_LINES + 1 + 1 + 1 + 1;
+  const bottomHeight = Math.max(8, Math.min(14, Math.floor((size.rows - fixedLines + 1) / 2)));
+  const chartHeight = Math.max(6, size.rows - fixedLines - bottomHeight);
   const leftWidth = Math.min(36, Math.floor(width * 0.43));
   const rows = layerRows(bottomHeight);
 
@@ -137,6 +142,7 @@ export function Dashboard(props: DashboardProps) {
 
   const from = run ? (chartFrom.get(run.info.run) ?? -1) : -1;
   const points = useMemo(() => (run ? run.history.filter((p) => p.step > from) : []), [run, from]);
+  const restart = recentRestart(run);
 
   return (
     <Box flexDirection="column" width={width}>
@@ -160,11 +166,18 @@ export function Dashboard(props: DashboardProps) {
             height={chartHeight}
             focused={focus === 'chart'}
             note={run?.latest?.smoothed ? null : (run?.latest?.note ?? null)}
+            restart={restart ? restartNotice(restart) : null}
           />
-          <RecommendationLine />
+          <RecommendationPanel run={run} width={width} recommending={props.sources.recommendations$ !== undefined} />
           <SourceLine info={run?.info ?? null} latest={run?.latest ?? null} />
           <Box>
-            <TradeoffPanel latest={run?.latest ?? null} width={leftWidth} height={bottomHeight} focused={focus === 'tradeoff'} />
+            <TradeoffPanel
+              latest={run?.latest ?? null}
+              recommended={run?.recommendation?.recommendedGlobalBatch ?? null}
+              width={leftWidth}
+              height={bottomHeight}
+              focused={focus === 'tradeoff'}
+            />
             <LayersPanel
               layers={run?.layers ?? null}
               sort={sort}

@@ -1,5 +1,5 @@
 // The dashboard's state, folded from the public Observables by a pure reducer.
-import type { Health, LayerStats, RunInfo, StepStats } from '../src/types.js';
+import type { Health, LayerStats, Recommendation, RunInfo, StepStats, TemperatureChange } from '../src/types.js';
 import type { ConnectionState } from './sources.js';
 
 /** One step on the chart. */
@@ -11,6 +11,23 @@ export interface ChartPoint {
   readonly trusted: boolean;
   readonly globalBatch: number;
   readonly unixMs: number;
+  /** The smoothing restarted here (the temperature lr/B changed). */
+  readonly temperatureChange: boolean;
+}
+
+/** A step where the temperature change restarted the smoothing. */
+export interface SmoothingRestart {
+  readonly step: number;
+  /** StepStats.stepsMeasured at that step: how long ago it was, in measured steps. */
+  readonly stepsMeasured: number;
+  readonly change: TemperatureChange;
+}
+
+/** The global batch moved between two measured steps (an adaptive run). */
+export interface BatchChange {
+  readonly step: number;
+  readonly from: number;
+  readonly to: number;
 }
 
 export interface RunView {
@@ -21,6 +38,14 @@ export interface RunView {
   readonly layers: LayerStats | null;
   /** Hook's step end → this dashboard, for the latest step (same-machine clocks); null before one. */
   readonly lagMs: number | null;
+  /** The latest advice; null before the policy's first. */
+  readonly recommendation: Recommendation | null;
+  /** The last KEPT advices (each a change of action or batch), oldest first; ends with `recommendation`. */
+  readonly recommendations: readonly Recommendation[];
+  /** The last KEPT batch changes seen in the steps, oldest first. */
+  readonly batchChanges: readonly BatchChange[];
+  /** The latest smoothing restart; null if none in this run. */
+  readonly restart: SmoothingRestart | null;
 }
 
 export interface DashboardModel {
@@ -38,25 +63,29 @@ export type DashboardEvent =
   | { readonly kind: 'layers'; readonly layers: LayerStats }
   | { readonly kind: 'health'; readonly health: Health }
   | { readonly kind: 'connection'; readonly connection: ConnectionState }
-  | { readonly kind: 'log'; readonly line: string };
+  | { readonly kind: 'log'; readonly line: string }
+  | { readonly kind: 'recommendation'; readonly recommendation: Recommendation };
 
 /** Steps kept per run: wider than any terminal the chart is drawn on. */
 export const HISTORY = 512;
+/** Advices and batch changes kept per run: a line's worth. */
+export const KEPT = 8;
 
 export const EMPTY_MODEL: DashboardModel = { runs: [], health: null, previousHealth: null, connection: null, log: null };
 
-function placeholderRun(run: string, s: StepStats): RunInfo {
+/** A run seen in a step or advice before runs$ described it. */
+function placeholderRun(run: string, worldSize: number, source: StepStats['source'], unixMs: number): RunInfo {
   return {
     run,
-    worldSize: s.ranks,
-    ranksConnected: s.ranks,
-    source: s.source,
+    worldSize,
+    ranksConnected: worldSize,
+    source,
     mode: 'norms',
     layers: [],
     parameters: 0,
     datasetSize: null,
     every: 1,
-    startedUnixMs: s.unixMs,
+    startedUnixMs: unixMs,
     ended: false,
     optimizer: null,
     policy: {},
@@ -73,13 +102,24 @@ function toPoint(s: StepStats): ChartPoint {
     trusted: e?.trusted ?? false,
     globalBatch: s.globalBatch,
     unixMs: s.unixMs,
+    temperatureChange: s.temperatureChange !== null,
   };
 }
 
 function updateRun(model: DashboardModel, run: string, make: () => RunInfo, update: (v: RunView) => RunView): DashboardModel {
   const i = model.runs.findIndex((r) => r.info.run === run);
   if (i < 0) {
-    const fresh: RunView = { info: make(), latest: null, history: [], layers: null, lagMs: null };
+    const fresh: RunView = {
+      info: make(),
+      latest: null,
+      history: [],
+      layers: null,
+      lagMs: null,
+      recommendation: null,
+      recommendations: [],
+      batchChanges: [],
+      restart: null,
+    };
     return { ...model, runs: [...model.runs, update(fresh)] };
   }
   const runs = model.runs.slice();
@@ -96,18 +136,35 @@ export function reduce(model: DashboardModel, event: DashboardEvent): DashboardM
     }
     case 'step': {
       const s = event.stats;
-      return updateRun(model, s.run, () => placeholderRun(s.run, s), (v) => {
+      return updateRun(model, s.run, () => placeholderRun(s.run, s.ranks, s.source, s.unixMs), (v) => {
         // A replayed or repeated step replaces, a restarted run (lower step) starts the chart anew.
         const last = v.history.at(-1);
-        const kept = last && s.step <= last.step ? v.history.filter((p) => p.step < s.step) : v.history;
+        const rewound = last !== undefined && s.step <= last.step;
+        const kept = rewound ? v.history.filter((p) => p.step < s.step) : v.history;
         const history = [...kept.slice(-(HISTORY - 1)), toPoint(s)];
         const lagMs = event.receivedUnixMs === undefined ? v.lagMs : Math.max(0, event.receivedUnixMs - s.unixMs);
-        return { ...v, latest: s, history, lagMs };
+        const before = kept.at(-1);
+        let batchChanges = rewound ? v.batchChanges.filter((c) => c.step < s.step) : v.batchChanges;
+        if (before && before.globalBatch > 0 && s.globalBatch > 0 && before.globalBatch !== s.globalBatch) {
+          batchChanges = [...batchChanges.slice(-(KEPT - 1)), { step: s.step, from: before.globalBatch, to: s.globalBatch }];
+        }
+        let restart = v.restart && rewound && v.restart.step >= s.step ? null : v.restart;
+        if (s.temperatureChange) restart = { step: s.step, stepsMeasured: s.stepsMeasured, change: s.temperatureChange };
+        return { ...v, latest: s, history, lagMs, batchChanges, restart };
       });
     }
     case 'layers': {
       const l = event.layers;
-      return updateRun(model, l.run, () => placeholderRun(l.run, { ...emptyStep, run: l.run }), (v) => ({ ...v, layers: l }));
+      return updateRun(model, l.run, () => placeholderRun(l.run, 1, 'none', 0), (v) => ({ ...v, layers: l }));
+    }
+    case 'recommendation': {
+      const r = event.recommendation;
+      return updateRun(model, r.run, () => placeholderRun(r.run, r.worldSize, 'none', r.unixMs), (v) => {
+        // The same advice again (a replay on reconnect) replaces; a lower sequence is a restarted run.
+        const last = v.recommendation;
+        const kept = last && r.sequence <= last.sequence ? v.recommendations.filter((x) => x.sequence < r.sequence) : v.recommendations;
+        return { ...v, recommendation: r, recommendations: [...kept.slice(-(KEPT - 1)), r] };
+      });
     }
     case 'health':
       return { ...model, previousHealth: model.health, health: event.health };
@@ -117,27 +174,6 @@ export function reduce(model: DashboardModel, event: DashboardEvent): DashboardM
       return { ...model, log: event.line };
   }
 }
-
-const emptyStep: StepStats = {
-  run: '',
-  step: 0,
-  source: 'none',
-  globalBatch: 0,
-  microBatches: 0,
-  ranks: 1,
-  levels: 0,
-  raw: null,
-  smoothed: null,
-  lr: null,
-  loss: null,
-  skipped: false,
-  note: null,
-  unixMs: 0,
-  stepsMeasured: 0,
-  temperature: null,
-  regimeStartStep: 0,
-  temperatureChange: null,
-};
 
 /** Examples per second over the last steps of the history (null with fewer than two). */
 export function examplesPerSecond(history: readonly ChartPoint[], window = 20): number | null {
@@ -149,4 +185,15 @@ export function examplesPerSecond(history: readonly ChartPoint[], window = 20): 
   let examples = 0;
   for (let i = 1; i < recent.length; i++) examples += (recent[i]!.step - recent[i - 1]!.step) * recent[i]!.globalBatch;
   return (examples * 1000) / (last.unixMs - first.unixMs);
+}
+
+/** Measured steps a restart stays announced after it happened. */
+export const RESTART_NOTICE_STEPS = 50;
+
+/** The run's latest smoothing restart while it is recent enough to announce; null otherwise. */
+export function recentRestart(view: RunView | null, within = RESTART_NOTICE_STEPS): SmoothingRestart | null {
+  const restart = view?.restart;
+  const latest = view?.latest;
+  if (!restart || !latest) return null;
+  return latest.stepsMeasured - restart.stepsMeasured < within ? restart : null;
 }

@@ -1,5 +1,5 @@
 import type { Observable } from 'rxjs';
-import type { Health, LayerStats, RunInfo, StepStats } from '../src/types.js';
+import type { Health, LayerStats, Recommendation, RunInfo, StepStats } from '../src/types.js';
 
 /** What the dashboard subscribes to: the sidecar's public Observables, nothing else. */
 export interface DashboardSources {
@@ -7,6 +7,8 @@ export interface DashboardSources {
   readonly layers$: Observable<LayerStats>;
   readonly runs$: Observable<readonly RunInfo[]>;
   readonly health$: Observable<Health>;
+  /** Optional: the policy's advice per run (a sidecar without it shows no recommendation). */
+  readonly recommendations$?: Observable<Recommendation>;
   /** Optional: the connection to a remote sidecar (`noisescope dashboard`); absent in-process. */
   readonly connection$?: Observable<ConnectionState>;
   /** Optional: a line of the training job's own output (the demo). */

@@ -1,7 +1,8 @@
 // One semantic theme: named colours that read on light and dark terminals
 // (no white/black text; muted is "dim", not grey-on-black).
+import type { RecommendationAction } from '../src/types.js';
 
-export type Tone = 'ok' | 'warn' | 'error' | 'muted' | 'accent' | 'plain';
+export type Tone = 'ok' | 'warn' | 'error' | 'muted' | 'accent' | 'mark' | 'plain';
 
 export interface ToneStyle {
   readonly color?: string;
@@ -15,8 +16,17 @@ export const THEME: Readonly<Record<Tone, ToneStyle>> = {
   error: { color: 'red', bold: true },
   muted: { dimColor: true },
   accent: { color: 'cyan' },
+  // Events on the chart (a smoothing restart): a hue no estimate or status uses.
+  mark: { color: 'magenta' },
   plain: {},
 };
+
+/** Recommendation action → glyph and tone, in one place. */
+export const ACTION_GLYPH: Readonly<Record<RecommendationAction, string>> = { increase: '▲', decrease: '▼', hold: '■' };
+
+export function actionTone(action: RecommendationAction): Tone {
+  return action === 'hold' ? 'ok' : 'accent';
+}
 
 /** What a run or estimate is doing, as the dashboard sees it. */
 export type Status = 'waiting' | 'warming-up' | 'trusted' | 'no-estimate' | 'rank-missing' | 'ended' | 'disconnected';

@@ -8,11 +8,15 @@ export interface Candidate {
   readonly examples: number;
   readonly current: boolean;
   readonly knee: boolean;
+  /** The policy's recommended batch (the current one while it holds). */
+  readonly recommended: boolean;
 }
 
-export function candidates(current: number, bNoise: number, count = 5): Candidate[] {
+/** Batches around the current one: always the current, the knee and the recommended batch (when given). */
+export function candidates(current: number, bNoise: number, count = 5, recommended: number | null = null): Candidate[] {
   const knee = Math.max(1, Math.round(bNoise));
   const batches = new Set<number>([current, knee]);
+  if (recommended !== null && recommended > 0) batches.add(recommended);
   for (const f of [0.5, 2, 0.25, 4, 8]) {
     if (batches.size >= count) break;
     const b = Math.max(1, Math.round(current * f));
@@ -26,6 +30,7 @@ export function candidates(current: number, bNoise: number, count = 5): Candidat
       examples: 1 + batch / bNoise,
       current: batch === current,
       knee: batch === knee,
+      recommended: batch === recommended,
     }));
 }
 

@@ -4,7 +4,7 @@ import { BehaviorSubject } from 'rxjs';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Dashboard } from '../../tui/dashboard.js';
 import type { ConnectionState } from '../../tui/sources.js';
-import { estimate, health, layerStats, runInfo, scriptedSources, step } from './fixtures.js';
+import { estimate, health, layerStats, recommendation, runInfo, scriptedSources, step } from './fixtures.js';
 
 const DOWN = '\u001B[B';
 const UP = '\u001B[A';
@@ -13,7 +13,7 @@ afterEach(() => {
   for (const unmount of mounted.splice(0)) unmount();
 });
 
-function mount(sources = scriptedSources(), extra: { onQuit?: () => void } = {}) {
+function mount(sources = scriptedSources(), extra: { onQuit?: () => void; columns?: number } = {}) {
   const view = render(<Dashboard sources={sources.sources} columns={80} rows={24} updatesPerSecond={50} {...extra} />);
   mounted.push(view.unmount);
   const frame = () => view.lastFrame() ?? '';
@@ -33,7 +33,8 @@ describe('dashboard', () => {
   it('fits 80×24', async () => {
     const m = mount();
     steady(m);
-    await expect.poll(m.frame).toContain('step 100');
+    m.recommendations.next(recommendation());
+    await expect.poll(m.frame).toContain('▲ increase');
     const lines = m.frame().split('\n');
     expect(lines.length).toBeLessThan(24);
     for (const line of lines) expect(line.length).toBeLessThanOrEqual(80);
@@ -43,7 +44,7 @@ describe('dashboard', () => {
     const m = mount();
     await expect.poll(m.frame).toContain('no run yet');
     expect(m.frame()).toContain('no per-layer estimates yet');
-    expect(m.frame()).toContain('recommendations arrive in a later version');
+    expect(m.frame()).toContain('Recommendation waiting for a training job');
     expect(m.frame()).toContain('ingest: no health report yet');
   });
 
@@ -93,25 +94,25 @@ describe('dashboard', () => {
     const m = mount();
     steady(m);
     m.layers.next(layerStats(30, 'mlp', 100));
-    await expect.poll(m.frame).toContain('1–4 of 30');
+    await expect.poll(m.frame).toContain('1–3 of 30');
     m.stdin.write('l');
     await expect.poll(m.frame).toContain('↑/↓ scroll, s sort');
     // Noisiest first: B_simple = (1 + 7i mod 5)/(0.01(i+1)) is largest for layer00 (100) then layer02 (166.7)…
     const rowsOf = () => [...m.frame().matchAll(/(layer\d\d)\.weight/g)].map((x) => x[1]);
-    expect(rowsOf()).toEqual(['layer02', 'layer01', 'layer00', 'layer04']);
+    expect(rowsOf()).toEqual(['layer02', 'layer01', 'layer00']);
     m.stdin.write(DOWN);
     m.stdin.write(DOWN);
-    await expect.poll(m.frame).toContain('3–6 of 30');
+    await expect.poll(m.frame).toContain('3–5 of 30');
     expect(rowsOf()[0]).toBe('layer00');
     m.stdin.write(UP);
-    await expect.poll(m.frame).toContain('2–5 of 30');
+    await expect.poll(m.frame).toContain('2–4 of 30');
     m.stdin.write('s');
     await expect.poll(m.frame).toContain('Layers · |G|² ↓');
-    expect(rowsOf()).toEqual(['layer29', 'layer28', 'layer27', 'layer26']);
+    expect(rowsOf()).toEqual(['layer29', 'layer28', 'layer27']);
     m.stdin.write('s');
     m.stdin.write('s');
     await expect.poll(m.frame).toContain('Layers · name');
-    expect(rowsOf()).toEqual(['layer00', 'layer01', 'layer02', 'layer03']);
+    expect(rowsOf()).toEqual(['layer00', 'layer01', 'layer02']);
   });
 
   it('shows a disconnected rank', async () => {
@@ -170,6 +171,13 @@ describe('dashboard', () => {
     steady(m);
     m.stdin.write('?');
     await expect.poll(m.frame).toContain('pause the display (the sidecar keeps ingesting)');
+    // The recommendation panel and the chart's markers are explained, and the help still fits 80×24.
+    expect(m.frame()).toContain('Recommendation: ▲ increase / ▼ decrease / ■ hold the global batch');
+    expect(m.frame()).toContain('the lr hint is a heuristic');
+    expect(m.frame()).toContain('┃ smoothing restarted');
+    expect(m.frame()).toContain('╭╯ ╮╰ batch changed');
+    expect(m.frame().split('\n').length).toBeLessThan(24);
+    for (const line of m.frame().split('\n')) expect([...line].length).toBeLessThanOrEqual(80);
     m.stdin.write('?');
     await expect.poll(m.frame).toContain('Trade-off');
   });

@@ -1,6 +1,6 @@
 // Scripted values for the dashboard tests, shaped like the sidecar's.
 import { BehaviorSubject, ReplaySubject, Subject } from 'rxjs';
-import type { Estimate, Health, LayerStats, RunInfo, StepStats } from '../../src/types.js';
+import type { Estimate, Health, LayerStats, Recommendation, RunInfo, StepStats } from '../../src/types.js';
 import type { DashboardSources } from '../../tui/sources.js';
 
 export function runInfo(overrides: Partial<RunInfo> = {}): RunInfo {
@@ -16,6 +16,8 @@ export function runInfo(overrides: Partial<RunInfo> = {}): RunInfo {
     every: 1,
     startedUnixMs: Date.now() - 10_000,
     ended: false,
+    optimizer: 'SGD',
+    policy: {},
     ...overrides,
   };
 }
@@ -48,6 +50,35 @@ export function step(n: number, overrides: Partial<StepStats> = {}): StepStats {
     note: null,
     unixMs: 1_000_000 + n * 100,
     stepsMeasured: n + 1,
+    temperature: 0.1 / 64,
+    regimeStartStep: 0,
+    temperatureChange: null,
+    ...overrides,
+  };
+}
+
+/** An increase from 64 to 128 (32 per micro-batch × 4 accumulation steps × 1 rank), as the policy words it. */
+export function recommendation(overrides: Partial<Recommendation> = {}): Recommendation {
+  return {
+    run: 'mlp',
+    step: 100,
+    sequence: 2,
+    action: 'increase',
+    currentGlobalBatch: 64,
+    recommendedGlobalBatch: 128,
+    microBatch: 32,
+    accumulationSteps: 4,
+    worldSize: 1,
+    noiseScale: 150,
+    interval: { low: 120, high: 190 },
+    targetBatch: 150,
+    objective: 'balanced',
+    stepsFactor: 0.68,
+    examplesFactor: 1.17,
+    lrHint: { currentLr: 0.05, suggestedLr: 0.0707, rule: 'sqrt', note: 'A heuristic: scale the learning rate with the square root of the batch (Adam-type optimizer).' },
+    confidence: 0.93,
+    reason: 'B_noise 150 [120, 190] has stayed above the batch 64 for 10 measured steps.',
+    unixMs: 1_010_000,
     ...overrides,
   };
 }
@@ -88,12 +119,14 @@ export function scriptedSources() {
   const runs = new BehaviorSubject<readonly RunInfo[]>([]);
   const healthS = new ReplaySubject<Health>(1);
   const log = new Subject<string>();
+  const recommendations = new ReplaySubject<Recommendation>(1);
   const sources: DashboardSources = {
     stats$: stats.asObservable(),
     layers$: layers.asObservable(),
     runs$: runs.asObservable(),
     health$: healthS.asObservable(),
     log$: log.asObservable(),
+    recommendations$: recommendations.asObservable(),
   };
-  return { sources, stats, layers, runs, health: healthS, log };
+  return { sources, stats, layers, runs, health: healthS, log, recommendations };
 }

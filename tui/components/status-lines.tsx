@@ -3,18 +3,6 @@ import type { Health, RunInfo, StepStats } from '../../src/types.js';
 import { short } from '../chart.js';
 import { Line, Toned } from './toned.js';
 
-/** Placeholder until recommendations$ exists. */
-export function RecommendationLine() {
-  return (
-    <Line>
-      <Toned tone="plain" bold>
-        {'Recommendation: '}
-      </Toned>
-      <Toned tone="muted">recommendations arrive in a later version</Toned>
-    </Line>
-  );
-}
-
 /** Which batch-scale source the estimate comes from. */
 export function SourceLine({ info, latest }: { readonly info: RunInfo | null; readonly latest: StepStats | null }) {
   const source = latest?.source ?? info?.source ?? null;
@@ -98,6 +86,11 @@ export function Help() {
     '1/(1 + B_simple/B) of the progress of an exact gradient; the relative',
     'gradient error is B_simple/B. Steps S/S_min = 1 + B_noise/B, examples',
     'E/E_min = 1 + B/B_noise: the knee B = B_noise costs 2× the minimum of both.',
+    '',
+    'Recommendation: ▲ increase / ▼ decrease / ■ hold the global batch = micro-',
+    'batch × accumulation steps × ranks; steps/examples: predicted change to the',
+    'same loss; the lr hint is a heuristic. Chart: ┃ smoothing restarted (lr or',
+    'batch moved the temperature lr/B); ╭╯ ╮╰ batch changed. Trade-off: → rec.',
   ];
   return (
     <Box flexDirection="column" borderStyle="round" paddingX={1}>

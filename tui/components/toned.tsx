@@ -1,5 +1,6 @@
 import { Box, Text } from 'ink';
 import type { ReactNode } from 'react';
+import type { FittedSpan } from '../fit.js';
 import { THEME, type Tone } from '../theme.js';
 
 /** Text in one of the theme's tones: the only place colours reach Ink. */
@@ -57,4 +58,19 @@ export function Panel({
 /** One terminal line: its spans truncate together at the panel's edge. */
 export function Line({ children }: { readonly children: ReactNode }) {
   return <Text wrap="truncate-end">{children}</Text>;
+}
+
+/** One line of fitted spans (tui/fit.ts); an empty one stays as a blank line. */
+export function Spans({ spans }: { readonly spans: readonly FittedSpan[] }) {
+  return (
+    <Line>
+      {spans.length === 0
+        ? ' '
+        : spans.map((s, i) => (
+            <Toned key={i} tone={s.tone} bold={s.bold}>
+              {s.text}
+            </Toned>
+          ))}
+    </Line>
+  );
 }
