@@ -34,6 +34,7 @@ class AccumulationChange:
     previous_global_batch: int
     lr: float  # the first parameter group's learning rate from `step` on
     sequence: int  # the recommendation that asked for it
+    reason: str  # its one-sentence reason
 
 
 def fewest_steps(world_size: int) -> int:
@@ -205,6 +206,7 @@ class AdaptiveAccumulation:
             previous_global_batch=previous,
             lr=_first_lr(self._optimizer),
             sequence=recommendation.sequence,
+            reason=recommendation.reason,
         )
         self.history.append(change)
         logger.info(
