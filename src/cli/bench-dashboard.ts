@@ -6,7 +6,7 @@ import { BehaviorSubject, firstValueFrom, filter, ReplaySubject } from 'rxjs';
 import { renderDashboard } from '../../tui/render-dashboard.js';
 import { startSidecar, type Sidecar } from '../sidecar.js';
 import { loadProto } from '../transport/proto.js';
-import type { Health, LayerStats, RunInfo, StepStats } from '../types.js';
+import type { Health, LayerStats, Recommendation, RunInfo, StepStats } from '../types.js';
 
 /** A terminal that keeps nothing: Ink writes its frames here as it would to a TTY. */
 class NullTerminal extends Writable {
@@ -33,7 +33,9 @@ function syntheticStep(step: number, layers: number): { stats: StepStats; layers
     stats: {
       run: 'bench', step, source: 'accumulation', globalBatch: 64, microBatches: 4, ranks: 1, levels: 2,
       raw: smoothed, smoothed, lr: 0.1, loss: 0.5, skipped: false, note: null, unixMs: Date.now(), stepsMeasured: step + 1,
-      temperature: 0.1 / 64, regimeStartStep: 0, temperatureChange: null,
+      // A learning-rate change every 100 steps: the chart's restart column and notice are drawn too.
+      temperature: 0.1 / 64, regimeStartStep: step - (((step % 100) + 100) % 100),
+      temperatureChange: step % 100 === 0 ? { fromLr: 0.1, toLr: 0.05, fromBatch: 64, toBatch: 64 } : null,
     },
     layers: {
       run: 'bench',
@@ -43,7 +45,19 @@ function syntheticStep(step: number, layers: number): { stats: StepStats; layers
   };
 }
 
-/** CPU ms per frame with steps arriving at `rate`/s for `seconds`. */
+/** Advice that alternates between an increase and a hold, so the panel's text changes. */
+function syntheticRecommendation(step: number, sequence: number): Recommendation {
+  const increase = sequence % 2 === 1;
+  return {
+    run: 'bench', step, sequence, action: increase ? 'increase' : 'hold', currentGlobalBatch: 64, recommendedGlobalBatch: increase ? 128 : 64,
+    microBatch: 16, accumulationSteps: increase ? 8 : 4, worldSize: 1, noiseScale: 140, interval: { low: 115, high: 180 }, targetBatch: 140,
+    objective: 'balanced', stepsFactor: increase ? 0.68 : 1, examplesFactor: increase ? 1.17 : 1,
+    lrHint: increase ? { currentLr: 0.1, suggestedLr: 0.141, rule: 'sqrt', note: 'A heuristic.' } : null,
+    confidence: 0.9, reason: `B_noise 140 [115, 180] ${increase ? 'has stayed above' : 'covers'} the batch 64.`, unixMs: Date.now(),
+  };
+}
+
+/** CPU ms per frame with steps arriving at `rate`/s for `seconds` (and a new recommendation every 2 s). */
 export async function measureRenderCost(rate = 20, seconds = 10, layers = 100) {
   const stats$ = new ReplaySubject<StepStats>(1);
   const layers$ = new ReplaySubject<LayerStats>(1);
@@ -51,9 +65,10 @@ export async function measureRenderCost(rate = 20, seconds = 10, layers = 100) {
     { run: 'bench', worldSize: 1, ranksConnected: 1, source: 'accumulation', mode: 'norms', layers: [], parameters: 1e6, datasetSize: null, every: 1, startedUnixMs: Date.now(), ended: false, optimizer: 'SGD', policy: {} },
   ]);
   const health$ = new ReplaySubject<Health>(1);
+  const recommendations$ = new ReplaySubject<Recommendation>(1);
   const terminal = new NullTerminal();
   // The same frame cap as updates, so every update is one frame at most.
-  const ink = renderDashboard({ stats$, layers$, runs$, health$ }, { maxFps: rate, keys: false, onFrame: terminal.onFrame, stdout: terminal as unknown as NodeJS.WriteStream });
+  const ink = renderDashboard({ stats$, layers$, runs$, health$, recommendations$ }, { maxFps: rate, keys: false, onFrame: terminal.onFrame, stdout: terminal as unknown as NodeJS.WriteStream });
   // Warm-up (JIT, first layout) before measuring.
   for (let step = 0; step < rate * 2; step++) {
     const s = syntheticStep(step - rate * 2, layers);
@@ -69,6 +84,7 @@ export async function measureRenderCost(rate = 20, seconds = 10, layers = 100) {
     const s = syntheticStep(step, layers);
     stats$.next(s.stats);
     layers$.next(s.layers);
+    if (step % (rate * 2) === 0) recommendations$.next(syntheticRecommendation(step, step / (rate * 2) + 1));
     if (step % rate === 0) {
       health$.next({ unixMs: Date.now(), ranksConnected: 1, messages: step * 5, bytes: step * 4000, refused: 0, stepsCompleted: step, stepsIncomplete: 0, droppedByHooks: 0, computeBackend: 'cpu' });
     }
