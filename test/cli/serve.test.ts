@@ -137,3 +137,18 @@ describe('noisescope serve', () => {
     expect(run.stderr()).toMatch(/refusing to listen on 0.0.0.0/);
   });
 });
+
+describe('noisescope demo --adaptive', () => {
+  it('passes --adaptive to the Python demo, whose training then runs at the recommended batch', async () => {
+    const demo = start(['demo', '--adaptive', '--json', '--', '--steps', '120', '--step-time', '0']);
+    expect(await demo.exit).toBe(0);
+    const events = demo.lines.map((l) => JSON.parse(l) as { type: string; step: number; [k: string]: unknown });
+    const advice = events.filter((e) => e.type === 'recommendation' && e.action === 'increase');
+    expect(advice.length).toBeGreaterThan(0);
+    const first = advice[0]!;
+    // The hook applies a change at a later step boundary: some later step has the recommended batch.
+    const later = events.filter((e) => e.type === 'step' && e.step > first.step).map((e) => e.globalBatch);
+    expect(later).toContain(first.recommendedGlobalBatch);
+    expect(first.recommendedGlobalBatch).not.toBe(first.currentGlobalBatch);
+  }, 120_000);
+});
