@@ -41,6 +41,10 @@ it('serve shows the live dashboard in an 80×24 terminal while a real model trai
   expect(screen).toContain('─ batch 64');
   expect(screen).toMatch(/0\.weight\s+\d/); // the layer table
   expect(screen).toContain('Scales: accumulation');
+  // The sidecar's own policy advised (the demo's B_simple ≈ 100–140 at a batch of 64), and the
+  // trade-off marks the advised row ("rec" for a change, "hold" on the current one).
+  expect(screen).toMatch(/Recommendation (▲ increase 64 → \d+|▼ decrease 64 → \d+|■ hold at 64) = /);
+  expect(screen).toMatch(/\d+\s+[\d.]+\s+[\d.]+ (rec|hold)/);
   for (const line of screen.split('\n')) expect([...line].length).toBeLessThanOrEqual(80);
   tmux('send-keys', '-t', session, 'q');
   await expect.poll(() => spawnSync('tmux', ['has-session', '-t', session]).status, { timeout: 10_000 }).not.toBe(0);
@@ -62,6 +66,7 @@ it('`dashboard --address` follows a `serve --no-dashboard` sidecar and shows whe
   expect(train.status, train.stderr).toBe(0);
   await expect.poll(dashboard, { timeout: 15_000 }).toContain('step 59');
   expect(dashboard()).toMatch(/B_simple \d+(\.\d+)? \[/);
+  expect(dashboard()).toMatch(/Recommendation (▲ increase|▼ decrease|■ hold) /); // over Watch too
   const plain = tmux('capture-pane', '-p', '-J', '-t', `${session}:0`);
   expect(plain).toMatch(/step 59\s+B 64 \(4 micro\)/); // the plain lines, unchanged
   tmux('send-keys', '-t', `${session}:0`, 'C-c');
