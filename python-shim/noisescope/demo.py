@@ -134,16 +134,19 @@ def train(
     log: Callable[[str], None] = print,
     step_time: float = 0.0,
     adaptive: Optional[AdaptiveAccumulation] = None,
+    after_step: Optional[Callable[[int, nn.Module], Optional[bool]]] = None,
 ) -> list[dict]:
     """Train for `steps` optimizer steps of `accumulation` micro-batches each.
 
     With `adaptive` (a noisescope helper) each step has `adaptive.steps`
-    micro-batches instead, read when the step begins; its changes are logged.
+    micro-batches instead, read when the step begins; with `log_every` its
+    changes are logged.
 
     `before_step(step, model)` runs after the step's last backward pass and
     before clipping and `optimizer.step()`: the parameters are those the step's
     gradient was taken at. `on_micro_batch(step, index, x, y)` runs after each
-    micro-batch's backward pass. `sampling` is "epoch" (a shuffling DataLoader,
+    micro-batch's backward pass. `after_step(step, model)` runs after
+    `optimizer.step()`; returning True ends the training. `sampling` is "epoch" (a shuffling DataLoader,
     as people train) or "subsets" (see `_fresh_subsets`). Returns one record per
     step (loss, accuracy, micro-batches)."""
     model.train()
@@ -182,7 +185,7 @@ def train(
         optimizer.step()
         n = accumulation * micro_batch
         history.append({"step": step, "loss": step_loss, "accuracy": step_correct / n, "micro_batches": accumulation})
-        if adaptive is not None and len(adaptive.history) > changes:
+        if adaptive is not None and log_every and len(adaptive.history) > changes:
             for change in adaptive.history[changes:]:
                 log(
                     f"adaptive: from step {change.step}: batch {change.previous_global_batch} → {change.global_batch} "
@@ -200,6 +203,8 @@ def train(
             left = step_time - (time.perf_counter() - t0)
             if left > 0:
                 time.sleep(left)
+        if after_step is not None and after_step(step, model):
+            break
     return history
 
 
