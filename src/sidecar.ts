@@ -2,6 +2,7 @@ import { filter, interval, map, share, shareReplay, startWith, withLatestFrom, t
 import { Ingest } from './ingest/ingest.js';
 import { DEFAULT_BATCH_POLICY, validateBatchPolicy } from './recommend/batch-policy.js';
 import { recommendBatchSize } from './recommend/recommend-batch-size.js';
+import { warnRunLogFailure, writeRunLog, type RunLogOptions } from './runlog/write-run-log.js';
 import { estimateNoiseScale } from './stats/estimate-noise-scale.js';
 import { DEFAULT_SMOOTHING, type SmoothingOptions } from './stats/run-estimator.js';
 import { validateSmoothingOptions } from './stats/smoothing-options.js';
@@ -19,6 +20,11 @@ export interface SidecarOptions {
   readonly policy?: Partial<BatchPolicy>;
   /** How often health$ emits; default 1000 ms. */
   readonly healthIntervalMs?: number;
+  /**
+   * Append every run to `<dir>/<run>.ndjson` (src/runlog/schema.ts); off when absent.
+   * Write errors never throw: each goes to onError (default: a process warning) and stops that run's log.
+   */
+  readonly runLog?: RunLogOptions;
 }
 
 export interface Sidecar {
@@ -90,6 +96,7 @@ export async function startSidecar(options: SidecarOptions = {}): Promise<Sideca
   );
   // Keep the pipeline running with no outside subscriber (Watch clients come and go).
   const keepAlive = [stats$.subscribe(), layers$.subscribe(), runs$.subscribe(), recommendations$.subscribe()];
+  const runLog = options.runLog ? writeRunLog({ runs$, stats$, layers$, recommendations$ }, { onError: warnRunLogFailure, ...options.runLog }) : null;
 
   const watch = new WatchService({ runs$, stats$, layers$, health$, recommendations$ });
   let bound;
@@ -99,6 +106,7 @@ export async function startSidecar(options: SidecarOptions = {}): Promise<Sideca
     watch.close();
     for (const s of keepAlive) s.unsubscribe();
     ingest.close();
+    await runLog?.close();
     throw error;
   }
   const { server, address, port, attach } = bound;
@@ -120,6 +128,7 @@ export async function startSidecar(options: SidecarOptions = {}): Promise<Sideca
         watch.close();
         await shutdownServer(server);
         for (const s of keepAlive) s.unsubscribe();
+        await runLog?.close(); // every queued line written
       })()),
   };
 }
