@@ -4,16 +4,18 @@ import { printSidecar } from './cli/print-sidecar.js';
 import { runDemo } from './cli/demo.js';
 import { policyFromFlags, portOption, SIDECAR_FLAGS, smoothingFromFlags, UsageError } from './cli/flags.js';
 import { DEFAULT_BATCH_POLICY } from './recommend/batch-policy.js';
+import { RUN_LOG_FLAGS, runLogFromFlags } from './runlog/run-log-flags.js';
 import { DEFAULT_PORT, startSidecar } from './sidecar.js';
 import { DEFAULT_SMOOTHING } from './stats/run-estimator.js';
 
 const USAGE = `noisescope — live gradient noise scale and batch-size advice for PyTorch training
 
 Usage:
-  noisescope serve [--host 127.0.0.1] [--port ${DEFAULT_PORT}] [--json] [--no-dashboard] [smoothing] [policy]
+  noisescope serve [--host 127.0.0.1] [--port ${DEFAULT_PORT}] [--json] [--no-dashboard] [--log-dir DIR | --no-log] [smoothing] [policy]
       Start the sidecar. In a terminal it shows the live dashboard (q quits, ? helps);
       otherwise, or with --no-dashboard, one line per measured step and per
-      recommendation (NDJSON with --json).
+      recommendation (NDJSON with --json). Each run is appended to DIR/<run>.ndjson
+      (default $NOISESCOPE_LOG_DIR, else $XDG_DATA_HOME/noisescope/runs or ~/.local/share/noisescope/runs).
     smoothing: [--beta ${DEFAULT_SMOOTHING.beta}] [--confidence ${DEFAULT_SMOOTHING.confidence}] [--temperature-tolerance ${DEFAULT_SMOOTHING.temperatureTolerance}]
       EMA decay; interval confidence; relative move of lr/B that restarts the smoothing (Infinity: never).
     policy (defaults for every run; a run's hook may override them):
@@ -45,20 +47,24 @@ const SERVE_OPTIONS = {
   json: { type: 'boolean', default: false },
   'no-dashboard': { type: 'boolean', default: false },
   ...SIDECAR_FLAGS,
+  ...RUN_LOG_FLAGS,
   help: { type: 'boolean', short: 'h', default: false },
 } as const;
 
 async function serve(args: string[]): Promise<void> {
   const { values } = parseArgs({ args, options: SERVE_OPTIONS, strict: true });
   if (values.help) return void process.stdout.write(USAGE);
+  const runLog = runLogFromFlags(values);
   const sidecar = await startSidecar({
     host: values.host ?? '127.0.0.1',
     port: portOption(values.port, DEFAULT_PORT),
     smoothing: smoothingFromFlags(values),
     policy: policyFromFlags(values),
+    ...(runLog ? { runLog } : {}),
   });
   const write = (line: string) => process.stdout.write(`${line}\n`);
   write(values.json ? JSON.stringify({ type: 'listening', address: sidecar.address }) : `noisescope listening on ${sidecar.address}`);
+  if (runLog) write(values.json ? JSON.stringify({ type: 'run-log', path: runLog.dir }) : `noisescope logging runs to ${runLog.dir}`);
   if (wantsDashboard(values)) {
     const { renderDashboard } = await import('../tui/render-dashboard.js');
     const ink = renderDashboard(sidecar, { address: `listening on ${sidecar.address}` });
