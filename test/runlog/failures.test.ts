@@ -1,22 +1,13 @@
 import { symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Subject } from 'rxjs';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { readRunLog } from '../../src/runlog/read-run-log.js';
 import { writeRunLog, type RunLogFailure } from '../../src/runlog/write-run-log.js';
 import type { RunInfo, StepStats } from '../../src/types.js';
-import { runInfo, stepStats, tempDir } from './fixtures.js';
+import { runInfo, stepStats, afterEachTest } from './fixtures.js';
 
-const cleanup: (() => Promise<unknown>)[] = [];
-afterEach(async () => {
-  for (const f of cleanup.splice(0).reverse()) await f();
-});
-
-async function scratch() {
-  const t = await tempDir();
-  cleanup.push(t.remove);
-  return t.dir;
-}
+const { scratch } = afterEachTest();
 
 function sources() {
   return { runs: new Subject<readonly RunInfo[]>(), stats: new Subject<StepStats>() };

@@ -3,6 +3,7 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { afterEach } from 'vitest';
 import type { LayerStats, Recommendation, RunInfo, StepStats } from '../../src/types.js';
 
 export function runInfo(run: string, overrides: Partial<RunInfo> = {}): RunInfo {
@@ -94,8 +95,18 @@ export function recommendation(run: string, step: number, overrides: Partial<Rec
   };
 }
 
-/** A fresh directory under the OS temp dir; `remove()` deletes it. */
-export async function tempDir(): Promise<{ dir: string; remove: () => Promise<void> }> {
-  const dir = await mkdtemp(join(tmpdir(), 'noisescope-runlog-'));
-  return { dir, remove: () => rm(dir, { recursive: true, force: true }) };
+/** Per test file: `later(f)` undoes after each test (last first); `scratch()` is a fresh temp directory, removed after. */
+export function afterEachTest() {
+  const undo: (() => unknown)[] = [];
+  afterEach(async () => {
+    for (const f of undo.splice(0).reverse()) await f();
+  });
+  return {
+    later: (f: () => unknown) => void undo.push(f),
+    scratch: async () => {
+      const dir = await mkdtemp(join(tmpdir(), 'noisescope-runlog-'));
+      undo.push(() => rm(dir, { recursive: true, force: true }));
+      return dir;
+    },
+  };
 }

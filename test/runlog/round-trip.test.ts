@@ -1,21 +1,17 @@
 import { appendFile, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Subject } from 'rxjs';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { readRunLog } from '../../src/runlog/read-run-log.js';
 import { runLogFileName } from '../../src/runlog/run-log-file-name.js';
 import { writeRunLog, type RunLogSources } from '../../src/runlog/write-run-log.js';
 import type { LayerStats, Recommendation, RunInfo, StepStats } from '../../src/types.js';
-import { layerStats, recommendation, runInfo, stepStats, tempDir } from './fixtures.js';
+import { layerStats, recommendation, runInfo, stepStats, afterEachTest } from './fixtures.js';
 
-const cleanup: (() => Promise<unknown>)[] = [];
-afterEach(async () => {
-  for (const f of cleanup.splice(0).reverse()) await f();
-});
+const { later, scratch } = afterEachTest();
 
 async function setup(options: { layersEvery?: number } = {}) {
-  const { dir, remove } = await tempDir();
-  cleanup.push(remove);
+  const dir = await scratch();
   const runs = new Subject<readonly RunInfo[]>();
   const stats = new Subject<StepStats>();
   const layers = new Subject<LayerStats>();
@@ -27,7 +23,7 @@ async function setup(options: { layersEvery?: number } = {}) {
     recommendations$: recommendations.asObservable(),
   };
   const writer = writeRunLog(sources, { dir, ...options });
-  cleanup.push(() => writer.close());
+  later(() => writer.close());
   return { dir, writer, runs, stats, layers, recommendations };
 }
 
@@ -139,8 +135,7 @@ describe('torn lines', () => {
   });
 
   it('a writer reopening a file with a torn last line starts on a new line', async () => {
-    const { dir, remove } = await tempDir();
-    cleanup.push(remove);
+    const dir = await scratch();
     const runs = new Subject<readonly RunInfo[]>();
     const stats = new Subject<StepStats>();
     const first = writeRunLog({ runs$: runs, stats$: stats }, { dir });
@@ -156,8 +151,7 @@ describe('torn lines', () => {
   });
 
   it('refuses a line that is JSON but not a record, naming the file and line', async () => {
-    const { dir, remove } = await tempDir();
-    cleanup.push(remove);
+    const dir = await scratch();
     const path = join(dir, 'odd.ndjson');
     const ok = JSON.stringify({ v: 1, type: 'step', unixMs: 1, stats: stepStats('odd', 0) });
     await writeFile(path, `${ok}\n{"v":1,"type":"shard","unixMs":1}\n`);

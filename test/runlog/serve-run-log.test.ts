@@ -3,25 +3,16 @@ import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { readRunLog } from '../../src/runlog/read-run-log.js';
 import { runLogFileName } from '../../src/runlog/run-log-file-name.js';
 import { accumulationStep, connect, hello, RankStream } from '../support/rank-client.js';
-import { tempDir } from './fixtures.js';
+import { afterEachTest } from './fixtures.js';
 
 // The built CLI, as a user runs it (npm test builds dist/ first).
 const CLI = join(import.meta.dirname, '..', '..', 'dist', 'src', 'cli.js');
 
-const cleanup: (() => unknown)[] = [];
-afterEach(async () => {
-  for (const f of cleanup.splice(0).reverse()) await f();
-});
-
-async function scratch() {
-  const t = await tempDir();
-  cleanup.push(t.remove);
-  return t.dir;
-}
+const { later, scratch } = afterEachTest();
 
 /** serve with its data directories pointed at `home`, so nothing reaches the real one. */
 function serve(args: string[], home: string, env: Record<string, string> = {}) {
@@ -29,7 +20,7 @@ function serve(args: string[], home: string, env: Record<string, string> = {}) {
   const child: ChildProcessWithoutNullStreams = spawn(process.execPath, [CLI, 'serve', '--port', '0', '--json', ...args], {
     env: { ...rest, HOME: home, CI: 'true', ...env },
   });
-  cleanup.push(() => child.kill('SIGTERM'));
+  later(() => child.kill('SIGTERM'));
   const lines: { type: string; [k: string]: unknown }[] = [];
   createInterface({ input: child.stdout }).on('line', (line) => lines.push(JSON.parse(line)));
   let stderr = '';

@@ -1,35 +1,31 @@
 // End to end: a real sidecar with a run log, a raw gRPC rank driving steps,
 // then the log read back from disk.
 import { readdir } from 'node:fs/promises';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { startSidecar, type Recommendation } from '../../src/index.js';
 import { readRunLog } from '../../src/runlog/read-run-log.js';
 import { runLogFileName } from '../../src/runlog/run-log-file-name.js';
 import { connect, RankStream } from '../support/rank-client.js';
 import { SyntheticRun } from '../support/synthetic-run.js';
-import { tempDir } from './fixtures.js';
+import { afterEachTest } from './fixtures.js';
 
-const cleanup: (() => unknown)[] = [];
-afterEach(async () => {
-  for (const f of cleanup.splice(0).reverse()) await f();
-});
+const { later, scratch } = afterEachTest();
 
 const STEPS = 30;
 
 describe('a sidecar with a run log', () => {
   it('logs the run, every step in order, each recommendation and the end, from real gRPC', async () => {
-    const { dir, remove } = await tempDir();
-    cleanup.push(remove);
+    const dir = await scratch();
     const sidecar = await startSidecar({ port: 0, policy: { window: 3 }, runLog: { dir } });
-    cleanup.push(() => sidecar.close());
+    later(() => sidecar.close());
     const made: Recommendation[] = [];
     const seen = sidecar.recommendations$.subscribe((r) => made.push(r));
-    cleanup.push(() => seen.unsubscribe());
+    later(() => seen.unsubscribe());
     let lastStep = -1;
     const steps = sidecar.stats$.subscribe((s) => (lastStep = s.step));
-    cleanup.push(() => steps.unsubscribe());
+    later(() => steps.unsubscribe());
     const client = connect(sidecar.address);
-    cleanup.push(() => client.close());
+    later(() => client.close());
 
     // B_simple far above the batch of 32: the advice is to increase it.
     const run = new SyntheticRun({ run: 'logged/run 1', bSimple: 400, microExamples: [[16, 16]], seed: 5 });
@@ -65,18 +61,17 @@ describe('a sidecar with a run log', () => {
   });
 
   it('writes nothing anywhere unless asked to, even with a log directory in the environment', async () => {
-    const { dir, remove } = await tempDir();
-    cleanup.push(remove);
+    const dir = await scratch();
     const saved = { ...process.env };
-    cleanup.push(() => (process.env = saved));
+    later(() => (process.env = saved));
     Object.assign(process.env, { NOISESCOPE_LOG_DIR: dir, XDG_DATA_HOME: dir, HOME: dir });
     const sidecar = await startSidecar({ port: 0 });
-    cleanup.push(() => sidecar.close());
+    later(() => sidecar.close());
     const client = connect(sidecar.address);
-    cleanup.push(() => client.close());
+    later(() => client.close());
     let stepped = false;
     const steps = sidecar.stats$.subscribe(() => (stepped = true));
-    cleanup.push(() => steps.unsubscribe());
+    later(() => steps.unsubscribe());
     const run = new SyntheticRun({ run: 'unlogged', bSimple: 40, microExamples: [[16, 16]], seed: 6 });
     const rank = new RankStream(client);
     rank.send(run.hello(0));

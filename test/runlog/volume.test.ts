@@ -1,22 +1,18 @@
 import { Subject } from 'rxjs';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { readRunLog } from '../../src/runlog/read-run-log.js';
 import { writeRunLog } from '../../src/runlog/write-run-log.js';
 import type { RunInfo, StepStats } from '../../src/types.js';
-import { runInfo, stepStats, tempDir } from './fixtures.js';
+import { runInfo, stepStats, afterEachTest } from './fixtures.js';
 
-const cleanup: (() => Promise<unknown>)[] = [];
-afterEach(async () => {
-  for (const f of cleanup.splice(0).reverse()) await f();
-});
+const { later, scratch } = afterEachTest();
 
 async function setup(maxBufferedBytes?: number) {
-  const { dir, remove } = await tempDir();
-  cleanup.push(remove);
+  const dir = await scratch();
   const runs = new Subject<readonly RunInfo[]>();
   const stats = new Subject<StepStats>();
   const writer = writeRunLog({ runs$: runs, stats$: stats }, { dir, ...(maxBufferedBytes ? { maxBufferedBytes } : {}) });
-  cleanup.push(() => writer.close());
+  later(() => writer.close());
   return { writer, runs, stats };
 }
 
