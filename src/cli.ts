@@ -27,7 +27,7 @@ Usage:
       [--monotone]                          only ever recommend larger batches
   noisescope dashboard [--address 127.0.0.1:${DEFAULT_PORT}] [--run NAME]
       Attach the dashboard to a running sidecar through its Watch stream.
-  noisescope demo [--port 0] [--json] [--no-dashboard] [--adaptive] [smoothing] [-- <python demo args>]
+  noisescope demo [--port 0] [--json] [--no-dashboard] [--adaptive] [--log-dir DIR | --no-log] [smoothing] [policy] [-- <python demo args>]
       Start a sidecar and train a small MLP on scikit-learn's digits through the hook;
       --adaptive lets the training apply each recommendation (gradient accumulation).
   noisescope bench accuracy
@@ -123,9 +123,8 @@ const DEMO_OPTIONS = {
   port: { type: 'string' },
   json: { type: 'boolean', default: false },
   'no-dashboard': { type: 'boolean', default: false },
-  beta: SIDECAR_FLAGS.beta,
-  confidence: SIDECAR_FLAGS.confidence,
-  'temperature-tolerance': SIDECAR_FLAGS['temperature-tolerance'],
+  ...SIDECAR_FLAGS,
+  ...RUN_LOG_FLAGS,
   adaptive: { type: 'boolean', default: false },
   help: { type: 'boolean', short: 'h', default: false },
 } as const;
@@ -142,6 +141,8 @@ async function demo(args: string[]): Promise<void> {
     json: values.json,
     dashboard: wantsDashboard(values),
     smoothing: smoothingFromFlags(values),
+    policy: policyFromFlags(values),
+    runLog: runLogFromFlags(values),
     pythonArgs,
   });
 }

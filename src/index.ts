@@ -28,3 +28,10 @@ export type {
   StepStats,
   TemperatureChange,
 } from './types.js';
+export { readRunLog, parseRunLog } from './runlog/read-run-log.js';
+export type { RunLog, TornLine } from './runlog/read-run-log.js';
+export { defaultRunLogDir } from './runlog/default-run-log-dir.js';
+export { writeRunLog } from './runlog/write-run-log.js';
+export type { RunLogFailure, RunLogOptions, RunLogSources, RunLogWriter } from './runlog/write-run-log.js';
+export { RUN_LOG_SCHEMA_VERSION } from './runlog/schema.js';
+export type { RunLogRecord, RunLogRecordType } from './runlog/schema.js';

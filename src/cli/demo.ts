@@ -8,7 +8,8 @@ import { formatSummary } from './format.js';
 import { printSidecar } from './print-sidecar.js';
 import { Subject } from 'rxjs';
 import type { Sidecar } from '../sidecar.js';
-import type { StepStats } from '../types.js';
+import type { RunLogOptions } from '../runlog/write-run-log.js';
+import type { BatchPolicy, StepStats } from '../types.js';
 
 export interface DemoOptions {
   readonly port: number;
@@ -16,6 +17,9 @@ export interface DemoOptions {
   /** Show the Ink dashboard (a TTY); training output then goes to its last line, not the terminal. */
   readonly dashboard?: boolean;
   readonly smoothing: Partial<SmoothingOptions>;
+  readonly policy?: Partial<BatchPolicy>;
+  /** Where the run's NDJSON log goes; null or absent: no log. */
+  readonly runLog?: RunLogOptions | null;
   readonly pythonArgs: readonly string[];
 }
 
@@ -27,10 +31,18 @@ function findPython(): string {
 
 /** Starts a sidecar, trains the demo model through the hook, prints the live estimate. */
 export async function runDemo(options: DemoOptions): Promise<number> {
-  const sidecar = await startSidecar({ port: options.port, smoothing: options.smoothing });
+  const sidecar = await startSidecar({
+    port: options.port,
+    smoothing: options.smoothing,
+    ...(options.policy ? { policy: options.policy } : {}),
+    ...(options.runLog ? { runLog: options.runLog } : {}),
+  });
   if (options.dashboard) return runDemoDashboard(sidecar, options);
   const write = (line: string) => process.stdout.write(`${line}\n`);
   write(options.json ? JSON.stringify({ type: 'listening', address: sidecar.address }) : `noisescope listening on ${sidecar.address}`);
+  if (options.runLog) {
+    write(options.json ? JSON.stringify({ type: 'run-log', path: options.runLog.dir }) : `noisescope logging runs to ${options.runLog.dir}`);
+  }
   const printing = printSidecar(sidecar, options.json, write);
   let last: StepStats | null = null;
   const keepLast = sidecar.stats$.subscribe((s) => (last = s));

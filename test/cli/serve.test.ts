@@ -1,5 +1,7 @@
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { createInterface } from 'node:readline';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { recommendationFromWire } from '../../src/remote/from-wire.js';
@@ -9,13 +11,15 @@ import { SyntheticRun } from '../support/synthetic-run.js';
 // The built CLI, as a user runs it (npm test builds dist/ first).
 const CLI = join(import.meta.dirname, '..', '..', 'dist', 'src', 'cli.js');
 
+const LOG_DIR = mkdtempSync(join(tmpdir(), 'noisescope-cli-test-'));
 const running: ChildProcessWithoutNullStreams[] = [];
 afterEach(() => {
   for (const child of running.splice(0)) child.kill('SIGTERM');
 });
 
 function start(args: string[]) {
-  const child = spawn(process.execPath, [CLI, ...args]);
+  // serve and demo log every run by default: into a scratch directory here, never the user's.
+  const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, NOISESCOPE_LOG_DIR: LOG_DIR } });
   running.push(child);
   const lines: string[] = [];
   createInterface({ input: child.stdout }).on('line', (line) => lines.push(line));
@@ -80,7 +84,8 @@ describe('noisescope serve', () => {
     [['serve', '--window', ''], /--window must be a whole number ≥ 1, got ''/],
     [['serve', '--min-batch', '256', '--max-batch', '64'], /--max-batch 64 is below --min-batch 256: no batch satisfies both/],
     [['serve', '--monotone=yes'], /--monotone/],
-    [['demo', '--window', '3'], /Unknown option '--window'/],
+    [['demo', '--host', '0.0.0.0'], /Unknown option '--host'/],
+    [['demo', '--window', '0'], /--window must be a whole number ≥ 1, got '0'/],
     [['serve', '--bogus'], /Unknown option '--bogus'/],
     [['frobnicate'], /unknown command 'frobnicate'/],
   ])('rejects %j with a clear message and exit code 2, before listening', async (args, message) => {

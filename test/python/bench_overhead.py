@@ -38,7 +38,7 @@ class QuietSidecar:
             port = sock.getsockname()[1]
         self.address = f"127.0.0.1:{port}"
         self.proc = subprocess.Popen(
-            ["node", str(ROOT / "dist" / "src" / "cli.js"), "serve", "--port", str(port), "--json"],
+            ["node", str(ROOT / "dist" / "src" / "cli.js"), "serve", "--port", str(port), "--json", "--no-log"],
             stdout=subprocess.DEVNULL,
             cwd=ROOT,
         )

@@ -26,7 +26,9 @@ class Sidecar:
         if not CLI.exists():
             raise RuntimeError(f"{CLI} is missing: run `npm run build` (npm test does)")
         self.proc = subprocess.Popen(
-            ["node", str(CLI), "serve", "--host", "127.0.0.1", "--port", "0", "--json", *args],
+            # No run log unless a test asks for one: tests never write to the user's data directory.
+            ["node", str(CLI), "serve", "--host", "127.0.0.1", "--port", "0", "--json",
+             *(() if "--log-dir" in args else ("--no-log",)), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -27,7 +27,7 @@ afterEach(() => {
 it('serve shows the live dashboard in an 80×24 terminal while a real model trains', async () => {
   requireSetUp();
   const port = 20000 + (process.pid % 20000);
-  tmux('new-session', '-d', '-s', session, '-x', '80', '-y', '24', `${NODE} ${CLI} serve --port ${port}`);
+  tmux('new-session', '-d', '-s', session, '-x', '80', '-y', '24', `${NODE} ${CLI} serve --port ${port} --no-log`);
   await expect.poll(capture, { timeout: 15_000 }).toContain('no run yet');
   const train = spawnSync(PYTHON, ['-m', 'noisescope.demo', '--address', `127.0.0.1:${port}`, '--steps', '120', '--step-time', '0'], {
     encoding: 'utf8',
@@ -54,7 +54,7 @@ it('`dashboard --address` follows a `serve --no-dashboard` sidecar and shows whe
   requireSetUp();
   const port = 20000 + ((process.pid + 7) % 20000);
   // Both in one tmux session: the sidecar in a TTY still prints plain lines with --no-dashboard.
-  tmux('new-session', '-d', '-s', session, '-x', '80', '-y', '24', `${NODE} ${CLI} serve --port ${port} --no-dashboard`);
+  tmux('new-session', '-d', '-s', session, '-x', '80', '-y', '24', `${NODE} ${CLI} serve --port ${port} --no-dashboard --no-log`);
   await expect.poll(capture, { timeout: 15_000 }).toContain(`noisescope listening on 127.0.0.1:${port}`);
   tmux('new-window', '-t', session, `${NODE} ${CLI} dashboard --address 127.0.0.1:${port}`);
   const dashboard = () => tmux('capture-pane', '-p', '-t', `${session}:1`);
