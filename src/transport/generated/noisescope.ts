@@ -16,6 +16,7 @@ import type { LayerEstimate as _noisescope_v1_LayerEstimate, LayerEstimate__Outp
 import type { LayerStats as _noisescope_v1_LayerStats, LayerStats__Output as _noisescope_v1_LayerStats__Output } from './noisescope/v1/LayerStats.js';
 import type { LearningRateHint as _noisescope_v1_LearningRateHint, LearningRateHint__Output as _noisescope_v1_LearningRateHint__Output } from './noisescope/v1/LearningRateHint.js';
 import type { NoiseScopeClient as _noisescope_v1_NoiseScopeClient, NoiseScopeDefinition as _noisescope_v1_NoiseScopeDefinition } from './noisescope/v1/NoiseScope.js';
+import type { PerExampleSqNorms as _noisescope_v1_PerExampleSqNorms, PerExampleSqNorms__Output as _noisescope_v1_PerExampleSqNorms__Output } from './noisescope/v1/PerExampleSqNorms.js';
 import type { RankMessage as _noisescope_v1_RankMessage, RankMessage__Output as _noisescope_v1_RankMessage__Output } from './noisescope/v1/RankMessage.js';
 import type { Recommendation as _noisescope_v1_Recommendation, Recommendation__Output as _noisescope_v1_Recommendation__Output } from './noisescope/v1/Recommendation.js';
 import type { Refusal as _noisescope_v1_Refusal, Refusal__Output as _noisescope_v1_Refusal__Output } from './noisescope/v1/Refusal.js';
@@ -56,6 +57,7 @@ export interface ProtoGrpcType {
       Mode: EnumTypeDefinition
       NoiseScope: SubtypeConstructor<typeof grpc.Client, _noisescope_v1_NoiseScopeClient> & { service: _noisescope_v1_NoiseScopeDefinition }
       Objective: EnumTypeDefinition
+      PerExampleSqNorms: MessageTypeDefinition<_noisescope_v1_PerExampleSqNorms, _noisescope_v1_PerExampleSqNorms__Output>
       ProtocolVersion: EnumTypeDefinition
       RankMessage: MessageTypeDefinition<_noisescope_v1_RankMessage, _noisescope_v1_RankMessage__Output>
       Recommendation: MessageTypeDefinition<_noisescope_v1_Recommendation, _noisescope_v1_Recommendation__Output>

@@ -1,5 +1,6 @@
 // Original file: proto/noisescope/v1/noisescope.proto
 
+import type { PerExampleSqNorms as _noisescope_v1_PerExampleSqNorms, PerExampleSqNorms__Output as _noisescope_v1_PerExampleSqNorms__Output } from '../../noisescope/v1/PerExampleSqNorms.js';
 import type { SquaredNorms as _noisescope_v1_SquaredNorms, SquaredNorms__Output as _noisescope_v1_SquaredNorms__Output } from '../../noisescope/v1/SquaredNorms.js';
 import type { DenseChunk as _noisescope_v1_DenseChunk, DenseChunk__Output as _noisescope_v1_DenseChunk__Output } from '../../noisescope/v1/DenseChunk.js';
 import type { Sketch as _noisescope_v1_Sketch, Sketch__Output as _noisescope_v1_Sketch__Output } from '../../noisescope/v1/Sketch.js';
@@ -10,6 +11,7 @@ export interface GradientShard {
   'microBatch'?: (number);
   'examples'?: (number);
   'layer'?: (number);
+  'perExample'?: (_noisescope_v1_PerExampleSqNorms | null);
   'sqNorms'?: (_noisescope_v1_SquaredNorms | null);
   'dense'?: (_noisescope_v1_DenseChunk | null);
   'sketch'?: (_noisescope_v1_Sketch | null);
@@ -21,6 +23,7 @@ export interface GradientShard__Output {
   'microBatch': (number);
   'examples': (number);
   'layer': (number);
+  'perExample': (_noisescope_v1_PerExampleSqNorms__Output | null);
   'sqNorms'?: (_noisescope_v1_SquaredNorms__Output | null);
   'dense'?: (_noisescope_v1_DenseChunk__Output | null);
   'sketch'?: (_noisescope_v1_Sketch__Output | null);

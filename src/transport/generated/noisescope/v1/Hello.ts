@@ -22,6 +22,7 @@ export interface Hello {
   'session'?: (string);
   'optimizer'?: (string);
   'policy'?: (_noisescope_v1_BatchPolicy | null);
+  'uncoveredLayers'?: (_noisescope_v1_Layer)[];
 }
 
 export interface Hello__Output {
@@ -40,4 +41,5 @@ export interface Hello__Output {
   'session': (string);
   'optimizer': (string);
   'policy': (_noisescope_v1_BatchPolicy__Output | null);
+  'uncoveredLayers': (_noisescope_v1_Layer__Output)[];
 }

@@ -20,6 +20,7 @@ export interface RunInfo {
   'every'?: (number);
   'optimizer'?: (string);
   'policy'?: (_noisescope_v1_BatchPolicy | null);
+  'uncoveredLayers'?: (_noisescope_v1_Layer)[];
 }
 
 export interface RunInfo__Output {
@@ -36,4 +37,5 @@ export interface RunInfo__Output {
   'every': (number);
   'optimizer': (string);
   'policy': (_noisescope_v1_BatchPolicy__Output | null);
+  'uncoveredLayers': (_noisescope_v1_Layer__Output)[];
 }
