@@ -11,6 +11,13 @@ import { tradeOff } from './trade-off.js';
 
 const UNBOUNDED: Interval = Object.freeze({ low: 0, high: Number.POSITIVE_INFINITY });
 
+/**
+ * An unapplied change is revised (re-emitted with a new target) only when the
+ * target moved by at least this ratio: otherwise a drifting estimate would
+ * re-announce the change at every multiple of the granularity it crosses.
+ */
+export const REVISION_RATIO = 1.25;
+
 /** One decision, before it becomes a numbered Recommendation. */
 type Decision = Omit<Recommendation, 'run' | 'step' | 'sequence' | 'unixMs'>;
 
@@ -26,6 +33,7 @@ export class RunPolicy {
   private readonly evidence = new EvidenceStreak();
   private sequence = 0;
   private lastKey: string | null = null;
+  private lastChange: { action: RecommendationAction; current: number; recommended: number } | null = null;
 
   constructor(
     private readonly defaults: BatchPolicy,
@@ -52,12 +60,25 @@ export class RunPolicy {
     const steps = this.evidence.observe(stats, direction);
     if (!estimate || !direction || steps < policy.window) return null;
     const decision = this.decide(estimate, direction, steps, facts, policy, stats.lr, run.optimizer);
+    if (this.isMinorRevision(decision)) return null;
     return this.emit(`${decision.action}|${decision.recommendedGlobalBatch}|${decision.currentGlobalBatch}`, stats, decision);
+  }
+
+  /** The same unapplied change with a target that moved by less than REVISION_RATIO. */
+  private isMinorRevision(d: Decision): boolean {
+    const last = this.lastChange;
+    if (!last || d.action === 'hold' || d.action !== last.action || d.currentGlobalBatch !== last.current) return false;
+    const ratio = d.recommendedGlobalBatch / last.recommended;
+    return Math.max(ratio, 1 / ratio) < REVISION_RATIO;
   }
 
   private emit(key: string, stats: StepStats, decision: Decision): Recommendation | null {
     if (key === this.lastKey) return null;
     this.lastKey = key;
+    this.lastChange =
+      decision.action === 'hold'
+        ? null
+        : { action: decision.action, current: decision.currentGlobalBatch, recommended: decision.recommendedGlobalBatch };
     return { run: stats.run, step: stats.step, sequence: ++this.sequence, ...decision, unixMs: this.now() };
   }
 

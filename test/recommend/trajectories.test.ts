@@ -1,4 +1,6 @@
 import { describe, expect, it } from 'vitest';
+import { DEFAULT_BATCH_POLICY } from '../../src/recommend/batch-policy.js';
+import { REVISION_RATIO } from '../../src/recommend/run-policy.js';
 import { ScriptedRun, estimate, runInfo, seededNormals } from './fixtures.js';
 
 // Scripted noise-scale trajectories through one run's policy (default policy: knee, 2× per change, window 10),
@@ -135,5 +137,23 @@ describe('bounded runs', () => {
     r.follow(10, () => 200);
     expect(r.recommendations[0]).toMatchObject({ action: 'decrease', recommendedGlobalBatch: 64, targetBatch: 50, objective: 'compute', noiseScale: 200 });
     expect(r.recommendations[0]!.reason).toMatch(/^0\.25 × B_simple ≈ 50 \(compute objective; B_simple interval \d+–\d+\) has stayed below the current batch 128/);
+  });
+});
+
+describe('an unapplied change while the estimate drifts', () => {
+  it('is revised only when its target moves by 25% or more, not at every multiple of the granularity', () => {
+    // Micro-batch 4 on one rank: the granularity is 4, so a target drifting from 100 to 140 crosses ten multiples.
+    const r = new ScriptedRun(runInfo(), { microBatch: 4, accumulationSteps: 20 }, false, { ...DEFAULT_BATCH_POLICY, maxFactor: 4 });
+    r.follow(200, (i) => 100 + (40 * i) / 199);
+    const changes = r.recommendations.filter((x) => x.action === 'increase');
+    expect(changes.length).toBeGreaterThanOrEqual(1);
+    expect(changes.length).toBeLessThanOrEqual(2);
+    for (const [i, c] of changes.entries()) {
+      expect(c.currentGlobalBatch).toBe(80);
+      if (i > 0) expect(c.recommendedGlobalBatch / changes[i - 1]!.recommendedGlobalBatch).toBeGreaterThanOrEqual(REVISION_RATIO);
+    }
+    // Without the revision threshold every crossing would be a new recommendation.
+    const targets = new Set(r.recommendations.map((x) => Math.round(x.targetBatch / 4)));
+    expect(targets.size).toBeLessThan(10);
   });
 });
