@@ -4,6 +4,7 @@ import { NoiseScopeError } from '../errors.js';
 import type { Ingest } from '../ingest/ingest.js';
 import type { Recommendation } from '../types.js';
 import { AttachService } from './attach-service.js';
+import { createWindowedServer, DEFAULT_FLOW_CONTROL_WINDOW } from './flow-control.js';
 import type { NoiseScopeHandlers } from './generated/noisescope/v1/NoiseScope.js';
 import { loadProto } from './proto.js';
 import type { WatchService } from './watch-service.js';
@@ -19,15 +20,21 @@ export interface BoundServer {
   readonly address: string;
   readonly port: number;
   readonly attach: AttachService;
+  /** The HTTP/2 receive window (stream and connection) applied to this listener; null: Node's 64 KiB defaults. */
+  readonly flowControlWindow: number | null;
 }
 
-/** Binds the NoiseScope service; loopback only until tokens exist. Ranks get `recommendations$` of their run. */
+/**
+ * Binds the NoiseScope service; loopback only until tokens exist. Ranks get `recommendations$` of their run.
+ * The receive window is enlarged (see flow-control.ts) so 1–4 MiB dense shards are not throttled to 64 KiB round trips.
+ */
 export async function bindServer(
   host: string,
   port: number,
   ingest: Ingest,
   watch: WatchService,
   recommendations$: Observable<Recommendation>,
+  window: number | null = DEFAULT_FLOW_CONTROL_WINDOW,
 ): Promise<BoundServer> {
   if (!isLoopback(host)) {
     throw new NoiseScopeError(
@@ -36,7 +43,8 @@ export async function bindServer(
         'Bind 127.0.0.1 (the default) and reach it over an SSH tunnel until token authentication lands.',
     );
   }
-  const server = new grpc.Server();
+  const windowed = createWindowedServer(window);
+  const server = windowed.server;
   const attach = new AttachService(ingest, recommendations$);
   const handlers: NoiseScopeHandlers = { Attach: attach.handler, Watch: watch.handler };
   server.addService(loadProto().noisescope.v1.NoiseScope.service, handlers);
@@ -51,7 +59,9 @@ export async function bindServer(
     throw error;
   }
   const shownHost = target.slice(0, target.lastIndexOf(':'));
-  return { server, port: bound, address: `${shownHost}:${bound}`, attach };
+  // Zero configured listeners means a grpc-js upgrade bypassed the hook: say so rather than claim the window.
+  const flowControlWindow = windowed.configuredListeners() > 0 ? window : null;
+  return { server, port: bound, address: `${shownHost}:${bound}`, attach, flowControlWindow };
 }
 
 /** Graceful shutdown, forced after `graceMs`. */
