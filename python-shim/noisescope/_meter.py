@@ -19,13 +19,16 @@ import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from ._guard import Guard
+
+if TYPE_CHECKING:
+    from ._per_example import PerExample
 
 logger = logging.getLogger("noisescope")
 
@@ -60,6 +63,7 @@ class PendingStep:
     lr: float
     unix_ms: float
     skip_reason: str = ""  # set: a skipped step, `values` unused
+    per_example: bool = False  # `values` ends with k·L per-example sums ([micro-batch][layer])
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,8 @@ class StepRecord:
     unix_ms: float
     skipped: bool = False
     skip_reason: str = ""
+    # [micro-batch][layer]: Σ over the micro-batch's examples of |example's contribution|²; () if none.
+    per_example_sums: tuple[tuple[float, ...], ...] = ()
 
 
 def finish(pending: PendingStep, layers: Sequence[LayerInfo]) -> StepRecord:
@@ -94,7 +100,12 @@ def finish(pending: PendingStep, layers: Sequence[LayerInfo]) -> StepRecord:
     k, n_layers = pending.micro_batches, len(layers)
     flat: list[float] = pending.values.tolist() if isinstance(pending.values, torch.Tensor) else pending.values
     micro = tuple(tuple(flat[j * n_layers : (j + 1) * n_layers]) for j in range(k))
-    accumulated = tuple(flat[k * n_layers :])
+    accumulated = tuple(flat[k * n_layers : (k + 1) * n_layers])
+    per_example = tuple(
+        tuple(flat[(k + 1 + j) * n_layers : (k + 2 + j) * n_layers]) for j in range(k if pending.per_example else 0)
+    )
+    if not all(math.isfinite(v) for row in per_example for v in row):
+        per_example = ()  # an overflow that did not reach the norms; the step keeps its other figures
     examples = tuple(pending.micro_examples or ())
     skip_reason = ""
     for i in range(n_layers):
@@ -112,6 +123,7 @@ def finish(pending: PendingStep, layers: Sequence[LayerInfo]) -> StepRecord:
         unix_ms=pending.unix_ms,
         skipped=bool(skip_reason),
         skip_reason=skip_reason,
+        per_example_sums=per_example if not skip_reason else (),
     )
 
 
@@ -249,6 +261,8 @@ class Meter:
         world_size: int,
         guard: Guard,
         submit: Callable[[PendingStep], None],
+        per_example: PerExample | None = None,
+        names: Sequence[str] = (),
     ) -> None:
         self._model = model
         self._optimizer = optimizer
@@ -257,6 +271,8 @@ class Meter:
         self._world_size = world_size
         self._guard = guard
         self._submit = submit
+        self._per_example = per_example  # None: micro-batches and ranks are the only batch scales
+        self._names = list(names)
         self._handles: list[RemovableHandle] = []  # per-step hooks: gradients and forward
         self._step_handle: RemovableHandle | None = None
         self._grad_hooks: list[Callable[[torch.Tensor], None]] = []
@@ -304,11 +320,15 @@ class Meter:
                     self._hook_dicts_created.append(param)
                 self._handles.append(param.register_hook(hook))
             self._handles.append(self._model.register_forward_pre_hook(self._forward_hook, with_kwargs=True))
+            if self._per_example is not None:
+                self._per_example.arm()
         except Exception:
             self._disarm()
             raise
 
     def _disarm(self) -> None:
+        if self._per_example is not None:
+            self._per_example.disarm()
         for handle in reversed(self._handles):
             handle.remove()
         self._handles.clear()
@@ -435,6 +455,8 @@ class Meter:
         )
         fresh = _StepBuffer()
         fresh.examples = stale.examples[len(stale.sq_norms) :]
+        if self._per_example is not None:
+            self._per_example.restart(len(stale.sq_norms))
         self._buffer = fresh
         return fresh
 
@@ -445,6 +467,8 @@ class Meter:
                 buffer = self._buffer
                 if examples is not None and buffer is not None:
                     buffer.examples.append(examples)
+                if self._per_example is not None:
+                    self._per_example.begin_forward(examples)
             except Exception as error:
                 self._guard.trip("the forward pre-hook", error)
         return None
@@ -478,6 +502,8 @@ class Meter:
         elif not measuring and self._handles:
             self._disarm()
         self._buffer = _StepBuffer() if measuring else None
+        if self._per_example is not None:
+            self._per_example.begin_step(measuring)
         self._measuring = measuring
 
     def _close(self, step: int, buffer: _StepBuffer) -> None:
@@ -492,19 +518,20 @@ class Meter:
                 step,
             )
             return
-        if k == 1 and self._world_size == 1:
+        if k == 1 and self._world_size == 1 and self._per_example is None:
             self._warn_once(
                 "one-scale",
                 logging.WARNING,
-                "noisescope: each optimizer step here is one micro-batch on one process, so there is no "
-                "second batch size to compare and no noise-scale estimate (the sidecar reports 'no "
-                "estimate' too). Gradient accumulation (several backward() calls per optimizer.step()) "
-                "or DDP gives one; per-example mode will, once it lands.",
+                "noisescope: each optimizer step here is one micro-batch on one process and the per-example "
+                "source is off (see the source line logged at watch()), so there is no second batch size to "
+                "compare and no noise-scale estimate (the sidecar reports 'no estimate' too). Gradient "
+                "accumulation (several backward() calls per optimizer.step()) or DDP gives one.",
             )
         expected, self._micro_batches = self._micro_batches, k
         self.steps_measured += 1
         values: torch.Tensor | list[float] = []
         ready = None
+        per_example = None
         skip_reason = ""
         accumulated = buffer.accumulated
         if buffer.accumulated_at != k - 1 or accumulated is None:
@@ -526,6 +553,9 @@ class Meter:
             )
         else:
             entries = [*(t for row in buffer.sq_norms for t in row), *accumulated]
+            per_example = self._per_example.take(buffer.sq_norms, self._names) if self._per_example else None
+            if per_example is not None:
+                entries.extend(t for row in per_example for t in row)
             if all(t is None or type(t) is float for t in entries):
                 values = [0.0 if t is None else t for t in entries]
             else:
@@ -540,6 +570,7 @@ class Meter:
                 lr=_learning_rate(self._optimizer),
                 unix_ms=unix_ms,
                 skip_reason=skip_reason,
+                per_example=per_example is not None,
             )
         )
 

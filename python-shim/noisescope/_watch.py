@@ -35,6 +35,7 @@ LATER_MODES = {
     "sketch": "sketched gradient shards",
     "auto": "automatic mode selection",
 }
+SOURCES = ("auto", "accumulation", "per-example")
 EXIT_FLUSH_S = 1.0  # at interpreter exit: a short, bounded flush
 RUN_NAME_LIMIT = 1024  # the sidecar's limit
 
@@ -62,6 +63,7 @@ def watch(
     dataset_size: int | None = None,
     mode: str = "norms",
     policy: BatchPolicy | None = None,
+    source: str = "auto",
     enabled: bool = True,
 ) -> Watch:
     """Streams gradient-noise measurements of `model`'s training to the noisescope sidecar.
@@ -82,6 +84,13 @@ def watch(
         mode: "norms" (per-layer squared norms); "dense" and "sketch" come later.
         policy: this run's bounds for batch-size recommendations (a `BatchPolicy`); None
             leaves every field to the sidecar's defaults.
+        source: where the second batch scale comes from. "accumulation": micro-batches of
+            gradient accumulation and DDP ranks only. "per-example": also per-example gradient
+            norms from module hooks (Linear, Conv1d/2d, Embedding, LayerNorm, RMSNorm), against
+            the micro-batch, so one micro-batch on one device gets an estimate; parameters of
+            other modules are left out of the estimate (listed in the log and to the sidecar).
+            "auto" (default): "per-example" on one process when it covers some parameter and
+            no BatchNorm mixes the examples; otherwise "accumulation". The log says which.
         enabled: False returns an inert handle, so one flag turns noisescope off.
 
     Returns:
@@ -124,6 +133,10 @@ def watch(
         raise TypeError(f"noisescope.watch: run must be a non-empty str or None, got {run!r}")
     if run is not None and len(run) > RUN_NAME_LIMIT:
         raise ValueError(f"noisescope.watch: run name is longer than {RUN_NAME_LIMIT} characters")
+    if not isinstance(source, str):
+        raise TypeError(f"noisescope.watch: source must be a str, got {type(source).__name__}")
+    if source not in SOURCES:
+        raise ValueError(f"noisescope.watch: unknown source {source!r}; expected one of {', '.join(map(repr, SOURCES))}")
     if policy is not None and not isinstance(policy, BatchPolicy):
         raise TypeError(f"noisescope.watch: policy must be a noisescope.BatchPolicy or None, got {type(policy).__name__}")
     if enabled and model in _watched:
@@ -133,7 +146,7 @@ def watch(
     run = run or os.environ.get("NOISESCOPE_RUN") or _default_run_name(world_size)
     handle = Watch(address=address, run=run, policy=policy, world_size=world_size, optimizer=optimizer)
     if enabled:
-        handle._start(model, optimizer, every=every, dataset_size=dataset_size or 0, rank=rank)
+        handle._start(model, optimizer, every=every, dataset_size=dataset_size or 0, rank=rank, source=source)
     return handle
 
 
@@ -175,6 +188,7 @@ class Watch:
         every: int,
         dataset_size: int,
         rank: int,
+        source: str = "auto",
     ) -> None:
         import torch
 
@@ -183,7 +197,8 @@ class Watch:
             raise ValueError("noisescope.watch: the model has no parameters that require gradients")
         try:
             from . import _wire
-            from ._meter import Meter
+            from ._meter import Meter, _Hook
+            from ._per_example import PerExample
             from ._sender import Sender
         except Exception as error:  # e.g. generated code and protobuf/grpcio versions disagree
             logger.warning(
@@ -195,6 +210,20 @@ class Watch:
             return
         if not {id(p) for group in optimizer.param_groups for p in group["params"]} & {id(p) for p in params}:
             logger.warning("noisescope: the optimizer holds none of the model's parameters; is it the right one?")
+        per_example = None
+        uncovered: list[Any] = []
+        chosen = _choose_source(source, model, params, layers, self._world_size)
+        if chosen is not None:
+            cover = chosen
+            uncovered = [layers[i] for i in sorted(cover.uncovered)]
+            position = {old: new for new, old in enumerate(cover.covered)}
+            params = [params[i] for i in cover.covered]
+            layers = [layers[i] for i in cover.covered]
+            modules = {
+                m: (position.get(w) if w is not None else None, position.get(b) if b is not None else None)  # type: ignore[arg-type]
+                for m, (w, b) in cover.modules.items()
+            }
+            per_example = PerExample(modules, len(params), self._guard, _Hook)
         info = _wire.RankInfo(
             run=self._run,
             rank=rank,
@@ -207,10 +236,20 @@ class Watch:
             session=uuid.uuid4().hex,
             optimizer=type(optimizer).__name__,
             policy=self._policy,
+            uncovered_layers=uncovered,
+            per_example=per_example is not None,
         )
         sender = Sender(address=self._address, info=info, guard=self._guard, on_recommendation=self._on_recommendation)
         meter = Meter(
-            model, optimizer, params, every=every, world_size=self._world_size, guard=self._guard, submit=sender.submit
+            model,
+            optimizer,
+            params,
+            every=every,
+            world_size=self._world_size,
+            guard=self._guard,
+            submit=sender.submit,
+            per_example=per_example,
+            names=[layer.name for layer in layers],
         )
         try:
             meter.attach()
@@ -414,6 +453,56 @@ def _layers(model: torch.nn.Module) -> tuple[list[torch.nn.Parameter], list[Any]
         params.append(param)
         layers.append(LayerInfo(name=name, numel=param.numel(), kind=kinds.get(id(param), "")))
     return params, layers
+
+
+def _choose_source(source: str, model: torch.nn.Module, params: list[Any], layers: list[Any], world_size: int) -> Any:
+    """The per-example Coverage if that source is on, else None; logs the choice once, with the reason."""
+    from ._per_example import coverage
+
+    if source == "accumulation":
+        logger.info("noisescope: batch-scale source: gradient-accumulation micro-batches and ranks (source='accumulation')")
+        return None
+    if source == "auto" and world_size > 1:
+        logger.info(
+            "noisescope: batch-scale source: ranks (and accumulation micro-batches), world size %d; "
+            "pass source='per-example' to add per-example norms",
+            world_size,
+        )
+        return None
+    cover = coverage(model, params)
+    total = sum(layer.numel for layer in layers)
+    covered = sum(layers[i].numel for i in cover.covered)
+    not_covered = ", ".join(f"{layers[i].name} ({why})" for i, why in sorted(cover.uncovered.items())) or "none"
+    if not cover.covered:
+        logger.warning(
+            "noisescope: the per-example source covers none of this model's parameters (it knows Linear, Conv1d/2d, "
+            "Embedding, LayerNorm, RMSNorm; not covered: %s); using accumulation micro-batches and ranks only",
+            not_covered,
+        )
+        return None
+    if cover.coupling:
+        if source == "auto":
+            logger.warning(
+                "noisescope: %s mixes examples in training (batch statistics), so per-example gradients are not "
+                "independent; the per-example source is off (source='per-example' forces it, biased); using "
+                "accumulation micro-batches and ranks only",
+                ", ".join(cover.coupling),
+            )
+            return None
+        logger.warning(
+            "noisescope: source='per-example' with %s, which mixes examples: the per-example contributions are "
+            "not independent and the estimate is biased",
+            ", ".join(cover.coupling),
+        )
+    logger.info(
+        "noisescope: batch-scale source: per-example gradient norms (and accumulation micro-batches and ranks when "
+        "a step has them), covering %d of %d parameters (%.1f%%); left out of the estimate: %s",
+        covered,
+        total,
+        100.0 * covered / total,
+        not_covered,
+    )
+    return cover
 
 
 def _rank_and_world_size() -> tuple[int, int]:

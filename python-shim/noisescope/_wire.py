@@ -26,6 +26,9 @@ class RankInfo:
     session: str  # random per watch(); reconnections repeat it, a new watch() of the same run does not
     optimizer: str = ""  # the optimizer's class name: picks the learning-rate hint's rule
     policy: BatchPolicy | None = None  # None: the sidecar's defaults
+    # Per-example source on: parameters it cannot cover, left out of `layers`.
+    uncovered_layers: Sequence[LayerInfo] = ()
+    per_example: bool = False
 
 
 def hello(info: RankInfo, dropped: int) -> pb.RankMessage:
@@ -36,7 +39,8 @@ def hello(info: RankInfo, dropped: int) -> pb.RankMessage:
             rank=info.rank,
             world_size=info.world_size,
             layers=[pb.Layer(name=layer.name, numel=layer.numel, kind=layer.kind) for layer in info.layers],
-            source=pb.SOURCE_UNSPECIFIED,  # the sidecar infers it per step
+            # The sidecar infers the source per step; per-example says which one this rank can add.
+            source=pb.SOURCE_PER_EXAMPLE if info.per_example else pb.SOURCE_UNSPECIFIED,
             mode=pb.MODE_NORMS,
             dataset_size=info.dataset_size,
             every=info.every,
@@ -46,6 +50,7 @@ def hello(info: RankInfo, dropped: int) -> pb.RankMessage:
             session=info.session,
             optimizer=info.optimizer,
             policy=batch_policy(info.policy) if info.policy is not None else None,
+            uncovered_layers=[pb.Layer(name=layer.name, numel=layer.numel, kind=layer.kind) for layer in info.uncovered_layers],
         )
     )
 
@@ -89,6 +94,7 @@ def step_messages(record: StepRecord, world_size: int) -> list[pb.RankMessage]:
                 micro_batch=j,
                 examples=examples,
                 sq_norms=pb.SquaredNorms(values=sq_norms),
+                per_example=pb.PerExampleSqNorms(sums=record.per_example_sums[j]) if record.per_example_sums else None,
             )
         )
         for j, (examples, sq_norms) in enumerate(zip(record.micro_examples, record.micro_sq_norms))

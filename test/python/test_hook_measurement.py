@@ -172,10 +172,12 @@ def test_non_finite_gradients_skip_the_step_naming_the_first_bad_layer(free_addr
     assert second.micro_sq_norms == () and second.accumulated_sq_norms == ()
 
 
-def test_one_micro_batch_on_one_process_warns_once_and_still_measures(free_address: str, caplog) -> None:
+def test_one_micro_batch_on_one_process_without_per_example_warns_once_and_still_measures(
+    free_address: str, caplog
+) -> None:
     loop = Loop(steps=3, sizes=(8,))
     model = make_model()
-    ns, records = watch_and_record(model, make_optimizer(model), free_address)
+    ns, records = watch_and_record(model, make_optimizer(model), free_address, source="accumulation")
     with caplog.at_level(logging.WARNING, logger="noisescope"):
         loop.run(model, ns._meter._optimizer)
     ns.remove()

@@ -1,0 +1,299 @@
+"""The per-example source: module hooks that give, per micro-batch and layer, Σ_e |contribution_e|².
+
+On measured steps a forward hook on each covered module keeps a reference to its input (which
+autograd keeps anyway) and hooks its output tensor; when δ (the gradient at that output)
+arrives in the backward, `_per_example_math` turns (input, δ) into the layer's sum, and the
+references go. Nothing per example of parameter size is kept (see the math module for when a
+sequence-shaped layer materialises per-example gradients, chunk by chunk, because that is cheaper).
+
+Rows pair with micro-batches the way the meter pairs forwards with backwards: the j-th
+grad-enabled forward of the model is micro-batch j. A row is void (its step is sent without
+per-example sums) when a covered module's input does not have the model's batch as dim 0.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from . import _per_example_math as pem
+from ._guard import Guard
+
+logger = logging.getLogger("noisescope")
+
+_graph_task_id: Callable[[], int] | None = getattr(torch._C, "_current_graph_task_id", None)
+
+# Modules whose per-example terms we compute, by the forward they must have (a subclass that
+# overrides forward computes something else).
+_COVERED: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding, nn.LayerNorm, nn.RMSNorm)
+# Modules that use their children's parameters without calling the children (F.multi_head_attention_forward).
+_FUNCTIONAL_PARENTS: tuple[type[nn.Module], ...] = (nn.MultiheadAttention,)
+# Training-mode batch statistics mix examples: "per-example" contributions are then not independent.
+_COUPLING: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._BatchNorm,)
+
+
+def _covered_base(module: nn.Module) -> type[nn.Module] | None:
+    for base in _COVERED:
+        if isinstance(module, base) and type(module).forward is base.forward:
+            return base
+    return None
+
+
+@dataclass
+class Coverage:
+    """Which parameters the per-example source covers, and why the others are not."""
+
+    modules: dict[nn.Module, tuple[int | None, int | None]]  # module → (weight index, bias index) in `params`
+    covered: list[int]  # indices into the watched parameter list
+    uncovered: dict[int, str]  # index → why
+    coupling: list[str]  # names of modules that mix examples (BatchNorm)
+
+
+def coverage(model: nn.Module, params: Sequence[nn.Parameter]) -> Coverage:
+    """Decides coverage from the module tree alone (no forward run)."""
+    index = {id(p): i for i, p in enumerate(params)}
+    owners: dict[int, list[nn.Module]] = {}
+    inside_functional: set[int] = set()
+    coupling: list[str] = []
+    for name, module in model.named_modules():
+        for p in module.parameters(recurse=False):
+            owners.setdefault(id(p), []).append(module)
+        if isinstance(module, _FUNCTIONAL_PARENTS):
+            inside_functional.update(id(m) for m in module.modules())
+        if isinstance(module, _COUPLING):
+            coupling.append(name or "<root>")
+    modules: dict[nn.Module, tuple[int | None, int | None]] = {}
+    uncovered: dict[int, str] = {}
+    for p in params:
+        i = index[id(p)]
+        mods = owners.get(id(p), [])
+        module = mods[0] if mods else None
+        why = ""
+        if len(mods) != 1:
+            why = "shared by several modules" if mods else "owned by no module"
+        elif id(module) in inside_functional:
+            why = f"used functionally by its parent ({type(module).__name__} in MultiheadAttention)"
+        elif _covered_base(module) is None:
+            why = type(module).__name__
+        elif isinstance(module, nn.Embedding) and module.scale_grad_by_freq:
+            why = "Embedding(scale_grad_by_freq=True) couples examples"
+        if why:
+            uncovered[i] = why
+            continue
+        weight, bias = modules.get(module, (None, None))
+        if p is getattr(module, "weight", None):
+            weight = i
+        elif p is getattr(module, "bias", None):
+            bias = i
+        else:  # a parameter the formula does not know
+            uncovered[i] = f"{type(module).__name__} parameter that is neither weight nor bias"
+            continue
+        modules[module] = (weight, bias)
+    covered = [i for i in range(len(params)) if i not in uncovered]
+    return Coverage(modules=modules, covered=covered, uncovered=uncovered, coupling=coupling)
+
+
+@dataclass
+class _Call:
+    """One covered module's forward call: its input until δ arrives."""
+
+    module: nn.Module
+    row: _Row
+    x: Tensor | None
+    delta: Tensor | None = None
+
+
+@dataclass
+class _Row:
+    """One micro-batch (grad-enabled model forward): per-layer sums and calls waiting for δ."""
+
+    examples: int | None
+    sums: list[Any]
+    calls: dict[nn.Module, list[_Call]] = field(default_factory=dict)
+    void: str = ""  # why this row's sums cannot be used
+
+
+class PerExample:
+    """Arms per-module hooks on measured steps; hands the meter one row of sums per micro-batch."""
+
+    def __init__(self, modules: dict[nn.Module, tuple[int | None, int | None]], n_layers: int, guard: Guard, hook: Callable) -> None:
+        self._modules = modules
+        self._n_layers = n_layers
+        self._guard = guard
+        self._forward_hook = hook(self._on_forward)  # the meter's deepcopy-safe wrapper
+        self._handles: list[RemovableHandle] = []
+        self._lock = threading.Lock()
+        self._rows: list[_Row] = []
+        self._measuring = False
+        self._flush_queued: set[int] = set()
+        self._warned: set[str] = set()
+        self.sequence_form = "auto"  # tests force "gram" or "materialise"
+        guard.on_trip(self._switch_off)
+
+    # ------------------------------------------------------------ meter-facing
+
+    def arm(self) -> None:
+        try:
+            for module in self._modules:
+                self._handles.append(module.register_forward_hook(self._forward_hook, with_kwargs=True))
+        except Exception:
+            self.disarm()
+            raise
+
+    def disarm(self) -> None:
+        for handle in reversed(self._handles):
+            handle.remove()
+        self._handles.clear()
+
+    def begin_step(self, measuring: bool) -> None:
+        with self._lock:
+            self._rows = []
+            self._flush_queued.clear()
+        self._measuring = measuring
+
+    def begin_forward(self, examples: int | None) -> None:
+        with self._lock:
+            self._rows.append(_Row(examples=examples, sums=[None] * self._n_layers))
+
+    def restart(self, dropped: int) -> None:
+        """The meter discarded the step's first `dropped` micro-batches."""
+        with self._lock:
+            self._rows = self._rows[dropped:]
+
+    def take(self, micro_sq_norms: Sequence[Sequence[Any]], names: Sequence[str]) -> list[list[Any]] | None:
+        """At the step's end: one row of sums per micro-batch, or None (logged once per reason)."""
+        with self._lock:
+            rows, self._rows = self._rows, []
+        for row in rows:
+            self._flush(row)
+        k = len(micro_sq_norms)
+        if len(rows) > k:  # forwards no backward went through (an evaluation with gradients enabled)
+            rows = [row for row in rows if any(s is not None for s in row.sums)]
+        if len(rows) != k:
+            # The meter warns about the pairing; this only says what it costs here.
+            self._warn_once(
+                "pairing",
+                "noisescope: a step's grad-enabled forward passes and backward passes did not pair up, so it "
+                "carries no per-example sums",
+                level=logging.INFO,
+            )
+            return None
+        for row in rows:
+            if row.void:
+                self._warn_once("void:" + row.void, "noisescope: per-example sums left out of a step: %s", row.void)
+                return None
+        for j, row in enumerate(rows):
+            for i, norm in enumerate(micro_sq_norms[j]):
+                if norm is not None and row.sums[i] is None:
+                    # A gradient its module's forward did not produce: the parameter is used elsewhere.
+                    self._warn_once(
+                        "missing:" + names[i],
+                        "noisescope: parameter %s got a gradient that did not come through its module's forward "
+                        "(used outside it?), so its per-example sum is unknown; steps carry no per-example sums.",
+                        names[i],
+                    )
+                    return None
+        return [row.sums for row in rows]
+
+    # ------------------------------------------------------------ hooks
+
+    def _switch_off(self) -> None:
+        self._measuring = False
+
+    def _on_forward(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+        if not self._measuring or not torch.is_grad_enabled():
+            return None
+        try:
+            if not isinstance(output, Tensor) or not output.requires_grad:
+                return None
+            if _graph_task_id is not None and _graph_task_id() != -1:
+                return None  # a recomputation inside a backward (activation checkpointing): already counted
+            x = args[0] if args else kwargs.get("input")
+            with self._lock:
+                if not self._rows:  # a module called outside the model's forward
+                    self._rows.append(_Row(examples=None, sums=[None] * self._n_layers))
+                row = self._rows[-1]
+                if not isinstance(x, Tensor) or x.dim() < 2 or (row.examples is not None and x.shape[0] != row.examples):
+                    shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+                    row.void = (
+                        f"{type(module).__name__} input {shape} does not have the model's batch "
+                        f"({row.examples}) as dim 0 (the per-example source needs batch-first inputs)"
+                    )
+                    return None
+                call = _Call(module=module, row=row, x=x.detach())
+                row.calls.setdefault(module, []).append(call)
+            output.register_hook(functools.partial(self._on_delta, call))
+        except Exception as error:
+            self._guard.trip("the per-example forward hook", error)
+        return None
+
+    def _on_delta(self, call: _Call, delta: Tensor) -> None:
+        if not self._measuring:
+            return None
+        try:
+            row = call.row
+            with self._lock:
+                if call.delta is not None or call.x is None:
+                    row.void = "a layer's output got two gradients (two backward passes through one forward)"
+                    return None
+                call.delta = delta
+                calls = row.calls.get(call.module, [])
+                complete = all(c.delta is not None for c in calls)
+                if complete:
+                    row.calls.pop(call.module, None)
+                elif _graph_task_id is not None:
+                    task = _graph_task_id()
+                    if task not in self._flush_queued:  # some calls' δ may never come: settle at the end
+                        self._flush_queued.add(task)
+                        torch.autograd.Variable._execution_engine.queue_callback(functools.partial(self._flush, row))
+            if complete:
+                self._compute(row, call.module, calls)
+        except Exception as error:
+            self._guard.trip("the per-example gradient hook", error)
+        return None
+
+    def _flush(self, row: _Row) -> None:
+        """End of a backward (or of the step): calls whose δ never came contribute nothing."""
+        try:
+            with self._lock:
+                pending, row.calls = row.calls, {}
+            for module, calls in pending.items():
+                arrived = [c for c in calls if c.delta is not None]
+                if arrived:
+                    self._compute(row, module, arrived)
+        except Exception as error:
+            self._guard.trip("the per-example backward-end callback", error)
+
+    def _compute(self, row: _Row, module: nn.Module, calls: list[_Call]) -> None:
+        pairs = [(c.x, c.delta) for c in calls]
+        for c in calls:
+            c.x = None  # let the activations go
+        weight_index, bias_index = self._modules[module]
+        with torch.no_grad():
+            weight, bias = _terms(module, pairs, self.sequence_form)  # type: ignore[arg-type]
+        with self._lock:
+            for index, term in ((weight_index, weight), (bias_index, bias)):
+                if index is not None and term is not None:
+                    earlier = row.sums[index]
+                    row.sums[index] = term if earlier is None else earlier + term
+
+    def _warn_once(self, key: str, message: str, *args: Any, level: int = logging.WARNING) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.log(level, message, *args)
+
+
+def _terms(module: nn.Module, calls: list[tuple[Tensor, Tensor]], form: str) -> tuple[Tensor | None, Tensor | None]:
+    if isinstance(module, nn.Linear):
+        return pem.linear(calls, form)
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        return pem.conv(module, calls, form)
+    if isinstance(module, nn.Embedding):
+        return pem.embedding(module, calls), None
+    return pem.normalisation(module, calls)  # type: ignore[arg-type]

@@ -1,0 +1,162 @@
+"""Σ over examples of |example e's contribution to a parameter's gradient|², from a layer's input and δ.
+
+δ is the gradient of the loss at the layer's output, as backward computes it: whatever scale
+the loss had (mean or sum reduction, /k for accumulation, an AMP loss scale) is in δ, so each
+contribution has the units of `.grad` and the contributions sum to the micro-batch's gradient.
+
+Every function takes the calls of one module in one forward (a module called twice adds both
+calls' terms to each example's contribution: sequences are concatenated, never norms added)
+and returns a float64 0-dim tensor on the inputs' device, without a host sync.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Call = tuple[Tensor, Tensor]  # (the layer's input, δ at its output) of one forward call
+
+# Elements a chunk of examples may materialise at once (64 MiB in fp32).
+CHUNK_ELEMENTS = 1 << 24
+
+
+def _wide(t: Tensor) -> Tensor:
+    """fp16/bf16 → fp32 for the arithmetic; fp32/fp64 as they are."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
+def _chunks(batch: int, per_example: int) -> list[slice]:
+    step = max(1, CHUNK_ELEMENTS // max(1, per_example))
+    return [slice(i, min(i + step, batch)) for i in range(0, batch, step)]
+
+
+def sequence_form(steps: int, d_in: int, d_out: int) -> str:
+    """The cheaper exact form for an example's T×d_in inputs and T×d_out δ: both are exact.
+
+    Gram: Σ_{s,t}(a_s·a_t)(δ_s·δ_t), T²(d_in + d_out) multiply-adds; materialising δᵀa: T·d_in·d_out.
+    """
+    return "gram" if steps * (d_in + d_out) <= d_in * d_out else "materialise"
+
+
+def weight_sq_norm(a: Tensor, delta: Tensor, form: str = "auto") -> Tensor:
+    """Σ_e |δ_eᵀ a_e|²_F for a: [E, T, d_in], δ: [E, T, d_out] (E examples, or example × group)."""
+    examples, steps, d_in = a.shape
+    d_out = delta.shape[-1]
+    a, delta = _wide(a), _wide(delta)
+    if steps == 1:  # the outer product's norm factors: |a_e|²·|δ_e|²
+        return (a.square().sum(-1) * delta.square().sum(-1)).sum(dtype=torch.float64)
+    if form == "auto":
+        form = sequence_form(steps, d_in, d_out)
+    if form not in ("gram", "materialise"):
+        raise ValueError(f"form must be 'auto', 'gram' or 'materialise', got {form!r}")
+    total = torch.zeros((), dtype=torch.float64, device=a.device)
+    size = steps * steps if form == "gram" else d_in * d_out
+    for part in _chunks(examples, size):
+        ap, dp = a[part], delta[part]
+        if form == "gram":
+            terms = torch.bmm(ap, ap.transpose(1, 2)) * torch.bmm(dp, dp.transpose(1, 2))
+        else:
+            terms = torch.bmm(dp.transpose(1, 2), ap).square()
+        total = total + terms.sum(dtype=torch.float64)
+    return total
+
+
+def bias_sq_norm(delta: Tensor) -> Tensor:
+    """Σ_e |Σ_t δ_e,t|² for δ: [E, T, d_out]."""
+    return _wide(delta).sum(1).square().sum(dtype=torch.float64)
+
+
+def linear(calls: Sequence[Call], form: str = "auto") -> tuple[Tensor, Tensor]:
+    """nn.Linear: (weight term, bias term). Inputs [B, *, d_in]; middle dims are one sequence."""
+    a = torch.cat([x.reshape(x.shape[0], -1, x.shape[-1]) for x, _ in calls], 1)
+    delta = torch.cat([d.reshape(d.shape[0], -1, d.shape[-1]) for _, d in calls], 1)
+    return weight_sq_norm(a, delta, form), bias_sq_norm(delta)
+
+
+_PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}
+
+
+def _columns(conv: nn.Conv1d | nn.Conv2d, x: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
+    """A convolution as a Linear over output positions: a [B·g, L, C/g·k], δ [B·g, L, O/g].
+
+    The input is padded as the module pads it (its padding mode, 'same' included), then unfolded.
+    """
+    two_d = isinstance(conv, nn.Conv2d)
+    pad = list(conv._reversed_padding_repeated_twice)
+    if any(pad):
+        x = F.pad(x, pad, mode=_PAD_MODES[conv.padding_mode])
+    if not two_d:  # Conv1d as a 2-D convolution of height 1
+        x, delta = x.unsqueeze(2), delta.unsqueeze(2)
+    kernel, stride, dilation = (
+        (tuple(v) if two_d else (1, v[0])) for v in (conv.kernel_size, conv.stride, conv.dilation)
+    )
+    cols = F.unfold(x, kernel, dilation=dilation, stride=stride)  # [B, C·k, L]
+    batch, groups, positions = x.shape[0], conv.groups, cols.shape[-1]
+    a = cols.view(batch, groups, -1, positions).transpose(2, 3).reshape(batch * groups, positions, -1)
+    d = delta.reshape(batch, groups, -1, positions).transpose(2, 3).reshape(batch * groups, positions, -1)
+    return a, d
+
+
+def conv(module: nn.Conv1d | nn.Conv2d, calls: Sequence[Call], form: str = "auto") -> tuple[Tensor, Tensor]:
+    """nn.Conv1d/Conv2d (any stride, padding, dilation, groups): (weight term, bias term)."""
+    batch = calls[0][0].shape[0]
+    per_example = sum(x[0].numel() for x, _ in calls) * math.prod(module.kernel_size)  # unfolded size
+    weight = torch.zeros((), dtype=torch.float64, device=calls[0][0].device)
+    bias = weight
+    for part in _chunks(batch, per_example):
+        pieces = [_columns(module, x[part], d[part]) for x, d in calls]
+        a = torch.cat([p[0] for p in pieces], 1)
+        delta = torch.cat([p[1] for p in pieces], 1)
+        weight = weight + weight_sq_norm(a, delta, form)
+        # Bias: per example (not per group) Σ over positions of δ; groups are slices of channels.
+        bias = bias + _wide(delta).sum(1).square().sum(dtype=torch.float64)
+    return weight, bias
+
+
+def embedding(module: nn.Embedding, calls: Sequence[Call]) -> Tensor:
+    """nn.Embedding: Σ_e Σ_{distinct tokens v of e} |Σ_{positions of v} δ|²; padding_idx rows get no gradient.
+
+    Grouping by (example, token) is a sort and a segment sum: no host sync, no per-example gradient.
+    """
+    tokens = torch.cat([x.reshape(x.shape[0], -1) for x, _ in calls], 1)
+    delta = _wide(torch.cat([d.reshape(d.shape[0], -1, d.shape[-1]) for _, d in calls], 1))
+    batch, steps = tokens.shape
+    flat = delta.reshape(batch * steps, -1)
+    if module.padding_idx is not None:
+        flat = flat * (tokens.reshape(-1) != module.padding_idx).unsqueeze(1).to(flat.dtype)
+    example = torch.arange(batch, device=tokens.device).unsqueeze(1)
+    keys = (example * module.num_embeddings + tokens).reshape(-1)
+    ordered, order = keys.sort()
+    segment = torch.zeros_like(ordered)
+    segment[1:] = (ordered[1:] != ordered[:-1]).cumsum(0)
+    sums = torch.zeros_like(flat).index_add_(0, segment, flat[order])
+    return sums.square().sum(dtype=torch.float64)
+
+
+def normalisation(module: nn.LayerNorm | nn.RMSNorm, calls: Sequence[Call]) -> tuple[Tensor | None, Tensor | None]:
+    """nn.LayerNorm / nn.RMSNorm: weight Σ_pos δ ⊙ x̂ (x̂ recomputed from the input), bias Σ_pos δ."""
+    shape = tuple(module.normalized_shape)
+    size = math.prod(shape)
+    weight_grad: Tensor | None = None
+    bias_grad: Tensor | None = None
+    for x, d in calls:
+        x, d = _wide(x), _wide(d)
+        batch = x.shape[0]
+        if module.weight is not None:
+            if isinstance(module, nn.LayerNorm):
+                x_hat = F.layer_norm(x, shape, None, None, module.eps)
+            else:
+                eps = module.eps if module.eps is not None else torch.finfo(x.dtype).eps
+                x_hat = F.rms_norm(x, shape, None, eps)
+            term = (d * x_hat).reshape(batch, -1, size).sum(1)
+            weight_grad = term if weight_grad is None else weight_grad + term
+        if getattr(module, "bias", None) is not None:
+            term = d.reshape(batch, -1, size).sum(1)
+            bias_grad = term if bias_grad is None else bias_grad + term
+    return (
+        weight_grad.square().sum(dtype=torch.float64) if weight_grad is not None else None,
+        bias_grad.square().sum(dtype=torch.float64) if bias_grad is not None else None,
+    )
