@@ -40,8 +40,12 @@ export interface RunInfo {
   readonly ranksConnected: number;
   readonly source: Source;
   readonly mode: 'norms' | 'dense' | 'sketch';
+  /** The layers the estimate covers. */
   readonly layers: readonly LayerInfo[];
+  /** Parameters in `layers` (the covered ones). */
   readonly parameters: number;
+  /** Parameters the hook measures none of (the per-example source cannot cover their module); not in `layers`. */
+  readonly uncoveredLayers: readonly LayerInfo[];
   /** Training-set size for the finite-population correction; null when unknown. */
   readonly datasetSize: number | null;
   readonly every: number;

@@ -83,6 +83,7 @@ function placeholderRun(run: string, worldSize: number, source: StepStats['sourc
     mode: 'norms',
     layers: [],
     parameters: 0,
+    uncoveredLayers: [],
     datasetSize: null,
     every: 1,
     startedUnixMs: unixMs,

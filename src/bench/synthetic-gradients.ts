@@ -40,6 +40,25 @@ export class SeededRandom {
     return Math.floor(this.uniform() * n);
   }
 
+  /** Chi-squared with k degrees of freedom: 2·Gamma(k/2) by Marsaglia–Tsang (exact, O(1) for any k). */
+  chiSquared(k: number): number {
+    if (k <= 0) return 0;
+    return 2 * this.gamma(k / 2);
+  }
+
+  private gamma(shape: number): number {
+    // Shape below 1: Gamma(a) = Gamma(a + 1)·U^(1/a).
+    if (shape < 1) return this.gamma(shape + 1) * Math.pow(this.uniform(), 1 / shape);
+    const d = shape - 1 / 3;
+    const c = 1 / Math.sqrt(9 * d);
+    for (;;) {
+      const x = this.gaussian();
+      const v = (1 + c * x) ** 3;
+      if (v <= 0) continue;
+      if (Math.log(this.uniform()) < 0.5 * x * x + d - d * v + d * Math.log(v)) return d * v;
+    }
+  }
+
   /** Standard normal (Marsaglia's polar method: no trigonometry, two normals per accepted pair). */
   gaussian(): number {
     if (!Number.isNaN(this.spare)) {
@@ -86,6 +105,14 @@ export interface SyntheticGradients {
   beginStep(): void;
   /** Mean gradient of `examples` fresh examples, per layer, drawn with `random`. */
   drawMean(random: SeededRandom, examples: number): Float64Array[];
+  /** As drawMean, with Σ_e |g_e|² per layer over the same examples (what the per-example source measures). */
+  drawMicroBatch(random: SeededRandom, examples: number): MicroBatchDraw;
+}
+
+/** A micro-batch's mean gradient and the sum of its examples' squared gradient norms, per layer. */
+export interface MicroBatchDraw {
+  readonly mean: Float64Array[];
+  readonly exampleSqNormSums: Float64Array;
 }
 
 interface Model {
@@ -169,6 +196,31 @@ export function gaussianGradients(random: SeededRandom, layers: readonly Synthet
         }
         return out;
       }),
+    drawMicroBatch: (random, examples) => {
+      const sums = new Float64Array(mean.length);
+      const means = mean.map((m, l) => {
+        const s = sd[l]!;
+        const out = new Float64Array(m.length);
+        if (perExample) {
+          for (let e = 0; e < examples; e++) {
+            for (let j = 0; j < m.length; j++) {
+              const g = m[j]! + s[j]! * random.gaussian();
+              out[j]! += g / examples;
+              sums[l]! += g * g;
+            }
+          }
+        } else {
+          // Per coordinate Σ_e g_e² = b·ḡ² + Σ_e (g_e − ḡ)², the second independent of ḡ and σ²·χ²(b − 1).
+          const shrink = 1 / Math.sqrt(examples);
+          for (let j = 0; j < m.length; j++) {
+            out[j] = m[j]! + s[j]! * shrink * random.gaussian();
+            sums[l]! += examples * out[j]! * out[j]! + s[j]! * s[j]! * random.chiSquared(examples - 1);
+          }
+        }
+        return out;
+      });
+      return { mean: means, exampleSqNormSums: sums };
+    },
   };
 }
 
@@ -213,27 +265,36 @@ export function finiteTrainingSet(random: SeededRandom, layers: readonly Synthet
     beginStep: () => {
       drawn = 0;
     },
-    drawMean: (random, count) => {
-      if (drawn + count > size) throw new RangeError('a step cannot draw more examples than the training set holds');
-      const start = drawn;
-      // Partial Fisher–Yates: disjoint from this step's earlier draws.
-      for (; drawn < start + count; drawn++) {
-        const swap = drawn + random.int(size - drawn);
-        const chosen = order[swap]!;
-        order[swap] = order[drawn]!;
-        order[drawn] = chosen;
-      }
-      return examples.map((values, l) => {
-        const d = mean[l]!.length;
-        const out = new Float64Array(d);
-        for (let i = start; i < drawn; i++) {
-          const offset = order[i]! * d;
-          for (let j = 0; j < d; j++) out[j]! += values[offset + j]! / count;
-        }
-        return out;
-      });
-    },
+    drawMean: (random, count) => draw(random, count).mean,
+    drawMicroBatch: (random, count) => draw(random, count),
   };
+
+  function draw(random: SeededRandom, count: number): MicroBatchDraw {
+    if (drawn + count > size) throw new RangeError('a step cannot draw more examples than the training set holds');
+    const start = drawn;
+    // Partial Fisher–Yates: disjoint from this step's earlier draws.
+    for (; drawn < start + count; drawn++) {
+      const swap = drawn + random.int(size - drawn);
+      const chosen = order[swap]!;
+      order[swap] = order[drawn]!;
+      order[drawn] = chosen;
+    }
+    const sums = new Float64Array(examples.length);
+    const means = examples.map((values, l) => {
+      const d = mean[l]!.length;
+      const out = new Float64Array(d);
+      for (let i = start; i < drawn; i++) {
+        const offset = order[i]! * d;
+        for (let j = 0; j < d; j++) {
+          const g = values[offset + j]!;
+          out[j]! += g / count;
+          sums[l]! += g * g;
+        }
+      }
+      return out;
+    });
+    return { mean: means, exampleSqNormSums: sums };
+  }
 }
 
 /** Examples per micro-batch, per rank, and whether DDP all-reduces. */
@@ -243,13 +304,16 @@ export interface SyntheticLayout {
   readonly allReduce: boolean;
   /** The loss scale c in h_i = c·g_i; default 1/k (loss / accumulation steps). */
   readonly lossScale?: number;
+  /** Report per-example sums Σ_e |h_e|² with each micro-batch, as the per-example source does (default false). */
+  readonly perExample?: boolean;
 }
 
 /**
  * One optimizer step as the hook reports it: each micro-batch's contribution
  * h_i = c·g_i (g_i its mean gradient, c = 1/k unless the layout says), |Σh_i|²
  * as PyTorch's `.grad` holds it after k backward passes, and DDP's average of
- * the ranks' `.grad`.
+ * the ranks' `.grad`. With `perExample`, example e of micro-batch i contributes
+ * h_e = c·g_e/b_i (so Σ_e h_e = h_i) and Σ_e |h_e|² is reported too.
  */
 export function simulateSyntheticStep(random: SeededRandom, source: SyntheticGradients, layout: SyntheticLayout, step: number): CompletedStep {
   source.beginStep();
@@ -257,8 +321,18 @@ export function simulateSyntheticStep(random: SeededRandom, source: SyntheticGra
   const ranks = layout.microExamples.map((micro, rank): Omit<RankStep, 'reducedSqNorms'> => {
     const c = layout.lossScale ?? 1 / micro.length;
     const grad = source.layers.map((l) => new Float64Array(l.numel));
-    const microSqNorms = micro.map((b) =>
-      source.drawMean(random, b).map((g, l) => {
+    const exampleSums: number[][] = [];
+    const microSqNorms = micro.map((b) => {
+      // The plain path keeps drawMean's random stream, so earlier benchmark figures reproduce.
+      let means: Float64Array[];
+      if (layout.perExample) {
+        const drawn = source.drawMicroBatch(random, b);
+        means = drawn.mean;
+        exampleSums.push(Array.from(drawn.exampleSqNormSums, (sum) => ((c * c) / (b * b)) * sum));
+      } else {
+        means = source.drawMean(random, b);
+      }
+      return means.map((g, l) => {
         let s = 0;
         for (let j = 0; j < g.length; j++) {
           const h = c * g[j]!;
@@ -266,10 +340,16 @@ export function simulateSyntheticStep(random: SeededRandom, source: SyntheticGra
           s += h * h;
         }
         return s;
-      }),
-    );
+      });
+    });
     grads.push(grad);
-    return { rank, microSqNorms, microExamples: [...micro], accumulatedSqNorms: grad.map(sqNorm) };
+    return {
+      rank,
+      microSqNorms,
+      microExamples: [...micro],
+      accumulatedSqNorms: grad.map(sqNorm),
+      microExampleSqNormSums: layout.perExample ? exampleSums : null,
+    };
   });
   const reduced =
     layout.allReduce && grads.length > 1

@@ -62,7 +62,7 @@ export async function measureRenderCost(rate = 20, seconds = 10, layers = 100) {
   const stats$ = new ReplaySubject<StepStats>(1);
   const layers$ = new ReplaySubject<LayerStats>(1);
   const runs$ = new BehaviorSubject<readonly RunInfo[]>([
-    { run: 'bench', worldSize: 1, ranksConnected: 1, source: 'accumulation', mode: 'norms', layers: [], parameters: 1e6, datasetSize: null, every: 1, startedUnixMs: Date.now(), ended: false, optimizer: 'SGD', policy: {} },
+    { run: 'bench', worldSize: 1, ranksConnected: 1, source: 'accumulation', mode: 'norms', layers: [], parameters: 1e6, uncoveredLayers: [], datasetSize: null, every: 1, startedUnixMs: Date.now(), ended: false, optimizer: 'SGD', policy: {} },
   ]);
   const health$ = new ReplaySubject<Health>(1);
   const recommendations$ = new ReplaySubject<Recommendation>(1);

@@ -12,6 +12,11 @@ export interface RankStep {
   readonly accumulatedSqNorms: readonly number[];
   /** After the all-reduce, per layer; null without data parallelism. */
   readonly reducedSqNorms: readonly number[] | null;
+  /**
+   * Per-example source: Σ over micro-batch i's examples of |that example's
+   * contribution|², [microBatch][layer] (units of microSqNorms); null without it.
+   */
+  readonly microExampleSqNormSums: readonly (readonly number[])[] | null;
 }
 
 export interface CompletedStep {
@@ -26,8 +31,13 @@ export interface CompletedStep {
   readonly unixMs: number;
 }
 
-/** Where the step's second batch scale came from. */
+/**
+ * Where the step's second batch scale came from. Per-example sums are the
+ * finest level, so a step that has them reports 'per-example' even when it
+ * also has accumulation or ranks (StepStats.levels says how many scales).
+ */
 export function sourceOf(step: CompletedStep): Source {
+  if (step.ranks.some((r) => r.microExampleSqNormSums !== null)) return 'per-example';
   if (step.ranks.length > 1) return 'data-parallel';
   if (step.ranks.some((r) => r.microExamples.length > 1)) return 'accumulation';
   return 'none';

@@ -144,7 +144,7 @@ export class Ingest {
     const session = new RankSession(layout.run, rank, {
       shard: (shard) => {
         run.assembler.addShard(rank, shard);
-        this.counters.payloadBytes += (shard.sqNorms?.values.length ?? 0) * 8;
+        this.counters.payloadBytes += ((shard.sqNorms?.values.length ?? 0) + (shard.perExample?.sums.length ?? 0)) * 8;
       },
       stepEnd: (end) => {
         const outcome = run.assembler.endStep(rank, end);
@@ -202,6 +202,7 @@ export class Ingest {
           mode: entry.layout.mode,
           layers: entry.layout.layers,
           parameters: entry.layout.layers.reduce((sum, l) => sum + l.numel, 0),
+          uncoveredLayers: entry.layout.uncoveredLayers,
           datasetSize: entry.layout.datasetSize,
           every: entry.layout.every,
           startedUnixMs: entry.startedUnixMs,

@@ -1,5 +1,6 @@
 import { NoiseScopeError } from '../errors.js';
 import type { Hello__Output } from '../transport/generated/noisescope/v1/Hello.js';
+import type { Layer__Output } from '../transport/generated/noisescope/v1/Layer.js';
 import type { BatchPolicy, LayerInfo } from '../types.js';
 import { policyFromWire } from './policy-from-wire.js';
 
@@ -12,6 +13,8 @@ export interface RunLayout {
   readonly run: string;
   readonly worldSize: number;
   readonly layers: readonly LayerInfo[];
+  /** Parameters the hook cannot measure (not in `layers`): the estimate covers the rest. */
+  readonly uncoveredLayers: readonly LayerInfo[];
   readonly datasetSize: number | null;
   readonly every: number;
   readonly mode: 'norms' | 'dense' | 'sketch';
@@ -40,25 +43,33 @@ export function layoutFromHello(hello: Hello__Output): RunLayout {
   if (hello.layers.length === 0) throw invalid('no layers declared');
   if (hello.layers.length > LIMITS.layers) throw invalid(`${hello.layers.length} layers exceed the limit of ${LIMITS.layers}`);
   const seen = new Set<string>();
-  const layers = hello.layers.map((layer, i): LayerInfo => {
-    if (!layer.name) throw invalid(`layer ${i} has no name`);
-    if (seen.has(layer.name)) throw invalid(`layer name '${layer.name}' appears twice`);
-    if (!(layer.numel >= 1)) throw invalid(`layer '${layer.name}' declares ${layer.numel} elements`);
-    seen.add(layer.name);
-    return { name: layer.name, numel: layer.numel, kind: layer.kind };
-  });
+  const layers = hello.layers.map((layer, i) => toLayerInfo(layer, `layer ${i}`, seen, invalid));
+  if (hello.layers.length + hello.uncoveredLayers.length > LIMITS.layers) {
+    throw invalid(`${hello.layers.length} layers and ${hello.uncoveredLayers.length} uncovered layers exceed the limit of ${LIMITS.layers}`);
+  }
+  // Distinct from the covered names too: a parameter is either measured or not.
+  const uncoveredLayers = hello.uncoveredLayers.map((layer, i) => toLayerInfo(layer, `uncovered layer ${i}`, seen, invalid));
   const mode = MODES[hello.mode as keyof typeof MODES];
   if (mode === undefined) throw invalid(`unknown mode ${String(hello.mode)}`);
   return {
     run: hello.run,
     worldSize: hello.worldSize,
     layers,
+    uncoveredLayers,
     datasetSize: hello.datasetSize > 0 ? hello.datasetSize : null,
     every: Math.max(1, hello.every),
     mode,
     optimizer: hello.optimizer ? hello.optimizer.slice(0, LIMITS.nameLength) : null,
     policy: policyFromWire(hello.policy),
   };
+}
+
+function toLayerInfo(layer: Layer__Output, which: string, seen: Set<string>, invalid: (why: string) => NoiseScopeError): LayerInfo {
+  if (!layer.name) throw invalid(`${which} has no name`);
+  if (seen.has(layer.name)) throw invalid(`layer name '${layer.name}' appears twice${which.startsWith('uncovered') ? ' (in layers and uncovered_layers together)' : ''}`);
+  if (!(layer.numel >= 1)) throw invalid(`${which} '${layer.name}' declares ${layer.numel} elements`);
+  seen.add(layer.name);
+  return { name: layer.name, numel: layer.numel, kind: layer.kind };
 }
 
 /** A later rank must agree with the run's first Hello. */
@@ -77,4 +88,10 @@ export function checkSameLayout(run: RunLayout, next: RunLayout): void {
       throw mismatch(`layer ${i} = '${layer.name}' (${layer.numel}); this rank declared '${other.name}' (${other.numel})`);
     }
   });
+  const names = (layers: readonly LayerInfo[]) =>
+    layers.length === 0 ? 'none' : layers.length <= 5 ? layers.map((l) => l.name).join(', ') : `${layers.length} (${layers[0]?.name}, …)`;
+  const same = next.uncoveredLayers.length === run.uncoveredLayers.length && next.uncoveredLayers.every((l, i) => l.name === run.uncoveredLayers[i]?.name);
+  if (!same) {
+    throw mismatch(`uncovered layers ${names(run.uncoveredLayers)}; this rank declared ${names(next.uncoveredLayers)}`);
+  }
 }

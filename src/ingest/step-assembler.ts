@@ -7,9 +7,14 @@ import type { RunLayout } from './run-layout.js';
 /** Bounds on what a run may hold open; the oldest is given up first. */
 export const STEP_LIMITS = { openStepsPerRank: 16, pendingSteps: 64, microBatches: 65_536 } as const;
 
+// |Σh_e|² ≤ b·Σ|h_e|² holds exactly; this much relative excess is float32 rounding, more is a units error.
+export const CAUCHY_SCHWARZ_SLACK = 1e-3;
+
 interface MicroBatch {
   readonly examples: number;
   readonly sqNorms: readonly number[];
+  /** Per-example source: Σ_e |h_e|² per layer; null without it. */
+  readonly exampleSqNormSums: readonly number[] | null;
 }
 
 interface RankState {
@@ -28,11 +33,15 @@ interface PendingStep {
   skipReason: string | null;
   globalExamples: number;
   unixMs: number;
+  /** Set when a rank's per-example sums disagree with another's: the step is excluded once every rank ended it. */
+  inconsistent: boolean;
 }
 
 export type StepOutcome =
   | { readonly kind: 'completed'; readonly step: CompletedStep }
   | { readonly kind: 'waiting-for-ranks' }
+  /** Every rank ended it, but it was refused earlier (already reported to the rank that made it so). */
+  | { readonly kind: 'excluded' }
   | { readonly kind: 'incomplete'; readonly error: NoiseScopeError };
 
 /**
@@ -81,6 +90,11 @@ export class StepAssembler {
     }
     const values = shard.sqNorms.values;
     this.checkNorms(values, `${where}: sq_norms`);
+    const exampleSqNormSums = shard.perExample ? shard.perExample.sums : null;
+    if (exampleSqNormSums) {
+      this.checkNorms(exampleSqNormSums, `${where}: per_example.sums`);
+      this.checkCauchySchwarz(values, exampleSqNormSums, shard.examples, where);
+    }
     const open = state.open.get(shard.step);
     if (open?.has(shard.microBatch)) {
       throw new NoiseScopeError('duplicate', `${where}: already received from rank ${rank}`);
@@ -92,7 +106,7 @@ export class StepAssembler {
       this.abandoned++;
     }
     const micro = open ?? new Map<number, MicroBatch>();
-    micro.set(shard.microBatch, { examples: shard.examples, sqNorms: values });
+    micro.set(shard.microBatch, { examples: shard.examples, sqNorms: values, exampleSqNormSums });
     if (!open) state.open.set(shard.step, micro);
   }
 
@@ -108,7 +122,7 @@ export class StepAssembler {
       this.checkNorms(end.accumulatedSqNorms, `${where}: accumulated_sq_norms`);
       if (end.reducedSqNorms.length > 0) this.checkNorms(end.reducedSqNorms, `${where}: reduced_sq_norms`);
       if (end.microBatches < 1) throw new NoiseScopeError('invalid-message', `${where}: micro_batches must be ≥ 1`);
-      failure = this.missingShards(micro, end);
+      failure = this.missingShards(micro, end) ?? this.mixedPerExample(micro, end.step);
       if (!failure) rankStep = this.toRankStep(rank, micro, end);
       if (rankStep && end.localExamples > 0) {
         const sum = rankStep.microExamples.reduce((a, b) => a + b, 0);
@@ -136,6 +150,11 @@ export class StepAssembler {
     }
 
     const pending = this.pendingStep(end.step);
+    const mismatch = rankStep ? this.perExampleMismatch(pending, rankStep, end.step) : null;
+    if (mismatch) {
+      pending.inconsistent = true;
+      rankStep = null;
+    }
     if (end.skipped) pending.skipReason ??= end.skipReason || 'step skipped by the hook';
     if (rankStep) pending.ranks.set(rank, rankStep);
     pending.lr ??= Number.isFinite(end.lr) && end.lr > 0 ? end.lr : null;
@@ -143,9 +162,14 @@ export class StepAssembler {
     pending.globalExamples += end.localExamples || (rankStep?.microExamples.reduce((a, b) => a + b, 0) ?? 0);
     pending.unixMs = Math.max(pending.unixMs, end.unixMs || Date.now());
     pending.endedBy.add(rank);
+    if (mismatch) return { kind: 'incomplete', error: mismatch };
     if (pending.endedBy.size < this.layout.worldSize) return { kind: 'waiting-for-ranks' };
 
     this.pending.delete(end.step);
+    if (pending.inconsistent) {
+      this.abandoned++;
+      return { kind: 'excluded' };
+    }
     return {
       kind: 'completed',
       step: {
@@ -170,7 +194,7 @@ export class StepAssembler {
         this.pending.delete(oldest);
         this.abandoned++;
       }
-      pending = { endedBy: new Set(), ranks: new Map(), lr: null, loss: null, skipReason: null, globalExamples: 0, unixMs: 0 };
+      pending = { endedBy: new Set(), ranks: new Map(), lr: null, loss: null, skipReason: null, globalExamples: 0, unixMs: 0, inconsistent: false };
       this.pending.set(step, pending);
     }
     return pending;
@@ -219,6 +243,43 @@ export class StepAssembler {
     }
   }
 
+  /** Per-example sums bound each micro-batch's norm: |Σ_e h_e|² ≤ b·Σ_e |h_e|² (Cauchy–Schwarz). */
+  private checkCauchySchwarz(sqNorms: readonly number[], sums: readonly number[], examples: number, where: string): void {
+    for (let l = 0; l < sqNorms.length; l++) {
+      const norm = sqNorms[l] as number;
+      const bound = examples * (sums[l] as number);
+      if (norm > bound * (1 + CAUCHY_SCHWARZ_SLACK)) {
+        throw new NoiseScopeError(
+          'invalid-message',
+          `${where}: sq_norms[${l}] (layer '${this.layout.layers[l]?.name}') = ${norm} exceeds examples × per_example.sums[${l}] = ${examples} × ${sums[l]} = ${bound}, ` +
+            'impossible for the sum of the examples\' contributions (Cauchy–Schwarz): are both in the same units (mean vs sum loss)?',
+        );
+      }
+    }
+  }
+
+  /** A rank's micro-batches either all carry per-example sums or none do. */
+  private mixedPerExample(micro: Map<number, MicroBatch>, step: number): NoiseScopeError | null {
+    const carrying = [...micro.entries()].filter(([, m]) => m.exampleSqNormSums !== null).map(([i]) => i).sort((a, b) => a - b);
+    if (carrying.length === 0 || carrying.length === micro.size) return null;
+    const lacking = [...micro.keys()].filter((i) => !carrying.includes(i)).sort((a, b) => a - b);
+    return new NoiseScopeError(
+      'invalid-message',
+      `step ${step} is inconsistent: micro-batch shard(s) ${carrying.join(', ')} carry per_example and ${lacking.join(', ')} do not; the step is excluded`,
+    );
+  }
+
+  /** Every rank of a step either carries per-example sums or none does. */
+  private perExampleMismatch(pending: PendingStep, rankStep: RankStep, step: number): NoiseScopeError | null {
+    const has = rankStep.microExampleSqNormSums !== null;
+    const other = [...pending.ranks.values()].find((r) => (r.microExampleSqNormSums !== null) !== has);
+    if (!other) return null;
+    return new NoiseScopeError(
+      'invalid-message',
+      `step ${step} is inconsistent: rank ${rankStep.rank} ${has ? 'carries' : 'lacks'} per_example but rank ${other.rank} ${has ? 'does not' : 'carries it'}; the step is excluded`,
+    );
+  }
+
   private missingShards(micro: Map<number, MicroBatch>, end: StepEnd__Output): NoiseScopeError | null {
     const missing: number[] = [];
     for (let i = 0; i < end.microBatches; i++) if (!micro.has(i)) missing.push(i);
@@ -241,6 +302,8 @@ export class StepAssembler {
       microExamples: ordered.map((m) => m.examples),
       accumulatedSqNorms: end.accumulatedSqNorms,
       reducedSqNorms: end.reducedSqNorms.length > 0 ? end.reducedSqNorms : null,
+      // All or none (mixedPerExample checked it).
+      microExampleSqNormSums: ordered.every((m) => m.exampleSqNormSums !== null) ? ordered.map((m) => m.exampleSqNormSums as readonly number[]) : null,
     };
   }
 }

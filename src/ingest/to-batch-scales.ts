@@ -8,11 +8,15 @@ import type { CompletedStep } from './completed-step.js';
 // the mean-loss gradient; any other c scales |G|² and tr(Σ) alike (B_simple is unchanged).
 // For unequal micro-batches that mean has variance S²·((1/k²)·Σ 1/b_i − 1/N)
 // (disjoint draws without replacement), which is the x used below.
+// Per-example contributions h_e sum to their micro-batch's h_i = c·g_i; with a
+// mean loss over the b_i examples h_e = c·g_e/b_i, so one example's gradient in
+// the optimizer's units is k·b_i·h_e (B_r·h_e for equal micro-batches of a rank
+// of B_r examples), a batch of one: x = 1 − 1/N.
 
 /**
- * The batch scales of one step, per layer: micro-batches, each rank's
- * accumulated gradient, and the all-reduced gradient, where each exists with
- * a distinct x. `datasetSize` (N) applies the finite-population correction.
+ * The batch scales of one step, per layer: single examples (per-example
+ * source), micro-batches, each rank's accumulated gradient, and the
+ * all-reduced gradient, where each exists with a distinct x. `datasetSize` (N) applies the finite-population correction.
  */
 export function toBatchScales(step: CompletedStep, datasetSize: number | null): BatchScale[][] {
   const invN = datasetSize && datasetSize > 0 ? 1 / datasetSize : 0;
@@ -41,6 +45,8 @@ export function toBatchScales(step: CompletedStep, datasetSize: number | null): 
     for (let l = 0; l < layerCount; l++) accY[l]! += rank.accumulatedSqNorms[l] as number;
   }
   const rankCount = step.ranks.length;
+  const perExample = perExampleScale(step, invN, layerCount);
+  if (perExample) for (let l = 0; l < layerCount; l++) perLayer[l]!.push(perExample[l]!);
   const hasMicro = step.ranks.some((r) => r.microExamples.length > 1);
   if (hasMicro) {
     for (let l = 0; l < layerCount; l++) {
@@ -58,4 +64,22 @@ export function toBatchScales(step: CompletedStep, datasetSize: number | null): 
     for (let l = 0; l < layerCount; l++) perLayer[l]!.push({ x, y: reduced[l] as number, n: 1 });
   }
   return perLayer;
+}
+
+/** Every example of every rank as a batch of one, per layer; null when the step has no per-example sums. */
+function perExampleScale(step: CompletedStep, invN: number, layerCount: number): BatchScale[] | null {
+  if (!step.ranks.every((r) => r.microExampleSqNormSums !== null)) return null;
+  const y = new Float64Array(layerCount);
+  let examples = 0;
+  for (const rank of step.ranks) {
+    const k = rank.microExamples.length;
+    for (let i = 0; i < k; i++) {
+      const b = rank.microExamples[i] as number;
+      const scale = (k * b) ** 2;
+      const sums = rank.microExampleSqNormSums?.[i] as readonly number[];
+      for (let l = 0; l < layerCount; l++) y[l]! += scale * (sums[l] as number);
+      examples += b;
+    }
+  }
+  return Array.from(y, (sum) => ({ x: 1 - invN, y: sum / examples, n: examples }));
 }

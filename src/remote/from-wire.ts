@@ -46,6 +46,7 @@ export function runInfoFromWire(w: WireRunInfo, ended: boolean): RunInfo {
     mode: w.mode === 'MODE_DENSE' ? 'dense' : w.mode === 'MODE_SKETCH' ? 'sketch' : 'norms',
     layers: w.layerDetails.map((l) => ({ name: l.name, numel: l.numel, kind: l.kind })),
     parameters: w.parameters,
+    uncoveredLayers: w.uncoveredLayers.map((l) => ({ name: l.name, numel: l.numel, kind: l.kind })),
     datasetSize: w.datasetSize > 0 ? w.datasetSize : null,
     every: Math.max(1, w.every),
     startedUnixMs: w.startedUnixMs,

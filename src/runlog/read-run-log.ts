@@ -102,6 +102,8 @@ function reviveNonFinite(type: RunLogRecordType, payload: Record<string, unknown
     reviveInterval(payload.interval);
   } else if (type === 'run' || type === 'run-ended') {
     if (isObject(payload.policy) && payload.policy.maxBatch === null) payload.policy.maxBatch = Infinity;
+    // Logs written before uncovered layers existed: every parameter was covered.
+    if (!Array.isArray(payload.uncoveredLayers)) payload.uncoveredLayers = [];
   }
 }
 

@@ -14,7 +14,7 @@ export interface NoiseScaleUpdate {
 }
 
 const NO_SECOND_SCALE =
-  'one micro-batch on one rank: no second batch scale, so no estimate (use gradient accumulation or data parallelism)';
+  'one micro-batch on one rank: no second batch scale, so no estimate (measure per-example norms: watch(..., source="per-example") or "auto"; or use gradient accumulation or data parallelism)';
 /** Why a smoothed estimate is not trusted yet, or null when it is. */
 function untrustedNote(smoothed: StepStats['smoothed']): string | null {
   if (!smoothed || smoothed.trusted) return null;

@@ -47,6 +47,7 @@ export function runInfoToWire(info: RunInfo): WireRunInfo {
     every: info.every,
     optimizer: info.optimizer ?? '',
     policy: policyToWire(info.policy),
+    uncoveredLayers: info.uncoveredLayers.map((l) => ({ name: l.name, numel: l.numel, kind: l.kind })),
   };
 }
 

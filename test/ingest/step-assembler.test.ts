@@ -1,44 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { StepAssembler, STEP_LIMITS } from '../../src/ingest/step-assembler.js';
-import type { RunLayout } from '../../src/ingest/run-layout.js';
-import type { GradientShard__Output } from '../../src/transport/generated/noisescope/v1/GradientShard.js';
-import type { StepEnd__Output } from '../../src/transport/generated/noisescope/v1/StepEnd.js';
-
-const layout = (worldSize = 1): RunLayout => ({
-  run: 'r',
-  worldSize,
-  layers: [
-    { name: 'a', numel: 10, kind: 'Linear' },
-    { name: 'b', numel: 5, kind: 'Linear' },
-  ],
-  datasetSize: null,
-  every: 1,
-  mode: 'norms',
-});
-
-const shard = (step: number, microBatch: number, values = [1, 2], examples = 8): GradientShard__Output => ({
-  step,
-  microBatch,
-  examples,
-  layer: 0,
-  payload: 'sqNorms',
-  sqNorms: { values },
-});
-
-const end = (step: number, microBatches: number, extra: Partial<StepEnd__Output> = {}): StepEnd__Output => ({
-  step,
-  microBatches,
-  localExamples: 8 * microBatches,
-  globalExamples: 0,
-  accumulatedSqNorms: [3, 4],
-  reducedSqNorms: [],
-  lr: 0.1,
-  loss: Number.NaN,
-  skipped: false,
-  skipReason: '',
-  unixMs: 1,
-  ...extra,
-});
+import { end, layout, shard } from './fixtures.js';
 
 describe('StepAssembler', () => {
   it('completes a step only when every rank of the run has ended it', () => {

@@ -14,6 +14,7 @@ export function runInfo(overrides: Partial<RunInfo> = {}): RunInfo {
     source: 'accumulation',
     mode: 'norms',
     layers: [],
+    uncoveredLayers: [],
     parameters: 1000,
     datasetSize: null,
     every: 1,

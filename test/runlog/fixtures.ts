@@ -18,6 +18,7 @@ export function runInfo(run: string, overrides: Partial<RunInfo> = {}): RunInfo 
       { name: 'fc1.bias', numel: 128, kind: 'Linear' },
     ],
     parameters: 8320,
+    uncoveredLayers: [{ name: 'attn.in_proj_weight', numel: 3072, kind: 'MultiheadAttention' }],
     datasetSize: null,
     every: 1,
     startedUnixMs: 1_700_000_000_000,

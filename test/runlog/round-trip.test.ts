@@ -150,6 +150,16 @@ describe('torn lines', () => {
     expect(log.torn).toEqual([expect.objectContaining({ line: 2, last: false })]);
   });
 
+  it('reads a run written before uncovered layers existed as covering every parameter', async () => {
+    const dir = await scratch();
+    const path = join(dir, 'older.ndjson');
+    const { uncoveredLayers, ...older } = runInfo('older');
+    expect(uncoveredLayers.length).toBeGreaterThan(0);
+    await writeFile(path, `${JSON.stringify({ v: 1, type: 'run', unixMs: 1, info: older })}\n`);
+    const [record] = (await readRunLog(path)).records;
+    expect(record?.type === 'run' && record.info.uncoveredLayers).toEqual([]);
+  });
+
   it('refuses a line that is JSON but not a record, naming the file and line', async () => {
     const dir = await scratch();
     const path = join(dir, 'odd.ndjson');

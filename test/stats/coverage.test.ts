@@ -39,6 +39,35 @@ const CASES: readonly Case[] = [
     steps: 60,
     populationSize: 256,
   },
+  {
+    name: 'per-example sums, one micro-batch of 32, beta 0.9, 90%',
+    layout: { name: 'pe', microExamples: [[32]], allReduce: false, perExample: true },
+    beta: 0.9,
+    confidence: 0.9,
+    steps: 60,
+  },
+  {
+    name: 'per-example sums with 4 micro-batches, beta 0.99 after 20 steps, 95%',
+    layout: { name: 'pe-k4', microExamples: [[8, 8, 8, 8]], allReduce: false, perExample: true },
+    beta: 0.99,
+    confidence: 0.95,
+    steps: 20,
+  },
+  {
+    name: 'per-example sums on 2 ranks + all-reduce, beta 0.9, 90%',
+    layout: { name: 'pe-ddp', microExamples: [[16], [16]], allReduce: true, perExample: true },
+    beta: 0.9,
+    confidence: 0.9,
+    steps: 60,
+  },
+  {
+    name: 'per-example sums from N = 256 without replacement (FPC), beta 0.9, 90%',
+    layout: { name: 'pe-fpc', microExamples: [[32]], allReduce: false, perExample: true },
+    beta: 0.9,
+    confidence: 0.9,
+    steps: 60,
+    populationSize: 256,
+  },
 ];
 
 function coverage(c: Case): { covered: number; bounded: number } {

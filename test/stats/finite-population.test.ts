@@ -1,9 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { toBatchScales } from '../../src/ingest/to-batch-scales.js';
-import { fitBatchScales } from '../../src/stats/fit-batch-scales.js';
 import { RunEstimator } from '../../src/stats/run-estimator.js';
 import { type SyntheticGradients, type SyntheticLayout, type SyntheticLayer, SeededRandom, finiteTrainingSet, simulateSyntheticStep } from '../../src/bench/synthetic-gradients.js';
-import { meanAndStandardError, relativeError } from './simulate.js';
+import { rawSteps, relativeError } from './simulate.js';
 
 // A training set of N = 256 examples whose B_simple (~200) is comparable to N, sampled
 // without replacement within each step as an epoch-shuffling DataLoader does.
@@ -20,16 +19,6 @@ function population(seed: number): { rng: SeededRandom; source: SyntheticGradien
   return { rng, source: finiteTrainingSet(rng, LAYERS, N) };
 }
 
-function rawSteps(rng: SeededRandom, source: SyntheticGradients, layout: SyntheticLayout, steps: number, datasetSize: number | null) {
-  const gradSqNorm: number[] = [];
-  const traceSigma: number[] = [];
-  for (let s = 0; s < steps; s++) {
-    const fits = toBatchScales(simulateSyntheticStep(rng, source, layout, s), datasetSize).map((l) => fitBatchScales(l)!);
-    gradSqNorm.push(fits.reduce((a, f) => a + f.gradSqNorm, 0));
-    traceSigma.push(fits.reduce((a, f) => a + f.traceSigma, 0));
-  }
-  return { gradSqNorm: meanAndStandardError(gradSqNorm), traceSigma: meanAndStandardError(traceSigma) };
-}
 
 describe('sampling without replacement from N examples, with the finite-population correction', () => {
   it('the truth really is in the regime where the correction matters', () => {

@@ -18,7 +18,7 @@ const K4_OF_16: SyntheticLayout = { name: '4 × 16', microExamples: [[16, 16, 16
 const K4_OF_32: SyntheticLayout = { name: '4 × 32', microExamples: [[32, 32, 32, 32]], allReduce: false };
 
 function layoutOf(source: SyntheticGradients): RunLayout {
-  return { run: 'r', worldSize: 1, layers: source.layers, datasetSize: null, every: 1, mode: 'norms', optimizer: 'SGD', policy: {} };
+  return { run: 'r', worldSize: 1, layers: source.layers, uncoveredLayers: [], datasetSize: null, every: 1, mode: 'norms', optimizer: 'SGD', policy: {} };
 }
 
 /** One measured step of run 'r' from `source`, with the given learning rate. */

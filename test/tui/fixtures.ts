@@ -11,6 +11,7 @@ export function runInfo(overrides: Partial<RunInfo> = {}): RunInfo {
     source: 'accumulation',
     mode: 'norms',
     layers: [],
+    uncoveredLayers: [],
     parameters: 26122,
     datasetSize: 1797,
     every: 1,
