@@ -62,6 +62,20 @@ const SCENARIOS: readonly Scenario[] = [
     layout: { name: '4 × 16 from N=256, FPC', microExamples: [[16, 16, 16, 16]], allReduce: false },
     source: (r) => finiteTrainingSet(r, SET_LAYERS, 256),
   },
+  // The per-example source: batch-of-one vs the step's batch, alone and combined with accumulation and ranks.
+  { layout: { name: '1 × 64 per-example', microExamples: [[64]], allReduce: false, perExample: true }, source: (r) => gaussianGradients(r, LAYERS) },
+  {
+    layout: { name: '4 × 16 accumulation + per-example', microExamples: [[16, 16, 16, 16]], allReduce: false, perExample: true },
+    source: (r) => gaussianGradients(r, LAYERS),
+  },
+  {
+    layout: { name: '2 ranks × 32 + all-reduce + per-example', microExamples: [[32], [32]], allReduce: true, perExample: true },
+    source: (r) => gaussianGradients(r, LAYERS),
+  },
+  {
+    layout: { name: '1 × 64 per-example from N=256, FPC', microExamples: [[64]], allReduce: false, perExample: true },
+    source: (r) => finiteTrainingSet(r, SET_LAYERS, 256),
+  },
 ];
 
 function quantile(sorted: readonly number[], q: number): number {

@@ -4,7 +4,8 @@ import { measureSyntheticAccuracy, runSyntheticAccuracy } from '../../src/bench/
 describe('bench accuracy (smoke: a few replicates)', () => {
   it('measures every layout at every beta against its own truth', () => {
     const rows = measureSyntheticAccuracy({ replicates: 4, betas: [0.9] });
-    expect(rows.map((r) => r.layout)).toHaveLength(4);
+    expect(rows.map((r) => r.layout)).toHaveLength(8);
+    expect(rows.filter((r) => r.layout.includes('per-example'))).toHaveLength(4);
     for (const row of rows) {
       expect(row.steps).toBe(30);
       expect(row.trueBSimple).toBeGreaterThan(50);
@@ -18,6 +19,6 @@ describe('bench accuracy (smoke: a few replicates)', () => {
     const table = runSyntheticAccuracy({ replicates: 2, betas: [0.5] });
     expect(table).toMatch(/true B_simple/);
     expect(table).toMatch(/coverage/);
-    expect(table.split('\n').filter((line) => line.includes('(nominal 90.0%)'))).toHaveLength(4);
+    expect(table.split('\n').filter((line) => line.includes('(nominal 90.0%)'))).toHaveLength(8);
   });
 });
