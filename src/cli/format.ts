@@ -28,7 +28,9 @@ export function formatStep(s: StepStats): string {
 export function formatRun(r: RunInfo): string {
   const state = r.ended ? 'ended' : `${r.ranksConnected}/${r.worldSize} ranks connected`;
   const n = r.datasetSize ? `, N=${r.datasetSize}` : '';
-  return `run ${r.run}: ${r.layers.length} layers, ${r.parameters.toLocaleString('en-US')} parameters, ${state}, every ${r.every} step(s)${n}`;
+  const left = r.uncoveredLayers.reduce((sum, l) => sum + l.numel, 0);
+  const uncovered = r.uncoveredLayers.length ? ` (${r.uncoveredLayers.length} more layers, ${left.toLocaleString('en-US')} parameters, not covered)` : '';
+  return `run ${r.run}: ${r.layers.length} layers, ${r.parameters.toLocaleString('en-US')} parameters${uncovered}, ${state}, every ${r.every} step(s)${n}`;
 }
 
 /** One line: what to do, how to get there, how sure, then the policy's own reason (which has the evidence). */

@@ -90,6 +90,18 @@ describe('dashboard', () => {
     expect(m.frame()).toMatch(/Scales: none \(1 micro-batch × 1 rank, 1 batch scale\) — one batch/);
   });
 
+  it('says which share of the parameters the per-example source covers', async () => {
+    const m = mount();
+    // 97.5% of 40,000 parameters covered, two layers (1,000 parameters) left out.
+    const uncoveredLayers = [
+      { name: 'attn.in_proj_weight', numel: 600, kind: 'MultiheadAttention' },
+      { name: 'pos', numel: 400, kind: 'Parameter' },
+    ];
+    m.runs.next([runInfo({ source: 'per-example', parameters: 39_000, uncoveredLayers })]);
+    m.stats.next(step(0, { source: 'per-example', microBatches: 1, levels: 2 }));
+    await expect.poll(m.frame).toContain('Scales: per-example (covers 97% of parameters; 2 layers not covered)');
+  });
+
   it('scrolls and sorts many layers', async () => {
     const m = mount();
     steady(m);

@@ -4,7 +4,8 @@ import { layoutChart, RESTART, segments, short } from '../../tui/chart.js';
 import { EMPTY_MODEL, examplesPerSecond, HISTORY, KEPT, recentRestart, reduce, RESTART_NOTICE_STEPS, type ChartPoint } from '../../tui/model.js';
 import { statusTone, THEME, type Status } from '../../tui/theme.js';
 import { candidates, progressPerStep, relativeGradientError } from '../../tui/tradeoff.js';
-import { estimate, recommendation, step } from './fixtures.js';
+import { coverageNote } from '../../tui/components/status-lines.js';
+import { estimate, recommendation, runInfo, step } from './fixtures.js';
 
 const point = (s: number, bSimple: number | null, extra: Partial<ChartPoint> = {}): ChartPoint => ({
   step: s,
@@ -155,5 +156,17 @@ describe('theme', () => {
     const statuses: Status[] = ['waiting', 'warming-up', 'trusted', 'no-estimate', 'rank-missing', 'ended', 'disconnected'];
     expect(statuses.map(statusTone)).toEqual(['muted', 'warn', 'ok', 'warn', 'warn', 'muted', 'error']);
     for (const style of Object.values(THEME)) expect(['white', 'black']).not.toContain(style.color);
+  });
+});
+
+describe('coverage note', () => {
+  const layer = (numel: number) => ({ name: `u${numel}`, numel, kind: 'Parameter' });
+  it('is absent when every parameter is covered', () => {
+    expect(coverageNote(runInfo({ uncoveredLayers: [] }))).toBeNull();
+    expect(coverageNote(null)).toBeNull();
+  });
+  it('rounds the covered share down, so a left-out layer never reads as 100%', () => {
+    expect(coverageNote(runInfo({ parameters: 9_999, uncoveredLayers: [layer(1)] }))).toBe('covers 99% of parameters; 1 layer not covered');
+    expect(coverageNote(runInfo({ parameters: 1, uncoveredLayers: [layer(1_000), layer(2)] }))).toBe('covers <1% of parameters; 2 layers not covered');
   });
 });

@@ -3,10 +3,21 @@ import type { Health, RunInfo, StepStats } from '../../src/types.js';
 import { short } from '../chart.js';
 import { Line, Toned } from './toned.js';
 
-/** Which batch-scale source the estimate comes from. */
+/** How much of the model the estimate covers, when the hook left layers out (the per-example source); null when all of it. */
+export function coverageNote(info: RunInfo | null): string | null {
+  if (!info || info.uncoveredLayers.length === 0) return null;
+  const uncovered = info.uncoveredLayers.reduce((n, l) => n + l.numel, 0);
+  // Rounded down, so a model with a layer left out never reads as 100%.
+  const percent = Math.floor((100 * info.parameters) / (info.parameters + uncovered));
+  const count = info.uncoveredLayers.length;
+  return `covers ${percent > 0 || info.parameters === 0 ? percent : '<1'}% of parameters; ${count} layer${count === 1 ? '' : 's'} not covered`;
+}
+
+/** Which batch-scale source the estimate comes from, and how much of the model it covers. */
 export function SourceLine({ info, latest }: { readonly info: RunInfo | null; readonly latest: StepStats | null }) {
   const source = latest?.source ?? info?.source ?? null;
   if (!source) return null;
+  const coverage = coverageNote(info);
   const detail = latest
     ? `${latest.microBatches} micro-batch${latest.microBatches === 1 ? '' : 'es'} × ${latest.ranks} rank${latest.ranks === 1 ? '' : 's'}, ${latest.levels} batch scale${latest.levels === 1 ? '' : 's'}`
     : '';
@@ -16,6 +27,7 @@ export function SourceLine({ info, latest }: { readonly info: RunInfo | null; re
         {'Scales: '}
       </Toned>
       <Toned tone={source === 'none' ? 'warn' : 'plain'}>{source}</Toned>
+      {coverage ? <Toned tone="warn">{` (${coverage})`}</Toned> : null}
       <Toned tone="muted">{detail ? ` (${detail})` : ''}</Toned>
       {source === 'none' && latest?.note ? <Toned tone="warn">{` — ${latest.note}`}</Toned> : null}
     </Line>
