@@ -37,6 +37,9 @@ Usage:
       over real gRPC (norms mode), p50/p99.
   noisescope bench dashboard
       Dashboard CPU per frame at 20 updates/s; step latency with and without a dashboard open.
+  noisescope bench wire [--sizes 1,2,4] [--mib 256] [--repeats 3] [--clients python,node] [--json]
+      Raw gRPC loopback MB/s into grpc-js for 1–4 MiB messages, 64 KiB vs the sidecar's 16 MiB
+      HTTP/2 window, from Python grpcio and Node grpc-js clients; payload → aligned float32 GB/s.
 
 In Python:  ns = noisescope.watch(model, optimizer)   # one line; see README.md
 `;
@@ -165,7 +168,12 @@ async function bench(args: string[]): Promise<void> {
     process.stdout.write(`${await runDashboardBench()}\n`);
     return;
   }
-  throw new UsageError(`unknown benchmark '${which ?? ''}': try 'noisescope bench accuracy', 'latency' or 'dashboard'`);
+  if (which === 'wire') {
+    const { runWireBenchCommand } = await import('./bench/wire-bench-cli.js');
+    process.stdout.write(`${await runWireBenchCommand(args.slice(1))}\n`);
+    return;
+  }
+  throw new UsageError(`unknown benchmark '${which ?? ''}': try 'noisescope bench accuracy', 'latency', 'dashboard' or 'wire'`);
 }
 
 async function main(argv: string[]): Promise<void> {
