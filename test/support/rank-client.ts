@@ -89,6 +89,12 @@ export function accumulationStep(
   ];
 }
 
+/** Shards and StepEnd for one micro-batch step of the per-example source: norms, per-example sums, the same accumulated norms. */
+export function perExampleStep(step: number, sqNorms: number[], sums: number[], examples = 16): RankMessage[] {
+  const [shard, stepEnd] = accumulationStep(step, [sqNorms], sqNorms, examples);
+  return [{ shard: { ...shard!.shard, perExample: { sums } } }, stepEnd!];
+}
+
 /**
  * What rank `rank` sends for one step simulated by src/bench/synthetic-gradients.ts
  * (known |G|² and tr(Σ)): its micro-batch shards, then its StepEnd.
@@ -97,9 +103,18 @@ export function syntheticStepMessages(step: CompletedStep, rank: number, lr = 0.
   const mine = step.ranks.find((r) => r.rank === rank);
   if (!mine) throw new RangeError(`the simulated step ${step.step} has no rank ${rank}`);
   return [
-    ...mine.microSqNorms.map((values, i): RankMessage => ({
-      shard: { step: step.step, microBatch: i, examples: mine.microExamples[i]!, sqNorms: { values: [...values] } },
-    })),
+    ...mine.microSqNorms.map((values, i): RankMessage => {
+      const sums = mine.microExampleSqNormSums?.[i];
+      return {
+        shard: {
+          step: step.step,
+          microBatch: i,
+          examples: mine.microExamples[i]!,
+          sqNorms: { values: [...values] },
+          ...(sums ? { perExample: { sums: [...sums] } } : {}),
+        },
+      };
+    }),
     {
       stepEnd: {
         step: step.step,

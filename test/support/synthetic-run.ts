@@ -12,6 +12,10 @@ export interface SyntheticRunOptions {
   /** Examples per micro-batch, per rank: [[16, 16], [16, 16]] is two ranks of two micro-batches. */
   readonly microExamples: readonly (readonly number[])[];
   readonly seed: number;
+  /** Send per-example sums with every shard (the per-example source; default false). */
+  readonly perExample?: boolean;
+  /** Declared in the Hello as parameters the hook does not cover. */
+  readonly uncoveredLayers?: readonly { readonly name: string; readonly numel: number; readonly kind: string }[];
 }
 
 export class SyntheticRun {
@@ -20,25 +24,38 @@ export class SyntheticRun {
   private readonly random: SeededRandom;
   private readonly source: ReturnType<typeof gaussianGradients>;
   private readonly microExamples: readonly (readonly number[])[];
-  private readonly steps: CompletedStep[] = [];
+  private readonly perExample: boolean;
+  private readonly uncoveredLayers: SyntheticRunOptions['uncoveredLayers'];
+  /** Every step simulated so far, as the sidecar should assemble it. */
+  readonly steps: CompletedStep[] = [];
 
   constructor(options: SyntheticRunOptions) {
     this.run = options.run;
     this.worldSize = options.microExamples.length;
     this.microExamples = options.microExamples;
+    this.perExample = options.perExample ?? false;
+    this.uncoveredLayers = options.uncoveredLayers;
     this.random = new SeededRandom(options.seed);
     this.source = gaussianGradients(this.random, [{ name: 'w', numel: 256, gradSqNorm: 1, bSimple: options.bSimple }]);
   }
 
   hello(rank: number, session = `${this.run}-${rank}`): RankMessage {
-    return hello({ run: this.run, rank, worldSize: this.worldSize, layers: [...this.source.layers], session, optimizer: 'SGD' });
+    return hello({
+      run: this.run,
+      rank,
+      worldSize: this.worldSize,
+      layers: [...this.source.layers],
+      session,
+      optimizer: 'SGD',
+      ...(this.uncoveredLayers ? { uncoveredLayers: this.uncoveredLayers.map((l) => ({ ...l })) } : {}),
+    });
   }
 
   /** Rank `rank`'s messages for step `step` (each step is simulated once, for every rank). */
   messages(step: number, rank: number): RankMessage[] {
     while (this.steps.length <= step) {
       this.steps.push(
-        simulateSyntheticStep(this.random, this.source, { name: this.run, microExamples: this.microExamples, allReduce: this.worldSize > 1 }, this.steps.length),
+        simulateSyntheticStep(this.random, this.source, { name: this.run, microExamples: this.microExamples, allReduce: this.worldSize > 1, perExample: this.perExample }, this.steps.length),
       );
     }
     return syntheticStepMessages(this.steps[step]!, rank);

@@ -1,9 +1,8 @@
 import { status } from '@grpc/grpc-js';
-import { firstValueFrom, filter, take, toArray } from 'rxjs';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { startSidecar, type Sidecar } from '../../src/index.js';
-import type { NoiseScopeClient } from '../../src/transport/generated/noisescope/v1/NoiseScope.js';
-import { accumulationStep, connect, hello, RankStream } from '../support/rank-client.js';
+import { filter, firstValueFrom } from 'rxjs';
+import { describe, expect, it } from 'vitest';
+import { accumulationStep, hello, RankStream } from '../support/rank-client.js';
+import { sidecarEachTest } from '../support/sidecar-each-test.js';
 
 // Four micro-batches of a 3-layer model: micro norms and the accumulated sum's norm.
 const MICRO = [
@@ -21,27 +20,13 @@ function totals() {
   return { ySmall, yBig };
 }
 
-let sidecar: Sidecar;
-let client: NoiseScopeClient;
-
-beforeEach(async () => {
-  sidecar = await startSidecar({ port: 0, healthIntervalMs: 50 });
-  client = connect(sidecar.address);
-});
-
-afterEach(async () => {
-  client.close();
-  await sidecar.close();
-});
-
-async function steps(n: number, run = 'test-run') {
-  return firstValueFrom(sidecar.stats$.pipe(filter((s) => s.run === run), take(n), toArray()));
-}
+const t = sidecarEachTest();
+const steps = t.steps;
 
 describe('Attach', () => {
   it('welcomes a rank and turns its shards into a step estimate', async () => {
     const got = steps(1);
-    const rank = new RankStream(client);
+    const rank = new RankStream(t.client);
     rank.send(hello());
     for (const m of accumulationStep(0, MICRO, ACCUMULATED)) rank.send(m);
     const [stats] = await got;
@@ -58,7 +43,7 @@ describe('Attach', () => {
 
   it('applies the finite-population correction when the hook declares the dataset size', async () => {
     const got = steps(1);
-    const rank = new RankStream(client);
+    const rank = new RankStream(t.client);
     rank.send(hello({ datasetSize: 200 }));
     for (const m of accumulationStep(0, MICRO, ACCUMULATED)) rank.send(m);
     const [stats] = await got;
@@ -72,7 +57,7 @@ describe('Attach', () => {
 
   it('says there is no estimate when a step has one micro-batch on one rank', async () => {
     const got = steps(1);
-    const rank = new RankStream(client);
+    const rank = new RankStream(t.client);
     rank.send(hello());
     for (const m of accumulationStep(0, [MICRO[0]!], MICRO[0]!)) rank.send(m);
     const [stats] = await got;
@@ -82,7 +67,7 @@ describe('Attach', () => {
 
   it('flags a step the hook skipped for non-finite gradients and keeps the run going', async () => {
     const got = steps(2);
-    const rank = new RankStream(client);
+    const rank = new RankStream(t.client);
     rank.send(hello());
     rank.send({ stepEnd: { step: 0, skipped: true, skipReason: 'non-finite gradient in fc1.weight' } });
     for (const m of accumulationStep(1, MICRO, ACCUMULATED)) rank.send(m);
@@ -94,7 +79,7 @@ describe('Attach', () => {
 
   it('refuses each bad message with a status that says why, and loses nothing already accepted', async () => {
     const got = steps(3);
-    const rank = new RankStream(client);
+    const rank = new RankStream(t.client);
     rank.send(hello());
     for (const m of accumulationStep(0, MICRO, ACCUMULATED)) rank.send(m);
     const bad: [string, Parameters<RankStream['send']>[0]][] = [
@@ -151,12 +136,12 @@ describe('Attach', () => {
     expect(messages[10]).toMatch(/goes backwards, rank 0 already ended step 1/);
     expect(messages[11]).toMatch(/declared 4 micro-batches but micro-batch shard\(s\) 3 never arrived/);
     expect(rank.status).toBeNull(); // the stream stayed open through all of it
-    const health = await firstValueFrom(sidecar.health$.pipe(filter((h) => h.refused >= 12)));
+    const health = await firstValueFrom(t.sidecar.health$.pipe(filter((h) => h.refused >= 12)));
     expect(health).toMatchObject({ stepsCompleted: 3, stepsIncomplete: 1 });
   });
 
   it('ends a stream that sends data before Hello', async () => {
-    const rank = new RankStream(client);
+    const rank = new RankStream(t.client);
     rank.send(accumulationStep(0, MICRO, ACCUMULATED)[0]!);
     await expect.poll(() => rank.status?.code).toBe(status.FAILED_PRECONDITION);
     expect(rank.status?.details).toMatch(/shard before Hello: send Hello first/);
@@ -174,17 +159,17 @@ describe('Attach', () => {
       /layer name 'a' appears twice/,
     ],
   ])('refuses a Hello with %s', async (_what, message, code, details) => {
-    const rank = new RankStream(client);
+    const rank = new RankStream(t.client);
     rank.send(message);
     await expect.poll(() => rank.status?.code).toBe(code);
     expect(rank.status?.details).toMatch(details);
   });
 
   it('refuses a rank whose layers disagree with its run, and keeps the run', async () => {
-    const first = new RankStream(client);
+    const first = new RankStream(t.client);
     first.send(hello({ worldSize: 2 }));
     await expect.poll(() => first.received.length).toBe(1);
-    const second = new RankStream(client);
+    const second = new RankStream(t.client);
     second.send(hello({ worldSize: 2, rank: 1, layers: [{ name: 'other', numel: 3 }] }));
     await expect.poll(() => second.status?.code).toBe(status.FAILED_PRECONDITION);
     expect(second.status?.details).toMatch(/already attached with 3 layers; this rank declared 1/);
@@ -194,13 +179,13 @@ describe('Attach', () => {
 
 describe('Watch', () => {
   it('sends known runs and their latest step, then live steps', async () => {
-    const rank = new RankStream(client);
+    const rank = new RankStream(t.client);
     rank.send(hello());
     const got = steps(1);
     for (const m of accumulationStep(0, MICRO, ACCUMULATED)) rank.send(m);
     await got;
     const events: unknown[] = [];
-    const call = client.Watch({ run: 'test-run' });
+    const call = t.client.Watch({ run: 'test-run' });
     call.on('data', (e) => events.push(e));
     call.on('error', () => {});
     await expect.poll(() => events.length).toBeGreaterThanOrEqual(2);
@@ -216,7 +201,7 @@ describe('Watch', () => {
   });
 
   it('answers NOT_FOUND for a run it has never seen', async () => {
-    const call = client.Watch({ run: 'nope' });
+    const call = t.client.Watch({ run: 'nope' });
     const error = await new Promise<{ code: number; details: string }>((resolve) => call.on('error', resolve));
     expect(error.code).toBe(status.NOT_FOUND);
     expect(error.details).toMatch(/unknown run 'nope'/);
@@ -226,20 +211,20 @@ describe('Watch', () => {
 describe('hook sessions', () => {
   it('lets a new process reuse a run name (its steps restart), but not a reconnection', async () => {
     const got = steps(3);
-    const first = new RankStream(client);
+    const first = new RankStream(t.client);
     first.send(hello({ session: 'a' }));
     for (const m of accumulationStep(0, MICRO, ACCUMULATED)) first.send(m);
     await expect.poll(() => first.received.length).toBe(1);
     first.end();
     // Reconnection of the same session: step 0 is still a duplicate.
-    const again = new RankStream(client);
+    const again = new RankStream(t.client);
     again.send(hello({ session: 'a' }));
     for (const m of accumulationStep(0, MICRO, ACCUMULATED).slice(-1)) again.send(m);
     await expect.poll(() => again.refusals().length).toBe(1);
     expect(again.refusals()[0]?.code).toBe(status.ALREADY_EXISTS);
     again.end();
     // A new session (a new watch() in a new process): steps from 0 again.
-    const second = new RankStream(client);
+    const second = new RankStream(t.client);
     second.send(hello({ session: 'b' }));
     for (const step of [0, 1]) for (const m of accumulationStep(step, MICRO, ACCUMULATED)) second.send(m);
     const all = await got;
