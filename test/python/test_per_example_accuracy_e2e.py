@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import time
 
-import pytest
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
 from exact_noise import ExactNoise, LayerNoise
-from test_accuracy_e2e import GOAL, TOLERANCE, Trace, compare, format_report, step_events
+from test_accuracy_e2e import BETA, GOAL, TOLERANCE, Trace, beta_sidecar, compare, format_report, step_events  # noqa: F401 (fixture)
 
-BETA = 0.99
 STEPS = 500
 BATCH = 64
 SEED = 0
@@ -104,17 +102,6 @@ def run_training(address: str, run: str) -> Trace:
         handle.remove()
     trace.seconds = {"train_total": time.perf_counter() - t0, "reference": spent}
     return trace
-
-
-@pytest.fixture
-def beta_sidecar():
-    from conftest import Sidecar
-
-    s = Sidecar("--beta", str(BETA))
-    try:
-        yield s
-    finally:
-        s.stop()
 
 
 def test_per_example_b_simple_matches_exact_noise_scale_with_one_micro_batch_per_step(beta_sidecar) -> None:

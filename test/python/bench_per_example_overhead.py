@@ -1,0 +1,141 @@
+"""Benchmark: overhead per optimizer step of the per-example source, one micro-batch per step, on CPU.
+
+Run: .venv/bin/python test/python/bench_per_example_overhead.py [--quick]
+
+For an MLP, a small CNN and a small transformer block (hand-written attention, so every
+parameter is covered), each configuration trains the same model, one micro-batch per step,
+torch on one thread, the real sidecar in its own process: no hook; source="accumulation"
+every=1 (the norms alone, for reference); source="per-example" at every=10 and every=1.
+Rounds interleave the configurations; a configuration's figure in a round is its mean step
+time, and the table gives the median over rounds of its ratio to "no hook" in the same round.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import noisescope
+from bench_overhead import QuietSidecar
+
+CONFIGS: dict[str, tuple[str, int] | None] = {
+    "no hook": None,
+    "norms every=1": ("accumulation", 1),
+    "per-ex every=10": ("per-example", 10),
+    "per-ex every=1": ("per-example", 1),
+}
+
+
+class Block(nn.Module):
+    """Embedding → pre-norm attention (q/k/v Linear, SDPA) → pre-norm MLP → vocabulary head."""
+
+    def __init__(self, vocab: int = 1000, width: int = 128, heads: int = 4) -> None:
+        super().__init__()
+        self.heads = heads
+        self.embed = nn.Embedding(vocab, width)
+        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.qkv, self.out = nn.Linear(width, 3 * width), nn.Linear(width, width)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+        self.head = nn.Linear(width, vocab)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.embed(tokens)
+        b, t, w = h.shape
+        q, k, v = self.qkv(self.norm1(h)).view(b, t, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+        h = h + self.out(F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, w))
+        h = h + self.mlp(self.norm2(h))
+        return self.head(h)
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
+
+
+def cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(64, 64, 3, stride=2, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10),
+    )
+
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+WORKLOADS: dict[str, tuple[Callable[[], nn.Module], Callable[[torch.Generator], Batch], Callable]] = {
+    "MLP 784-512-512-10 (b=64)": (
+        mlp, lambda g: (torch.randn(64, 784, generator=g), torch.randint(0, 10, (64,), generator=g)), F.cross_entropy
+    ),
+    "CNN 3 conv, 32x32 (b=32)": (
+        cnn, lambda g: (torch.randn(32, 3, 32, 32, generator=g), torch.randint(0, 10, (32,), generator=g)), F.cross_entropy
+    ),
+    "transformer block T=64 (b=16)": (
+        Block,
+        lambda g: (torch.randint(0, 1000, (16, 64), generator=g), torch.randint(0, 1000, (16, 64), generator=g)),
+        lambda out, y: F.cross_entropy(out.flatten(0, 1), y.flatten()),
+    ),
+}
+
+
+def mean_step_time(model: nn.Module, opt: torch.optim.Optimizer, batch: Batch, loss_fn: Callable, steps: int) -> float:
+    x, y = batch
+    started = time.perf_counter()
+    for _ in range(steps):
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+    return (time.perf_counter() - started) / steps
+
+
+def bench(name: str, address: str, rounds: int, steps: int) -> str:
+    make, data, loss_fn = WORKLOADS[name]
+    batch = data(torch.Generator().manual_seed(1))
+    means: dict[str, list[float]] = {label: [] for label in CONFIGS}
+    for r in range(rounds):
+        for label, config in CONFIGS.items():
+            torch.manual_seed(0)
+            model = make()
+            opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+            if config is None:
+                mean_step_time(model, opt, batch, loss_fn, 10)  # warm-up
+                means[label].append(mean_step_time(model, opt, batch, loss_fn, steps))
+                continue
+            source, every = config
+            with noisescope.watch(model, opt, address=address, every=every, source=source, run=f"bench-{name}-{label}-{r}"):
+                mean_step_time(model, opt, batch, loss_fn, 10)  # warm-up, connected, one measured step in it
+                means[label].append(mean_step_time(model, opt, batch, loss_fn, steps))
+    base = statistics.median(means["no hook"])
+    cells = [f"{name:<30} {base * 1e3:>8.2f} ms"]
+    for label in list(CONFIGS)[1:]:
+        ratios = [hooked / plain for hooked, plain in zip(means[label], means["no hook"])]
+        cells.append(f"{(statistics.median(ratios) - 1) * 100:>+15.1f}%")
+    return " ".join(cells)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run, noisier)")
+    args = parser.parse_args()
+    rounds = 3 if args.quick else 9
+    logging.getLogger("noisescope").setLevel(logging.ERROR)  # the source line and one-scale warning, once per watch
+    torch.set_num_threads(1)  # one core for training, the other for the sidecar
+    sidecar = QuietSidecar()
+    try:
+        print(
+            f"per-example source overhead per optimizer step (one micro-batch per step, torch {torch.__version__}, "
+            "1 thread; median over rounds of mean-step-time ratios to no hook)"
+        )
+        print(f"{'model':<30} {'no hook':>11} " + " ".join(f"{label:>16}" for label in list(CONFIGS)[1:]))
+        for name in WORKLOADS:
+            print(bench(name, sidecar.address, rounds=rounds, steps=40))
+    finally:
+        sidecar.stop()
+
+
+if __name__ == "__main__":
+    main()
