@@ -73,13 +73,14 @@ export async function selectBackend(options: SelectOptions = {}): Promise<{ back
       reports.push({ name: candidate.name, verdict: 'unavailable', reason: (error as Error).message ?? String(error) });
       continue;
     }
-    const twin = executes.get(sameWork(backend.mode));
+    const work = sameWork(backend.mode);
+    const twin = work === undefined ? undefined : executes.get(work);
     if (twin !== undefined && !forced) {
       reports.push({ name: candidate.name, verdict: 'duplicate', mode: backend.mode, reason: `runs the same code as ${twin}` });
       backend.dispose();
       continue;
     }
-    executes.set(sameWork(backend.mode), candidate.name);
+    if (work !== undefined) executes.set(work, candidate.name);
     const error = await probeError(backend, expected).catch(() => Infinity);
     if (!(error <= PROBE_TOLERANCE)) {
       reports.push({ name: candidate.name, verdict: 'wrong', mode: backend.mode, error, reason: `probe error ${error.toExponential(2)} > ${PROBE_TOLERANCE}` });
@@ -129,7 +130,8 @@ export function formatSelection(report: SelectionReport): string {
 const formatGBps = (v: number | undefined): string => (v === undefined ? '?' : v.toFixed(2));
 
 /** gpu.js's gpu mode that fell back to webasm runs exactly what webasm mode runs; async adds threads. */
-function sameWork(mode: string): string {
+function sameWork(mode: string): string | undefined {
+  if (!mode.startsWith('gpu.js ')) return undefined;
   return mode.replace(/^gpu\.js (\w+) mode/, (_, m: string) => (m === 'async' ? 'async' : 'sync'));
 }
 
