@@ -37,7 +37,7 @@ Usage:
       over real gRPC (norms mode), p50/p99.
   noisescope bench dashboard
       Dashboard CPU per frame at 20 updates/s; step latency with and without a dashboard open.
-  noisescope bench wire [--sizes 1,2,4] [--mib 256] [--repeats 3] [--clients python,node] [--json]
+  noisescope bench wire [--sizes 1,2,4] [--mib 256] [--repeats 5] [--clients python,node] [--json]
       Raw gRPC loopback MB/s into grpc-js for 1–4 MiB messages, 64 KiB vs the sidecar's 16 MiB
       HTTP/2 window, from Python grpcio and Node grpc-js clients; payload → aligned float32 GB/s.
 

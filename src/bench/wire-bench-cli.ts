@@ -1,4 +1,4 @@
-// `noisescope bench wire [--sizes 1,2,4] [--mib 256] [--repeats 3] [--clients python,node] [--json]`
+// `noisescope bench wire [--sizes 1,2,4] [--mib 256] [--repeats 5] [--clients python,node] [--json]`
 import { parseArgs } from 'node:util';
 import { UsageError } from '../cli/flags.js';
 import { DEFAULT_WIRE_BENCH, formatWireReport, runWireThroughput, type WireClient } from './wire-throughput.js';

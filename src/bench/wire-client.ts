@@ -1,9 +1,10 @@
 // The Node side of the wire benchmark: a grpc-js client, run as its own process (so it does not
 // share the server's event loop), speaking the same line protocol as test/python/bench_wire.py:
 //
-//   node wire-client.js --address HOST:PORT --sizes BYTES[,BYTES…] --mib N --repeats R
-//   → one JSON line per measurement: {"client","size","messages","bytes","seconds","repeat"}
+//   node wire-client.js --addresses HOST:PORT[,…] --sizes BYTES[,BYTES…] --mib N --repeats R
+//   → one JSON line per measurement: {"client","address","size","messages","bytes","seconds","repeat"}
 //
+// With several addresses each repeat visits every server in turn, so load drift biases none.
 // Each message is serialised once and sent as is, as the Python client does: the figure is the
 // wire's, not protobuf encoding's. The server's reply (messages and bytes it decoded) is checked.
 import { once } from 'node:events';
@@ -14,6 +15,7 @@ import { UPLOAD_METHOD, wireBenchService, type Received } from './wire-bench-ser
 
 export interface WireMeasurement {
   readonly client: string;
+  readonly address: string;
   readonly size: number;
   readonly messages: number;
   readonly bytes: number;
@@ -38,37 +40,44 @@ function upload(client: grpc.Client, message: Buffer, count: number): Promise<Re
   });
 }
 
-export async function measureNodeClient(address: string, sizes: readonly number[], mib: number, repeats: number): Promise<WireMeasurement[]> {
-  const client = new grpc.Client(address, grpc.credentials.createInsecure());
+export async function measureNodeClient(
+  addresses: readonly string[],
+  sizes: readonly number[],
+  mib: number,
+  repeats: number,
+): Promise<WireMeasurement[]> {
+  const clients = addresses.map((address) => ({ address, client: new grpc.Client(address, grpc.credentials.createInsecure()) }));
   const serialize = wireBenchService().Upload?.requestSerialize as (p: { data: Buffer }) => Buffer;
   const results: WireMeasurement[] = [];
   try {
     for (const size of sizes) {
       const message = serialize({ data: Buffer.alloc(size, 0x5a) });
       const messages = Math.max(1, Math.round((mib * 1024 * 1024) / size));
-      await upload(client, message, WARMUP_MESSAGES); // connection, windows, JIT
+      for (const { client } of clients) await upload(client, message, WARMUP_MESSAGES); // connection, windows, JIT
       for (let repeat = 0; repeat < repeats; repeat++) {
-        const start = process.hrtime.bigint();
-        const received = await upload(client, message, messages);
-        const seconds = Number(process.hrtime.bigint() - start) / 1e9;
-        if (received.messages !== messages || received.bytes !== messages * size) {
-          throw new Error(`server decoded ${received.messages} messages / ${received.bytes} bytes of ${messages} / ${messages * size}`);
+        for (const { address, client } of clients) {
+          const start = process.hrtime.bigint();
+          const received = await upload(client, message, messages);
+          const seconds = Number(process.hrtime.bigint() - start) / 1e9;
+          if (received.messages !== messages || received.bytes !== messages * size) {
+            throw new Error(`${address} decoded ${received.messages} messages / ${received.bytes} bytes of ${messages} / ${messages * size}`);
+          }
+          results.push({ client: 'node', address, size, messages, bytes: received.bytes, seconds, repeat });
         }
-        results.push({ client: 'node', size, messages, bytes: received.bytes, seconds, repeat });
       }
     }
   } finally {
-    client.close();
+    for (const { client } of clients) client.close();
   }
   return results;
 }
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
   const { values } = parseArgs({
-    options: { address: { type: 'string' }, sizes: { type: 'string' }, mib: { type: 'string' }, repeats: { type: 'string' } },
+    options: { addresses: { type: 'string' }, sizes: { type: 'string' }, mib: { type: 'string' }, repeats: { type: 'string' } },
   });
   const sizes = (values.sizes ?? String(1 << 20)).split(',').map(Number);
-  measureNodeClient(values.address ?? '127.0.0.1:50051', sizes, Number(values.mib ?? 256), Number(values.repeats ?? 3)).then(
+  measureNodeClient((values.addresses ?? '127.0.0.1:50051').split(','), sizes, Number(values.mib ?? 256), Number(values.repeats ?? 3)).then(
     (results) => results.forEach((r) => process.stdout.write(`${JSON.stringify(r)}\n`)),
     (error: unknown) => {
       process.stderr.write(`wire-client: ${error instanceof Error ? error.message : String(error)}\n`);

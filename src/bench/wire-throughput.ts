@@ -29,7 +29,7 @@ export interface WireBenchOptions {
 
 export type WireClient = 'python' | 'node';
 
-export const DEFAULT_WIRE_BENCH: WireBenchOptions = { sizes: [1 * MIB, 2 * MIB, 4 * MIB], mib: 256, repeats: 3, clients: ['python', 'node'] };
+export const DEFAULT_WIRE_BENCH: WireBenchOptions = { sizes: [1 * MIB, 2 * MIB, 4 * MIB], mib: 256, repeats: 5, clients: ['python', 'node'] };
 
 export interface WireRow {
   readonly lane: string;
@@ -81,10 +81,11 @@ function clientCommand(client: WireClient): [string, string[]] {
   return [existsSync(venv) ? venv : 'python3', [script]];
 }
 
-/** Runs one client process against one server; resolves with its measurement lines. */
-async function runClient(client: WireClient, server: WireBenchServer, options: WireBenchOptions): Promise<WireMeasurement[]> {
+/** Runs one client process against every server (interleaved per repeat); resolves with its measurement lines. */
+async function runClient(client: WireClient, servers: readonly WireBenchServer[], options: WireBenchOptions): Promise<WireMeasurement[]> {
   const [command, prefix] = clientCommand(client);
-  const args = [...prefix, '--address', server.address, '--sizes', options.sizes.join(','), '--mib', String(options.mib), '--repeats', String(options.repeats)];
+  const addresses = servers.map((s) => s.address).join(',');
+  const args = [...prefix, '--addresses', addresses, '--sizes', options.sizes.join(','), '--mib', String(options.mib), '--repeats', String(options.repeats)];
   const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   const measurements: WireMeasurement[] = [];
   createInterface({ input: child.stdout }).on('line', (line) => measurements.push(JSON.parse(line) as WireMeasurement));
@@ -118,11 +119,10 @@ export async function runWireThroughput(options: WireBenchOptions = DEFAULT_WIRE
   const servers = [await startWireBenchServer(null), await startWireBenchServer(DEFAULT_FLOW_CONTROL_WINDOW)];
   const raw: { lane: string; size: number; mbPerSecond: number }[] = [];
   try {
+    const windows = new Map(servers.map((s) => [s.address, s.window]));
     for (const client of options.clients) {
-      for (const server of servers) {
-        for (const m of await runClient(client, server, options)) {
-          raw.push({ lane: laneName(client, server.window), size: m.size, mbPerSecond: m.bytes / m.seconds / 1e6 });
-        }
+      for (const m of await runClient(client, servers, options)) {
+        raw.push({ lane: laneName(client, windows.get(m.address) ?? null), size: m.size, mbPerSecond: m.bytes / m.seconds / 1e6 });
       }
     }
   } finally {
@@ -146,11 +146,12 @@ export function formatWireReport(report: WireReport): string {
   const { options } = report;
   const lines = [
     `wire throughput, loopback into grpc-js (MB/s = 10^6 B/s; median of ${options.repeats} × ${options.mib} MiB per lane and size)`,
-    `${'lane'.padEnd(48)}${'message'.padStart(9)}${'MB/s'.padStart(9)}${'of ref.'.padStart(9)}`,
+    `${'lane'.padEnd(48)}${'message'.padStart(9)}${'MB/s'.padStart(9)}${'min–max'.padStart(13)}${'of ref.'.padStart(9)}`,
   ];
   for (const row of report.rows) {
     const ratio = Number.isFinite(row.ofReference) ? `${Math.round(row.ofReference * 100)}%` : '–';
-    lines.push(`${row.lane.padEnd(48)}${`${row.size / MIB} MiB`.padStart(9)}${row.mbPerSecond.toFixed(0).padStart(9)}${ratio.padStart(9)}`);
+    const range = `${Math.min(...row.samples).toFixed(0)}–${Math.max(...row.samples).toFixed(0)}`;
+    lines.push(`${row.lane.padEnd(48)}${`${row.size / MIB} MiB`.padStart(9)}${row.mbPerSecond.toFixed(0).padStart(9)}${range.padStart(13)}${ratio.padStart(9)}`);
   }
   lines.push(`ref. = ${REFERENCE_LANE}, same message size`);
   lines.push(`payload → aligned float32 (${(report.alignedCopy[0]?.payloadBytes ?? 0) / MIB} MiB at byte offset 9):`);

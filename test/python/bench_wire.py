@@ -2,9 +2,11 @@
 server (src/bench/wire-bench-service.ts). Run by `noisescope bench wire`, which starts the servers;
 standalone:
 
-    .venv/bin/python test/python/bench_wire.py --address 127.0.0.1:PORT --sizes 1048576 --mib 256
+    .venv/bin/python test/python/bench_wire.py --addresses 127.0.0.1:PORT[,…] --sizes 1048576 --mib 256
 
-Prints one JSON line per measurement: {"client","size","messages","bytes","seconds","repeat"}.
+Prints one JSON line per measurement: {"client","address","size","messages","bytes","seconds","repeat"}.
+With several addresses (servers with different windows) each repeat visits every one in turn, so a
+machine whose load drifts during the run biases none of them.
 Each message is framed once (protobuf `Payload { bytes data = 1; }` written around the payload)
 and sent as raw bytes, so the figure is the wire's, not Python serialisation's. The server's reply
 (messages and bytes it decoded) is checked; a short count exits non-zero.
@@ -69,29 +71,36 @@ def upload(stub: grpc.StreamUnaryMultiCallable, message: bytes, count: int) -> t
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--address", required=True)
+    parser.add_argument("--addresses", required=True, help="HOST:PORT, comma-separated")
     parser.add_argument("--sizes", default=str(1 << 20), help="payload bytes, comma-separated")
     parser.add_argument("--mib", type=float, default=256, help="MiB sent per measurement")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
     options = [("grpc.max_send_message_length", MAX_MESSAGE), ("grpc.max_receive_message_length", MAX_MESSAGE)]
-    with grpc.insecure_channel(args.address, options=options) as channel:
-        stub = channel.stream_unary(UPLOAD_METHOD, request_serializer=None, response_deserializer=None)
+    addresses = args.addresses.split(",")
+    channels = [grpc.insecure_channel(address, options=options) for address in addresses]
+    stubs = [c.stream_unary(UPLOAD_METHOD, request_serializer=None, response_deserializer=None) for c in channels]
+    try:
         for size in (int(s) for s in args.sizes.split(",")):
             message = encode_payload(size)
             messages = max(1, round(args.mib * 1024 * 1024 / size))
-            upload(stub, message, WARMUP_MESSAGES)  # connection, windows
+            for stub in stubs:
+                upload(stub, message, WARMUP_MESSAGES)  # connection, windows
             for repeat in range(args.repeats):
-                start = time.perf_counter()
-                got_messages, got_bytes = upload(stub, message, messages)
-                seconds = time.perf_counter() - start
-                if (got_messages, got_bytes) != (messages, messages * size):
-                    print(f"bench_wire: server decoded {got_messages} messages / {got_bytes} bytes "
-                          f"of {messages} / {messages * size}", file=sys.stderr)
-                    return 1
-                print(json.dumps({"client": "python", "size": size, "messages": messages,
-                                  "bytes": got_bytes, "seconds": seconds, "repeat": repeat}), flush=True)
+                for address, stub in zip(addresses, stubs):
+                    start = time.perf_counter()
+                    got_messages, got_bytes = upload(stub, message, messages)
+                    seconds = time.perf_counter() - start
+                    if (got_messages, got_bytes) != (messages, messages * size):
+                        print(f"bench_wire: {address} decoded {got_messages} messages / {got_bytes} bytes "
+                              f"of {messages} / {messages * size}", file=sys.stderr)
+                        return 1
+                    print(json.dumps({"client": "python", "address": address, "size": size, "messages": messages,
+                                      "bytes": got_bytes, "seconds": seconds, "repeat": repeat}), flush=True)
+    finally:
+        for channel in channels:
+            channel.close()
     return 0
 
 

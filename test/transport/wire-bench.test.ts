@@ -20,16 +20,16 @@ afterEach(async () => {
 
 describe('wire benchmark', () => {
   it('the bench server decodes every byte of 1 and 4 MiB messages with either window', async () => {
-    for (const window of [null, DEFAULT_FLOW_CONTROL_WINDOW]) {
-      const server = await startWireBenchServer(window);
-      servers.push(server);
-      // measureNodeClient throws when the server's count of decoded messages or bytes falls short.
-      const measurements = await measureNodeClient(server.address, [MIB, 4 * MIB], 8, 1);
-      expect(measurements.map((m) => [m.size, m.messages, m.bytes])).toEqual([
-        [MIB, 8, 8 * MIB],
-        [4 * MIB, 2, 8 * MIB],
-      ]);
-    }
+    servers.push(await startWireBenchServer(null), await startWireBenchServer(DEFAULT_FLOW_CONTROL_WINDOW));
+    const [small, large] = servers.map((s) => s.address) as [string, string];
+    // measureNodeClient throws when a server's count of decoded messages or bytes falls short.
+    const measurements = await measureNodeClient([small, large], [MIB, 4 * MIB], 8, 1);
+    expect(measurements.map((m) => [m.address, m.size, m.messages, m.bytes])).toEqual([
+      [small, MIB, 8, 8 * MIB],
+      [large, MIB, 8, 8 * MIB],
+      [small, 4 * MIB, 2, 8 * MIB],
+      [large, 4 * MIB, 2, 8 * MIB],
+    ]);
   }, 30_000);
 
   it('`bench wire --json` reports each client and window for each size, against the Python enlarged-window lane', async () => {
