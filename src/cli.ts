@@ -37,6 +37,9 @@ Usage:
       over real gRPC (norms mode), p50/p99.
   noisescope bench dashboard
       Dashboard CPU per frame at 20 updates/s; step latency with and without a dashboard open.
+  noisescope bench compute
+      Gram and sum-of-squares throughput per compute backend (gpu.js modes, wasm SIMD, JS, reference)
+      beside memory bandwidth measured in the same run, and which backend the probe picks.
   noisescope bench wire [--sizes 1,2,4] [--mib 256] [--repeats 5] [--clients python,node] [--json]
       Raw gRPC loopback MB/s into grpc-js for 1–4 MiB messages, 64 KiB vs the sidecar's 16 MiB
       HTTP/2 window, from Python grpcio and Node grpc-js clients; payload → aligned float32 GB/s.
@@ -163,6 +166,11 @@ async function bench(args: string[]): Promise<void> {
     process.stdout.write(`${formatRecommendationLatency(await runRecommendationLatency())}\n`);
     return;
   }
+  if (which === 'compute') {
+    const { runComputeBench } = await import('./compute/bench-compute.js');
+    process.stdout.write(`${await runComputeBench()}\n`);
+    return;
+  }
   if (which === 'dashboard') {
     const { runDashboardBench } = await import('./cli/bench-dashboard.js');
     process.stdout.write(`${await runDashboardBench()}\n`);
@@ -173,7 +181,7 @@ async function bench(args: string[]): Promise<void> {
     process.stdout.write(`${await runWireBenchCommand(args.slice(1))}\n`);
     return;
   }
-  throw new UsageError(`unknown benchmark '${which ?? ''}': try 'noisescope bench accuracy', 'latency', 'dashboard' or 'wire'`);
+  throw new UsageError(`unknown benchmark '${which ?? ''}': try 'noisescope bench accuracy', 'latency', 'dashboard', 'wire' or 'compute'`);
 }
 
 async function main(argv: string[]): Promise<void> {
