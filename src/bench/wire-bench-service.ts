@@ -3,11 +3,13 @@
 //
 //   package noisescope.bench.v1;
 //   message Payload  { bytes data = 1; }
-//   message Received { uint64 messages = 1; uint64 bytes = 2; }
+//   message Received { uint64 messages = 1; uint64 bytes = 2; uint64 server_cpu_micros = 3; }
 //   service WireBench { rpc Upload(stream Payload) returns (Received); }
 //
 // Payloads are decoded by protobufjs as the sidecar's shards are (a Buffer view per message), and
 // only counted: the figure is the transport's ceiling, which dense ingest is measured against.
+// The reply carries the server process's CPU time over the call: on a busy machine throughput
+// swings with the neighbours' load, CPU per byte much less.
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { createWindowedServer } from '../transport/flow-control.js';
@@ -27,7 +29,9 @@ const DESCRIPTOR: Parameters<typeof protoLoader.fromJSON>[0] = {
             v1: {
               nested: {
                 Payload: { fields: { data: { type: 'bytes', id: 1 } } },
-                Received: { fields: { messages: { type: 'uint64', id: 1 }, bytes: { type: 'uint64', id: 2 } } },
+                Received: {
+                  fields: { messages: { type: 'uint64', id: 1 }, bytes: { type: 'uint64', id: 2 }, serverCpuMicros: { type: 'uint64', id: 3 } },
+                },
                 WireBench: { methods: { Upload: { requestType: 'Payload', requestStream: true, responseType: 'Received', comment: '' } } },
               },
             },
@@ -45,6 +49,7 @@ export interface Payload {
 export interface Received {
   readonly messages: number;
   readonly bytes: number;
+  readonly serverCpuMicros: number;
 }
 
 export function wireBenchService(): grpc.ServiceDefinition {
@@ -55,13 +60,17 @@ export function wireBenchService(): grpc.ServiceDefinition {
 }
 
 function upload(call: grpc.ServerReadableStream<Payload, Received>, callback: grpc.sendUnaryData<Received>): void {
+  const cpuAtStart = process.cpuUsage();
   let messages = 0;
   let bytes = 0;
   call.on('data', (payload: Payload) => {
     messages++;
     bytes += payload.data.length;
   });
-  call.on('end', () => callback(null, { messages, bytes }));
+  call.on('end', () => {
+    const cpu = process.cpuUsage(cpuAtStart);
+    callback(null, { messages, bytes, serverCpuMicros: cpu.user + cpu.system });
+  });
   call.on('error', () => {}); // a cancelled client; nothing to report to it
 }
 

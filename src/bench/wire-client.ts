@@ -2,7 +2,7 @@
 // share the server's event loop), speaking the same line protocol as test/python/bench_wire.py:
 //
 //   node wire-client.js --addresses HOST:PORT[,…] --sizes BYTES[,BYTES…] --mib N --repeats R
-//   → one JSON line per measurement: {"client","address","size","messages","bytes","seconds","repeat"}
+//   → one JSON line per measurement: {"client","address","size","messages","bytes","seconds","serverCpuSeconds","repeat"}
 //
 // With several addresses each repeat visits every server in turn, so load drift biases none.
 // Each message is serialised once and sent as is, as the Python client does: the figure is the
@@ -20,6 +20,8 @@ export interface WireMeasurement {
   readonly messages: number;
   readonly bytes: number;
   readonly seconds: number;
+  /** The server process's CPU time (user + system) over the call. */
+  readonly serverCpuSeconds: number;
   readonly repeat: number;
 }
 
@@ -62,7 +64,7 @@ export async function measureNodeClient(
           if (received.messages !== messages || received.bytes !== messages * size) {
             throw new Error(`${address} decoded ${received.messages} messages / ${received.bytes} bytes of ${messages} / ${messages * size}`);
           }
-          results.push({ client: 'node', address, size, messages, bytes: received.bytes, seconds, repeat });
+          results.push({ client: 'node', address, size, messages, bytes: received.bytes, seconds, serverCpuSeconds: received.serverCpuMicros / 1e6, repeat });
         }
       }
     }

@@ -37,6 +37,8 @@ export interface WireRow {
   /** Median over repeats, 10^6 bytes per second. */
   readonly mbPerSecond: number;
   readonly samples: readonly number[];
+  /** Median server-process CPU seconds per 10^9 bytes received: less sensitive to a busy machine than MB/s. */
+  readonly serverCpuSecondsPerGB: number;
   /** This row over the Python client's enlarged-window figure for the same size. */
   readonly ofReference: number;
 }
@@ -117,12 +119,17 @@ export function measureAlignedCopy(payloadBytes = 4 * MIB, repeats = 50): Aligne
 
 export async function runWireThroughput(options: WireBenchOptions = DEFAULT_WIRE_BENCH): Promise<WireReport> {
   const servers = [await startWireBenchServer(null), await startWireBenchServer(DEFAULT_FLOW_CONTROL_WINDOW)];
-  const raw: { lane: string; size: number; mbPerSecond: number }[] = [];
+  const raw: { lane: string; size: number; mbPerSecond: number; cpuPerGB: number }[] = [];
   try {
     const windows = new Map(servers.map((s) => [s.address, s.window]));
     for (const client of options.clients) {
       for (const m of await runClient(client, servers, options)) {
-        raw.push({ lane: laneName(client, windows.get(m.address) ?? null), size: m.size, mbPerSecond: m.bytes / m.seconds / 1e6 });
+        raw.push({
+          lane: laneName(client, windows.get(m.address) ?? null),
+          size: m.size,
+          mbPerSecond: m.bytes / m.seconds / 1e6,
+          cpuPerGB: m.serverCpuSeconds / (m.bytes / 1e9),
+        });
       }
     }
   } finally {
@@ -133,9 +140,11 @@ export async function runWireThroughput(options: WireBenchOptions = DEFAULT_WIRE
   const rows: WireRow[] = [];
   for (const lane of lanes) {
     for (const size of options.sizes) {
-      const samples = raw.filter((r) => r.lane === lane && r.size === size).map((r) => r.mbPerSecond);
+      const measured = raw.filter((r) => r.lane === lane && r.size === size);
+      const samples = measured.map((r) => r.mbPerSecond);
       medians.set(`${lane}|${size}`, median(samples));
-      rows.push({ lane, size, mbPerSecond: median(samples), samples, ofReference: Number.NaN });
+      const serverCpuSecondsPerGB = median(measured.map((r) => r.cpuPerGB));
+      rows.push({ lane, size, mbPerSecond: median(samples), samples, serverCpuSecondsPerGB, ofReference: Number.NaN });
     }
   }
   const withReference = rows.map((row) => ({ ...row, ofReference: row.mbPerSecond / (medians.get(`${REFERENCE_LANE}|${row.size}`) ?? Number.NaN) }));
@@ -146,12 +155,12 @@ export function formatWireReport(report: WireReport): string {
   const { options } = report;
   const lines = [
     `wire throughput, loopback into grpc-js (MB/s = 10^6 B/s; median of ${options.repeats} × ${options.mib} MiB per lane and size)`,
-    `${'lane'.padEnd(48)}${'message'.padStart(9)}${'MB/s'.padStart(9)}${'min–max'.padStart(13)}${'of ref.'.padStart(9)}`,
+    `${'lane'.padEnd(48)}${'message'.padStart(9)}${'MB/s'.padStart(9)}${'min–max'.padStart(13)}${'of ref.'.padStart(9)}${'srv CPU s/GB'.padStart(14)}`,
   ];
   for (const row of report.rows) {
     const ratio = Number.isFinite(row.ofReference) ? `${Math.round(row.ofReference * 100)}%` : '–';
     const range = `${Math.min(...row.samples).toFixed(0)}–${Math.max(...row.samples).toFixed(0)}`;
-    lines.push(`${row.lane.padEnd(48)}${`${row.size / MIB} MiB`.padStart(9)}${row.mbPerSecond.toFixed(0).padStart(9)}${range.padStart(13)}${ratio.padStart(9)}`);
+    lines.push(`${row.lane.padEnd(48)}${`${row.size / MIB} MiB`.padStart(9)}${row.mbPerSecond.toFixed(0).padStart(9)}${range.padStart(13)}${ratio.padStart(9)}${row.serverCpuSecondsPerGB.toFixed(2).padStart(14)}`);
   }
   lines.push(`ref. = ${REFERENCE_LANE}, same message size`);
   lines.push(`payload → aligned float32 (${(report.alignedCopy[0]?.payloadBytes ?? 0) / MIB} MiB at byte offset 9):`);

@@ -4,7 +4,7 @@ standalone:
 
     .venv/bin/python test/python/bench_wire.py --addresses 127.0.0.1:PORT[,…] --sizes 1048576 --mib 256
 
-Prints one JSON line per measurement: {"client","address","size","messages","bytes","seconds","repeat"}.
+Prints one JSON line per measurement: {"client","address","size","messages","bytes","seconds","serverCpuSeconds","repeat"}.
 With several addresses (servers with different windows) each repeat visits every one in turn, so a
 machine whose load drifts during the run biases none of them.
 Each message is framed once (protobuf `Payload { bytes data = 1; }` written around the payload)
@@ -54,18 +54,18 @@ def encode_payload(size: int) -> bytes:
     return b"\x0a" + _varint(size) + b"\x5a" * size
 
 
-def decode_received(data: bytes) -> tuple[int, int]:
-    """`Received { uint64 messages = 1; uint64 bytes = 2; }` → (messages, bytes); absent fields are 0."""
-    fields = {1: 0, 2: 0}
+def decode_received(data: bytes) -> tuple[int, int, int]:
+    """`Received { uint64 messages = 1; uint64 bytes = 2; uint64 server_cpu_micros = 3; }` → a tuple; absent fields are 0."""
+    fields = {1: 0, 2: 0, 3: 0}
     pos = 0
     while pos < len(data):
         key, pos = _read_varint(data, pos)
         value, pos = _read_varint(data, pos)
         fields[key >> 3] = value
-    return fields[1], fields[2]
+    return fields[1], fields[2], fields[3]
 
 
-def upload(stub: grpc.StreamUnaryMultiCallable, message: bytes, count: int) -> tuple[int, int]:
+def upload(stub: grpc.StreamUnaryMultiCallable, message: bytes, count: int) -> tuple[int, int, int]:
     return decode_received(stub(message for _ in range(count)))
 
 
@@ -90,14 +90,15 @@ def main() -> int:
             for repeat in range(args.repeats):
                 for address, stub in zip(addresses, stubs):
                     start = time.perf_counter()
-                    got_messages, got_bytes = upload(stub, message, messages)
+                    got_messages, got_bytes, server_cpu_micros = upload(stub, message, messages)
                     seconds = time.perf_counter() - start
                     if (got_messages, got_bytes) != (messages, messages * size):
                         print(f"bench_wire: {address} decoded {got_messages} messages / {got_bytes} bytes "
                               f"of {messages} / {messages * size}", file=sys.stderr)
                         return 1
                     print(json.dumps({"client": "python", "address": address, "size": size, "messages": messages,
-                                      "bytes": got_bytes, "seconds": seconds, "repeat": repeat}), flush=True)
+                                      "bytes": got_bytes, "seconds": seconds,
+                                      "serverCpuSeconds": server_cpu_micros / 1e6, "repeat": repeat}), flush=True)
     finally:
         for channel in channels:
             channel.close()

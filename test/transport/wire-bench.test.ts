@@ -50,6 +50,7 @@ describe('wire benchmark', () => {
     for (const row of report.rows) {
       expect(row.samples).toHaveLength(2);
       expect(row.mbPerSecond).toBeGreaterThan(0);
+      expect(row.serverCpuSecondsPerGB).toBeGreaterThan(0); // the server's own CPU clock reached the client
     }
     expect(report.rows.filter((r) => r.lane.startsWith('python grpcio → grpc-js, 16 MiB')).map((r) => r.ofReference)).toEqual([1, 1]);
     expect(report.alignedCopy.map((c) => c.dtype)).toEqual(['DTYPE_F32', 'DTYPE_F16', 'DTYPE_BF16']);
