@@ -136,18 +136,15 @@ export async function runWireThroughput(options: WireBenchOptions = DEFAULT_WIRE
     await Promise.all(servers.map((s) => s.close()));
   }
   const lanes = [...new Set(raw.map((r) => r.lane))];
-  const medians = new Map<string, number>();
-  const rows: WireRow[] = [];
-  for (const lane of lanes) {
-    for (const size of options.sizes) {
+  const rows = lanes.flatMap((lane) =>
+    options.sizes.map((size) => {
       const measured = raw.filter((r) => r.lane === lane && r.size === size);
       const samples = measured.map((r) => r.mbPerSecond);
-      medians.set(`${lane}|${size}`, median(samples));
-      const serverCpuSecondsPerGB = median(measured.map((r) => r.cpuPerGB));
-      rows.push({ lane, size, mbPerSecond: median(samples), samples, serverCpuSecondsPerGB, ofReference: Number.NaN });
-    }
-  }
-  const withReference = rows.map((row) => ({ ...row, ofReference: row.mbPerSecond / (medians.get(`${REFERENCE_LANE}|${row.size}`) ?? Number.NaN) }));
+      return { lane, size, mbPerSecond: median(samples), samples, serverCpuSecondsPerGB: median(measured.map((r) => r.cpuPerGB)) };
+    }),
+  );
+  const reference = (size: number) => rows.find((r) => r.lane === REFERENCE_LANE && r.size === size)?.mbPerSecond ?? Number.NaN;
+  const withReference: WireRow[] = rows.map((row) => ({ ...row, ofReference: row.mbPerSecond / reference(row.size) }));
   return { options, window: DEFAULT_FLOW_CONTROL_WINDOW, rows: withReference, alignedCopy: measureAlignedCopy() };
 }
 
