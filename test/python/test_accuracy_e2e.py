@@ -127,7 +127,8 @@ def run_training(
     if address is not None:
         import noisescope
 
-        handle = noisescope.watch(model, optimizer, address=address, run=run, dataset_size=n)
+        # The accumulation source alone: the replica is its estimator (the per-example one has its own test).
+        handle = noisescope.watch(model, optimizer, address=address, run=run, dataset_size=n, source="accumulation")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matmuls; the sidecar and the hook's sender need the other core
     t0 = time.perf_counter()
@@ -372,5 +373,5 @@ def test_demo_module_trains_through_the_sidecar(sidecar):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "done: full-set loss" in proc.stdout and "train accuracy" in proc.stdout, proc.stdout
     last = sidecar.wait_for(lambda e: e["type"] == "step" and e.get("step") == steps - 1, timeout=30)
-    assert last["source"] == "accumulation" and last["microBatches"] == 4 and last["globalBatch"] == 64
+    assert last["source"] == "per-example" and last["microBatches"] == 4  # auto adds per-example sums and last["globalBatch"] == 64
     assert last["smoothed"] and last["smoothed"]["bSimple"] is not None and last["smoothed"]["bSimple"] > 0

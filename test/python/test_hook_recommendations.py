@@ -72,7 +72,10 @@ def test_adaptive_training_follows_the_noise_scale_and_gets_every_recommendation
     sidecar = Sidecar()
     try:
         policy = noisescope.BatchPolicy(max_batch=512, max_factor=2)
-        model, optimizer, ns, received = watched_demo(sidecar.address, "adaptive", dataset, policy=policy)
+        # The accumulation source: its early estimates are what the thresholds below were set on.
+        model, optimizer, ns, received = watched_demo(
+            sidecar.address, "adaptive", dataset, policy=policy, source="accumulation"
+        )
         acc = ns.adaptive_accumulation(steps=2, micro_batch=MICRO)
         wait_connected(ns)
         steps = 300

@@ -37,7 +37,9 @@ def test_sidecar_reports_every_measured_step_of_an_accumulation_run(sidecar: Sid
 def test_the_run_its_steps_and_the_health_counts_match_what_the_hook_sent(sidecar: Sidecar) -> None:
     model = make_model()
     optimizer = make_optimizer(model)
-    ns = noisescope.watch(model, optimizer, address=sidecar.address, run="wire", every=2, dataset_size=1797)
+    ns = noisescope.watch(
+        model, optimizer, address=sidecar.address, run="wire", every=2, dataset_size=1797, source="accumulation"
+    )
     wait_connected(ns)
     Loop(steps=3, sizes=(3, 5, 3, 5)).run(model, optimizer)
     ns.remove()
@@ -117,7 +119,7 @@ def test_hello_names_the_hook_and_a_session_per_watch(free_address: str) -> None
         with noisescope.watch(second, make_optimizer(second), address=free_address, run="fields") as other:
             hello = _wire.hello(ns._sender._info, dropped=3).hello
             assert hello.protocol_version == pb.PROTOCOL_VERSION_CURRENT
-            assert (hello.mode, hello.source, hello.dropped) == (pb.MODE_NORMS, pb.SOURCE_UNSPECIFIED, 3)
+            assert (hello.mode, hello.source, hello.dropped) == (pb.MODE_NORMS, pb.SOURCE_PER_EXAMPLE, 3)
             assert hello.framework == f"torch {torch.__version__}" and hello.hook_version == noisescope.__version__
             assert len(hello.session) == 32
             assert _wire.hello(ns._sender._info, dropped=4).hello.session == hello.session  # a reconnection
