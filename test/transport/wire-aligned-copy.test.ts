@@ -78,6 +78,17 @@ describe('bf16 → float32', () => {
   });
 });
 
+describe('widening odd-length payloads', () => {
+  it('converts the last element of an odd count like the others (fp16 and bf16)', () => {
+    const halves = ALL_HALVES.subarray(0x3bf0, 0x3bf0 + 7); // 7 halves around 1.0
+    const payloads = new AlignedPayloads();
+    const f16 = [...bitsOf(payloads.toFloat32(atOffset(new Uint8Array(halves.buffer, halves.byteOffset, 14), 9), 'DTYPE_F16'))];
+    expect(f16).toEqual([...reference.numpyF16.subarray(0x3bf0, 0x3bf0 + 7)]);
+    const bf16 = [...bitsOf(payloads.toFloat32(atOffset(new Uint8Array(halves.buffer, halves.byteOffset, 14), 10), 'DTYPE_BF16'))];
+    expect(bf16).toEqual([...reference.torchBf16.subarray(0x3bf0, 0x3bf0 + 7)]);
+  });
+});
+
 describe('aligned payload copies', () => {
   it('reads float32 payloads at any byte offset into an aligned view with the same values', () => {
     const values = Float32Array.from({ length: 1027 }, (_, i) => Math.fround(Math.sin(i) * 1e3));
