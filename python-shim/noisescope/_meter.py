@@ -262,7 +262,9 @@ class Meter:
         guard: Guard,
         submit: Callable[[PendingStep], None],
         per_example: PerExample | None = None,
+        per_example_auto: bool = False,
         names: Sequence[str] = (),
+        one_scale_hint: str = "",
     ) -> None:
         self._model = model
         self._optimizer = optimizer
@@ -272,6 +274,10 @@ class Meter:
         self._guard = guard
         self._submit = submit
         self._per_example = per_example  # None: micro-batches and ranks are the only batch scales
+        # source="auto": per-example work only on steps expected to have one micro-batch (the
+        # cheapest source that exists wins; accumulation already gives a second scale for free).
+        self._per_example_auto = per_example_auto
+        self._one_scale_hint = one_scale_hint
         self._names = list(names)
         self._handles: list[RemovableHandle] = []  # per-step hooks: gradients and forward
         self._step_handle: RemovableHandle | None = None
@@ -320,8 +326,6 @@ class Meter:
                     self._hook_dicts_created.append(param)
                 self._handles.append(param.register_hook(hook))
             self._handles.append(self._model.register_forward_pre_hook(self._forward_hook, with_kwargs=True))
-            if self._per_example is not None:
-                self._per_example.arm()
         except Exception:
             self._disarm()
             raise
@@ -408,6 +412,10 @@ class Meter:
             # The first gradient of a backward comes before any AccumulateGrad of it has run.
             buffer.fresh = all(p.grad is None for p in self._params)
         buffer.sq_norms.append([None] * len(self._params))
+        if len(buffer.sq_norms) == 2 and self._per_example_auto and self._per_example is not None:
+            # A second micro-batch: accumulation gives this step its second scale, and auto drops
+            # the per-example sums (see _close), so stop computing them now.
+            self._per_example.begin_step(False)
         return len(buffer.sq_norms) - 1
 
     def _queue_backward_end(self, buffer: _StepBuffer, task: int | None, micro: int) -> None:
@@ -494,6 +502,12 @@ class Meter:
         step with fewer micro-batches than the last measured one would be sent as skipped.
         """
         self._micro_batches = count
+        buffer = self._buffer
+        if buffer is not None and not buffer.sq_norms and not buffer.examples:
+            try:
+                self._choose_per_example(self._measuring)  # the step has not begun: auto decides again
+            except Exception as error:
+                self._guard.trip("the accumulation count update", error)
 
     def _begin_step(self) -> None:
         measuring = self._active and self.steps_seen % self._every == 0
@@ -502,9 +516,24 @@ class Meter:
         elif not measuring and self._handles:
             self._disarm()
         self._buffer = _StepBuffer() if measuring else None
-        if self._per_example is not None:
-            self._per_example.begin_step(measuring)
+        self._choose_per_example(measuring)
         self._measuring = measuring
+
+    def _choose_per_example(self, measuring: bool) -> None:
+        """Arms the per-example hooks for this step or not (never on unmeasured steps).
+
+        Under auto, only when the step is expected to be one micro-batch: the last measured
+        step's count (or the accumulation helper's) is 1, or nothing is known yet.
+        """
+        per_example = self._per_example
+        if per_example is None:
+            return
+        wanted = measuring and (not self._per_example_auto or (self._micro_batches or 1) == 1)
+        if wanted and not per_example.armed:
+            per_example.arm()
+        elif not wanted and per_example.armed:
+            per_example.disarm()
+        per_example.begin_step(wanted)
 
     def _close(self, step: int, buffer: _StepBuffer) -> None:
         unix_ms = time.time() * 1000.0
@@ -525,7 +554,8 @@ class Meter:
                 "noisescope: each optimizer step here is one micro-batch on one process and the per-example "
                 "source is off (see the source line logged at watch()), so there is no second batch size to "
                 "compare and no noise-scale estimate (the sidecar reports 'no estimate' too). Gradient "
-                "accumulation (several backward() calls per optimizer.step()) or DDP gives one.",
+                "accumulation (several backward() calls per optimizer.step()) or DDP gives one.%s",
+                self._one_scale_hint,
             )
         expected, self._micro_batches = self._micro_batches, k
         self.steps_measured += 1
@@ -553,7 +583,12 @@ class Meter:
             )
         else:
             entries = [*(t for row in buffer.sq_norms for t in row), *accumulated]
-            per_example = self._per_example.take(buffer.sq_norms, self._names) if self._per_example else None
+            per_example = (
+                self._per_example.take(buffer.sq_norms, self._names)
+                if self._per_example is not None and self._per_example.measuring
+                and not (self._per_example_auto and k > 1)
+                else None
+            )
             if per_example is not None:
                 entries.extend(t for row in per_example for t in row)
             if all(t is None or type(t) is float for t in entries):

@@ -151,13 +151,26 @@ class PerExample:
             handle.remove()
         self._handles.clear()
 
+    @property
+    def armed(self) -> bool:
+        """True while the module forward hooks are registered."""
+        return bool(self._handles)
+
+    @property
+    def measuring(self) -> bool:
+        """True while this step's per-example sums are being taken."""
+        return self._measuring
+
     def begin_step(self, measuring: bool) -> None:
+        """Starts a step (or stops the current one's work, with False): rows so far are dropped."""
         with self._lock:
             self._rows = []
             self._flush_queued.clear()
         self._measuring = measuring
 
     def begin_forward(self, examples: int | None) -> None:
+        if not self._measuring:
+            return
         with self._lock:
             self._rows.append(_Row(examples=examples, sums=[None] * self._n_layers))
 
@@ -263,6 +276,8 @@ class PerExample:
         try:
             with self._lock:
                 pending, row.calls = row.calls, {}
+            if not self._measuring:
+                return  # the step's per-example work was stopped: let the inputs go uncomputed
             for module, calls in pending.items():
                 arrived = [c for c in calls if c.delta is not None]
                 if arrived:

@@ -87,10 +87,15 @@ def watch(
         source: where the second batch scale comes from. "accumulation": micro-batches of
             gradient accumulation and DDP ranks only. "per-example": also per-example gradient
             norms from module hooks (Linear, Conv1d/2d, Embedding, LayerNorm, RMSNorm), against
-            the micro-batch, so one micro-batch on one device gets an estimate; parameters of
-            other modules are left out of the estimate (listed in the log and to the sidecar).
-            "auto" (default): "per-example" on one process when it covers some parameter and
-            no BatchNorm mixes the examples; otherwise "accumulation". The log says which.
+            the micro-batch, on every measured step, so one micro-batch on one device gets an
+            estimate; parameters of other modules are left out of the estimate (listed in the
+            log and to the sidecar). "auto" (default): the cheapest source that exists wins.
+            Ranks and accumulation cost nothing extra; per-example norms are added only on one
+            process, only when they cover every parameter and no BatchNorm mixes the examples,
+            and then only on measured steps expected to have one micro-batch (the previous
+            measured step had one, or there is none yet): once a step accumulates, later steps
+            skip the per-example work while the count stays at 2 or more, and a step that turns
+            out to accumulate is sent without per-example sums. The log says which source.
         enabled: False returns an inert handle, so one flag turns noisescope off.
 
     Returns:
@@ -212,7 +217,7 @@ class Watch:
             logger.warning("noisescope: the optimizer holds none of the model's parameters; is it the right one?")
         per_example = None
         uncovered: list[Any] = []
-        chosen = _choose_source(source, model, params, layers, self._world_size)
+        chosen, one_scale_hint = _choose_source(source, model, params, layers, self._world_size)
         if chosen is not None:
             cover = chosen
             uncovered = [layers[i] for i in sorted(cover.uncovered)]
@@ -249,7 +254,9 @@ class Watch:
             guard=self._guard,
             submit=sender.submit,
             per_example=per_example,
+            per_example_auto=source == "auto",
             names=[layer.name for layer in layers],
+            one_scale_hint=one_scale_hint,
         )
         try:
             meter.attach()
@@ -455,20 +462,27 @@ def _layers(model: torch.nn.Module) -> tuple[list[torch.nn.Parameter], list[Any]
     return params, layers
 
 
-def _choose_source(source: str, model: torch.nn.Module, params: list[Any], layers: list[Any], world_size: int) -> Any:
-    """The per-example Coverage if that source is on, else None; logs the choice once, with the reason."""
+def _choose_source(
+    source: str, model: torch.nn.Module, params: list[Any], layers: list[Any], world_size: int
+) -> tuple[Any, str]:
+    """The per-example Coverage if that source is on (else None), and a hint for the one-scale warning.
+
+    Logs the choice once, with the reason. "auto" takes per-example norms only where they are the
+    cheapest second scale there is: one process, every parameter covered, no BatchNorm (the
+    meter then also skips them on steps that accumulate).
+    """
     from ._per_example import coverage
 
     if source == "accumulation":
         logger.info("noisescope: batch-scale source: gradient-accumulation micro-batches and ranks (source='accumulation')")
-        return None
+        return None, ""
     if source == "auto" and world_size > 1:
         logger.info(
             "noisescope: batch-scale source: ranks (and accumulation micro-batches), world size %d; "
             "pass source='per-example' to add per-example norms",
             world_size,
         )
-        return None
+        return None, ""
     cover = coverage(model, params)
     total = sum(layer.numel for layer in layers)
     covered = sum(layers[i].numel for i in cover.covered)
@@ -479,7 +493,7 @@ def _choose_source(source: str, model: torch.nn.Module, params: list[Any], layer
             "Embedding, LayerNorm, RMSNorm; not covered: %s); using accumulation micro-batches and ranks only",
             not_covered,
         )
-        return None
+        return None, ""
     if cover.coupling:
         if source == "auto":
             logger.warning(
@@ -488,21 +502,45 @@ def _choose_source(source: str, model: torch.nn.Module, params: list[Any], layer
                 "accumulation micro-batches and ranks only",
                 ", ".join(cover.coupling),
             )
-            return None
+            return None, ""
         logger.warning(
             "noisescope: source='per-example' with %s, which mixes examples: the per-example contributions are "
             "not independent and the estimate is biased",
             ", ".join(cover.coupling),
         )
+    if source == "auto" and cover.uncovered:
+        # Accumulation covers the whole model; per-example over part of it is the user's call.
+        logger.info(
+            "noisescope: batch-scale source: gradient-accumulation micro-batches and ranks (source='auto'), covering "
+            "every parameter; per-example norms could cover only %d of %d parameters (%.1f%%), not: %s. "
+            "source='per-example' forces them over the covered fraction (the rest is then left out of the estimate)",
+            covered,
+            total,
+            100.0 * covered / total,
+            not_covered,
+        )
+        return None, (
+            f" source='per-example' gives one over the {100.0 * covered / total:.1f}% of parameters it covers "
+            "(the rest left out of the estimate)."
+        )
+    if source == "auto":
+        logger.info(
+            "noisescope: batch-scale source: per-example gradient norms on measured steps of one micro-batch, "
+            "accumulation micro-batches on steps that have several (source='auto'; no per-example work on those), "
+            "covering all %d parameters",
+            total,
+        )
+        return cover, ""
     logger.info(
-        "noisescope: batch-scale source: per-example gradient norms (and accumulation micro-batches and ranks when "
-        "a step has them), covering %d of %d parameters (%.1f%%); left out of the estimate: %s",
+        "noisescope: batch-scale source: per-example gradient norms on every measured step (and accumulation "
+        "micro-batches and ranks when a step has them), covering %d of %d parameters (%.1f%%); left out of the "
+        "estimate: %s",
         covered,
         total,
         100.0 * covered / total,
         not_covered,
     )
-    return cover
+    return cover, ""
 
 
 def _rank_and_world_size() -> tuple[int, int]:

@@ -1,13 +1,16 @@
-"""Benchmark: overhead per optimizer step of the per-example source, one micro-batch per step, on CPU.
+"""Benchmark: overhead per optimizer step of the per-example source, and of source="auto", on CPU.
 
 Run: .venv/bin/python test/python/bench_per_example_overhead.py [--quick]
 
 For an MLP, a small CNN and a small transformer block (hand-written attention, so every
-parameter is covered), each configuration trains the same model, one micro-batch per step,
-torch on one thread, the real sidecar in its own process: no hook; source="accumulation"
+parameter is covered), each configuration trains the same model, torch on one thread, the
+real sidecar in its own process. One micro-batch per step: no hook; source="accumulation"
 every=1 (the norms alone, for reference); source="per-example" at every=10 and every=1.
-Rounds interleave the configurations; a configuration's figure in a round is its mean step
-time, and the table gives the median over rounds of its ratio to "no hook" in the same round.
+The same batch as 4 micro-batches of accumulation ("×4"): no hook; the norms alone; "auto"
+every=1 (which should cost what the norms do: it skips the per-example work on steps that
+accumulate); "per-example" every=1. Rounds interleave the configurations; a configuration's
+figure in a round is its mean step time, and the table gives the median over rounds of its
+ratio to "no hook" with the same micro-batches in the same round.
 """
 from __future__ import annotations
 
@@ -24,11 +27,16 @@ from torch import nn
 import noisescope
 from bench_overhead import QuietSidecar
 
-CONFIGS: dict[str, tuple[str, int] | None] = {
-    "no hook": None,
-    "norms every=1": ("accumulation", 1),
-    "per-ex every=10": ("per-example", 10),
-    "per-ex every=1": ("per-example", 1),
+# label → (source or None for no hook, every, micro-batches per step)
+CONFIGS: dict[str, tuple[str | None, int, int]] = {
+    "no hook": (None, 1, 1),
+    "norms every=1": ("accumulation", 1, 1),
+    "per-ex every=10": ("per-example", 10, 1),
+    "per-ex every=1": ("per-example", 1, 1),
+    "no hook ×4": (None, 1, 4),
+    "×4 norms": ("accumulation", 1, 4),
+    "×4 auto": ("auto", 1, 4),
+    "×4 per-ex": ("per-example", 1, 4),
 }
 
 
@@ -82,12 +90,16 @@ WORKLOADS: dict[str, tuple[Callable[[], nn.Module], Callable[[torch.Generator], 
 }
 
 
-def mean_step_time(model: nn.Module, opt: torch.optim.Optimizer, batch: Batch, loss_fn: Callable, steps: int) -> float:
-    x, y = batch
+def mean_step_time(
+    model: nn.Module, opt: torch.optim.Optimizer, batch: Batch, loss_fn: Callable, steps: int, k: int = 1
+) -> float:
+    """The batch as `k` micro-batches of gradient accumulation per optimizer step."""
+    micro = list(zip(batch[0].chunk(k), batch[1].chunk(k)))
     started = time.perf_counter()
     for _ in range(steps):
         opt.zero_grad()
-        loss_fn(model(x), y).backward()
+        for x, y in micro:
+            (loss_fn(model(x), y) / k).backward()
         opt.step()
     return (time.perf_counter() - started) / steps
 
@@ -97,24 +109,29 @@ def bench(name: str, address: str, rounds: int, steps: int) -> str:
     batch = data(torch.Generator().manual_seed(1))
     means: dict[str, list[float]] = {label: [] for label in CONFIGS}
     for r in range(rounds):
-        for label, config in CONFIGS.items():
+        for label, (source, every, k) in CONFIGS.items():
             torch.manual_seed(0)
             model = make()
             opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-            if config is None:
-                mean_step_time(model, opt, batch, loss_fn, 10)  # warm-up
-                means[label].append(mean_step_time(model, opt, batch, loss_fn, steps))
+            if source is None:
+                mean_step_time(model, opt, batch, loss_fn, 10, k)  # warm-up
+                means[label].append(mean_step_time(model, opt, batch, loss_fn, steps, k))
                 continue
-            source, every = config
             with noisescope.watch(model, opt, address=address, every=every, source=source, run=f"bench-{name}-{label}-{r}"):
-                mean_step_time(model, opt, batch, loss_fn, 10)  # warm-up, connected, one measured step in it
-                means[label].append(mean_step_time(model, opt, batch, loss_fn, steps))
-    base = statistics.median(means["no hook"])
-    cells = [f"{name:<30} {base * 1e3:>8.2f} ms"]
-    for label in list(CONFIGS)[1:]:
-        ratios = [hooked / plain for hooked, plain in zip(means[label], means["no hook"])]
+                mean_step_time(model, opt, batch, loss_fn, 10, k)  # warm-up, connected, one measured step in it
+                means[label].append(mean_step_time(model, opt, batch, loss_fn, steps, k))
+    base = {k: statistics.median(means[_no_hook(k)]) for k in (1, 4)}
+    cells = [f"{name:<30} {base[1] * 1e3:>8.2f} ms {base[4] * 1e3:>8.2f} ms"]
+    for label, (source, _, k) in CONFIGS.items():
+        if source is None:
+            continue
+        ratios = [hooked / plain for hooked, plain in zip(means[label], means[_no_hook(k)])]
         cells.append(f"{(statistics.median(ratios) - 1) * 100:>+15.1f}%")
     return " ".join(cells)
+
+
+def _no_hook(k: int) -> str:
+    return next(label for label, (source, _, kk) in CONFIGS.items() if source is None and kk == k)
 
 
 def main() -> None:
@@ -127,10 +144,12 @@ def main() -> None:
     sidecar = QuietSidecar()
     try:
         print(
-            f"per-example source overhead per optimizer step (one micro-batch per step, torch {torch.__version__}, "
-            "1 thread; median over rounds of mean-step-time ratios to no hook)"
+            f"per-example source overhead per optimizer step (one micro-batch per step, or the same batch as ×4 "
+            f"micro-batches; torch {torch.__version__}, 1 thread; median over rounds of mean-step-time ratios to "
+            "no hook with the same micro-batches)"
         )
-        print(f"{'model':<30} {'no hook':>11} " + " ".join(f"{label:>16}" for label in list(CONFIGS)[1:]))
+        hooked = [label for label, (source, _, _) in CONFIGS.items() if source is not None]
+        print(f"{'model':<30} {'no hook':>11} {'no hook ×4':>11} " + " ".join(f"{label:>16}" for label in hooked))
         for name in WORKLOADS:
             print(bench(name, sidecar.address, rounds=rounds, steps=40))
     finally:

@@ -373,5 +373,6 @@ def test_demo_module_trains_through_the_sidecar(sidecar):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "done: full-set loss" in proc.stdout and "train accuracy" in proc.stdout, proc.stdout
     last = sidecar.wait_for(lambda e: e["type"] == "step" and e.get("step") == steps - 1, timeout=30)
-    assert last["source"] == "per-example" and last["microBatches"] == 4  # auto adds per-example sums and last["globalBatch"] == 64
+    # 4 micro-batches per step: auto's second scale is the accumulation, with no per-example work.
+    assert last["source"] == "accumulation" and last["microBatches"] == 4 and last["globalBatch"] == 64
     assert last["smoothed"] and last["smoothed"]["bSimple"] is not None and last["smoothed"]["bSimple"] > 0

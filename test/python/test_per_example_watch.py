@@ -79,12 +79,15 @@ def test_accumulation_micro_batches_each_carry_their_sums_with_the_loss_divided_
     model = make_model(dtype=torch.float64)
     reference = copy.deepcopy(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    ns, records = watch_and_record(model, optimizer, free_address)
+    # Forced: "auto" skips the per-example work on steps that accumulate.
+    ns, records = watch_and_record(model, optimizer, free_address, source="per-example")
     names = [layer.name for layer in ns._sender._info.layers]
     k = len(loop.sizes)
     exact: list[list[dict[str, float]]] = []
+    armed: list[bool] = []
 
     def on_step_start(step: int) -> None:
+        armed.append(bool(model[0]._forward_hooks))
         reference.load_state_dict(model.state_dict())
         exact.append([
             exact_sums(reference, *micro_batch(step, j, b, torch.float64), 1 / (b * k), loss=lambda o, t: F.cross_entropy(o, t))
@@ -93,7 +96,7 @@ def test_accumulation_micro_batches_each_carry_their_sums_with_the_loss_divided_
 
     loop.run(model, optimizer, on_step_start=on_step_start)
     ns.remove()
-    assert len(records) == loop.steps
+    assert len(records) == loop.steps and armed == [True] * loop.steps
     for record, step_exact in zip(records, exact):
         assert len(record.per_example_sums) == k
         for j in range(k):
@@ -121,11 +124,11 @@ class Partly(nn.Module):
         return self.head(h).mean(1) * self.temperature
 
 
-def test_uncovered_parameters_are_listed_once_and_left_out(free_address: str, caplog) -> None:
+def test_forced_per_example_lists_uncovered_parameters_once_and_leaves_them_out(free_address: str, caplog) -> None:
     model = Partly()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with caplog.at_level(logging.INFO, logger="noisescope"):
-        ns, records = watch_and_record(model, optimizer, free_address)
+        ns, records = watch_and_record(model, optimizer, free_address, source="per-example")
     info = ns._sender._info
     uncovered = {layer.name: layer.kind for layer in info.uncovered_layers}
     assert set(uncovered) == {
@@ -164,7 +167,7 @@ def test_covered_layers_are_exact_beside_uncovered_ones_and_hello_lists_them(fre
     y = torch.randn(4, 3, 3, dtype=torch.float64)
     exact = exact_sums(model, x, y, 1 / 4)
     with caplog.at_level(logging.INFO, logger="noisescope"):
-        measured, records = measure_one_step(model, x, y, free_address)
+        measured, records = measure_one_step(model, x, y, free_address, source="per-example")
     assert_sums_match(measured, {n: exact[n] for n in ("lin.weight", "lin.bias")})
     lines = [r.getMessage() for r in caplog.records if "batch-scale source: per-example" in r.getMessage()]
     assert len(lines) == 1
