@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 import { parseArgs } from 'node:util';
-import { printSidecar } from './cli/print-sidecar.js';
+import { computeBackendLine, printSidecar } from './cli/print-sidecar.js';
 import { runDemo } from './cli/demo.js';
-import { policyFromFlags, portOption, SIDECAR_FLAGS, smoothingFromFlags, UsageError } from './cli/flags.js';
+import { backendFromFlags, policyFromFlags, portOption, SIDECAR_FLAGS, smoothingFromFlags, UsageError } from './cli/flags.js';
+import { BACKEND_NAMES } from './compute/backends.js';
 import { DEFAULT_BATCH_POLICY } from './recommend/batch-policy.js';
 import { RUN_LOG_FLAGS, runLogFromFlags } from './runlog/run-log-flags.js';
 import { DEFAULT_PORT, startSidecar } from './sidecar.js';
@@ -11,7 +12,7 @@ import { DEFAULT_SMOOTHING } from './stats/run-estimator.js';
 const USAGE = `noisescope — live gradient noise scale and batch-size advice for PyTorch training
 
 Usage:
-  noisescope serve [--host 127.0.0.1] [--port ${DEFAULT_PORT}] [--json] [--no-dashboard] [--log-dir DIR | --no-log] [smoothing] [policy]
+  noisescope serve [--host 127.0.0.1] [--port ${DEFAULT_PORT}] [--json] [--no-dashboard] [--log-dir DIR | --no-log] [--backend NAME] [smoothing] [policy]
       Start the sidecar. In a terminal it shows the live dashboard (q quits, ? helps);
       otherwise, or with --no-dashboard, one line per measured step and per
       recommendation (NDJSON with --json). Each run is appended to DIR/<run>.ndjson
@@ -25,9 +26,11 @@ Usage:
       [--max-factor X]                      at most this factor per change, > 1  (default ${DEFAULT_BATCH_POLICY.maxFactor})
       [--window N]                          measured steps the evidence must hold before a change (default ${DEFAULT_BATCH_POLICY.window})
       [--monotone]                          only ever recommend larger batches
+    [--backend NAME]  compute backend for dense shards: ${BACKEND_NAMES.join(' | ')}
+                      (default: the fastest that passes the start-up probe)
   noisescope dashboard [--address 127.0.0.1:${DEFAULT_PORT}] [--run NAME]
       Attach the dashboard to a running sidecar through its Watch stream.
-  noisescope demo [--port 0] [--json] [--no-dashboard] [--adaptive] [--log-dir DIR | --no-log] [smoothing] [policy] [-- <python demo args>]
+  noisescope demo [--port 0] [--json] [--no-dashboard] [--adaptive] [--log-dir DIR | --no-log] [--backend NAME] [smoothing] [policy] [-- <python demo args>]
       Start a sidecar and train a small MLP on scikit-learn's digits through the hook;
       --adaptive lets the training apply each recommendation (gradient accumulation).
   noisescope bench accuracy
@@ -66,11 +69,13 @@ async function serve(args: string[]): Promise<void> {
     port: portOption(values.port, DEFAULT_PORT),
     smoothing: smoothingFromFlags(values),
     policy: policyFromFlags(values),
+    ...backendFromFlags(values),
     ...(runLog ? { runLog } : {}),
   });
   const write = (line: string) => process.stdout.write(`${line}\n`);
   write(values.json ? JSON.stringify({ type: 'listening', address: sidecar.address }) : `noisescope listening on ${sidecar.address}`);
   if (runLog) write(values.json ? JSON.stringify({ type: 'run-log', path: runLog.dir }) : `noisescope logging runs to ${runLog.dir}`);
+  write(computeBackendLine(sidecar, values.json));
   if (wantsDashboard(values)) {
     const { renderDashboard } = await import('../tui/render-dashboard.js');
     const ink = renderDashboard(sidecar, { address: `listening on ${sidecar.address}` });
@@ -148,6 +153,7 @@ async function demo(args: string[]): Promise<void> {
     dashboard: wantsDashboard(values),
     smoothing: smoothingFromFlags(values),
     policy: policyFromFlags(values),
+    ...backendFromFlags(values),
     runLog: runLogFromFlags(values),
     pythonArgs,
   });

@@ -1,6 +1,9 @@
 // Public TypeScript API: start a sidecar, subscribe to its Observables.
 export { startSidecar, DEFAULT_PORT } from './sidecar.js';
 export type { Sidecar, SidecarOptions } from './sidecar.js';
+export { BACKEND_NAMES } from './compute/backends.js';
+export type { BackendName } from './compute/backends.js';
+export type { CandidateReport, SelectionReport } from './compute/select-backend.js';
 export { NoiseScopeError, toNoiseScopeError } from './errors.js';
 export type { NoiseScopeErrorCode } from './errors.js';
 export { DEFAULT_SMOOTHING } from './stats/run-estimator.js';

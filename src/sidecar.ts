@@ -1,4 +1,7 @@
 import { filter, interval, map, share, shareReplay, startWith, withLatestFrom, type Observable } from 'rxjs';
+import { summarizeSelection } from './compute/backend-summary.js';
+import { parseBackendName, type BackendName } from './compute/backends.js';
+import { selectBackend, type SelectionReport } from './compute/select-backend.js';
 import { Ingest } from './ingest/ingest.js';
 import { DEFAULT_BATCH_POLICY, validateBatchPolicy } from './recommend/batch-policy.js';
 import { recommendBatchSize } from './recommend/recommend-batch-size.js';
@@ -25,6 +28,10 @@ export interface SidecarOptions {
    * Write errors never throw: each goes to onError (default: a process warning) and stops that run's log.
    */
   readonly runLog?: RunLogOptions;
+  /** Force one compute backend (BACKEND_NAMES) instead of the fastest correct one on the start-up probe. */
+  readonly backend?: BackendName;
+  /** Bytes of dense-shard data the sidecar may hold for steps not yet complete, over all runs; default DENSE_BUDGET_BYTES. */
+  readonly denseBudgetBytes?: number;
 }
 
 export interface Sidecar {
@@ -40,6 +47,8 @@ export interface Sidecar {
   readonly runs$: Observable<readonly RunInfo[]>;
   /** A new Recommendation whenever a run's advice changes (its action or recommended batch). */
   readonly recommendations$: Observable<Recommendation>;
+  /** How the compute backend (dense-shard reductions) was chosen: every candidate's probe result. */
+  readonly computeBackend: SelectionReport;
   close(): Promise<void>;
 }
 
@@ -56,7 +65,11 @@ export async function startSidecar(options: SidecarOptions = {}): Promise<Sideca
   validateSmoothingOptions(smoothing); // bad options fail here, not at the first step
   const policy: BatchPolicy = { ...DEFAULT_BATCH_POLICY, ...options.policy };
   validateBatchPolicy(policy);
-  const ingest = new Ingest();
+  // Measured at start (DESIGN: on CPU-only machines the fastest path is found, not assumed); a bad name rejects here.
+  const force = options.backend === undefined ? undefined : parseBackendName(options.backend);
+  const { backend, report: computeBackend } = await selectBackend(force === undefined ? {} : { force });
+  const backendSummary = summarizeSelection(computeBackend);
+  const ingest = new Ingest({ backend, ...(options.denseBudgetBytes !== undefined ? { denseBudgetBytes: options.denseBudgetBytes } : {}) });
 
   // Hot and replaying the latest value; connected for the sidecar's lifetime.
   const updates$ = ingest.steps$.pipe(estimateNoiseScale(smoothing), share());
@@ -89,7 +102,7 @@ export async function startSidecar(options: SidecarOptions = {}): Promise<Sideca
         stepsCompleted: ingest.counters.stepsCompleted,
         stepsIncomplete: ingest.counters.stepsIncomplete,
         droppedByHooks: ingest.counters.droppedByHooks,
-        computeBackend: 'cpu (norms mode: no reduction needed)',
+        computeBackend: backendSummary,
       }),
     ),
     shareReplay({ bufferSize: 1, refCount: true }),
@@ -106,6 +119,7 @@ export async function startSidecar(options: SidecarOptions = {}): Promise<Sideca
     watch.close();
     for (const s of keepAlive) s.unsubscribe();
     ingest.close();
+    backend.dispose();
     await runLog?.close();
     throw error;
   }
@@ -120,6 +134,7 @@ export async function startSidecar(options: SidecarOptions = {}): Promise<Sideca
     health$,
     runs$,
     recommendations$,
+    computeBackend,
     close: () =>
       (closing ??= (async () => {
         // End the streams first so Watch calls finish and the server can drain.
@@ -128,6 +143,7 @@ export async function startSidecar(options: SidecarOptions = {}): Promise<Sideca
         watch.close();
         await shutdownServer(server);
         for (const s of keepAlive) s.unsubscribe();
+        backend.dispose(); // after ingest.close(): no reduction is in flight for a closed ingest
         await runLog?.close(); // every queued line written
       })()),
   };

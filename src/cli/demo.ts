@@ -5,7 +5,8 @@ import { protoRoot } from '../transport/proto.js';
 import { startSidecar } from '../sidecar.js';
 import type { SmoothingOptions } from '../stats/run-estimator.js';
 import { formatSummary } from './format.js';
-import { printSidecar } from './print-sidecar.js';
+import { computeBackendLine, printSidecar } from './print-sidecar.js';
+import type { BackendName } from '../compute/backends.js';
 import { Subject } from 'rxjs';
 import type { Sidecar } from '../sidecar.js';
 import type { RunLogOptions } from '../runlog/write-run-log.js';
@@ -21,6 +22,8 @@ export interface DemoOptions {
   /** Where the run's NDJSON log goes; null or absent: no log. */
   readonly runLog?: RunLogOptions | null;
   readonly pythonArgs: readonly string[];
+  /** Force this compute backend instead of the probe's choice. */
+  readonly backend?: BackendName;
 }
 
 /** The project's Python (made by `npm run setup`), else python3 on PATH. */
@@ -36,6 +39,7 @@ export async function runDemo(options: DemoOptions): Promise<number> {
     smoothing: options.smoothing,
     ...(options.policy ? { policy: options.policy } : {}),
     ...(options.runLog ? { runLog: options.runLog } : {}),
+    ...(options.backend !== undefined ? { backend: options.backend } : {}),
   });
   if (options.dashboard) return runDemoDashboard(sidecar, options);
   const write = (line: string) => process.stdout.write(`${line}\n`);
@@ -43,6 +47,7 @@ export async function runDemo(options: DemoOptions): Promise<number> {
   if (options.runLog) {
     write(options.json ? JSON.stringify({ type: 'run-log', path: options.runLog.dir }) : `noisescope logging runs to ${options.runLog.dir}`);
   }
+  write(computeBackendLine(sidecar, options.json));
   const printing = printSidecar(sidecar, options.json, write);
   let last: StepStats | null = null;
   const keepLast = sidecar.stats$.subscribe((s) => (last = s));

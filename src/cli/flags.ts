@@ -1,5 +1,6 @@
 // Command-line values → sidecar options. Each bad value is a UsageError that
 // names its flag and the value given (exit 2), raised before anything binds.
+import { BACKEND_NAMES, isBackendName, type BackendName } from '../compute/backends.js';
 import { OBJECTIVES } from '../recommend/batch-policy.js';
 import type { SmoothingOptions } from '../stats/run-estimator.js';
 import type { BatchPolicy, Objective } from '../types.js';
@@ -39,6 +40,7 @@ export const SIDECAR_FLAGS = {
   'max-factor': { type: 'string' },
   window: { type: 'string' },
   monotone: { type: 'boolean', default: false },
+  backend: { type: 'string' },
 } as const;
 
 type FlagValues = { readonly [K in keyof typeof SIDECAR_FLAGS]?: (typeof SIDECAR_FLAGS)[K]['type'] extends 'boolean' ? boolean : string };
@@ -94,4 +96,12 @@ export function policyFromFlags(values: FlagValues): Partial<BatchPolicy> {
   if (values.window !== undefined) policy.window = wholeOption(values.window, 'window');
   if (values.monotone) policy.monotone = true;
   return policy;
+}
+
+/** --backend NAME forces one compute backend; absent: the start-up probe picks the fastest correct one. */
+export function backendFromFlags(values: FlagValues): { backend?: BackendName } {
+  const name = values.backend;
+  if (name === undefined) return {};
+  if (!isBackendName(name)) throw new UsageError(`--backend must be one of ${BACKEND_NAMES.join(', ')}, got '${name}'`);
+  return { backend: name };
 }

@@ -1,5 +1,6 @@
 import { distinctUntilChanged, map, merge, type Subscription } from 'rxjs';
 import type { Sidecar } from '../sidecar.js';
+import { summarizeSelection } from '../compute/backend-summary.js';
 import { formatProblems, formatRecommendation, formatRun, formatStep, ndjson } from './format.js';
 
 /** Subscribes to a sidecar and prints one line per event (plain or NDJSON). */
@@ -37,4 +38,10 @@ export function printSidecar(sidecar: Sidecar, json: boolean, write: (line: stri
   ).subscribe((line) => {
     if (line) write(line);
   });
+}
+
+/** The compute backend the sidecar chose: one NDJSON line with the whole probe report, or one plain line. */
+export function computeBackendLine(sidecar: Pick<Sidecar, 'computeBackend'>, json: boolean): string {
+  const report = sidecar.computeBackend;
+  return json ? JSON.stringify({ type: 'compute-backend', ...report }) : `noisescope compute backend: ${summarizeSelection(report)}`;
 }

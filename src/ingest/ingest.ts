@@ -1,3 +1,4 @@
+import type { ReductionBackend } from '../compute/reduction-backend.js';
 import { BehaviorSubject, Subject, type Observable } from 'rxjs';
 import { NoiseScopeError } from '../errors.js';
 import type { GradientShard__Output } from '../transport/generated/noisescope/v1/GradientShard.js';
@@ -9,6 +10,13 @@ import { checkSameLayout, layoutFromHello, type RunLayout } from './run-layout.j
 import { StepAssembler, type StepOutcome } from './step-assembler.js';
 
 export const RUN_LIMIT = 1_024;
+
+export interface IngestOptions {
+  /** Reduces dense shards into Gram matrices; dense runs are refused without one. */
+  readonly backend?: ReductionBackend;
+  /** Bytes of dense data held for incomplete steps, over all runs (DENSE_BUDGET_BYTES by default). */
+  readonly denseBudgetBytes?: number;
+}
 
 /** A completed step with the layout of its run, as the stats stage needs it. */
 export interface IngestedStep {
@@ -96,6 +104,8 @@ export class Ingest {
 
   readonly steps$: Observable<IngestedStep> = this.steps.asObservable();
   readonly runs$: Observable<readonly RunInfo[]> = this.runInfo.asObservable();
+
+  constructor(private readonly options: IngestOptions = {}) {}
 
   hasRun(run: string): boolean {
     return this.runs.has(run);

@@ -1,33 +1,10 @@
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
-import { createInterface } from 'node:readline';
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { recommendationFromWire } from '../../src/remote/from-wire.js';
+import { cliEachTest } from '../support/cli-process.js';
 import { accumulationStep, connect, hello, RankStream } from '../support/rank-client.js';
 import { SyntheticRun } from '../support/synthetic-run.js';
 
-// The built CLI, as a user runs it (npm test builds dist/ first).
-const CLI = join(import.meta.dirname, '..', '..', 'dist', 'src', 'cli.js');
-
-const LOG_DIR = mkdtempSync(join(tmpdir(), 'noisescope-cli-test-'));
-const running: ChildProcessWithoutNullStreams[] = [];
-afterEach(() => {
-  for (const child of running.splice(0)) child.kill('SIGTERM');
-});
-
-function start(args: string[]) {
-  // serve and demo log every run by default: into a scratch directory here, never the user's.
-  const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, NOISESCOPE_LOG_DIR: LOG_DIR } });
-  running.push(child);
-  const lines: string[] = [];
-  createInterface({ input: child.stdout }).on('line', (line) => lines.push(line));
-  let stderr = '';
-  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-  const exit = new Promise<number | null>((resolve) => child.on('exit', resolve));
-  return { child, lines, stderr: () => stderr, exit };
-}
+const start = cliEachTest();
 
 describe('noisescope serve', () => {
   it('prints NDJSON with --json: listening, the run, one step line per measured step', async () => {
