@@ -40,8 +40,8 @@ it('serve shows the live dashboard in an 80×24 terminal while a real model trai
   expect(screen).toMatch(/●{5,}/); // the chart
   expect(screen).toContain('─ batch 64');
   expect(screen).toMatch(/0\.weight\s+\d/); // the layer table
-  // One process: watch()'s automatic source adds per-example norms to the demo's accumulation micro-batches.
-  expect(screen).toMatch(/Scales: per-example \(4 micro-batches × 1 rank, 3 batch scales\)/);
+  // One process, 4 micro-batches per step: watch()'s automatic source takes the accumulation (no per-example work).
+  expect(screen).toMatch(/Scales: accumulation \(4 micro-batches × 1 rank, 2 batch scales\)/);
   // The sidecar's own policy advised (the demo's B_simple ≈ 100–140 at a batch of 64), and the
   // trade-off marks the advised row ("rec" for a change, "hold" on the current one).
   expect(screen).toMatch(/Recommendation (▲ increase 64 → \d+|▼ decrease 64 → \d+|■ hold at 64) = /);
