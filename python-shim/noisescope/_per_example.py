@@ -1,9 +1,10 @@
 """The per-example source: module hooks that give, per micro-batch and layer, Σ_e |contribution_e|².
 
-On measured steps a forward hook on each covered module keeps a reference to its input (which
-autograd keeps anyway) and hooks its output tensor; when δ (the gradient at that output)
-arrives in the backward, `_per_example_math` turns (input, δ) into the layer's sum, and the
-references go. Nothing per example of parameter size is kept (see the math module for when a
+On measured steps (under source="auto", only those the meter expects to be one micro-batch: with
+accumulation the micro-batches are the cheaper second scale) a forward hook on each covered module
+keeps a reference to its input (which autograd keeps anyway) and hooks its output tensor; when δ
+(the gradient at that output) arrives in the backward, `_per_example_math` turns (input, δ) into
+the layer's sum, and the references go. Nothing per example of parameter size is kept (see the math module for when a
 sequence-shaped layer materialises per-example gradients, chunk by chunk, because that is cheaper).
 
 Rows pair with micro-batches the way the meter pairs forwards with backwards: the j-th
