@@ -4,6 +4,8 @@ export type { Sidecar, SidecarOptions } from './sidecar.js';
 export { BACKEND_NAMES } from './compute/backends.js';
 export type { BackendName } from './compute/backends.js';
 export type { CandidateReport, SelectionReport } from './compute/select-backend.js';
+export { DISAGREEMENT } from './stats/gradient-diversity.js';
+export { DENSE_BUDGET_BYTES } from './ingest/dense-rank-step.js';
 export { NoiseScopeError, toNoiseScopeError } from './errors.js';
 export type { NoiseScopeErrorCode } from './errors.js';
 export { DEFAULT_SMOOTHING } from './stats/run-estimator.js';
@@ -17,6 +19,7 @@ export type {
   BatchPolicy,
   Estimate,
   EstimateSpread,
+  GradientDiversity,
   Health,
   Interval,
   LayerEstimate,

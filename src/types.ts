@@ -91,6 +91,23 @@ export interface StepStats {
   readonly regimeStartStep: number;
   /** Set on the step where a temperature change restarted the smoothing. */
   readonly temperatureChange: TemperatureChange | null;
+  /** Dense steps only: how alike each rank's micro-batch gradients were. */
+  readonly diversity?: readonly GradientDiversity[];
+}
+
+/** Pairwise cosine similarity of one rank's K micro-batch gradients at one step (dense mode). */
+export interface GradientDiversity {
+  readonly rank: number;
+  /** K. */
+  readonly microBatches: number;
+  /** K×K row-major, whole model; NaN where a gradient is zero. */
+  readonly cosines: readonly number[];
+  /** The same per layer, in the run's layer order. */
+  readonly layerCosines: readonly (readonly number[])[];
+  /** Per micro-batch: its mean cosine to the other K−1. */
+  readonly meanCosine: readonly number[];
+  /** Micro-batches whose gradient disagrees with the rest (DISAGREEMENT in src/stats/gradient-diversity.ts). */
+  readonly disagreeing: readonly number[];
 }
 
 /** The optimizer's temperature lr/B moved beyond tolerance between two measured steps of a run. */

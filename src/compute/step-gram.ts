@@ -14,6 +14,12 @@ export interface GradientChunk {
   readonly values: Float32Array;
 }
 
+/** Told of every block's bytes as it is allocated and released (a byte budget watches this). */
+export interface BlockAccounting {
+  allocated(bytes: number): void;
+  released(bytes: number): void;
+}
+
 interface PendingRange {
   readonly block: OwnedBlock;
   readonly arrived: boolean[];
@@ -24,11 +30,13 @@ export class StepGram {
   private readonly grams: Float64Array[];
   private readonly reduced: number[]; // elements per layer whose Gram update is done
   private readonly pending = new Map<string, PendingRange>();
+  private readonly completed = new Set<string>(); // ranges every gradient sent (a repeat is refused, not reopened)
 
   constructor(
     private readonly backend: ReductionBackend,
     readonly gradients: number,
     readonly layerSizes: readonly number[],
+    private readonly accounting?: BlockAccounting,
   ) {
     this.grams = layerSizes.map(() => new Float64Array(gradients * gradients));
     this.reduced = layerSizes.map(() => 0);
@@ -37,6 +45,12 @@ export class StepGram {
   /** Copies the chunk into its range's block; the K-th chunk of a range reduces it. Throws a
    *  RangeError for a chunk that does not fit the declared layers or repeats one. */
   async add(chunk: GradientChunk): Promise<void> {
+    return this.accept(chunk);
+  }
+
+  /** add(), but a bad chunk throws here, synchronously, and `values` may be reused once it returns
+   *  (it is copied before anything is awaited); the promise settles when its reduction (if any) is done. */
+  accept(chunk: GradientChunk): Promise<void> {
     const { gradient, layer, offset, values } = chunk;
     const size = this.layerSizes[layer];
     if (size === undefined) throw new RangeError(`layer ${layer} is not one of the step's ${this.layerSizes.length} layers`);
@@ -45,7 +59,8 @@ export class StepGram {
     const key = `${layer}:${offset}`;
     let range = this.pending.get(key);
     if (range === undefined) {
-      range = { block: this.backend.allocateBlock(this.gradients, values.length), arrived: [], count: 0 };
+      if (this.completed.has(key)) throw new RangeError(`gradient ${gradient} repeats layer ${layer} offset ${offset}, whose range all ${this.gradients} gradients already sent`);
+      range = { block: this.allocate(values.length), arrived: [], count: 0 };
       this.pending.set(key, range);
     }
     if (range.block.length !== values.length) throw new RangeError(`chunk at layer ${layer} offset ${offset} has ${values.length} elements; gradient chunks there have ${range.block.length}`);
@@ -53,14 +68,46 @@ export class StepGram {
     range.block.values.set(values, gradient * values.length);
     range.arrived[gradient] = true;
     range.count++;
-    if (range.count < this.gradients) return;
+    if (range.count < this.gradients) return Promise.resolve();
     this.pending.delete(key);
-    try {
-      await this.backend.addGram(range.block, this.grams[layer] as Float64Array);
-      this.reduced[layer] = (this.reduced[layer] as number) + values.length;
-    } finally {
-      range.block.release();
-    }
+    this.completed.add(key);
+    const block = range.block;
+    return this.backend
+      .addGram(block, this.grams[layer] as Float64Array)
+      .then(() => {
+        this.reduced[layer] = (this.reduced[layer] as number) + values.length;
+      })
+      .finally(() => block.release());
+  }
+
+  /** Bytes a chunk of `length` elements at (layer, offset) would newly take: a block, unless its range is open. */
+  bytesToAccept(layer: number, offset: number, length: number): number {
+    return this.pending.has(`${layer}:${offset}`) ? 0 : this.gradients * length * 4;
+  }
+
+  private allocate(length: number): OwnedBlock {
+    const block = this.backend.allocateBlock(this.gradients, length);
+    const bytes = this.gradients * length * 4;
+    this.accounting?.allocated(bytes);
+    let held = true;
+    return {
+      get values() {
+        return block.values;
+      },
+      gradients: block.gradients,
+      length: block.length,
+      release: () => {
+        if (!held) return;
+        held = false;
+        block.release();
+        this.accounting?.released(bytes);
+      },
+    };
+  }
+
+  /** Elements of the layer whose Gram update is done for all K gradients. */
+  reducedElements(layer: number): number {
+    return this.reduced[layer] ?? 0;
   }
 
   /** Ranges still waiting for some gradient (each holds K × its length floats). */

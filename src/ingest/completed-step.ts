@@ -1,4 +1,4 @@
-import type { Source } from '../types.js';
+import type { GradientDiversity, Source } from '../types.js';
 
 // One optimizer step of one run, every rank's shards joined.
 
@@ -17,6 +17,8 @@ export interface RankStep {
    * contribution|², [microBatch][layer] (units of microSqNorms); null without it.
    */
   readonly microExampleSqNormSums: readonly (readonly number[])[] | null;
+  /** Dense steps: pairwise cosines of the micro-batch gradients, from the Gram matrices. */
+  readonly diversity?: GradientDiversity;
 }
 
 export interface CompletedStep {

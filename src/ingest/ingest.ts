@@ -7,6 +7,8 @@ import type { StepEnd__Output } from '../transport/generated/noisescope/v1/StepE
 import type { RunInfo, Source } from '../types.js';
 import { sourceOf, type CompletedStep } from './completed-step.js';
 import { checkSameLayout, layoutFromHello, type RunLayout } from './run-layout.js';
+import { AlignedPayloads } from '../transport/aligned-copy.js';
+import { ByteBudget, DENSE_BUDGET_BYTES } from './dense-rank-step.js';
 import { StepAssembler, type StepOutcome } from './step-assembler.js';
 
 export const RUN_LIMIT = 1_024;
@@ -55,14 +57,15 @@ export class RankSession {
   constructor(
     readonly run: string,
     readonly rank: number,
-    private readonly owner: { stepEnd(end: StepEnd__Output): StepOutcome; shard(shard: GradientShard__Output): void; goodbye(dropped: number): void; detach(session: RankSession): void },
+    private readonly owner: { stepEnd(end: StepEnd__Output): StepOutcome | Promise<StepOutcome>; shard(shard: GradientShard__Output): void; goodbye(dropped: number): void; detach(session: RankSession): void },
   ) {}
 
   shard(shard: GradientShard__Output): void {
     this.owner.shard(shard);
   }
 
-  stepEnd(end: StepEnd__Output): StepOutcome {
+  /** A promise only when a dense step's reductions are still running (the caller waits before its next message). */
+  stepEnd(end: StepEnd__Output): StepOutcome | Promise<StepOutcome> {
     return this.owner.stepEnd(end);
   }
 
@@ -105,7 +108,15 @@ export class Ingest {
   readonly steps$: Observable<IngestedStep> = this.steps.asObservable();
   readonly runs$: Observable<readonly RunInfo[]> = this.runInfo.asObservable();
 
+  /** One reused aligned buffer: dense payloads are converted synchronously, one message at a time. */
+  private readonly payloads = new AlignedPayloads();
+
   constructor(private readonly options: IngestOptions = {}) {}
+
+  /** Bytes of dense data held for a run's incomplete steps (0 for an unknown run). */
+  denseBytesHeld(run: string): number {
+    return this.runs.get(run)?.assembler.denseBytesHeld ?? 0;
+  }
 
   hasRun(run: string): boolean {
     return this.runs.has(run);
@@ -129,7 +140,7 @@ export class Ingest {
       }
       entry = {
         layout,
-        assembler: new StepAssembler(layout),
+        assembler: new StepAssembler(layout, this.denseContext()),
         sessions: new Map(),
         goodbyes: new Set(),
         dropped: new Map(),
@@ -151,24 +162,29 @@ export class Ingest {
     this.noteDropped(run, rank, hello.dropped);
     run.goodbyes.delete(rank);
 
+    const finishStep = (end: StepEnd__Output): StepOutcome => {
+      const outcome = run.assembler.endStep(rank, end);
+      this.counters.stepsIncomplete += run.assembler.takeAbandoned();
+      if (outcome.kind === 'completed') {
+        this.counters.stepsCompleted++;
+        const source = sourceOf(outcome.step);
+        if (source !== run.source && !outcome.step.skipReason) {
+          run.source = source;
+          this.publishRuns();
+        }
+        this.steps.next({ layout: run.layout, step: outcome.step });
+      }
+      return outcome;
+    };
     const session = new RankSession(layout.run, rank, {
       shard: (shard) => {
         run.assembler.addShard(rank, shard);
-        this.counters.payloadBytes += ((shard.sqNorms?.values.length ?? 0) + (shard.perExample?.sums.length ?? 0)) * 8;
+        this.counters.payloadBytes += ((shard.sqNorms?.values.length ?? 0) + (shard.perExample?.sums.length ?? 0)) * 8 + (shard.dense?.data.byteLength ?? 0);
       },
       stepEnd: (end) => {
-        const outcome = run.assembler.endStep(rank, end);
-        this.counters.stepsIncomplete += run.assembler.takeAbandoned();
-        if (outcome.kind === 'completed') {
-          this.counters.stepsCompleted++;
-          const source = sourceOf(outcome.step);
-          if (source !== run.source && !outcome.step.skipReason) {
-            run.source = source;
-            this.publishRuns();
-          }
-          this.steps.next({ layout: run.layout, step: outcome.step });
-        }
-        return outcome;
+        // A dense step ends once its reductions have: the assembler itself stays synchronous.
+        const settling = run.assembler.settling(rank, end.step);
+        return settling ? settling.then(() => finishStep(end)) : finishStep(end);
       },
       goodbye: (dropped) => {
         this.noteDropped(run, rank, dropped);
@@ -188,8 +204,16 @@ export class Ingest {
   }
 
   close(): void {
+    for (const run of this.runs.values()) run.assembler.releaseAll();
     this.steps.complete();
     this.runInfo.complete();
+  }
+
+  /** Per run: its own byte budget, the shared backend and buffer; null without a backend (dense refused). */
+  private denseContext() {
+    const backend = this.options.backend;
+    if (!backend) return null;
+    return { backend, budget: new ByteBudget(this.options.denseBudgetBytes ?? DENSE_BUDGET_BYTES), payloads: this.payloads };
   }
 
   private noteDropped(run: RunEntry, rank: number, dropped: number): void {
@@ -224,3 +248,4 @@ export class Ingest {
     );
   }
 }
+

@@ -1,7 +1,11 @@
+import type { ReductionBackend } from '../compute/reduction-backend.js';
 import { NoiseScopeError } from '../errors.js';
+import { WIRE_DTYPE_BYTES, type AlignedPayloads, type WireDtype } from '../transport/aligned-copy.js';
+import type { DenseChunk__Output } from '../transport/generated/noisescope/v1/DenseChunk.js';
 import type { GradientShard__Output } from '../transport/generated/noisescope/v1/GradientShard.js';
 import type { StepEnd__Output } from '../transport/generated/noisescope/v1/StepEnd.js';
 import type { CompletedStep, RankStep } from './completed-step.js';
+import { DenseRankStep, type ByteBudget, type DenseStepFigures } from './dense-rank-step.js';
 import type { RunLayout } from './run-layout.js';
 
 /** Bounds on what a run may hold open; the oldest is given up first. */
@@ -17,9 +21,24 @@ interface MicroBatch {
   readonly exampleSqNormSums: readonly number[] | null;
 }
 
+/** What dense shards need: a backend to reduce them, a byte budget, one reused aligned buffer. */
+export interface DenseContext {
+  readonly backend: ReductionBackend;
+  readonly budget: ByteBudget;
+  readonly payloads: AlignedPayloads;
+}
+
+/** One rank's shards of one step, before its StepEnd. */
+interface OpenStep {
+  readonly micro: Map<number, MicroBatch>;
+  dense: DenseRankStep | null;
+  /** A dense chunk was refused: the step is excluded at its end (its later chunks are dropped quietly). */
+  denseFailure: NoiseScopeError | null;
+}
+
 interface RankState {
   /** Steps with shards but no StepEnd yet. */
-  readonly open: Map<number, Map<number, MicroBatch>>;
+  readonly open: Map<number, OpenStep>;
   /** Highest step this rank has ended; -1 before the first. */
   lastEnded: number;
 }
@@ -54,7 +73,25 @@ export class StepAssembler {
   private readonly pending = new Map<number, PendingStep>();
   private abandoned = 0;
 
-  constructor(readonly layout: RunLayout) {}
+  constructor(
+    readonly layout: RunLayout,
+    private readonly dense: DenseContext | null = null,
+  ) {}
+
+  /** Bytes of dense data held for this run's incomplete steps. */
+  get denseBytesHeld(): number {
+    return this.dense?.budget.held ?? 0;
+  }
+
+  /** Resolves when the rank's reductions for `step` are done (call before endStep); null when none run. */
+  settling(rank: number, step: number): Promise<void> | null {
+    return this.ranks.get(rank)?.open.get(step)?.dense?.settled() ?? null;
+  }
+
+  /** Frees every open step's dense memory (the sidecar is closing). */
+  releaseAll(): void {
+    for (const state of this.ranks.values()) for (const open of state.open.values()) open.dense?.release();
+  }
 
   /** Steps given up (missing shards, evicted by a limit) since the last call. */
   takeAbandoned(): number {
@@ -71,15 +108,17 @@ export class StepAssembler {
     const state = this.ranks.get(rank);
     if (!state) return;
     this.abandoned += state.open.size;
+    for (const step of [...state.open.keys()]) this.dropOpen(state, step);
     this.ranks.delete(rank);
   }
 
   addShard(rank: number, shard: GradientShard__Output): void {
+    if (shard.payload === 'dense' && shard.dense) return this.addDenseShard(rank, shard, shard.dense);
     const where = `step ${shard.step} micro-batch ${shard.microBatch}`;
     if (shard.payload !== 'sqNorms' || !shard.sqNorms) {
       throw new NoiseScopeError(
         'not-implemented',
-        `${where}: ${shard.payload ?? 'empty'} shards are not handled by this sidecar version (it reduces sq_norms)`,
+        `${where}: ${shard.payload ?? 'empty'} shards are not handled by this sidecar version (it reduces sq_norms and dense)`,
       );
     }
     const state = this.rankState(rank);
@@ -95,35 +134,111 @@ export class StepAssembler {
       this.checkNorms(exampleSqNormSums, `${where}: per_example.sums`);
       this.checkCauchySchwarz(values, exampleSqNormSums, shard.examples, where);
     }
-    const open = state.open.get(shard.step);
-    if (open?.has(shard.microBatch)) {
+    if (state.open.get(shard.step)?.micro.has(shard.microBatch)) {
       throw new NoiseScopeError('duplicate', `${where}: already received from rank ${rank}`);
     }
-    if (!open && state.open.size >= STEP_LIMITS.openStepsPerRank) {
-      // The oldest open step cannot be waited for forever.
-      const oldest = Math.min(...state.open.keys());
-      state.open.delete(oldest);
+    this.openStep(state, shard.step).micro.set(shard.microBatch, { examples: shard.examples, sqNorms: values, exampleSqNormSums });
+  }
+
+  /**
+   * A dense chunk of micro-batch j's contribution h_j to one layer, into the rank's StepGram for the step.
+   * A bad chunk is refused and its step excluded (the rest of the step's chunks are then dropped quietly,
+   * its memory released); nothing else is lost.
+   */
+  private addDenseShard(rank: number, shard: GradientShard__Output, chunk: DenseChunk__Output): void {
+    const where = `step ${shard.step} micro-batch ${shard.microBatch} layer ${shard.layer} offset ${chunk.offset}`;
+    const state = this.rankState(rank);
+    this.checkStepIsNew(state, rank, shard.step, where);
+    // A dense shard in a norms run (or without a backend) is refused alone: the run's steps are not dense.
+    const context = this.denseContext(where);
+    const existing = state.open.get(shard.step);
+    if (existing?.denseFailure) return;
+    try {
+      const values = this.denseValues(shard, chunk, existing?.dense ?? null, context, where);
+      const open = this.openStep(state, shard.step);
+      open.dense ??= new DenseRankStep(context.backend, shard.microBatches, this.layout, context.budget, where);
+      open.dense.add(shard.microBatch, shard.examples, shard.layer, chunk.offset, values, where);
+    } catch (error) {
+      const open = this.openStep(state, shard.step);
+      const failure = error instanceof NoiseScopeError ? error : new NoiseScopeError('invalid-message', `${where}: ${(error as Error).message}`);
+      open.denseFailure = failure;
+      open.dense?.fail(failure);
+      throw failure;
+    }
+  }
+
+  private denseContext(where: string): DenseContext {
+    if (!this.dense) throw new NoiseScopeError('not-implemented', `${where}: this sidecar was started without a compute backend for dense shards`);
+    if (this.layout.mode !== 'dense') {
+      throw new NoiseScopeError('invalid-message', `${where}: run '${this.layout.run}' said mode ${this.layout.mode} in its Hello; dense shards need MODE_DENSE`);
+    }
+    return this.dense;
+  }
+
+  /** Checks the chunk against the run's layout and the step's earlier chunks; its values as float32. */
+  private denseValues(shard: GradientShard__Output, chunk: DenseChunk__Output, dense: DenseRankStep | null, context: DenseContext, where: string): Float32Array {
+    const invalid = (why: string) => new NoiseScopeError('invalid-message', `${where}: ${why}`);
+    const layer = this.layout.layers[shard.layer];
+    if (layer === undefined) throw new NoiseScopeError('unknown-layer', `${where}: layer ${shard.layer} is not one of run '${this.layout.run}''s ${this.layout.layers.length} layers`);
+    const k = shard.microBatches;
+    if (k < 1) throw invalid('micro_batches (K, the micro-batches in this step on this rank) is required for dense shards');
+    if (k > STEP_LIMITS.microBatches) throw new NoiseScopeError('limit-exceeded', `${where}: micro_batches ${k} exceeds the limit of ${STEP_LIMITS.microBatches}`);
+    if (dense && dense.microBatches !== k) throw invalid(`micro_batches ${k}, but earlier chunks of this step said ${dense.microBatches}`);
+    if (shard.microBatch >= k) throw invalid(`micro-batch index ${shard.microBatch} is not below micro_batches ${k}`);
+    if (shard.examples < 1) throw invalid(`examples must be ≥ 1, got ${shard.examples}`);
+    const size = WIRE_DTYPE_BYTES[chunk.dtype as WireDtype];
+    if (size === undefined) throw invalid(`unknown dtype ${String(chunk.dtype)}: send DTYPE_F32, DTYPE_F16 or DTYPE_BF16`);
+    const bytes = chunk.data.byteLength;
+    if (bytes === 0) throw invalid('empty data');
+    if (bytes % size !== 0) throw invalid(`${bytes} bytes of data is not a whole number of ${chunk.dtype} values (${size} bytes each)`);
+    const end = chunk.offset + bytes / size;
+    if (end > layer.numel) throw invalid(`chunk [${chunk.offset}, ${end}) is beyond layer '${layer.name}' of ${layer.numel} elements`);
+    return context.payloads.toFloat32(chunk.data, chunk.dtype as WireDtype);
+  }
+
+  /** The rank's open entry for `step`, created (evicting the oldest past the limit) when new. */
+  private openStep(state: RankState, step: number): OpenStep {
+    let open = state.open.get(step);
+    if (open) return open;
+    if (state.open.size >= STEP_LIMITS.openStepsPerRank) {
+      // The oldest open step cannot be waited for forever (and its dense memory is freed).
+      this.dropOpen(state, Math.min(...state.open.keys()));
       this.abandoned++;
     }
-    const micro = open ?? new Map<number, MicroBatch>();
-    micro.set(shard.microBatch, { examples: shard.examples, sqNorms: values, exampleSqNormSums });
-    if (!open) state.open.set(shard.step, micro);
+    open = { micro: new Map(), dense: null, denseFailure: null };
+    state.open.set(step, open);
+    return open;
+  }
+
+  /** Forgets an open step, releasing any dense memory it holds. */
+  private dropOpen(state: RankState, step: number): void {
+    state.open.get(step)?.dense?.release();
+    state.open.delete(step);
   }
 
   endStep(rank: number, end: StepEnd__Output): StepOutcome {
     const where = `step ${end.step}`;
     const state = this.rankState(rank);
     this.checkStepIsNew(state, rank, end.step, `${where} end`);
-    const micro = state.open.get(end.step) ?? new Map<number, MicroBatch>();
+    const open = state.open.get(end.step);
+    const micro = open?.micro ?? new Map<number, MicroBatch>();
+    const dense = open !== undefined && (open.dense !== null || open.denseFailure !== null);
     let rankStep: RankStep | null = null;
     let failure: NoiseScopeError | null = null;
     if (!end.skipped) {
       // Malformed step ends are refused outright; missing shards only void the step.
-      this.checkNorms(end.accumulatedSqNorms, `${where}: accumulated_sq_norms`);
+      // A dense step's accumulated norms come from its Gram matrices: the StepEnd may leave them out.
+      if (!dense || end.accumulatedSqNorms.length > 0) this.checkNorms(end.accumulatedSqNorms, `${where}: accumulated_sq_norms`);
       if (end.reducedSqNorms.length > 0) this.checkNorms(end.reducedSqNorms, `${where}: reduced_sq_norms`);
       if (end.microBatches < 1) throw new NoiseScopeError('invalid-message', `${where}: micro_batches must be ≥ 1`);
-      failure = this.missingShards(micro, end) ?? this.mixedPerExample(micro, end.step);
-      if (!failure) rankStep = this.toRankStep(rank, micro, end);
+      if (dense) {
+        const figures = this.denseFigures(rank, open, end);
+        if (figures instanceof NoiseScopeError) failure = figures;
+        else rankStep = this.toDenseRankStep(rank, figures, end);
+      } else {
+        failure = this.missingShards(micro, end) ?? this.mixedPerExample(micro, end.step);
+        if (!failure) rankStep = this.toRankStep(rank, micro, end);
+      }
       if (rankStep && end.localExamples > 0) {
         const sum = rankStep.microExamples.reduce((a, b) => a + b, 0);
         if (sum !== end.localExamples) {
@@ -139,7 +254,7 @@ export class StepAssembler {
     state.lastEnded = end.step;
     for (const step of [...state.open.keys()]) {
       if (step <= end.step) {
-        state.open.delete(step);
+        this.dropOpen(state, step);
         if (step < end.step) this.abandoned++;
       }
     }
@@ -292,6 +407,29 @@ export class StepAssembler {
       'incomplete-step',
       `step ${end.step} declared ${end.microBatches} micro-batches but ${parts.join(' and ')}: the step is excluded`,
     );
+  }
+
+  /** A dense step's figures from its Gram matrices, or why it is excluded. */
+  private denseFigures(rank: number, open: OpenStep, end: StepEnd__Output): DenseStepFigures | NoiseScopeError {
+    if (open.denseFailure) {
+      return new NoiseScopeError(open.denseFailure.code, `step ${end.step} is excluded: a dense chunk was refused (${open.denseFailure.message})`);
+    }
+    if (open.micro.size > 0) {
+      return new NoiseScopeError('invalid-message', `step ${end.step} mixes sq_norms and dense shards on rank ${rank}: the step is excluded`);
+    }
+    return (open.dense as DenseRankStep).finish(rank, end.step, end.microBatches);
+  }
+
+  private toDenseRankStep(rank: number, figures: DenseStepFigures, end: StepEnd__Output): RankStep {
+    return {
+      rank,
+      microSqNorms: figures.microSqNorms,
+      microExamples: figures.microExamples,
+      accumulatedSqNorms: figures.accumulatedSqNorms,
+      reducedSqNorms: end.reducedSqNorms.length > 0 ? end.reducedSqNorms : null,
+      microExampleSqNormSums: null,
+      diversity: figures.diversity,
+    };
   }
 
   private toRankStep(rank: number, micro: Map<number, MicroBatch>, end: StepEnd__Output): RankStep {

@@ -89,6 +89,19 @@ export function stepStatsFromWire(w: WireStepStats): StepStats {
     temperature: orNull(w.temperature),
     regimeStartStep: w.regimeStartStep,
     temperatureChange: w.temperatureChange ? { ...w.temperatureChange } : null,
+    // Absent on norms steps, as on the sidecar's own stats$.
+    ...(w.diversity.length > 0
+      ? {
+          diversity: w.diversity.map((d) => ({
+            rank: d.rank,
+            microBatches: d.microBatches,
+            cosines: d.cosines,
+            layerCosines: d.layers.map((l) => l.cosines),
+            meanCosine: d.meanCosine,
+            disagreeing: d.disagreeing,
+          })),
+        }
+      : {}),
   };
 }
 

@@ -1,12 +1,18 @@
 import { defer, map, type OperatorFunction } from 'rxjs';
 import type { IngestedStep } from '../ingest/ingest.js';
-import { sourceOf } from '../ingest/completed-step.js';
+import { sourceOf, type CompletedStep } from '../ingest/completed-step.js';
 import { toBatchScales } from '../ingest/to-batch-scales.js';
-import type { LayerStats, StepStats, TemperatureChange } from '../types.js';
+import type { GradientDiversity, LayerStats, StepStats, TemperatureChange } from '../types.js';
 import { MIN_EFFECTIVE_STEPS } from './noise-scale-smoother.js';
 import { RunEstimator } from './run-estimator.js';
 import { type SmoothingOptions, validateSmoothingOptions } from './smoothing-options.js';
 import { restartNote, TemperatureRegime, temperatureOf } from './temperature-regime.js';
+
+/** Dense steps carry each rank's gradient diversity; norms steps leave the field out. */
+function diversityOf(step: CompletedStep): { diversity?: readonly GradientDiversity[] } {
+  const diversity = step.ranks.flatMap((r) => (r.diversity ? [r.diversity] : []));
+  return diversity.length > 0 ? { diversity } : {};
+}
 
 export interface NoiseScaleUpdate {
   readonly stats: StepStats;
@@ -79,6 +85,7 @@ export function estimateNoiseScale(options: SmoothingOptions): OperatorFunction<
             temperature: temperatureOf(step.lr, step.globalExamples),
             regimeStartStep: state.regime.startStep(step.step),
             temperatureChange,
+            ...diversityOf(step),
           };
           const source = sourceOf(step);
           const carry = (note: string, skipped: boolean): NoiseScaleUpdate => ({

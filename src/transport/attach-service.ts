@@ -3,6 +3,7 @@ import type { Observable, Subscription } from 'rxjs';
 import { toNoiseScopeError, NoiseScopeError } from '../errors.js';
 import { PROTOCOL_VERSION } from '../ingest/run-layout.js';
 import type { Ingest, RankSession } from '../ingest/ingest.js';
+import type { StepOutcome } from '../ingest/step-assembler.js';
 import type { Recommendation } from '../types.js';
 import type { RankMessage__Output } from './generated/noisescope/v1/RankMessage.js';
 import type { SidecarMessage } from './generated/noisescope/v1/SidecarMessage.js';
@@ -97,22 +98,53 @@ function handleAttach(ingest: Ingest, call: AttachCall, outbox: RankOutbox): voi
       if (!ended) call.write({ refusal: { code: error.grpcStatus, message: error.message, step } });
     };
 
-    call.on('data', (message: RankMessage__Output) => {
-      if (ended) return;
+    // Messages are handled one at a time, in order. A dense StepEnd may have to wait for its step's
+    // reductions: the stream is paused meanwhile and what had already arrived waits in `backlog`.
+    const backlog: RankMessage__Output[] = [];
+    let waiting = false;
+    let endedByPeer = false;
+    const drain = (): void => {
+      while (!waiting && backlog.length > 0) {
+        const pending = handle(backlog.shift() as RankMessage__Output);
+        if (pending) {
+          waiting = true;
+          call.pause();
+          void pending.then(() => {
+            waiting = false;
+            call.resume();
+            drain();
+          });
+        }
+      }
+      if (!waiting && backlog.length === 0 && endedByPeer) finishStream();
+    };
+    const finishStream = () => {
+      const wasEnded = ended;
+      stop();
+      if (!wasEnded) call.end();
+    };
+    const stepEnded = (outcome: StepOutcome, step: number) => {
+      if (outcome.kind === 'incomplete') refuse(outcome.error, step);
+    };
+
+    /** Handles one message; a promise when it must finish before the next is read. */
+    const handle = (message: RankMessage__Output): Promise<void> | null => {
+      if (ended) return null;
       ingest.counters.messages++;
       try {
         if (message.kind === 'hello' && message.hello) {
           if (session) {
             refuse(new NoiseScopeError('invalid-message', 'a second Hello on one stream: open a new stream to attach again'), 0);
-            return;
+            return null;
           }
           session = ingest.attach(message.hello);
-          session.onReplaced(() => fail(new NoiseScopeError('duplicate', `rank ${message.hello?.rank} reconnected on a newer stream`)));
+          const attached = session;
+          attached.onReplaced(() => fail(new NoiseScopeError('duplicate', `rank ${message.hello?.rank} reconnected on a newer stream`)));
           call.write({
-            welcome: { protocolVersion: PROTOCOL_VERSION, sidecarVersion: SIDECAR_VERSION, run: session.run, rank: session.rank },
+            welcome: { protocolVersion: PROTOCOL_VERSION, sidecarVersion: SIDECAR_VERSION, run: attached.run, rank: attached.rank },
           });
-          outbox.welcomed(session.run, call);
-          return;
+          outbox.welcomed(attached.run, call);
+          return null;
         }
         if (!session) {
           throw new NoiseScopeError('no-hello', `${message.kind ?? 'an empty message'} before Hello: send Hello first`);
@@ -124,11 +156,19 @@ function handleAttach(ingest: Ingest, call: AttachCall, outbox: RankOutbox): voi
             refuse(toNoiseScopeError(error), message.shard.step);
           }
         } else if (message.kind === 'stepEnd' && message.stepEnd) {
+          const step = message.stepEnd.step;
           try {
             const outcome = session.stepEnd(message.stepEnd);
-            if (outcome.kind === 'incomplete') refuse(outcome.error, message.stepEnd.step);
+            if (!(outcome instanceof Promise)) {
+              stepEnded(outcome, step);
+              return null;
+            }
+            return outcome.then(
+              (o) => stepEnded(o, step),
+              (error: unknown) => refuse(toNoiseScopeError(error), step),
+            );
           } catch (error) {
-            refuse(toNoiseScopeError(error), message.stepEnd.step);
+            refuse(toNoiseScopeError(error), step);
           }
         } else if (message.kind === 'goodbye' && message.goodbye) {
           session.goodbye(message.goodbye.dropped);
@@ -139,11 +179,15 @@ function handleAttach(ingest: Ingest, call: AttachCall, outbox: RankOutbox): voi
         // Only Hello problems and messages before Hello end the stream.
         fail(toNoiseScopeError(error));
       }
+      return null;
+    };
+    call.on('data', (message: RankMessage__Output) => {
+      backlog.push(message);
+      drain();
     });
     call.on('end', () => {
-      const wasEnded = ended;
-      stop();
-      if (!wasEnded) call.end();
+      endedByPeer = true;
+      drain();
     });
     call.on('cancelled', stop);
     call.on('error', stop);

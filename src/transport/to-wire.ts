@@ -120,6 +120,14 @@ export function stepStatsToWire(s: StepStats): WireStepStats {
     temperature: orNaN(s.temperature),
     regimeStartStep: s.regimeStartStep,
     temperatureChange: s.temperatureChange ? { ...s.temperatureChange } : null,
+    diversity: (s.diversity ?? []).map((d) => ({
+      rank: d.rank,
+      microBatches: d.microBatches,
+      cosines: [...d.cosines],
+      layers: d.layerCosines.map((c) => ({ cosines: [...c] })),
+      meanCosine: [...d.meanCosine],
+      disagreeing: [...d.disagreeing],
+    })),
   };
 }
 

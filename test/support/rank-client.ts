@@ -129,3 +129,66 @@ export function syntheticStepMessages(step: CompletedStep, rank: number, lr = 0.
     },
   ];
 }
+
+export type TestDtype = 'DTYPE_F32' | 'DTYPE_F16' | 'DTYPE_BF16';
+
+/** float32 values as wire bytes; fp16/bf16 only for values they hold exactly (a test's data is chosen so). */
+export function encodeDense(values: Float32Array, dtype: TestDtype): Buffer {
+  if (dtype === 'DTYPE_F32') return Buffer.from(values.buffer, values.byteOffset, values.byteLength);
+  const bits = new Uint32Array(values.buffer, values.byteOffset, values.length);
+  const out = new Uint16Array(values.length);
+  for (let i = 0; i < values.length; i++) {
+    const b = bits[i]!;
+    out[i] = dtype === 'DTYPE_BF16' ? b >>> 16 : float32BitsToExactFloat16(b);
+    if (dtype === 'DTYPE_BF16' && (b & 0xffff) !== 0) throw new RangeError(`${values[i]} is not exact in bf16`);
+  }
+  return Buffer.from(out.buffer);
+}
+
+function float32BitsToExactFloat16(b: number): number {
+  const sign = (b >>> 16) & 0x8000;
+  if ((b & 0x7fffffff) === 0) return sign;
+  const exponent = ((b >>> 23) & 0xff) - 127 + 15;
+  if (exponent < 1 || exponent > 30 || (b & 0x1fff) !== 0) throw new RangeError(`float32 bits ${b.toString(16)} are not an exact normal fp16`);
+  return sign | (exponent << 10) | ((b >>> 13) & 0x3ff);
+}
+
+export interface DenseStepOptions {
+  readonly examples?: number;
+  /** Elements per chunk (every micro-batch cut the same way); default 1000, so layers split unevenly. */
+  readonly chunk?: number;
+  readonly dtype?: TestDtype;
+  readonly lr?: number;
+}
+
+/**
+ * A dense step: gradients[j][l] is micro-batch j's contribution to layer l. Micro-batch by micro-batch
+ * (as backward hooks fire), each layer in chunks, then a StepEnd without norms (the sidecar has the Gram).
+ */
+export function denseStep(step: number, gradients: readonly (readonly Float32Array[])[], options: DenseStepOptions = {}): RankMessage[] {
+  const { examples = 16, chunk = 1000, dtype = 'DTYPE_F32', lr = 0.1 } = options;
+  const k = gradients.length;
+  const messages: RankMessage[] = [];
+  gradients.forEach((layers, microBatch) => {
+    layers.forEach((values, layer) => {
+      for (let offset = 0; offset < values.length; offset += chunk) {
+        const data = encodeDense(values.subarray(offset, Math.min(values.length, offset + chunk)), dtype);
+        messages.push({ shard: { step, microBatch, examples, layer, microBatches: k, dense: { offset, dtype, data } } });
+      }
+    });
+  });
+  messages.push({ stepEnd: { step, microBatches: k, localExamples: examples * k, globalExamples: examples * k, lr, loss: Number.NaN } });
+  return messages;
+}
+
+/** The norms-mode messages for the same gradients: |h_j|² per layer and |Σ_j h_j|², in float64. */
+export function normsStepOf(step: number, gradients: readonly (readonly Float32Array[])[], examples = 16): RankMessage[] {
+  const sq = (v: ArrayLike<number>) => Array.prototype.reduce.call(v, (s: number, x: number) => s + x * x, 0) as number;
+  const micro = gradients.map((layers) => layers.map(sq));
+  const accumulated = (gradients[0] ?? []).map((first, layer) => {
+    const sum = new Float64Array(first.length);
+    for (const layers of gradients) layers[layer]!.forEach((x, e) => (sum[e] = sum[e]! + x));
+    return sq(sum);
+  });
+  return accumulationStep(step, micro, accumulated, examples);
+}

@@ -89,7 +89,7 @@ describe('Attach', () => {
       ['negative', { shard: { step: 1, microBatch: 0, examples: 16, sqNorms: { values: [1, -1, 2] } } }],
       ['zero examples', { shard: { step: 1, microBatch: 0, examples: 0, sqNorms: { values: [1, 1, 2] } } }],
       ['step regression', { shard: { step: 0, microBatch: 0, examples: 16, sqNorms: { values: [1, 1, 2] } } }],
-      ['dense payload', { shard: { step: 1, microBatch: 0, examples: 16, layer: 7, dense: { offset: 0, data: Buffer.alloc(8) } } }],
+      ['sketch payload', { shard: { step: 1, microBatch: 0, examples: 16, layer: 2, sketch: { seed: 1, size: 2, data: Buffer.alloc(8) } } }],
       ['empty message', {}],
     ];
     for (const [, message] of bad) rank.send(message);
@@ -129,7 +129,7 @@ describe('Attach', () => {
     expect(messages[2]).toMatch(/is Infinity/);
     expect(messages[3]).toMatch(/negative/);
     expect(messages[4]).toMatch(/examples must be ≥ 1/);
-    expect(messages[6]).toMatch(/dense shards are not handled/);
+    expect(messages[6]).toMatch(/sketch shards are not handled/);
     expect(messages[7]).toMatch(/no kind set/);
     expect(messages[8]).toMatch(/micro-batch 0: already received/);
     expect(messages[9]).toMatch(/already ended step 1/);

@@ -7,11 +7,13 @@ import type { Estimate as _noisescope_v1_Estimate, Estimate__Output as _noisesco
 import type { EstimateSpread as _noisescope_v1_EstimateSpread, EstimateSpread__Output as _noisescope_v1_EstimateSpread__Output } from './noisescope/v1/EstimateSpread.js';
 import type { FlowControl as _noisescope_v1_FlowControl, FlowControl__Output as _noisescope_v1_FlowControl__Output } from './noisescope/v1/FlowControl.js';
 import type { Goodbye as _noisescope_v1_Goodbye, Goodbye__Output as _noisescope_v1_Goodbye__Output } from './noisescope/v1/Goodbye.js';
+import type { GradientDiversity as _noisescope_v1_GradientDiversity, GradientDiversity__Output as _noisescope_v1_GradientDiversity__Output } from './noisescope/v1/GradientDiversity.js';
 import type { GradientShard as _noisescope_v1_GradientShard, GradientShard__Output as _noisescope_v1_GradientShard__Output } from './noisescope/v1/GradientShard.js';
 import type { Health as _noisescope_v1_Health, Health__Output as _noisescope_v1_Health__Output } from './noisescope/v1/Health.js';
 import type { Hello as _noisescope_v1_Hello, Hello__Output as _noisescope_v1_Hello__Output } from './noisescope/v1/Hello.js';
 import type { Interval as _noisescope_v1_Interval, Interval__Output as _noisescope_v1_Interval__Output } from './noisescope/v1/Interval.js';
 import type { Layer as _noisescope_v1_Layer, Layer__Output as _noisescope_v1_Layer__Output } from './noisescope/v1/Layer.js';
+import type { LayerCosines as _noisescope_v1_LayerCosines, LayerCosines__Output as _noisescope_v1_LayerCosines__Output } from './noisescope/v1/LayerCosines.js';
 import type { LayerEstimate as _noisescope_v1_LayerEstimate, LayerEstimate__Output as _noisescope_v1_LayerEstimate__Output } from './noisescope/v1/LayerEstimate.js';
 import type { LayerStats as _noisescope_v1_LayerStats, LayerStats__Output as _noisescope_v1_LayerStats__Output } from './noisescope/v1/LayerStats.js';
 import type { LearningRateHint as _noisescope_v1_LearningRateHint, LearningRateHint__Output as _noisescope_v1_LearningRateHint__Output } from './noisescope/v1/LearningRateHint.js';
@@ -46,11 +48,13 @@ export interface ProtoGrpcType {
       EstimateSpread: MessageTypeDefinition<_noisescope_v1_EstimateSpread, _noisescope_v1_EstimateSpread__Output>
       FlowControl: MessageTypeDefinition<_noisescope_v1_FlowControl, _noisescope_v1_FlowControl__Output>
       Goodbye: MessageTypeDefinition<_noisescope_v1_Goodbye, _noisescope_v1_Goodbye__Output>
+      GradientDiversity: MessageTypeDefinition<_noisescope_v1_GradientDiversity, _noisescope_v1_GradientDiversity__Output>
       GradientShard: MessageTypeDefinition<_noisescope_v1_GradientShard, _noisescope_v1_GradientShard__Output>
       Health: MessageTypeDefinition<_noisescope_v1_Health, _noisescope_v1_Health__Output>
       Hello: MessageTypeDefinition<_noisescope_v1_Hello, _noisescope_v1_Hello__Output>
       Interval: MessageTypeDefinition<_noisescope_v1_Interval, _noisescope_v1_Interval__Output>
       Layer: MessageTypeDefinition<_noisescope_v1_Layer, _noisescope_v1_Layer__Output>
+      LayerCosines: MessageTypeDefinition<_noisescope_v1_LayerCosines, _noisescope_v1_LayerCosines__Output>
       LayerEstimate: MessageTypeDefinition<_noisescope_v1_LayerEstimate, _noisescope_v1_LayerEstimate__Output>
       LayerStats: MessageTypeDefinition<_noisescope_v1_LayerStats, _noisescope_v1_LayerStats__Output>
       LearningRateHint: MessageTypeDefinition<_noisescope_v1_LearningRateHint, _noisescope_v1_LearningRateHint__Output>

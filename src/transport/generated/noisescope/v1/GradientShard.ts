@@ -12,6 +12,7 @@ export interface GradientShard {
   'examples'?: (number);
   'layer'?: (number);
   'perExample'?: (_noisescope_v1_PerExampleSqNorms | null);
+  'microBatches'?: (number);
   'sqNorms'?: (_noisescope_v1_SquaredNorms | null);
   'dense'?: (_noisescope_v1_DenseChunk | null);
   'sketch'?: (_noisescope_v1_Sketch | null);
@@ -24,6 +25,7 @@ export interface GradientShard__Output {
   'examples': (number);
   'layer': (number);
   'perExample': (_noisescope_v1_PerExampleSqNorms__Output | null);
+  'microBatches': (number);
   'sqNorms'?: (_noisescope_v1_SquaredNorms__Output | null);
   'dense'?: (_noisescope_v1_DenseChunk__Output | null);
   'sketch'?: (_noisescope_v1_Sketch__Output | null);

@@ -3,6 +3,7 @@
 import type { Source as _noisescope_v1_Source, Source__Output as _noisescope_v1_Source__Output } from '../../noisescope/v1/Source.js';
 import type { Estimate as _noisescope_v1_Estimate, Estimate__Output as _noisescope_v1_Estimate__Output } from '../../noisescope/v1/Estimate.js';
 import type { TemperatureChange as _noisescope_v1_TemperatureChange, TemperatureChange__Output as _noisescope_v1_TemperatureChange__Output } from '../../noisescope/v1/TemperatureChange.js';
+import type { GradientDiversity as _noisescope_v1_GradientDiversity, GradientDiversity__Output as _noisescope_v1_GradientDiversity__Output } from '../../noisescope/v1/GradientDiversity.js';
 import type { Long } from '@grpc/proto-loader';
 
 export interface StepStats {
@@ -24,6 +25,7 @@ export interface StepStats {
   'temperature'?: (number | string);
   'regimeStartStep'?: (number | string | Long);
   'temperatureChange'?: (_noisescope_v1_TemperatureChange | null);
+  'diversity'?: (_noisescope_v1_GradientDiversity)[];
 }
 
 export interface StepStats__Output {
@@ -45,4 +47,5 @@ export interface StepStats__Output {
   'temperature': (number);
   'regimeStartStep': (number);
   'temperatureChange': (_noisescope_v1_TemperatureChange__Output | null);
+  'diversity': (_noisescope_v1_GradientDiversity__Output)[];
 }
