@@ -22,7 +22,13 @@ export function formatStep(s: StepStats): string {
   if (!s.smoothed) return `${head}  no estimate: ${s.note ?? ''}`;
   const raw = s.raw ? `  (this step: ${num(s.raw.bSimple)})` : '';
   const trust = s.smoothed.trusted ? '' : '  not yet trustworthy';
-  return `${head}  ${estimateText(s.smoothed)}${raw}${trust}`;
+  return `${head}  ${estimateText(s.smoothed)}${raw}${trust}${disagreementText(s)}`;
+}
+
+/** Dense steps: the micro-batches whose gradient disagrees with the rest, e.g. "  rank 0 micro-batch 2 disagrees (mean cosine -0.81)". */
+function disagreementText(s: StepStats): string {
+  const parts = (s.diversity ?? []).flatMap((d) => d.disagreeing.map((i) => `rank ${d.rank} micro-batch ${i} disagrees (mean cosine ${num(d.meanCosine[i])})`));
+  return parts.length > 0 ? `  ${parts.join('; ')}` : '';
 }
 
 export function formatRun(r: RunInfo): string {

@@ -1,6 +1,7 @@
 // Dense mode end to end over real gRPC: a raw rank client sends each micro-batch's gradient in chunks;
 // the sidecar's Gram matrices must give what norms mode gives for the same gradients.
 import { describe, expect, it } from 'vitest';
+import { formatStep } from '../../src/cli/format.js';
 import type { StepStats } from '../../src/types.js';
 import { microGradients } from '../support/dense-gradients.js';
 import { denseStep, hello, LAYERS, normsStepOf, RankStream, type TestDtype } from '../support/rank-client.js';
@@ -90,6 +91,8 @@ describe('dense shards', () => {
     expect(diversity.disagreeing).toEqual([2]);
     expect(diversity.meanCosine[2]).toBeLessThan(0);
     expect(Math.min(...diversity.meanCosine.filter((_, i) => i !== 2))).toBeGreaterThan(0);
+    expect(formatStep(corruptStats!)).toMatch(/ {2}rank 0 micro-batch 2 disagrees \(mean cosine -0\.\d+\)$/);
+    expect(formatStep(cleanStats!)).not.toMatch(/disagrees/);
     rank.end();
   });
 });
