@@ -195,7 +195,7 @@ def _per_example_conv_grads(conv: nn.Conv1d | nn.Conv2d, x: Tensor, delta: Tenso
         # Other modes (and 'same', possibly uneven) pad a copy; zeros inside the kernel is ~1.5× faster.
         x = F.pad(x, list(conv._reversed_padding_repeated_twice), mode=_PAD_MODES[conv.padding_mode])
         padding = zeros
-    weight = conv.weight.detach()
+    weight = conv.weight.detach().to(x.dtype)  # only its shape is read; a kernel may insist on one dtype
 
     def one(d: Tensor, xi: Tensor) -> Tensor:
         return torch.ops.aten.convolution_backward(
