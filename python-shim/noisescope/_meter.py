@@ -28,6 +28,7 @@ from torch.utils.hooks import RemovableHandle
 from ._guard import Guard
 
 if TYPE_CHECKING:
+    from ._dense import DenseCapture
     from ._per_example import PerExample
 
 logger = logging.getLogger("noisescope")
@@ -64,6 +65,7 @@ class PendingStep:
     unix_ms: float
     skip_reason: str = ""  # set: a skipped step, `values` unused
     per_example: bool = False  # `values` ends with k·L per-example sums ([micro-batch][layer])
+    dense: Any = None  # dense mode: the step's DenseStep (its gradients, sent as chunks)
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,7 @@ class StepRecord:
     skip_reason: str = ""
     # [micro-batch][layer]: Σ over the micro-batch's examples of |example's contribution|²; () if none.
     per_example_sums: tuple[tuple[float, ...], ...] = ()
+    dense: Any = None  # dense mode: the step's DenseStep
 
 
 def finish(pending: PendingStep, layers: Sequence[LayerInfo]) -> StepRecord:
@@ -94,6 +97,7 @@ def finish(pending: PendingStep, layers: Sequence[LayerInfo]) -> StepRecord:
             unix_ms=pending.unix_ms,
             skipped=True,
             skip_reason=pending.skip_reason,
+            dense=pending.dense,
         )
     if pending.ready is not None:
         pending.ready.synchronize()  # blocks the sender thread only, never training
@@ -124,6 +128,7 @@ def finish(pending: PendingStep, layers: Sequence[LayerInfo]) -> StepRecord:
         skipped=bool(skip_reason),
         skip_reason=skip_reason,
         per_example_sums=per_example if not skip_reason else (),
+        dense=pending.dense,
     )
 
 
@@ -265,8 +270,10 @@ class Meter:
         per_example_auto: bool = False,
         names: Sequence[str] = (),
         one_scale_hint: str = "",
+        dense: DenseCapture | None = None,
     ) -> None:
         self._model = model
+        self._dense = dense  # dense mode: each micro-batch's gradient is also copied out
         self._optimizer = optimizer
         self._params = list(params)
         self._every = every
@@ -358,6 +365,8 @@ class Meter:
                     if micro is None:
                         micro = self._micro_index(buffer, index, param)
                         buffer = self._buffer or buffer  # _micro_index starts a fresh buffer after a reset
+                    if self._dense is not None:
+                        self._dense.take(micro, index, grad)
                     if micro == 0 and buffer.fresh:
                         return None  # S_1 = h_1: the end of this backward reads it from .grad
                     if grad.numel() <= _SMALL:
@@ -465,6 +474,8 @@ class Meter:
         fresh.examples = stale.examples[len(stale.sq_norms) :]
         if self._per_example is not None:
             self._per_example.restart(len(stale.sq_norms))
+        if self._dense is not None:
+            self._dense.restart()
         self._buffer = fresh
         return fresh
 
@@ -516,6 +527,8 @@ class Meter:
         elif not measuring and self._handles:
             self._disarm()
         self._buffer = _StepBuffer() if measuring else None
+        if self._dense is not None:
+            self._dense.begin_step(measuring)
         self._choose_per_example(measuring)
         self._measuring = measuring
 
@@ -595,6 +608,9 @@ class Meter:
                 values = [0.0 if t is None else t for t in entries]
             else:
                 values, ready = _to_host(self._stack(entries))
+        dense = self._dense.close(k, bool(skip_reason)) if self._dense is not None else None
+        if dense is False:
+            return  # dense: every buffer is held by steps not yet sent; dropped and counted
         self._submit(
             PendingStep(
                 step=step,
@@ -606,6 +622,7 @@ class Meter:
                 unix_ms=unix_ms,
                 skip_reason=skip_reason,
                 per_example=per_example is not None,
+                dense=dense,
             )
         )
 

@@ -14,6 +14,7 @@ import weakref
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from . import _wire
+from ._dense import DenseStep, serialize_request
 from ._guard import Guard
 from ._meter import LayerInfo, PendingStep, StepRecord, finish
 from ._types import Recommendation
@@ -170,8 +171,11 @@ class Sender:
         tap = self.tap
         if tap is not None:
             tap(record)
-        if not self._offer(_wire.step_messages(record, self._info.world_size)):
+        messages = _wire.step_messages(record, self._info.world_size)
+        if not self._offer(messages):
             self._count_dropped(1)
+            if record.dense is not None:
+                record.dense.release()
 
     def _offer(self, messages: Sequence[Any]) -> bool:
         """Queues a whole step on the current stream, or nothing when there is none or it is full."""
@@ -217,7 +221,7 @@ class Sender:
         """One Attach stream, from Hello until it ends; True when the sidecar welcomed it."""
         import grpc
 
-        from .v1 import noisescope_pb2_grpc as pb_grpc
+        from .v1 import noisescope_pb2 as pb
 
         welcomed = False
         failure: grpc.RpcError | None = None
@@ -233,7 +237,13 @@ class Sender:
         channel = grpc.insecure_channel(self._address)
         try:
             with self._lock:
-                call = self._call = pb_grpc.NoiseScopeStub(channel).Attach(self._requests(stream))
+                # The stub's method, with a serializer that passes dense chunks framed by hand.
+                attach = channel.stream_stream(
+                    "/noisescope.v1.NoiseScope/Attach",
+                    request_serializer=serialize_request,
+                    response_deserializer=pb.SidecarMessage.FromString,
+                )
+                call = self._call = attach(self._requests(stream))
             for reply in call:
                 welcomed = self._on_reply(reply) or welcomed
         except grpc.RpcError as error:
@@ -263,6 +273,11 @@ class Sender:
                 continue
             if message is _END:
                 return
+            if isinstance(message, DenseStep):
+                for frame in message.frames():
+                    self._count_sent()
+                    yield frame
+                continue
             self._count_sent()
             yield message
 
@@ -355,7 +370,9 @@ def _steps_left(stream: _Stream) -> int:
             message = stream.outbound.get_nowait()
         except queue.Empty:
             return left
-        if message is not _END and message.WhichOneof("kind") == "step_end":
+        if isinstance(message, DenseStep):
+            message.release()
+        elif message is not _END and message.WhichOneof("kind") == "step_end":
             left += 1
 
 

@@ -29,12 +29,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("noisescope")
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
-MODES = ("norms",)
-LATER_MODES = {
-    "dense": "dense gradient shards (the sidecar's Gram matrices)",
-    "sketch": "sketched gradient shards",
-    "auto": "automatic mode selection",
-}
+MODES = ("norms", "dense", "auto")
+LATER_MODES = {"sketch": "sketched gradient shards"}
+DENSE_DTYPES = ("fp32", "fp16", "bf16")
 SOURCES = ("auto", "accumulation", "per-example")
 EXIT_FLUSH_S = 1.0  # at interpreter exit: a short, bounded flush
 RUN_NAME_LIMIT = 1024  # the sidecar's limit
@@ -65,6 +62,7 @@ def watch(
     policy: BatchPolicy | None = None,
     source: str = "auto",
     enabled: bool = True,
+    dtype: str = "fp32",
 ) -> Watch:
     """Streams gradient-noise measurements of `model`'s training to the noisescope sidecar.
 
@@ -81,7 +79,10 @@ def watch(
         run: the run's name in the sidecar; default $NOISESCOPE_RUN or `<script>-<time>-<hex>`.
         every: measure one optimizer step in `every` (the 0th, every-th, ...).
         dataset_size: examples in the training set, for the finite-population correction.
-        mode: "norms" (per-layer squared norms); "dense" and "sketch" come later.
+        mode: "norms" (default: per-layer squared norms); "dense" (each micro-batch's whole gradient,
+            streamed in chunks: the sidecar adds gradient diversity, at the cost of moving it);
+            "auto" (dense for models of at most AUTO_DENSE_MAX_PARAMETERS parameters, else norms;
+            the log says which). Dense steps use accumulation micro-batches and ranks as the source.
         policy: this run's bounds for batch-size recommendations (a `BatchPolicy`); None
             leaves every field to the sidecar's defaults.
         source: where the second batch scale comes from. "accumulation": micro-batches of
@@ -97,6 +98,7 @@ def watch(
             skip the per-example work while the count stays at 2 or more, and a step that turns
             out to accumulate is sent without per-example sums. The log says which source.
         enabled: False returns an inert handle, so one flag turns noisescope off.
+        dtype: dense mode's wire precision: "fp32" (default), "fp16" or "bf16" (half the bytes).
 
     Returns:
         A `Watch`: a context manager; `.remove()` restores the model and optimizer.
@@ -123,6 +125,8 @@ def watch(
         )
     if mode not in MODES:
         raise ValueError(f"noisescope.watch: unknown mode {mode!r}; expected one of {', '.join(map(repr, MODES))}")
+    if not isinstance(dtype, str) or dtype not in DENSE_DTYPES:
+        raise ValueError(f"noisescope.watch: dtype must be one of {', '.join(map(repr, DENSE_DTYPES))}, got {dtype!r}")
     if dataset_size is not None:
         if isinstance(dataset_size, bool) or not isinstance(dataset_size, int):
             raise TypeError(
@@ -142,6 +146,8 @@ def watch(
         raise TypeError(f"noisescope.watch: source must be a str, got {type(source).__name__}")
     if source not in SOURCES:
         raise ValueError(f"noisescope.watch: unknown source {source!r}; expected one of {', '.join(map(repr, SOURCES))}")
+    if mode in ("dense", "auto") and source == "per-example":
+        raise ValueError("noisescope.watch: source='per-example' is a norms-mode source; use mode='norms' with it")
     if policy is not None and not isinstance(policy, BatchPolicy):
         raise TypeError(f"noisescope.watch: policy must be a noisescope.BatchPolicy or None, got {type(policy).__name__}")
     if enabled and model in _watched:
@@ -151,7 +157,10 @@ def watch(
     run = run or os.environ.get("NOISESCOPE_RUN") or _default_run_name(world_size)
     handle = Watch(address=address, run=run, policy=policy, world_size=world_size, optimizer=optimizer)
     if enabled:
-        handle._start(model, optimizer, every=every, dataset_size=dataset_size or 0, rank=rank, source=source)
+        mode = _resolve_mode(mode, model) if mode == "auto" else mode
+        handle._start(
+            model, optimizer, every=every, dataset_size=dataset_size or 0, rank=rank, source=source, mode=mode, dtype=dtype
+        )
     return handle
 
 
@@ -194,6 +203,8 @@ class Watch:
         dataset_size: int,
         rank: int,
         source: str = "auto",
+        mode: str = "norms",
+        dtype: str = "fp32",
     ) -> None:
         import torch
 
@@ -217,7 +228,11 @@ class Watch:
             logger.warning("noisescope: the optimizer holds none of the model's parameters; is it the right one?")
         per_example = None
         uncovered: list[Any] = []
-        chosen, one_scale_hint = _choose_source(source, model, params, layers, self._world_size)
+        if mode == "dense":
+            chosen, one_scale_hint = None, ""
+            logger.info("noisescope: mode dense (%s on the wire): batch scales from accumulation micro-batches and ranks", dtype)
+        else:
+            chosen, one_scale_hint = _choose_source(source, model, params, layers, self._world_size)
         if chosen is not None:
             cover = chosen
             uncovered = [layers[i] for i in sorted(cover.uncovered)]
@@ -243,8 +258,14 @@ class Watch:
             policy=self._policy,
             uncovered_layers=uncovered,
             per_example=per_example is not None,
+            mode=mode,
         )
         sender = Sender(address=self._address, info=info, guard=self._guard, on_recommendation=self._on_recommendation)
+        dense = None
+        if mode == "dense":
+            from ._dense import DenseCapture
+
+            dense = DenseCapture(params, layers, dtype=dtype, count_dropped=sender._count_dropped)
         meter = Meter(
             model,
             optimizer,
@@ -257,6 +278,7 @@ class Watch:
             per_example_auto=source == "auto",
             names=[layer.name for layer in layers],
             one_scale_hint=one_scale_hint,
+            dense=dense,
         )
         try:
             meter.attach()
@@ -541,6 +563,27 @@ def _choose_source(
         not_covered,
     )
     return cover, ""
+
+
+# mode="auto": dense up to this many parameters. Moving a step costs K·4 bytes per parameter (fp32);
+# at the ~1 GB/s the wire carries (bench_dense_ingest.py) 1M parameters × 4 micro-batches is ~16 ms of
+# the sender's time per measured step, and the training thread's copy ~1–2 ms: within budget for steps
+# of a second or more, not beyond. Larger models stay on norms (bytes per step independent of size).
+AUTO_DENSE_MAX_PARAMETERS = 1 << 20
+
+
+def _resolve_mode(mode: str, model: torch.nn.Module) -> str:
+    """mode='auto': dense for small models, norms otherwise; logs the choice."""
+    parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    chosen = "dense" if parameters <= AUTO_DENSE_MAX_PARAMETERS else "norms"
+    logger.info(
+        "noisescope: mode auto chose %s: the model has %d parameters (dense up to %d; pass mode='dense' or "
+        "mode='norms' to force one)",
+        chosen,
+        parameters,
+        AUTO_DENSE_MAX_PARAMETERS,
+    )
+    return chosen
 
 
 def _rank_and_world_size() -> tuple[int, int]:

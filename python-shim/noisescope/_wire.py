@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 from ._meter import LayerInfo, StepRecord
 from ._policy import BatchPolicy
@@ -29,6 +29,7 @@ class RankInfo:
     # Per-example source on: parameters it cannot cover, left out of `layers`.
     uncovered_layers: Sequence[LayerInfo] = ()
     per_example: bool = False
+    mode: str = "norms"  # or "dense": Hello says MODE_DENSE and steps carry dense chunks
 
 
 def hello(info: RankInfo, dropped: int) -> pb.RankMessage:
@@ -41,7 +42,7 @@ def hello(info: RankInfo, dropped: int) -> pb.RankMessage:
             layers=[pb.Layer(name=layer.name, numel=layer.numel, kind=layer.kind) for layer in info.layers],
             # The sidecar infers the source per step; per-example says which one this rank can add.
             source=pb.SOURCE_PER_EXAMPLE if info.per_example else pb.SOURCE_UNSPECIFIED,
-            mode=pb.MODE_NORMS,
+            mode=pb.MODE_DENSE if info.mode == "dense" else pb.MODE_NORMS,
             dataset_size=info.dataset_size,
             every=info.every,
             hook_version=__version__,
@@ -71,8 +72,9 @@ def batch_policy(policy: BatchPolicy) -> pb.BatchPolicy:
     )
 
 
-def step_messages(record: StepRecord, world_size: int) -> list[pb.RankMessage]:
-    """One GradientShard per micro-batch, then the StepEnd; a skipped step is its StepEnd alone."""
+def step_messages(record: StepRecord, world_size: int) -> list[Any]:
+    """One GradientShard per micro-batch (dense: a DenseStep, expanded into chunks as it is sent), then the
+    StepEnd; a skipped step is its StepEnd alone."""
     local_examples = sum(record.micro_examples)
     end = pb.StepEnd(
         step=record.step,
@@ -83,10 +85,17 @@ def step_messages(record: StepRecord, world_size: int) -> list[pb.RankMessage]:
         loss=math.nan,
         unix_ms=record.unix_ms,
     )
+    if record.dense is not None and (record.skipped or not record.micro_examples):
+        record.dense.release()  # nothing of it is sent
     if record.skipped:
         end.skipped = True
         end.skip_reason = record.skip_reason
         return [pb.RankMessage(step_end=end)]
+    if record.dense is not None:
+        # Dense: the chunks (framed when sent), then a StepEnd whose norms the sidecar takes from its Gram.
+        record.dense.step, record.dense.examples = record.step, record.micro_examples
+        end.micro_batches = record.dense.micro_batches
+        return [record.dense, pb.RankMessage(step_end=end)]
     messages = [
         pb.RankMessage(
             shard=pb.GradientShard(
