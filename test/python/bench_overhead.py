@@ -1,6 +1,6 @@
-"""Benchmark: hook overhead per optimizer step (norms mode), against a real sidecar.
+"""Benchmark: hook overhead per optimizer step (norms mode, or --mode dense), against a real sidecar.
 
-Run: .venv/bin/python test/python/bench_overhead.py [--quick]
+Run: .venv/bin/python test/python/bench_overhead.py [--quick] [--mode dense]
 
 Each configuration (no hook, every=10, every=1) trains the same model with gradient
 accumulation. Rounds interleave the configurations so machine noise hits them alike; in
@@ -82,7 +82,9 @@ def mean_step_time(model: nn.Module, opt: torch.optim.Optimizer, micro: int, inp
     return (time.perf_counter() - started) / steps
 
 
-def bench(name: str, width: int, depth: int, micro: int, inputs: int, address: str, rounds: int, steps: int) -> str:
+def bench(
+    name: str, width: int, depth: int, micro: int, inputs: int, address: str, rounds: int, steps: int, mode: str = "norms"
+) -> str:
     assert steps % 10 == 0, "every=10 must measure exactly one step in ten"
     means: dict[str, list[float]] = {label: [] for label in CONFIGS}
     for r in range(rounds):
@@ -92,7 +94,7 @@ def bench(name: str, width: int, depth: int, micro: int, inputs: int, address: s
                 mean_step_time(model, opt, micro, inputs, 10)  # warm-up
                 means[label].append(mean_step_time(model, opt, micro, inputs, steps))
                 continue
-            with noisescope.watch(model, opt, address=address, every=every, run=f"bench-{name}-{label}-{r}"):
+            with noisescope.watch(model, opt, address=address, every=every, run=f"bench-{name}-{label}-{r}", mode=mode):
                 mean_step_time(model, opt, micro, inputs, 10)  # warm-up, connected, one measured step in it
                 means[label].append(mean_step_time(model, opt, micro, inputs, steps))
     params = sum(p.numel() for p in make(width, depth, inputs)[0].parameters())
@@ -107,19 +109,20 @@ def bench(name: str, width: int, depth: int, micro: int, inputs: int, address: s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run, noisier)")
+    parser.add_argument("--mode", choices=("norms", "dense"), default="norms", help="the hook's mode (default norms)")
     args = parser.parse_args()
     scale = 3 if args.quick else 1
     torch.set_num_threads(1)  # one core for training, the other for the sidecar
     sidecar = QuietSidecar()
     try:
         print(
-            f"hook overhead per optimizer step (norms mode, {ACCUMULATION} micro-batches, "
+            f"hook overhead per optimizer step ({args.mode} mode, {ACCUMULATION} micro-batches, "
             f"torch {torch.__version__}, 1 thread; median over rounds of mean-step-time ratios)"
         )
         print(f"{'model':<26} {'parameters':>10} {'no hook':>12} {'every=10':>9} {'every=1':>8}")
-        print(bench("MLP 64-128-128-10 (b=16)", 128, 2, 16, 64, sidecar.address, rounds=15 // scale, steps=200))
-        print(bench("MLP 512x4 (b=64)", 512, 4, 64, 512, sidecar.address, rounds=9 // scale, steps=30))
-        print(bench("MLP 2048x4 (b=128)", 2048, 4, 128, 1024, sidecar.address, rounds=6 // scale, steps=10))
+        print(bench("MLP 64-128-128-10 (b=16)", 128, 2, 16, 64, sidecar.address, rounds=15 // scale, steps=200, mode=args.mode))
+        print(bench("MLP 512x4 (b=64)", 512, 4, 64, 512, sidecar.address, rounds=9 // scale, steps=30, mode=args.mode))
+        print(bench("MLP 2048x4 (b=128)", 2048, 4, 128, 1024, sidecar.address, rounds=6 // scale, steps=10, mode=args.mode))
     finally:
         sidecar.stop()
 
