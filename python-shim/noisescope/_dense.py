@@ -105,6 +105,8 @@ class DenseCapture:
         else:
             target.copy_(grad.detach(), non_blocking=self._pinned)
             capture.written[micro][index] = 1
+        if grad.is_cuda:
+            capture.devices.add(grad.device)
 
     def close(self, micro_batches: int, skipped: bool) -> DenseStep | None | bool:
         """At step end: the step's shards to send; None when sent without them (skipped); False: dropped."""
@@ -126,10 +128,11 @@ class DenseCapture:
             for i, done in enumerate(written):
                 if not done:  # no gradient reached this parameter in this micro-batch: it contributed zero
                     buffer[self._offsets[i] : self._offsets[i] + self._numels[i]].zero_()
-        ready = None
-        if self._pinned:
-            ready = torch.cuda.Event()
-            ready.record()
+        ready = []  # one event per device copied from, after its copies on its current stream
+        for device in capture.devices:
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(device))
+            ready.append(event)
         return DenseStep(self, capture.buffers[:micro_batches], capture.buffers[micro_batches:], ready)
 
     def _new_buffer(self) -> torch.Tensor:
@@ -145,17 +148,20 @@ class DenseCapture:
 
 
 class _Capture:
-    __slots__ = ("buffers", "written")
+    __slots__ = ("buffers", "written", "devices")
 
     def __init__(self) -> None:
         self.buffers: list[torch.Tensor] = []  # [micro-batch]: flat, in Hello.layers order
         self.written: list[bytearray] = []  # [micro-batch][layer]: a gradient was copied in
+        self.devices: set[torch.device] = set()  # CUDA devices copied from (non-blocking)
 
 
 class DenseStep:
     """One step's K flat buffers on their way to the wire; gives them back to the pool once, when done."""
 
-    def __init__(self, capture: DenseCapture, buffers: list[torch.Tensor], spare: list[torch.Tensor], ready: Any) -> None:
+    def __init__(
+        self, capture: DenseCapture, buffers: list[torch.Tensor], spare: list[torch.Tensor], ready: list[Any]
+    ) -> None:
         self._capture = capture
         self._buffers = buffers
         self._spare = spare
@@ -173,8 +179,8 @@ class DenseStep:
         """Serialised RankMessages: for each layer and chunk offset, every micro-batch's chunk (so the
         sidecar can reduce each block as soon as it has all K), framed around the buffer's bytes."""
         try:
-            if self._ready is not None:
-                self._ready.synchronize()  # the copy-out; blocks this thread only
+            for event in self._ready:
+                event.synchronize()  # the copy-out; blocks this thread only
             capture = self._capture
             size = self._buffers[0].element_size()
             chunk = max(1, CHUNK_BYTES // size)

@@ -151,3 +151,57 @@ def test_a_hand_framed_chunk_is_the_rank_message_protobuf_would_write() -> None:
     )
     assert pb.RankMessage.FromString(framed) == expected
     assert framed == expected.SerializeToString()
+
+
+class _Branchy(torch.nn.Module):
+    """`extra` takes part only in odd micro-batches: its gradient there is zero in the others."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Conv2d(3, 4, 3).to(memory_format=torch.channels_last)  # non-contiguous gradients
+        self.extra = torch.nn.Linear(4, 4)
+        self.use_extra = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.body(x.contiguous(memory_format=torch.channels_last)).mean((2, 3))
+        return self.extra(h) if self.use_extra else h
+
+
+def run_branchy(address: str, run: str, mode: str, poison_step: int | None = None) -> object:
+    torch.manual_seed(SEED)
+    model = _Branchy()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    ns = noisescope.watch(model, optimizer, address=address, run=run, mode=mode, source="accumulation")
+    wait_connected(ns)
+    gen = torch.Generator().manual_seed(1)
+    for step in range(4):
+        optimizer.zero_grad(set_to_none=True)
+        for j in range(ACCUMULATION):
+            model.use_extra = j % 2 == 1
+            x = torch.randn(5, 3, 6, 6, generator=gen)
+            loss = model(x).square().mean()
+            if step == poison_step and j == 2:
+                loss = loss * float("inf")  # an overflow: non-finite gradients in this micro-batch
+            loss.backward()
+        if step == poison_step:
+            optimizer.zero_grad(set_to_none=True)  # as GradScaler would, skip the update
+        optimizer.step()
+    ns.remove()
+    return ns
+
+
+def test_parameters_without_a_gradient_in_a_micro_batch_and_channels_last_gradients_match_norms(sidecar: Sidecar) -> None:
+    dense_ns = run_branchy(sidecar.address, "branchy-dense", "dense")
+    run_branchy(sidecar.address, "branchy-norms", "norms")
+    dense = wait_for_events(sidecar, "step", "branchy-dense", 4)
+    norms = wait_for_events(sidecar, "step", "branchy-norms", 4)
+    assert worst_relative(dense, norms) < 1e-5
+    assert (dense_ns.stats.dropped, dense_ns.stats.refusals) == (0, 0)
+
+
+def test_a_non_finite_step_is_sent_as_skipped_without_its_chunks_and_later_steps_count(sidecar: Sidecar) -> None:
+    ns = run_branchy(sidecar.address, "poisoned", "dense", poison_step=1)
+    steps = wait_for_events(sidecar, "step", "poisoned", 4)
+    assert [bool(e.get("skipped")) for e in steps] == [False, True, False, False]
+    assert all(e["diversity"] for e in steps if not e.get("skipped"))
+    assert (ns.stats.dropped, ns.stats.refusals) == (0, 0)
