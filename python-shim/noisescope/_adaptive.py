@@ -37,19 +37,25 @@ class AccumulationChange:
     reason: str  # its one-sentence reason
 
 
-def fewest_steps(world_size: int) -> int:
-    """One rank needs two micro-batches per step: otherwise it has no second batch scale to measure."""
-    return 2 if world_size == 1 else 1
+def fewest_steps(world_size: int, per_example: bool = False) -> int:
+    """One rank needs two micro-batches per step unless per-example norms give the second batch scale."""
+    return 2 if world_size == 1 and not per_example else 1
 
 
-def check_bounds(*, steps: int, micro_batch: int, world_size: int, policy: BatchPolicy | None) -> None:
+def check_bounds(
+    *, steps: int, micro_batch: int, world_size: int, policy: BatchPolicy | None, per_example: bool = False
+) -> None:
     """ValueError naming the argument that cannot work: the helper's checks at start."""
     for name, value in (("steps", steps), ("micro_batch", micro_batch)):
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"adaptive_accumulation: {name} must be an int, got {type(value).__name__}")
-    fewest = fewest_steps(world_size)
+    fewest = fewest_steps(world_size, per_example)
     if steps < fewest:
-        why = " (one rank needs two micro-batches per step to measure the noise scale)" if world_size == 1 else ""
+        why = (
+            " (one rank without per-example norms needs two micro-batches per step to measure the noise scale)"
+            if fewest == 2
+            else ""
+        )
         raise ValueError(f"adaptive_accumulation: steps must be ≥ {fewest}{why}, got {steps}")
     if micro_batch < 1:
         raise ValueError(f"adaptive_accumulation: micro_batch must be ≥ 1, got {micro_batch}")
@@ -85,6 +91,7 @@ class AdaptiveAccumulation:
         steps: int,
         micro_batch: int,
         world_size: int,
+        per_example: bool = False,
         policy: BatchPolicy | None,
         apply_lr_hint: bool,
         scheduler: Any,
@@ -94,6 +101,7 @@ class AdaptiveAccumulation:
         self._steps = steps
         self._micro_batch = micro_batch
         self._world_size = world_size
+        self._fewest = fewest_steps(world_size, per_example)
         self._policy = policy
         self._apply_lr_hint = apply_lr_hint
         self._scheduler = scheduler
@@ -223,12 +231,12 @@ class AdaptiveAccumulation:
         """Within the policy's bounds and at least the fewest steps; max_batch wins a conflict."""
         unit = self._micro_batch * self._world_size
         policy = self._policy
-        lowest = fewest_steps(self._world_size)
+        lowest = self._fewest
         if policy is not None and policy.min_batch is not None:
             lowest = max(lowest, -(-policy.min_batch // unit))
         steps = max(steps, lowest)
         if policy is not None and policy.max_batch is not None:
-            steps = min(steps, max(policy.max_batch // unit, fewest_steps(self._world_size)))
+            steps = min(steps, max(policy.max_batch // unit, self._fewest))
         return steps
 
     def _scale_lr(self, hint: LearningRateHint, *, ratio: float, exact: bool) -> None:

@@ -506,6 +506,11 @@ class Meter:
 
     # ------------------------------------------------------------ step boundaries
 
+    @property
+    def has_per_example(self) -> bool:
+        """Per-example norms are on for this watch (auto arms them only on one-micro-batch steps)."""
+        return self._per_example is not None
+
     def expect_micro_batches(self, count: int) -> None:
         """Between steps: the next steps have `count` micro-batches (the accumulation helper changed it).
 

@@ -368,7 +368,11 @@ class Watch:
         """
         from ._adaptive import AdaptiveAccumulation, check_bounds
 
-        check_bounds(steps=steps, micro_batch=micro_batch, world_size=self._world_size, policy=self._policy)
+        # Per-example norms (when this watch has them) measure a one-micro-batch step too.
+        per_example = self.enabled and self._meter is not None and self._meter.has_per_example
+        check_bounds(
+            steps=steps, micro_batch=micro_batch, world_size=self._world_size, policy=self._policy, per_example=per_example
+        )
         if not isinstance(apply_lr_hint, bool):
             raise TypeError(f"adaptive_accumulation: apply_lr_hint must be a bool, got {type(apply_lr_hint).__name__}")
         if scheduler is not None and not isinstance(getattr(scheduler, "base_lrs", None), list):
@@ -384,6 +388,7 @@ class Watch:
             steps=steps,
             micro_batch=micro_batch,
             world_size=self._world_size,
+            per_example=per_example,
             policy=self._policy,
             apply_lr_hint=apply_lr_hint,
             scheduler=scheduler,

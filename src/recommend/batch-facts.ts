@@ -10,7 +10,7 @@ export interface BatchFacts {
   readonly microBatch: number;
   /** Micro-batches per rank per optimizer step. */
   readonly accumulationSteps: number;
-  /** One rank needs two micro-batches for a second batch scale (else no estimate at all); ranks give it otherwise. */
+  /** One rank needs two micro-batches for a second batch scale (else no estimate at all); ranks or per-example norms give it otherwise. */
   readonly minAccumulation: number;
 }
 
@@ -32,6 +32,7 @@ export function batchFacts(stats: StepStats, run: RunInfo): BatchFacts | null {
     microBatch,
     // Uneven micro-batch counts across ranks round to the nearest whole count.
     accumulationSteps: Math.max(1, Math.round(microBatches / ranks)),
-    minAccumulation: worldSize === 1 ? 2 : 1,
+    // Per-example norms give a one-micro-batch step its second scale; otherwise one rank needs two micro-batches.
+    minAccumulation: worldSize === 1 && stats.source !== 'per-example' ? 2 : 1,
   };
 }

@@ -156,7 +156,8 @@ def test_another_micro_batch_is_rounded_to_ours_never_below_two_and_within_the_p
     model = make_model()
     optimizer = make_optimizer(model)
     policy = noisescope.BatchPolicy(max_batch=7 * MICRO + 3)
-    ns = noisescope.watch(model, optimizer, address=free_address, policy=policy)
+    # Accumulation only (with per-example norms one micro-batch per step would be allowed).
+    ns = noisescope.watch(model, optimizer, address=free_address, policy=policy, source="accumulation")
     acc = ns.adaptive_accumulation(steps=2, micro_batch=MICRO)
     schedule = {
         # the sidecar advised micro-batch 12 × 4 = 48: with ours (8) that is 6 steps
@@ -302,7 +303,8 @@ def test_bad_helper_arguments_are_refused_naming_them(free_address: str, kwargs,
     model = make_model()
     optimizer = make_optimizer(model)
     hooks = dict(optimizer._optimizer_step_post_hooks)
-    ns = noisescope.watch(model, optimizer, address=free_address)
+    # Accumulation only: one micro-batch per step would leave this watch with no second batch scale.
+    ns = noisescope.watch(model, optimizer, address=free_address, source="accumulation")
     with pytest.raises(error, match=message):
         ns.adaptive_accumulation(**kwargs)
     assert dict(optimizer._optimizer_step_post_hooks) == hooks
@@ -312,8 +314,23 @@ def test_bad_helper_arguments_are_refused_naming_them(free_address: str, kwargs,
 def test_a_granularity_above_the_policys_max_batch_cannot_be_satisfied(free_address: str) -> None:
     model = make_model()
     optimizer = make_optimizer(model)
-    ns = noisescope.watch(model, optimizer, address=free_address, policy=noisescope.BatchPolicy(max_batch=31))
+    ns = noisescope.watch(
+        model, optimizer, address=free_address, policy=noisescope.BatchPolicy(max_batch=31), source="accumulation"
+    )
     with pytest.raises(ValueError, match=r"bounds cannot be satisfied.*16 × world size 1 × 2 accumulation steps = 32.*max_batch 31"):
         ns.adaptive_accumulation(steps=2, micro_batch=16)
     assert ns.adaptive_accumulation(steps=2, micro_batch=15).global_batch == 30
+    ns.remove()
+
+
+def test_with_per_example_norms_one_micro_batch_per_step_is_enough(free_address: str) -> None:
+    """The demo model is fully covered, so auto measures a one-micro-batch step per example."""
+    model = make_model()
+    optimizer = make_optimizer(model)
+    ns = noisescope.watch(model, optimizer, address=free_address, policy=noisescope.BatchPolicy(max_batch=31))
+    with pytest.raises(ValueError, match=r"steps must be ≥ 1, got 0"):
+        ns.adaptive_accumulation(steps=0, micro_batch=MICRO)
+    with pytest.raises(ValueError, match=r"bounds cannot be satisfied.*32 × world size 1 × 1 accumulation steps = 32"):
+        ns.adaptive_accumulation(steps=1, micro_batch=32)
+    assert ns.adaptive_accumulation(steps=1, micro_batch=16).global_batch == 16
     ns.remove()

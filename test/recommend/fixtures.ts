@@ -55,6 +55,8 @@ export interface StepSpec {
   readonly skipped?: boolean;
   readonly regimeStartStep?: number;
   readonly temperatureChange?: TemperatureChange | null;
+  /** Default: data-parallel with ranks, else accumulation. */
+  readonly source?: StepStats['source'];
 }
 
 export function stepStats(s: StepSpec): StepStats {
@@ -65,7 +67,7 @@ export function stepStats(s: StepSpec): StepStats {
   return {
     run: s.run ?? 'r',
     step: s.step,
-    source: ranks > 1 ? 'data-parallel' : 'accumulation',
+    source: s.source ?? (ranks > 1 ? 'data-parallel' : 'accumulation'),
     globalBatch,
     microBatches,
     ranks,

@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { DEFAULT_BATCH_POLICY } from '../../src/recommend/batch-policy.js';
-import { REVISION_RATIO } from '../../src/recommend/run-policy.js';
-import { ScriptedRun, estimate, runInfo, seededNormals } from './fixtures.js';
+import { REVISION_RATIO, RunPolicy } from '../../src/recommend/run-policy.js';
+import type { Recommendation } from '../../src/types.js';
+import { ScriptedRun, estimate, runInfo, seededNormals, stepStats } from './fixtures.js';
 
 // Scripted noise-scale trajectories through one run's policy (default policy: knee, 2× per change, window 10),
 // the hook applying every change at the next step as the Python helper would.
@@ -155,5 +156,32 @@ describe('an unapplied change while the estimate drifts', () => {
     // Without the revision threshold every crossing would be a new recommendation.
     const targets = new Set(r.recommendations.map((x) => Math.round(x.targetBatch / 4)));
     expect(targets.size).toBeLessThan(10);
+  });
+});
+
+describe('a per-example run (one micro-batch per step measures the noise scale)', () => {
+  it('is advised down to a single micro-batch when the noise scale is below the batch, never up against it', () => {
+    const run = runInfo();
+    const policy = new RunPolicy(DEFAULT_BATCH_POLICY, () => 42);
+    const advice: Recommendation[] = [];
+    let accumulationSteps = 2;
+    for (let step = 1; step <= 60; step++) {
+      const stats = stepStats({ step, microBatch: 32, accumulationSteps, smoothed: estimate(20), source: 'per-example' });
+      const rec = policy.observe(stats, run);
+      if (rec) {
+        advice.push(rec);
+        if (rec.action !== 'hold') accumulationSteps = rec.accumulationSteps;
+      }
+    }
+    expect(advice[0]).toMatchObject({ action: 'decrease', currentGlobalBatch: 64, recommendedGlobalBatch: 32, accumulationSteps: 1 });
+    expect(advice.every((r) => r.action !== 'increase')).toBe(true);
+    // Accumulation alone could not go below two micro-batches: the same trajectory holds at 64.
+    const accumulationOnly = new RunPolicy(DEFAULT_BATCH_POLICY, () => 42);
+    const held = [];
+    for (let step = 1; step <= 30; step++) {
+      const rec = accumulationOnly.observe(stepStats({ step, microBatch: 32, accumulationSteps: 2, smoothed: estimate(20) }), run);
+      if (rec) held.push(rec);
+    }
+    expect(held.map((r) => r.recommendedGlobalBatch)).toEqual([64]);
   });
 });
