@@ -43,6 +43,9 @@ Usage:
   noisescope bench compute
       Gram and sum-of-squares throughput per compute backend (gpu.js modes, wasm SIMD, JS, reference)
       beside memory bandwidth measured in the same run, and which backend the probe picks.
+  noisescope bench ranks [--ranks 256] [--rate 10] [--seconds 30] [--layers 50] [--micro-batches 2] [--json]
+      N simulated ranks of one run over real gRPC into a sidecar in its own process (norms mode):
+      steps completed, refusals and drops, sidecar CPU and RSS over time, step end → step line p50/p99.
   noisescope bench wire [--sizes 1,2,4] [--mib 256] [--repeats 5] [--clients python,node] [--json]
       Raw gRPC loopback MB/s into grpc-js for 1–4 MiB messages, 64 KiB vs the sidecar's 16 MiB
       HTTP/2 window, from Python grpcio and Node grpc-js clients; payload → aligned float32 GB/s.
@@ -182,12 +185,17 @@ async function bench(args: string[]): Promise<void> {
     process.stdout.write(`${await runDashboardBench()}\n`);
     return;
   }
+  if (which === 'ranks') {
+    const { runRanksLoadCommand } = await import('./bench/ranks-load.js');
+    process.stdout.write(`${await runRanksLoadCommand(args.slice(1))}\n`);
+    return;
+  }
   if (which === 'wire') {
     const { runWireBenchCommand } = await import('./bench/wire-bench-cli.js');
     process.stdout.write(`${await runWireBenchCommand(args.slice(1))}\n`);
     return;
   }
-  throw new UsageError(`unknown benchmark '${which ?? ''}': try 'noisescope bench accuracy', 'latency', 'dashboard', 'wire' or 'compute'`);
+  throw new UsageError(`unknown benchmark '${which ?? ''}': try 'noisescope bench accuracy', 'latency', 'dashboard', 'ranks', 'wire' or 'compute'`);
 }
 
 async function main(argv: string[]): Promise<void> {
