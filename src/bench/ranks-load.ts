@@ -50,7 +50,9 @@ export interface RanksLoadReport extends RanksLoadOptions {
   readonly sendDuration: Quantiles;
   /** Last rank's StepEnd written → the sidecar's step line read by this process. */
   readonly latency: Quantiles;
-  /** Sidecar CPU in cores over each ~1 s sample, while the ranks ran. */
+  /** Last rank's StepEnd written → the step's stats in the sidecar (the step line's unixMs; same machine, same clock; ms resolution). */
+  readonly latencyInSidecar: Quantiles;
+  /** Sidecar CPU in cores: mean over the stepping (first step sent → last health line), max over ~1 s samples. */
   readonly cpuCores: { readonly mean: number; readonly max: number };
   /** Sidecar RSS in MiB: one sample per second from start to end. */
   readonly rssMiB: { readonly start: number; readonly max: number; readonly end: number; readonly series: readonly number[] };
@@ -123,7 +125,7 @@ export async function runRanksLoad(options: Partial<RanksLoadOptions> = {}): Pro
   const exited = new Promise<void>((resolve) => sidecar.once('exit', () => resolve()));
   const pid = sidecar.pid!;
   // What the sidecar printed: when each step line arrived, the last health line, the run's ranks.
-  const stepLineAt = new Map<number, number>();
+  const stepLineAt = new Map<number, { at: number; unixMs: number }>();
   const seen = { health: null as RanksLoadReport['health'] | null, healthLines: 0, ranksConnected: 0, estimate: null as number | null };
   const wake = new Set<() => void>();
   const until = async (ready: () => boolean, timeoutMs: number, what: string) => {
@@ -143,7 +145,7 @@ export async function runRanksLoad(options: Partial<RanksLoadOptions> = {}): Pro
     if (m.type === 'listening') address = m.address as string;
     if (m.type === 'run' && m.run === RUN) seen.ranksConnected = m.ranksConnected as number;
     if (m.type === 'step' && m.run === RUN) {
-      stepLineAt.set(m.step as number, at);
+      stepLineAt.set(m.step as number, { at, unixMs: m.unixMs as number });
       seen.estimate = ((m.smoothed as { bSimple?: number | null } | null)?.bSimple ?? null);
     }
     if (m.type === 'health') {
@@ -188,10 +190,11 @@ export async function runRanksLoad(options: Partial<RanksLoadOptions> = {}): Pro
     }
     await until(() => seen.ranksConnected === o.ranks, 60_000, `all ${o.ranks} ranks attached`);
 
-    const stepEndAt: number[] = [];
+    const stepEndAt: { at: number; unixMs: number }[] = [];
     const lag: number[] = [];
     const duration: number[] = [];
     const start = performance.now();
+    const before = sampleProc(pid);
     for (let step = 0; step < steps; step++) {
       await sleep(start + (step * 1000) / o.rate - performance.now());
       const began = performance.now();
@@ -200,19 +203,21 @@ export async function runRanksLoad(options: Partial<RanksLoadOptions> = {}): Pro
       calls.forEach((call, rank) => {
         for (const message of stepMessages(step, simulated, rank)) call.write(message);
       });
-      stepEndAt.push(performance.now());
+      stepEndAt.push({ at: performance.now(), unixMs: Date.now() });
       duration.push(performance.now() - began);
     }
     await until(() => stepLineAt.size >= steps, 10_000, 'the step lines').catch(() => {}); // missing ones are counted below
     // One more health line, so the counters include the last step.
     const healthLines = seen.healthLines;
     await until(() => seen.healthLines > healthLines, 5_000, 'a health line');
+    const after = sampleProc(pid);
+    const stepping = (performance.now() - start) / 1000;
     sampling = false;
     await sampler;
 
-    const latencies = stepEndAt.flatMap((sent, step) => {
-      const at = stepLineAt.get(step);
-      return at === undefined ? [] : [at - sent];
+    const lines = stepEndAt.flatMap((sent, step) => {
+      const line = stepLineAt.get(step);
+      return line === undefined ? [] : [{ read: line.at - sent.at, inSidecar: line.unixMs - sent.unixMs }];
     });
     return {
       ...o,
@@ -223,8 +228,9 @@ export async function runRanksLoad(options: Partial<RanksLoadOptions> = {}): Pro
       health: seen.health!,
       sendLag: quantiles(lag),
       sendDuration: quantiles(duration),
-      latency: quantiles(latencies),
-      cpuCores: { mean: cpu.reduce((a, b) => a + b, 0) / cpu.length, max: Math.max(...cpu) },
+      latency: quantiles(lines.map((l) => l.read)),
+      latencyInSidecar: quantiles(lines.map((l) => l.inSidecar)),
+      cpuCores: { mean: (after.cpuSeconds - before.cpuSeconds) / stepping, max: Math.max(...cpu) },
       rssMiB: { start: rss[0]!, max: Math.max(...rss), end: rss.at(-1)!, series: rss.map((r) => Math.round(r)) },
       bSimple: { truth: TRUE_B_SIMPLE, estimate: seen.estimate },
     };
@@ -248,7 +254,7 @@ export function formatRanksLoad(r: RanksLoadReport): string {
     `sidecar CPU: mean ${r.cpuCores.mean.toFixed(2)} cores, max ${r.cpuCores.max.toFixed(2)} cores (1 s samples; target ≤ 1)`,
     `sidecar RSS: start ${r.rssMiB.start.toFixed(0)} MiB, max ${r.rssMiB.max.toFixed(0)} MiB, end ${r.rssMiB.end.toFixed(0)} MiB; ` +
       `per second: ${r.rssMiB.series.join(' ')}`,
-    `step end (last rank's StepEnd written) → step line: ${ms(r.latency)}`,
+    `step end (last rank's StepEnd written) → step line read: ${ms(r.latency)}; → stats in the sidecar (its unixMs): ${ms(r.latencyInSidecar)}`,
     `client: sending one step for all ranks took ${ms(r.sendDuration)}; start lag behind schedule ${ms(r.sendLag)}`,
     `B_simple: true ${r.bSimple.truth}, sidecar's smoothed estimate ${r.bSimple.estimate?.toFixed(0) ?? 'none'}`,
   ].join('\n');
