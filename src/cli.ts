@@ -43,9 +43,10 @@ Usage:
   noisescope bench compute
       Gram and sum-of-squares throughput per compute backend (gpu.js modes, wasm SIMD, JS, reference)
       beside memory bandwidth measured in the same run, and which backend the probe picks.
-  noisescope bench ranks [--ranks 256] [--rate 10] [--seconds 30] [--layers 50] [--micro-batches 2] [--json]
+  noisescope bench ranks [--ranks 256] [--rate 10] [--seconds 30] [--layers 50] [--micro-batches 2] [--profile DIR] [--json]
       N simulated ranks of one run over real gRPC into a sidecar in its own process (norms mode):
-      steps completed, refusals and drops, sidecar CPU and RSS over time, step end → step line p50/p99.
+      steps completed, refusals and drops, sidecar CPU and RSS over time, step end → step line p50/p99;
+      --profile writes the sidecar's V8 CPU profile into DIR.
   noisescope bench wire [--sizes 1,2,4] [--mib 256] [--repeats 5] [--clients python,node] [--json]
       Raw gRPC loopback MB/s into grpc-js for 1–4 MiB messages, 64 KiB vs the sidecar's 16 MiB
       HTTP/2 window, from Python grpcio and Node grpc-js clients; payload → aligned float32 GB/s.

@@ -23,6 +23,8 @@ export interface RanksLoadOptions {
   readonly seconds: number;
   readonly layers: number;
   readonly microBatches: number;
+  /** Write a V8 CPU profile of the sidecar (node --cpu-prof) into this folder. */
+  readonly profileDir?: string;
 }
 
 export const DEFAULT_RANKS_LOAD: RanksLoadOptions = { ranks: 256, rate: 10, seconds: 30, layers: 50, microBatches: 2 };
@@ -121,7 +123,8 @@ export async function runRanksLoad(options: Partial<RanksLoadOptions> = {}): Pro
   const steps = Math.round(o.rate * o.seconds);
   const { layers, pool } = simulatedPool(o);
 
-  const sidecar = spawn(process.execPath, [cliPath(), 'serve', '--port', '0', '--json', '--no-log', '--no-dashboard'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const profile = o.profileDir === undefined ? [] : ['--cpu-prof', '--cpu-prof-dir', o.profileDir];
+  const sidecar = spawn(process.execPath, [...profile, cliPath(), 'serve', '--port', '0', '--json', '--no-log', '--no-dashboard'], { stdio: ['ignore', 'pipe', 'inherit'] });
   const exited = new Promise<void>((resolve) => sidecar.once('exit', () => resolve()));
   const pid = sidecar.pid!;
   // What the sidecar printed: when each step line arrived, the last health line, the run's ranks.
@@ -260,15 +263,15 @@ export function formatRanksLoad(r: RanksLoadReport): string {
   ].join('\n');
 }
 
-/** `noisescope bench ranks [--ranks 256] [--rate 10] [--seconds 30] [--layers 50] [--micro-batches 2] [--json]`; returns what to print. */
+/** `noisescope bench ranks [--ranks 256] [--rate 10] [--seconds 30] [--layers 50] [--micro-batches 2] [--profile DIR] [--json]`; returns what to print. */
 export async function runRanksLoadCommand(args: string[]): Promise<string> {
   const flags = { ranks: 'ranks', rate: 'rate', seconds: 'seconds', layers: 'layers', 'micro-batches': 'microBatches' } as const;
   const { values } = parseArgs({
     args,
     strict: true,
-    options: { ...Object.fromEntries(Object.keys(flags).map((f) => [f, { type: 'string' }])), json: { type: 'boolean', default: false } } as Record<string, { type: 'string' | 'boolean' }>,
+    options: { ...Object.fromEntries(Object.keys(flags).map((f) => [f, { type: 'string' }])), json: { type: 'boolean', default: false }, profile: { type: 'string' } } as Record<string, { type: 'string' | 'boolean' }>,
   });
-  const options: Partial<Record<keyof RanksLoadOptions, number>> = {};
+  const options: Partial<Record<(typeof flags)[keyof typeof flags], number>> = {};
   for (const [flag, key] of Object.entries(flags)) {
     const text = values[flag];
     if (typeof text !== 'string') continue;
@@ -277,6 +280,6 @@ export async function runRanksLoadCommand(args: string[]): Promise<string> {
     if (!Number.isFinite(n) || n <= 0 || (whole && !Number.isInteger(n))) throw new UsageError(`--${flag} takes a positive ${whole ? 'whole ' : ''}number, got '${text}'`);
     options[key] = n;
   }
-  const report = await runRanksLoad(options);
+  const report = await runRanksLoad({ ...options, ...(typeof values.profile === 'string' ? { profileDir: values.profile } : {}) });
   return values.json ? JSON.stringify(report) : formatRanksLoad(report);
 }
