@@ -4,7 +4,7 @@
 // drops from its NDJSON step and health lines; step-end → step-line latency from
 // the client's clock (the sidecar runs on the same machine).
 import * as grpc from '@grpc/grpc-js';
-import { spawn } from 'node:child_process';
+import { fork, spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -23,11 +23,13 @@ export interface RanksLoadOptions {
   readonly seconds: number;
   readonly layers: number;
   readonly microBatches: number;
+  /** Client processes the ranks are spread over (each drives its share on a shared schedule). */
+  readonly workers: number;
   /** Write a V8 CPU profile of the sidecar (node --cpu-prof) into this folder. */
   readonly profileDir?: string;
 }
 
-export const DEFAULT_RANKS_LOAD: RanksLoadOptions = { ranks: 256, rate: 10, seconds: 30, layers: 50, microBatches: 2 };
+export const DEFAULT_RANKS_LOAD: RanksLoadOptions = { ranks: 256, rate: 10, seconds: 30, layers: 50, microBatches: 2, workers: 1 };
 
 export interface Quantiles {
   readonly samples: number;
@@ -37,8 +39,6 @@ export interface Quantiles {
 }
 
 export interface RanksLoadReport extends RanksLoadOptions {
-  /** The simulated ranks all run in this one client process. */
-  readonly clientProcesses: 1;
   readonly stepsSent: number;
   /** Distinct steps of the run the sidecar printed a step line for. */
   readonly stepsCompleted: number;
@@ -46,11 +46,11 @@ export interface RanksLoadReport extends RanksLoadOptions {
   readonly refusals: number;
   /** The sidecar's own counters, from its last health line. */
   readonly health: { readonly refused: number; readonly stepsIncomplete: number; readonly droppedByHooks: number; readonly messages: number };
-  /** How late each step's sending began against its schedule (the client keeping up). */
+  /** How late each step's sending began against its schedule, per worker (the clients keeping up). */
   readonly sendLag: Quantiles;
-  /** How long writing one step for every rank took in the client. */
+  /** How long writing one step for a worker's ranks took. */
   readonly sendDuration: Quantiles;
-  /** Last rank's StepEnd written → the sidecar's step line read by this process. */
+  /** Last rank's StepEnd written (by any worker) → the sidecar's step line read by this process. */
   readonly latency: Quantiles;
   /** Last rank's StepEnd written → the step's stats in the sidecar (the step line's unixMs; same machine, same clock; ms resolution). */
   readonly latencyInSidecar: Quantiles;
@@ -118,10 +118,91 @@ function stepMessages(step: number, simulated: ReturnType<typeof simulatedPool>[
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, Math.max(0, ms)));
 
+/** Milliseconds on a clock every process on this machine shares (sub-millisecond). */
+const wallMs = () => performance.timeOrigin + performance.now();
+
+export interface WorkerTask {
+  readonly address: string;
+  readonly options: RanksLoadOptions;
+  /** Ranks [from, to) of the run. */
+  readonly from: number;
+  readonly to: number;
+}
+
+export interface WorkerResult {
+  /** Per step: when this worker's last StepEnd was written (wallMs). */
+  readonly stepEndAt: readonly number[];
+  readonly lag: readonly number[];
+  readonly duration: readonly number[];
+  readonly refusals: number;
+}
+
+/** Attaches ranks [from, to) over one channel (one TCP connection) each, as separate rank processes would. */
+export function attachRanks(task: WorkerTask) {
+  const o = task.options;
+  const { layers, pool } = simulatedPool(o);
+  const Service = loadProto().noisescope.v1.NoiseScope;
+  let refusals = 0;
+  const ranks = Array.from({ length: task.to - task.from }, (_, i) => {
+    const rank = task.from + i;
+    const client: NoiseScopeClient = new Service(task.address, grpc.credentials.createInsecure(), { 'grpc.use_local_subchannel_pool': 1 });
+    const call: grpc.ClientDuplexStream<RankMessage, SidecarMessage__Output> = client.Attach();
+    call.on('data', (m: SidecarMessage__Output) => void (m.refusal && refusals++));
+    call.on('error', () => {});
+    call.write({ hello: { protocolVersion: 1, run: RUN, rank, worldSize: o.ranks, layers, mode: 'MODE_NORMS', every: 1, optimizer: 'SGD' } } satisfies RankMessage);
+    return { rank, client, call };
+  });
+  return {
+    /** Sends every step, step i at startAt + i/rate (wallMs). */
+    async run(startAt: number): Promise<WorkerResult> {
+      const steps = Math.round(o.rate * o.seconds);
+      const stepEndAt: number[] = [];
+      const lag: number[] = [];
+      const duration: number[] = [];
+      for (let step = 0; step < steps; step++) {
+        const due = startAt + (step * 1000) / o.rate;
+        await sleep(due - wallMs());
+        const began = wallMs();
+        lag.push(Math.max(0, began - due)); // timers may fire a hair early
+        const simulated = pool[step % POOL]!;
+        for (const { rank, call } of ranks) for (const message of stepMessages(step, simulated, rank)) call.write(message);
+        stepEndAt.push(wallMs());
+        duration.push(wallMs() - began);
+      }
+      return { stepEndAt, lag, duration, refusals };
+    },
+    close() {
+      for (const { client, call } of ranks) {
+        call.end();
+        client.close();
+      }
+    },
+  };
+}
+
+/** A client process (src/bench/ranks-worker.ts) driving ranks [from, to). */
+function startWorker(task: WorkerTask) {
+  const child = fork(fileURLToPath(new URL(import.meta.url.endsWith('.ts') ? '../../dist/src/bench/ranks-worker.js' : './ranks-worker.js', import.meta.url)), [], { stdio: 'inherit' });
+  const next = <T>(type: string) =>
+    new Promise<T>((resolve, reject) => {
+      child.once('message', (m: { type: string }) => (m.type === type ? resolve(m as T) : reject(new Error(`bench ranks: worker sent ${m.type}, expected ${type}`))));
+      child.once('exit', (code) => reject(new Error(`bench ranks: worker exited with ${code}`)));
+    });
+  const attached = next<unknown>('attached');
+  child.send({ type: 'task', task });
+  return {
+    attached,
+    async run(startAt: number): Promise<WorkerResult> {
+      const done = next<WorkerResult>('done');
+      child.send({ type: 'go', startAt });
+      return done;
+    },
+  };
+}
+
 export async function runRanksLoad(options: Partial<RanksLoadOptions> = {}): Promise<RanksLoadReport> {
   const o: RanksLoadOptions = { ...DEFAULT_RANKS_LOAD, ...options };
   const steps = Math.round(o.rate * o.seconds);
-  const { layers, pool } = simulatedPool(o);
 
   const profile = o.profileDir === undefined ? [] : ['--cpu-prof', '--cpu-prof-dir', o.profileDir];
   const sidecar = spawn(process.execPath, [...profile, cliPath(), 'serve', '--port', '0', '--json', '--no-log', '--no-dashboard'], { stdio: ['ignore', 'pipe', 'inherit'] });
@@ -143,7 +224,7 @@ export async function runRanksLoad(options: Partial<RanksLoadOptions> = {}): Pro
   };
   let address = '';
   createInterface({ input: sidecar.stdout }).on('line', (line) => {
-    const at = performance.now();
+    const at = wallMs();
     const m = JSON.parse(line) as { type: string; [key: string]: unknown };
     if (m.type === 'listening') address = m.address as string;
     if (m.type === 'run' && m.run === RUN) seen.ranksConnected = m.ranksConnected as number;
@@ -163,8 +244,6 @@ export async function runRanksLoad(options: Partial<RanksLoadOptions> = {}): Pro
   const cpu: number[] = [];
   const rss: number[] = [];
   let sampling = true;
-  const clients: NoiseScopeClient[] = [];
-  const calls: grpc.ClientDuplexStream<RankMessage, SidecarMessage__Output>[] = [];
   try {
     await until(() => address !== '', 30_000, "the sidecar's listening line");
     let last = { t: performance.now(), ...sampleProc(pid) };
@@ -179,36 +258,16 @@ export async function runRanksLoad(options: Partial<RanksLoadOptions> = {}): Pro
       }
     })();
 
-    // One channel (one TCP connection) per rank, as separate rank processes would have.
-    const Service = loadProto().noisescope.v1.NoiseScope;
-    let refusals = 0;
-    for (let rank = 0; rank < o.ranks; rank++) {
-      const client = new Service(address, grpc.credentials.createInsecure(), { 'grpc.use_local_subchannel_pool': 1 });
-      const call = client.Attach();
-      call.on('data', (m: SidecarMessage__Output) => void (m.refusal && refusals++));
-      call.on('error', () => {});
-      call.write({ hello: { protocolVersion: 1, run: RUN, rank, worldSize: o.ranks, layers, mode: 'MODE_NORMS', every: 1, optimizer: 'SGD' } } satisfies RankMessage);
-      clients.push(client);
-      calls.push(call);
-    }
+    const n = Math.min(o.workers, o.ranks);
+    const share = (w: number) => Math.floor((w * o.ranks) / n);
+    const workers = Array.from({ length: n }, (_, w) => startWorker({ address, options: o, from: share(w), to: share(w + 1) }));
+    await Promise.all(workers.map((w) => w.attached));
     await until(() => seen.ranksConnected === o.ranks, 60_000, `all ${o.ranks} ranks attached`);
 
-    const stepEndAt: { at: number; unixMs: number }[] = [];
-    const lag: number[] = [];
-    const duration: number[] = [];
     const start = performance.now();
     const before = sampleProc(pid);
-    for (let step = 0; step < steps; step++) {
-      await sleep(start + (step * 1000) / o.rate - performance.now());
-      const began = performance.now();
-      lag.push(Math.max(0, began - (start + (step * 1000) / o.rate))); // timers may fire a hair early
-      const simulated = pool[step % POOL]!;
-      calls.forEach((call, rank) => {
-        for (const message of stepMessages(step, simulated, rank)) call.write(message);
-      });
-      stepEndAt.push({ at: performance.now(), unixMs: Date.now() });
-      duration.push(performance.now() - began);
-    }
+    const startAt = wallMs() + 200; // every worker's first step, on the shared clock
+    const sent = await Promise.all(workers.map((w) => w.run(startAt)));
     await until(() => stepLineAt.size >= steps, 10_000, 'the step lines').catch(() => {}); // missing ones are counted below
     // One more health line, so the counters include the last step.
     const healthLines = seen.healthLines;
@@ -218,19 +277,20 @@ export async function runRanksLoad(options: Partial<RanksLoadOptions> = {}): Pro
     sampling = false;
     await sampler;
 
-    const lines = stepEndAt.flatMap((sent, step) => {
+    // A step ends when its last rank's StepEnd is written, in whichever worker.
+    const lines = sent[0]!.stepEndAt.flatMap((_, step) => {
       const line = stepLineAt.get(step);
-      return line === undefined ? [] : [{ read: line.at - sent.at, inSidecar: line.unixMs - sent.unixMs }];
+      const ended = Math.max(...sent.map((w) => w.stepEndAt[step]!));
+      return line === undefined ? [] : [{ read: line.at - ended, inSidecar: line.unixMs - ended }];
     });
     return {
       ...o,
-      clientProcesses: 1,
-      stepsSent: steps,
+      stepsSent: Math.min(...sent.map((w) => w.stepEndAt.length)),
       stepsCompleted: stepLineAt.size,
-      refusals,
+      refusals: sent.reduce((n, w) => n + w.refusals, 0),
       health: seen.health!,
-      sendLag: quantiles(lag),
-      sendDuration: quantiles(duration),
+      sendLag: quantiles(sent.flatMap((w) => w.lag)),
+      sendDuration: quantiles(sent.flatMap((w) => w.duration)),
       latency: quantiles(lines.map((l) => l.read)),
       latencyInSidecar: quantiles(lines.map((l) => l.inSidecar)),
       cpuCores: { mean: (after.cpuSeconds - before.cpuSeconds) / stepping, max: Math.max(...cpu) },
@@ -239,8 +299,6 @@ export async function runRanksLoad(options: Partial<RanksLoadOptions> = {}): Pro
     };
   } finally {
     sampling = false;
-    for (const call of calls) call.end();
-    for (const client of clients) client.close();
     sidecar.kill('SIGTERM');
     await exited;
   }
@@ -251,21 +309,21 @@ const ms = (q: Quantiles) => `p50 ${q.p50Ms.toFixed(1)} ms, p99 ${q.p99Ms.toFixe
 export function formatRanksLoad(r: RanksLoadReport): string {
   return [
     `${r.ranks} ranks × ${r.rate} steps/s × ${r.seconds} s (norms mode, ${r.layers} layers, ${r.microBatches} micro-batches; ` +
-      `sidecar in its own process, ranks from ${r.clientProcesses} client process over real gRPC)`,
+      `sidecar in its own process, ranks from ${r.workers} client process${r.workers === 1 ? '' : 'es'} over real gRPC)`,
     `steps: ${r.stepsSent} sent, ${r.stepsCompleted} completed; refusals ${r.refusals} on the streams, ` +
       `health: refused ${r.health.refused}, incomplete ${r.health.stepsIncomplete}, dropped by hooks ${r.health.droppedByHooks}, messages ${r.health.messages}`,
     `sidecar CPU: mean ${r.cpuCores.mean.toFixed(2)} cores, max ${r.cpuCores.max.toFixed(2)} cores (1 s samples; target ≤ 1)`,
     `sidecar RSS: start ${r.rssMiB.start.toFixed(0)} MiB, max ${r.rssMiB.max.toFixed(0)} MiB, end ${r.rssMiB.end.toFixed(0)} MiB; ` +
       `per second: ${r.rssMiB.series.join(' ')}`,
     `step end (last rank's StepEnd written) → step line read: ${ms(r.latency)}; → stats in the sidecar (its unixMs): ${ms(r.latencyInSidecar)}`,
-    `client: sending one step for all ranks took ${ms(r.sendDuration)}; start lag behind schedule ${ms(r.sendLag)}`,
+    `clients: writing one step for a worker's ranks took ${ms(r.sendDuration)}; start lag behind schedule ${ms(r.sendLag)}`,
     `B_simple: true ${r.bSimple.truth}, sidecar's smoothed estimate ${r.bSimple.estimate?.toFixed(0) ?? 'none'}`,
   ].join('\n');
 }
 
-/** `noisescope bench ranks [--ranks 256] [--rate 10] [--seconds 30] [--layers 50] [--micro-batches 2] [--profile DIR] [--json]`; returns what to print. */
+/** `noisescope bench ranks [--ranks 256] [--rate 10] [--seconds 30] [--layers 50] [--micro-batches 2] [--workers 1] [--profile DIR] [--json]`; returns what to print. */
 export async function runRanksLoadCommand(args: string[]): Promise<string> {
-  const flags = { ranks: 'ranks', rate: 'rate', seconds: 'seconds', layers: 'layers', 'micro-batches': 'microBatches' } as const;
+  const flags = { ranks: 'ranks', rate: 'rate', seconds: 'seconds', layers: 'layers', 'micro-batches': 'microBatches', workers: 'workers' } as const;
   const { values } = parseArgs({
     args,
     strict: true,
