@@ -54,6 +54,8 @@ export interface RanksLoadReport extends RanksLoadOptions {
   readonly latency: Quantiles;
   /** Last rank's StepEnd written → the step's stats in the sidecar (the step line's unixMs; same machine, same clock; ms resolution). */
   readonly latencyInSidecar: Quantiles;
+  /** `latency` without the first 10% of steps (warm-up: JIT, and the sidecar still settling the attach). */
+  readonly latencyAfterWarmup: Quantiles;
   /** Sidecar CPU in cores: mean over the stepping (first step sent → last health line), max over ~1 s samples. */
   readonly cpuCores: { readonly mean: number; readonly max: number };
   /** Sidecar RSS in MiB: one sample per second from start to end. */
@@ -281,7 +283,7 @@ export async function runRanksLoad(options: Partial<RanksLoadOptions> = {}): Pro
     const lines = sent[0]!.stepEndAt.flatMap((_, step) => {
       const line = stepLineAt.get(step);
       const ended = Math.max(...sent.map((w) => w.stepEndAt[step]!));
-      return line === undefined ? [] : [{ read: line.at - ended, inSidecar: line.unixMs - ended }];
+      return line === undefined ? [] : [{ step, read: line.at - ended, inSidecar: line.unixMs - ended }];
     });
     return {
       ...o,
@@ -293,6 +295,7 @@ export async function runRanksLoad(options: Partial<RanksLoadOptions> = {}): Pro
       sendDuration: quantiles(sent.flatMap((w) => w.duration)),
       latency: quantiles(lines.map((l) => l.read)),
       latencyInSidecar: quantiles(lines.map((l) => l.inSidecar)),
+      latencyAfterWarmup: quantiles(lines.filter((l) => l.step >= steps / 10).map((l) => l.read)),
       cpuCores: { mean: (after.cpuSeconds - before.cpuSeconds) / stepping, max: Math.max(...cpu) },
       rssMiB: { start: rss[0]!, max: Math.max(...rss), end: rss.at(-1)!, series: rss.map((r) => Math.round(r)) },
       bSimple: { truth: TRUE_B_SIMPLE, estimate: seen.estimate },
@@ -316,6 +319,7 @@ export function formatRanksLoad(r: RanksLoadReport): string {
     `sidecar RSS: start ${r.rssMiB.start.toFixed(0)} MiB, max ${r.rssMiB.max.toFixed(0)} MiB, end ${r.rssMiB.end.toFixed(0)} MiB; ` +
       `per second: ${r.rssMiB.series.join(' ')}`,
     `step end (last rank's StepEnd written) → step line read: ${ms(r.latency)}; → stats in the sidecar (its unixMs): ${ms(r.latencyInSidecar)}`,
+    `  after the first 10% of steps (warm-up): step end → step line read ${ms(r.latencyAfterWarmup)}`,
     `clients: writing one step for a worker's ranks took ${ms(r.sendDuration)}; start lag behind schedule ${ms(r.sendLag)}`,
     `B_simple: true ${r.bSimple.truth}, sidecar's smoothed estimate ${r.bSimple.estimate?.toFixed(0) ?? 'none'}`,
   ].join('\n');
