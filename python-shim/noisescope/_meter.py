@@ -28,6 +28,7 @@ from torch.utils.hooks import RemovableHandle
 from ._guard import Guard
 
 if TYPE_CHECKING:
+    from ._ddp import DdpSource
     from ._dense import DenseCapture
     from ._per_example import PerExample
 
@@ -66,6 +67,7 @@ class PendingStep:
     skip_reason: str = ""  # set: a skipped step, `values` unused
     per_example: bool = False  # `values` ends with k·L per-example sums ([micro-batch][layer])
     dense: Any = None  # dense mode: the step's DenseStep (its gradients, sent as chunks)
+    reduced: bool = False  # `values` ends with L all-reduced squared norms (DDP)
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,8 @@ class StepRecord:
     # [micro-batch][layer]: Σ over the micro-batch's examples of |example's contribution|²; () if none.
     per_example_sums: tuple[tuple[float, ...], ...] = ()
     dense: Any = None  # dense mode: the step's DenseStep
+    # [layer]: |the all-reduced gradient|² (DDP: the ranks' average, the optimizer's units); () if none.
+    reduced_sq_norms: tuple[float, ...] = ()
 
 
 def finish(pending: PendingStep, layers: Sequence[LayerInfo]) -> StepRecord:
@@ -108,12 +112,18 @@ def finish(pending: PendingStep, layers: Sequence[LayerInfo]) -> StepRecord:
     per_example = tuple(
         tuple(flat[(k + 1 + j) * n_layers : (k + 2 + j) * n_layers]) for j in range(k if pending.per_example else 0)
     )
+    after = (k + 1 + (k if pending.per_example else 0)) * n_layers
+    reduced = tuple(flat[after : after + n_layers]) if pending.reduced else ()
     if not all(math.isfinite(v) for row in per_example for v in row):
         per_example = ()  # an overflow that did not reach the norms; the step keeps its other figures
     examples = tuple(pending.micro_examples or ())
     skip_reason = ""
     for i in range(n_layers):
-        if not (math.isfinite(accumulated[i]) and all(math.isfinite(row[i]) for row in micro)):
+        if not (
+            math.isfinite(accumulated[i])
+            and all(math.isfinite(row[i]) for row in micro)
+            and (not reduced or math.isfinite(reduced[i]))
+        ):
             skip_reason = f"non-finite gradient norm in layer '{layers[i].name}' (e.g. an AMP overflow)"
             break
     if not skip_reason and pending.micro_examples is None:
@@ -129,6 +139,7 @@ def finish(pending: PendingStep, layers: Sequence[LayerInfo]) -> StepRecord:
         skip_reason=skip_reason,
         per_example_sums=per_example if not skip_reason else (),
         dense=pending.dense,
+        reduced_sq_norms=reduced if not skip_reason else (),
     )
 
 
@@ -237,7 +248,8 @@ class _StepBuffer:
     """Results of one measured step, filled by the hooks."""
 
     __slots__ = (
-        "sq_norms", "held", "accumulated", "accumulated_at", "fresh", "examples", "task_micro", "running", "calls"
+        "sq_norms", "held", "accumulated", "accumulated_at", "fresh", "examples", "task_micro", "running", "calls",
+        "reduced",
     )
 
     def __init__(self) -> None:
@@ -251,6 +263,7 @@ class _StepBuffer:
         self.task_micro: dict[int, int] = {}  # graph task id → micro-batch index
         self.running: list[int] = []  # graph tasks whose backward has not finished
         self.calls: list[int] = []  # per-layer gradient count (only without graph task ids)
+        self.reduced: list[Norm | None] | None = None  # [layer]: DDP fallback: |.grad|² at the optimizer step
 
 
 class Meter:
@@ -271,8 +284,15 @@ class Meter:
         names: Sequence[str] = (),
         one_scale_hint: str = "",
         dense: DenseCapture | None = None,
+        ddp: DdpSource | None = None,
+        reduced_at_step: str = "",
     ) -> None:
         self._model = model
+        # DDP: the rank-local and all-reduced norms from our communication hook; or, where the
+        # model has a hook of the user's, `reduced_at_step`: "grad" reads the reduced one from .grad at
+        # the step; "skip" (gradient_as_bucket_view: no rank-local figure) sends measured steps as skipped.
+        self._ddp = ddp
+        self._reduced_at_step = reduced_at_step
         self._dense = dense  # dense mode: each micro-batch's gradient is also copied out
         self._optimizer = optimizer
         self._params = list(params)
@@ -321,6 +341,8 @@ class Meter:
         self._measuring = False
         self._buffer = None
         self._disarm()
+        if self._ddp is not None:
+            self._ddp.detach()
         if self._step_handle is not None:
             self._step_handle.remove()
             self._step_handle = None
@@ -498,6 +520,9 @@ class Meter:
             self.steps_seen += 1
             buffer = self._buffer
             if self._measuring and buffer is not None:
+                if self._reduced_at_step == "grad" and buffer.sq_norms:
+                    # DDP with the user's communication hook: .grad is the reduced gradient now (after any clipping).
+                    buffer.reduced = _grad_sq_norms([p.grad for p in self._params])
                 self._close(step, buffer)
             self._begin_step()
         except Exception as error:
@@ -534,6 +559,8 @@ class Meter:
         self._buffer = _StepBuffer() if measuring else None
         if self._dense is not None:
             self._dense.begin_step(measuring)
+        if self._ddp is not None:
+            self._ddp.begin_step(measuring)
         self._choose_per_example(measuring)
         self._measuring = measuring
 
@@ -582,7 +609,23 @@ class Meter:
         per_example = None
         skip_reason = ""
         accumulated = buffer.accumulated
-        if buffer.accumulated_at != k - 1 or accumulated is None:
+        reduced = buffer.reduced
+        if self._ddp is not None:
+            # The communication hook's figures: the bucket's input is this rank's accumulated gradient
+            # (the backward-end .grad may already be all-reduced: gradient_as_bucket_view).
+            local, reduced, why = self._ddp.take()
+            if why:
+                skip_reason = why
+                self._warn_once("ddp-" + why[:24], logging.INFO, "noisescope: step %d is sent as skipped: %s", step, why)
+            else:
+                accumulated = local
+                if k == 1:
+                    buffer.sq_norms[0] = list(local)  # one micro-batch: h_1 is the accumulated gradient
+        if self._reduced_at_step == "skip":
+            skip_reason = "DDP with the user's communication hook and gradient_as_bucket_view=True: no rank-local norm"
+        if skip_reason:
+            pass
+        elif self._ddp is None and (buffer.accumulated_at != k - 1 or accumulated is None):
             # Fewer backward passes than the last measured step: .grad may have been clipped
             # since the last one, so its accumulated norm is not known.
             skip_reason = (
@@ -609,6 +652,8 @@ class Meter:
             )
             if per_example is not None:
                 entries.extend(t for row in per_example for t in row)
+            if reduced is not None:
+                entries.extend(reduced)
             if all(t is None or type(t) is float for t in entries):
                 values = [0.0 if t is None else t for t in entries]
             else:
@@ -628,6 +673,7 @@ class Meter:
                 skip_reason=skip_reason,
                 per_example=per_example is not None,
                 dense=dense,
+                reduced=reduced is not None and not skip_reason,
             )
         )
 

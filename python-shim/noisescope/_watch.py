@@ -73,7 +73,11 @@ def watch(
     dropped after one warning.
 
     Args:
-        model: the module whose gradients are measured.
+        model: the module whose gradients are measured. Under DDP, the DistributedDataParallel or its
+            `.module`: a communication hook (DDP's own all-reduce, numerics unchanged) then measures each
+            layer's rank-local accumulated gradient (accumulate under `no_sync()`) and the all-reduced one,
+            a third batch scale. A model with a communication hook of the user's keeps it, and the reduced
+            gradient is read from `.grad` at the optimizer step instead (logged).
         optimizer: the optimizer stepping it.
         address: the sidecar's host:port; default $NOISESCOPE_ADDRESS or 127.0.0.1:50051.
         run: the run's name in the sidecar; default $NOISESCOPE_RUN or `<script>-<time>-<hex>`.
@@ -266,6 +270,9 @@ class Watch:
             from ._dense import DenseCapture
 
             dense = DenseCapture(params, layers, dtype=dtype, count_dropped=sender._count_dropped)
+        ddp_source, reduced_at_step = None, ""
+        if mode == "norms" and self._world_size > 1:
+            ddp_source, reduced_at_step = _ddp_source(model, params, self._guard)
         meter = Meter(
             model,
             optimizer,
@@ -279,6 +286,8 @@ class Watch:
             names=[layer.name for layer in layers],
             one_scale_hint=one_scale_hint,
             dense=dense,
+            ddp=ddp_source,
+            reduced_at_step=reduced_at_step,
         )
         try:
             meter.attach()
@@ -590,6 +599,36 @@ def _resolve_mode(mode: str, model: torch.nn.Module) -> str:
         AUTO_DENSE_MAX_PARAMETERS,
     )
     return chosen
+
+
+def _ddp_source(model: torch.nn.Module, params: list[Any], guard: Guard) -> tuple[Any, str]:
+    """Under DDP: our communication hook (rank-local and reduced norms), or, where the model has the
+    user's hook, the fallback (reduced norms from .grad at the optimizer step); logs which."""
+    from ._ddp import DdpSource, find_ddp
+
+    ddp = find_ddp(model)
+    if ddp is None:
+        return None, ""
+    source = DdpSource(ddp, params, guard)
+    if source.attach():
+        logger.info(
+            "noisescope: DDP: a communication hook measures each bucket's rank-local and all-reduced gradient "
+            "(the all-reduce is DDP's own; accumulate under no_sync() for the rank-local level)"
+        )
+        return source, ""
+    if getattr(ddp, "gradient_as_bucket_view", False):
+        logger.warning(
+            "noisescope: DDP: the model already has a communication hook, which is kept; with "
+            "gradient_as_bucket_view=True that hook may rewrite .grad before the backward ends, so the rank-local "
+            "gradient is not observable and measured steps are sent as skipped"
+        )
+        return None, "skip"
+    logger.warning(
+        "noisescope: DDP: the model already has a communication hook, which is kept (fallback): the reduced "
+        "gradient is read from .grad at optimizer.step() (after any clipping), the rank-local one from .grad "
+        "at the end of the last backward (before DDP writes the hook's result there)"
+    )
+    return None, "grad"
 
 
 def _rank_and_world_size() -> tuple[int, int]:

@@ -1,0 +1,172 @@
+"""DDP (gloo, CPU, spawned ranks): real training on load_digits through the hook into the real sidecar.
+
+The communication hook's rank-local and all-reduced norms against exact values, every rank's
+steps joined into one data-parallel step of 3 batch scales, parameters bitwise those of training
+without noisescope, the user-comm-hook fallback, and a rank killed mid-run.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import Sidecar
+from ddp_support import K, batch, reference, worker
+
+STEPS = 6
+
+
+def _port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def spawn(world: int, address: str, out: Path, scenario: str, steps: int = STEPS) -> tuple[list[int | None], list[dict[str, Any]]]:
+    """Runs `worker` on `world` spawned ranks; their exit codes and what each wrote."""
+    ctx = multiprocessing.get_context("spawn")
+    port = _port()
+    procs = [ctx.Process(target=worker, args=(r, world, port, address, str(out), scenario, steps)) for r in range(world)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    codes = [p.exitcode for p in procs]
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join()
+    results = []
+    for r in range(world):
+        path = out / f"rank{r}.pt"
+        results.append(torch.load(path, weights_only=False) if path.exists() else {})
+    return codes, results
+
+
+def _steps(sidecar: Sidecar, run: str, count: int) -> list[dict[str, Any]]:
+    sidecar.wait_for(lambda e: e["type"] == "step" and e.get("run") == run and e["step"] == count - 1, timeout=60)
+    return [e for e in sidecar.of_type("step") if e.get("run") == run]
+
+
+@pytest.mark.parametrize("world", [2, 3, 4])  # 3: 1/world size is inexact, so bitwise equality tests the scaling
+def test_ddp_training_sends_three_scales_with_exact_norms_and_unchanged_numerics(
+    sidecar: Sidecar, tmp_path: Path, world: int
+) -> None:
+    codes, results = spawn(world, sidecar.address, tmp_path, "train")
+    assert codes == [0] * world, (codes, [r.get("log") for r in results])
+
+    # Numerics: bitwise the parameters of the same DDP training without noisescope.
+    assert all(r["bitwise"] for r in results)
+    ref_model, ref_norms = reference(STEPS, world)
+    for got, want in zip(results[0]["params"], ref_model.parameters()):
+        torch.testing.assert_close(got, want.detach(), rtol=1e-5, atol=1e-6)
+    assert any("communication hook measures" in line for line in results[0]["log"])
+
+    for r, result in enumerate(results):
+        assert [s["step"] for s in result["sent"]] == list(range(STEPS))
+        assert result["stats"].steps_measured == STEPS and result["stats"].dropped == 0
+        for s in result["sent"]:
+            assert not s["skipped"], s["skip_reason"]
+            # Reduced: the ranks' average of their (loss / k) sums, i.e. the one-process gradient of the whole batch.
+            torch.testing.assert_close(torch.tensor(s["reduced"], dtype=torch.float64), ref_norms[s["step"]], rtol=1e-4, atol=0)
+            # Rank-local: this rank's k micro-batches accumulated, by hand from the reference's parameters.
+            # (Checked at step 0, where the parameters are the initial ones.)
+            if s["step"] == 0:
+                from noisescope.demo import make_model
+
+                model = make_model()
+                for j in range(K):
+                    x, y = batch(0, r * K + j, world)
+                    (F.cross_entropy(model(x), y) / K).backward()
+                local = torch.tensor([p.grad.double().square().sum().item() for p in model.parameters()], dtype=torch.float64)
+                torch.testing.assert_close(torch.tensor(s["accumulated"], dtype=torch.float64), local, rtol=1e-4, atol=0)
+                assert len(s["micro"]) == K
+
+    steps = _steps(sidecar, f"ddp-{world}", STEPS)
+    assert [e["step"] for e in steps] == list(range(STEPS))
+    for e in steps:
+        assert (e["source"], e["levels"], e["ranks"], e["microBatches"]) == ("data-parallel", 3, world, world * K), e
+        assert e["globalBatch"] == world * K * 16 and not e["skipped"]
+
+
+def test_ddp_estimate_agrees_with_one_process_accumulating_the_same_batch(sidecar: Sidecar, tmp_path: Path) -> None:
+    """Per step, the sidecar's |G|² and tr(Σ) from the DDP run's three scales against the one-process run's two."""
+    import noisescope
+    from noisescope.demo import make_model
+
+    steps = 40
+    codes, _ = spawn(2, sidecar.address, tmp_path, "train", steps=steps)
+    assert codes == [0, 0]
+    ddp = _steps(sidecar, "ddp-2", steps)
+
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    handle = noisescope.watch(model, opt, address=sidecar.address, run="one-process")
+    for step in range(steps):
+        for m in range(2 * K):
+            x, y = batch(step, m, 2)
+            (F.cross_entropy(model(x), y) / (2 * K)).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    handle.remove(timeout=10)
+    one = _steps(sidecar, "one-process", steps)
+    assert one[-1]["source"] == "accumulation" and one[-1]["levels"] == 2
+
+    a, b = ddp[-1]["smoothed"], one[-1]["smoothed"]
+    for name in ("gradSqNorm", "traceSigma"):
+        assert a[name] > 0 and b[name] > 0
+    # Each estimate inside the other's interval (the estimator's own uncertainty).
+    for x, y in ((a, b), (b, a)):
+        low, high = y["interval"]["low"], y["interval"]["high"]
+        assert x["bSimple"] is not None and low <= x["bSimple"] and (high is None or x["bSimple"] <= high), (a, b)
+
+
+def test_ddp_with_a_user_comm_hook_falls_back_and_says_so(sidecar: Sidecar, tmp_path: Path) -> None:
+    codes, results = spawn(2, sidecar.address, tmp_path, "fallback")
+    assert codes == [0, 0], [r.get("log") for r in results]
+    for result in results:
+        assert sum("already has a communication hook" in line for line in result["log"]) == 1
+        assert all(not s["skipped"] and len(s["reduced"]) == 6 for s in result["fallback_sent"])
+        # Accumulating without no_sync() (our hook): no whole rank-local gradient, so skipped, and why.
+        assert [(s["step"], s["skipped"]) for s in result["sent"]] == [(0, True), (1, True)]
+        assert "more than one backward pass" in result["sent"][0]["skip_reason"]
+    ref_model, ref_norms = reference(STEPS, 2)
+    for s in results[0]["fallback_sent"]:
+        # No clipping here: .grad at the step is the all-reduced gradient.
+        torch.testing.assert_close(torch.tensor(s["reduced"], dtype=torch.float64), ref_norms[s["step"]], rtol=1e-4, atol=0)
+    # Rank-local: .grad at the end of the last backward (gradient_as_bucket_view=False: DDP writes the
+    # hook's result there only afterwards), by hand at step 0.
+    from noisescope.demo import make_model
+
+    for r, result in enumerate(results):
+        model = make_model()
+        for j in range(K):
+            x, y = batch(0, r * K + j, 2)
+            (F.cross_entropy(model(x), y) / K).backward()
+        local = torch.tensor([p.grad.double().square().sum().item() for p in model.parameters()], dtype=torch.float64)
+        torch.testing.assert_close(
+            torch.tensor(result["fallback_sent"][0]["accumulated"], dtype=torch.float64), local, rtol=1e-4, atol=0
+        )
+    steps = _steps(sidecar, "fallback-2", STEPS)
+    assert all((e["source"], e["levels"], e["ranks"]) == ("data-parallel", 3, 2) for e in steps)
+
+
+def test_a_rank_killed_mid_run_leaves_the_survivor_to_torch(sidecar: Sidecar, tmp_path: Path) -> None:
+    codes, results = spawn(2, sidecar.address, tmp_path, "kill", steps=8)
+    assert codes[1] == 17  # killed itself after step 3's all-reduce
+    survivor = results[0]
+    assert codes[0] == 0 and survivor["removed"]
+    # The survivor's failure is DDP's all-reduce finding the peer gone (as without noisescope); the hook is still on.
+    assert "Connection" in survivor["error"] and "by peer" in survivor["error"], survivor["error"]
+    assert survivor["enabled_after_error"]
+    assert [s["step"] for s in survivor["sent"]] == [0, 1, 2, 3]
+    # Steps both ranks ended are joined; step 3 (only the survivor ended it) is never completed today.
+    steps = _steps(sidecar, "kill-2", 3)
+    sidecar.wait_for(lambda e: e["type"] == "run" and e.get("run") == "kill-2" and e.get("ended") is False
+                     or e["type"] == "health", timeout=10)
+    assert [e["step"] for e in steps] == [0, 1, 2]
