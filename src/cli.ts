@@ -44,7 +44,7 @@ Usage:
       Gram and sum-of-squares throughput per compute backend (gpu.js modes, wasm SIMD, JS, reference)
       beside memory bandwidth measured in the same run, and which backend the probe picks.
   noisescope bench ranks [--ranks 256] [--rate 10] [--seconds 30] [--layers 50] [--micro-batches 2]
-                       [--workers 1] [--profile DIR] [--json]
+                       [--workers 4] [--profile DIR] [--json]
       N simulated ranks of one run over real gRPC, from --workers client processes, into a sidecar in its own process (norms mode):
       steps completed, refusals and drops, sidecar CPU and RSS over time, step end → step line p50/p99;
       --profile writes the sidecar's V8 CPU profile into DIR.

@@ -29,7 +29,7 @@ export interface RanksLoadOptions {
   readonly profileDir?: string;
 }
 
-export const DEFAULT_RANKS_LOAD: RanksLoadOptions = { ranks: 256, rate: 10, seconds: 30, layers: 50, microBatches: 2, workers: 1 };
+export const DEFAULT_RANKS_LOAD: RanksLoadOptions = { ranks: 256, rate: 10, seconds: 30, layers: 50, microBatches: 2, workers: 4 };
 
 export interface Quantiles {
   readonly samples: number;
@@ -325,7 +325,7 @@ export function formatRanksLoad(r: RanksLoadReport): string {
   ].join('\n');
 }
 
-/** `noisescope bench ranks [--ranks 256] [--rate 10] [--seconds 30] [--layers 50] [--micro-batches 2] [--workers 1] [--profile DIR] [--json]`; returns what to print. */
+/** `noisescope bench ranks [--ranks 256] [--rate 10] [--seconds 30] [--layers 50] [--micro-batches 2] [--workers 4] [--profile DIR] [--json]`; returns what to print. */
 export async function runRanksLoadCommand(args: string[]): Promise<string> {
   const flags = { ranks: 'ranks', rate: 'rate', seconds: 'seconds', layers: 'layers', 'micro-batches': 'microBatches', workers: 'workers' } as const;
   const { values } = parseArgs({
