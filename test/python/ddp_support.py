@@ -150,6 +150,16 @@ def worker(rank: int, world: int, port: int, address: str, out: str, scenario: s
             handle = noisescope.watch(model, opt, address=address, run=f"sync-every-{world}")
             train(model, None, opt, rank, world, 2, wrapped=ddp)
             handle.remove(timeout=10)
+        elif scenario == "bucket-view":
+            # gradient_as_bucket_view: .grad is the bucket, all-reduced in place before the backward ends.
+            for k, steps_k in ((2, steps), (1, steps)):
+                model = make_model()
+                ddp = DDP(model, gradient_as_bucket_view=True)
+                opt = torch.optim.SGD(ddp.parameters(), lr=LR)
+                handle = noisescope.watch(model, opt, address=address, run=f"view-{world}-k{k}")
+                train(model, ddp, opt, rank, world, steps_k, k=k)
+                handle.remove(timeout=10)
+                result[f"k{k}"], sent[:] = list(sent), []
         elif scenario == "kill":
             model = make_model()
             ddp = DDP(model)

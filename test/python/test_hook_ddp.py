@@ -53,6 +53,17 @@ def _steps(sidecar: Sidecar, run: str, count: int) -> list[dict[str, Any]]:
     return [e for e in sidecar.of_type("step") if e.get("run") == run]
 
 
+def _by_hand(rank: int, world: int, k: int) -> torch.Tensor:
+    """Step 0's rank-local accumulated gradient (loss / k), per layer |·|², from the initial parameters."""
+    from noisescope.demo import make_model
+
+    model = make_model()
+    for j in range(k):
+        x, y = batch(0, rank * k + j, world, k)
+        (F.cross_entropy(model(x), y) / k).backward()
+    return torch.tensor([p.grad.double().square().sum().item() for p in model.parameters()], dtype=torch.float64)
+
+
 @pytest.mark.parametrize("world", [2, 3, 4])  # 3: 1/world size is inexact, so bitwise equality tests the scaling
 def test_ddp_training_sends_three_scales_with_exact_norms_and_unchanged_numerics(
     sidecar: Sidecar, tmp_path: Path, world: int
@@ -74,16 +85,9 @@ def test_ddp_training_sends_three_scales_with_exact_norms_and_unchanged_numerics
             assert not s["skipped"], s["skip_reason"]
             # Reduced: the ranks' average of their (loss / k) sums, i.e. the one-process gradient of the whole batch.
             torch.testing.assert_close(torch.tensor(s["reduced"], dtype=torch.float64), ref_norms[s["step"]], rtol=1e-4, atol=0)
-            # Rank-local: this rank's k micro-batches accumulated, by hand from the reference's parameters.
-            # (Checked at step 0, where the parameters are the initial ones.)
+            # Rank-local: this rank's k micro-batches accumulated, by hand at step 0 (the initial parameters).
             if s["step"] == 0:
-                from noisescope.demo import make_model
-
-                model = make_model()
-                for j in range(K):
-                    x, y = batch(0, r * K + j, world)
-                    (F.cross_entropy(model(x), y) / K).backward()
-                local = torch.tensor([p.grad.double().square().sum().item() for p in model.parameters()], dtype=torch.float64)
+                local = _by_hand(r, world, K)
                 torch.testing.assert_close(torch.tensor(s["accumulated"], dtype=torch.float64), local, rtol=1e-4, atol=0)
                 assert len(s["micro"]) == K
 
@@ -92,6 +96,27 @@ def test_ddp_training_sends_three_scales_with_exact_norms_and_unchanged_numerics
     for e in steps:
         assert (e["source"], e["levels"], e["ranks"], e["microBatches"]) == ("data-parallel", 3, world, world * K), e
         assert e["globalBatch"] == world * K * 16 and not e["skipped"]
+
+
+def test_ddp_with_gradient_as_bucket_view_sends_the_rank_local_norm_not_the_reduced_one(
+    sidecar: Sidecar, tmp_path: Path
+) -> None:
+    """There .grad is all-reduced in place before the backward ends; the hook's figure is the bucket's input."""
+    codes, results = spawn(2, sidecar.address, tmp_path, "bucket-view", steps=2)
+    assert codes == [0, 0], [r.get("log") for r in results]
+    for k in (2, 1):
+        _, ref_norms = reference(1, 2, k)
+        for r, result in enumerate(results):
+            first = result[f"k{k}"][0]
+            assert first["step"] == 0 and not first["skipped"]
+            local = _by_hand(r, 2, k)
+            assert not torch.allclose(local, ref_norms[0], rtol=1e-2)  # the two levels differ here
+            torch.testing.assert_close(torch.tensor(first["accumulated"], dtype=torch.float64), local, rtol=1e-4, atol=0)
+            torch.testing.assert_close(torch.tensor(first["reduced"], dtype=torch.float64), ref_norms[0], rtol=1e-4, atol=0)
+            if k == 1:  # one micro-batch: its h_1 is the rank-local gradient too
+                torch.testing.assert_close(torch.tensor(first["micro"][0], dtype=torch.float64), local, rtol=1e-4, atol=0)
+        levels = {e["levels"] for e in _steps(sidecar, f"view-2-k{k}", 2)}
+        assert levels == {3 if k == 2 else 2}
 
 
 def test_ddp_estimate_agrees_with_one_process_accumulating_the_same_batch(sidecar: Sidecar, tmp_path: Path) -> None:
@@ -141,14 +166,8 @@ def test_ddp_with_a_user_comm_hook_falls_back_and_says_so(sidecar: Sidecar, tmp_
         torch.testing.assert_close(torch.tensor(s["reduced"], dtype=torch.float64), ref_norms[s["step"]], rtol=1e-4, atol=0)
     # Rank-local: .grad at the end of the last backward (gradient_as_bucket_view=False: DDP writes the
     # hook's result there only afterwards), by hand at step 0.
-    from noisescope.demo import make_model
-
     for r, result in enumerate(results):
-        model = make_model()
-        for j in range(K):
-            x, y = batch(0, r * K + j, 2)
-            (F.cross_entropy(model(x), y) / K).backward()
-        local = torch.tensor([p.grad.double().square().sum().item() for p in model.parameters()], dtype=torch.float64)
+        local = _by_hand(r, 2, K)
         torch.testing.assert_close(
             torch.tensor(result["fallback_sent"][0]["accumulated"], dtype=torch.float64), local, rtol=1e-4, atol=0
         )
