@@ -337,25 +337,9 @@ def test_smoothed_b_simple_matches_exact_noise_scale(beta_sidecar):
     if os.environ.get("NOISESCOPE_ACCURACY_JSON"):
         Path(os.environ["NOISESCOPE_ACCURACY_JSON"]).write_text(json.dumps(report, indent=2))
 
-    # Every step measured and reported, in the accumulation source, with the right batch.
-    assert not report["missing_steps"], f"steps without an event: {report['missing_steps']}"
-    assert report["steps_measured"] == STEPS, "every step has 4 micro-batches: each should have an estimate"
-    last = next(e for e in events if e["step"] == STEPS - 1)
-    assert last["source"] == "accumulation"
-    assert last["globalBatch"] == MICRO_BATCH * ACCUMULATION and last["microBatches"] == ACCUMULATION
-    assert report["clipped_steps"] > 0, "the run should exercise clipping (hook must measure before it)"
-
-    # 1. Pipeline: the sidecar computes what the estimator defines (float32 training vs float64 replica).
-    pd = report["pipeline_max_dev"]
-    # Measured ~1e-7 (float32 norms); a missing FPC would be ~1e-2, a wrong micro-batch scale O(1).
-    assert max(pd["raw"].values()) < 1e-5, pd
-    assert max(pd["smoothed"].values()) < 1e-5, pd
-
-    # 2. Accuracy against the whole-set truth.
-    err = report["vs_truth"]
-    assert err["bSimple"] <= TOLERANCE, f"B_simple median error {err['bSimple']:.1%} > {TOLERANCE:.0%}"
-    if err["bSimple"] > GOAL:
-        print(f"note: B_simple error {err['bSimple']:.1%} is within tolerance but above the {GOAL:.0%} goal")
+    assert_complete_and_accurate(
+        report, events, steps=STEPS, source="accumulation", global_batch=MICRO_BATCH * ACCUMULATION, micro_batches=ACCUMULATION
+    )
 
 
 def test_demo_module_trains_through_the_sidecar(sidecar):
@@ -376,3 +360,27 @@ def test_demo_module_trains_through_the_sidecar(sidecar):
     # 4 micro-batches per step: auto's second scale is the accumulation, with no per-example work.
     assert last["source"] == "accumulation" and last["microBatches"] == 4 and last["globalBatch"] == 64
     assert last["smoothed"] and last["smoothed"]["bSimple"] is not None and last["smoothed"]["bSimple"] > 0
+
+
+def assert_complete_and_accurate(
+    report: dict, events: list, *, steps: int, source: str, global_batch: int, micro_batches: int
+) -> None:
+    """Every step measured in `source` at the right batch, the pipeline equal to its float64 replica, B_simple near the truth."""
+    assert not report["missing_steps"], f"steps without an event: {report['missing_steps']}"
+    assert report["steps_measured"] == steps, f"every step should have an estimate from the {source} source"
+    last = next(e for e in events if e["step"] == steps - 1)
+    assert last["source"] == source
+    assert last["globalBatch"] == global_batch and last["microBatches"] == micro_batches
+    assert report["clipped_steps"] > 0, "the run should exercise clipping (hook must measure before it)"
+
+    # 1. Pipeline: the sidecar computes what the estimator defines (float32 training vs float64 replica).
+    pd = report["pipeline_max_dev"]
+    # Measured ~1e-7 (float32 norms); a missing FPC would be ~1e-2, a wrong micro-batch scale O(1).
+    assert max(pd["raw"].values()) < 1e-5, pd
+    assert max(pd["smoothed"].values()) < 1e-5, pd
+
+    # 2. Accuracy against the whole-set truth.
+    err = report["vs_truth"]
+    assert err["bSimple"] <= TOLERANCE, f"B_simple median error {err['bSimple']:.1%} > {TOLERANCE:.0%}"
+    if err["bSimple"] > GOAL:
+        print(f"note: B_simple error {err['bSimple']:.1%} is within tolerance but above the {GOAL:.0%} goal")

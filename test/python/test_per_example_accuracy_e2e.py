@@ -25,7 +25,15 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
 from exact_noise import ExactNoise, LayerNoise
-from test_accuracy_e2e import BETA, GOAL, TOLERANCE, Trace, beta_sidecar, compare, format_report, step_events  # noqa: F401 (fixture)
+from test_accuracy_e2e import (  # noqa: F401 (beta_sidecar: a fixture)
+    BETA,
+    Trace,
+    assert_complete_and_accurate,
+    beta_sidecar,
+    compare,
+    format_report,
+    step_events,
+)
 
 STEPS = 500
 BATCH = 64
@@ -111,18 +119,4 @@ def test_per_example_b_simple_matches_exact_noise_scale_with_one_micro_batch_per
     report = compare(trace, events, BETA, layer_events)
     print("\n" + format_report(report).replace("accuracy e2e", "per-example accuracy e2e"))
 
-    assert not report["missing_steps"], f"steps without an event: {report['missing_steps']}"
-    assert report["steps_measured"] == STEPS, "every step has per-example sums: each should have an estimate"
-    last = next(e for e in events if e["step"] == STEPS - 1)
-    assert last["source"] == "per-example"
-    assert last["globalBatch"] == BATCH and last["microBatches"] == 1
-    assert report["clipped_steps"] > 0, "the run should exercise clipping (the hook must measure before it)"
-
-    pd = report["pipeline_max_dev"]
-    assert max(pd["raw"].values()) < 1e-5, pd
-    assert max(pd["smoothed"].values()) < 1e-5, pd
-
-    err = report["vs_truth"]
-    assert err["bSimple"] <= TOLERANCE, f"B_simple median error {err['bSimple']:.1%} > {TOLERANCE:.0%}"
-    if err["bSimple"] > GOAL:
-        print(f"note: B_simple error {err['bSimple']:.1%} is within tolerance but above the {GOAL:.0%} goal")
+    assert_complete_and_accurate(report, events, steps=STEPS, source="per-example", global_batch=BATCH, micro_batches=1)
