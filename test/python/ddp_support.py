@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -168,6 +169,12 @@ def worker(rank: int, world: int, port: int, address: str, out: str, scenario: s
 
             def stop(step: int) -> None:
                 if rank == 1 and step == 3:
+                    # A crash after steps 0–2 left this process: let the sender hand them to gRPC and
+                    # gRPC put them on the wire (else which steps the sidecar joins depends on timing).
+                    deadline = time.monotonic() + 10
+                    while handle.stats.queued and time.monotonic() < deadline:
+                        time.sleep(0.01)
+                    time.sleep(1.0)
                     os._exit(17)  # after step 3's all-reduce, before its optimizer step: no StepEnd 3
 
             try:
