@@ -32,6 +32,11 @@ export interface SidecarOptions {
   readonly backend?: BackendName;
   /** Bytes of dense-shard data the sidecar may hold for steps not yet complete, over all runs; default DENSE_BUDGET_BYTES. */
   readonly denseBudgetBytes?: number;
+  /**
+   * A step some but not all ranks ended (a rank killed mid-run) is reported partial — a skipped StepStats — and
+   * excluded this long after its first rank ended it; counted in health's stepsIncomplete. Default 30 000 ms.
+   */
+  readonly partialStepTimeoutMs?: number;
 }
 
 export interface Sidecar {
@@ -65,11 +70,17 @@ export async function startSidecar(options: SidecarOptions = {}): Promise<Sideca
   validateSmoothingOptions(smoothing); // bad options fail here, not at the first step
   const policy: BatchPolicy = { ...DEFAULT_BATCH_POLICY, ...options.policy };
   validateBatchPolicy(policy);
+  const partial = options.partialStepTimeoutMs;
+  if (partial !== undefined && !(partial > 0)) throw new RangeError(`partialStepTimeoutMs must be > 0, got ${partial}`);
   // Measured at start (DESIGN: on CPU-only machines the fastest path is found, not assumed); a bad name rejects here.
   const force = options.backend === undefined ? undefined : parseBackendName(options.backend);
   const { backend, report: computeBackend } = await selectBackend(force === undefined ? {} : { force });
   const backendSummary = summarizeSelection(computeBackend);
-  const ingest = new Ingest({ backend, ...(options.denseBudgetBytes !== undefined ? { denseBudgetBytes: options.denseBudgetBytes } : {}) });
+  const ingest = new Ingest({
+    backend,
+    ...(options.denseBudgetBytes !== undefined ? { denseBudgetBytes: options.denseBudgetBytes } : {}),
+    ...(options.partialStepTimeoutMs !== undefined ? { partialStepTimeoutMs: options.partialStepTimeoutMs } : {}),
+  });
 
   // Hot and replaying the latest value; connected for the sidecar's lifetime.
   const updates$ = ingest.steps$.pipe(estimateNoiseScale(smoothing), share());

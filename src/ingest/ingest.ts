@@ -13,11 +13,20 @@ import { StepAssembler, type StepOutcome } from './step-assembler.js';
 
 export const RUN_LIMIT = 1_024;
 
+/** How long a step some but not all ranks ended waits for the rest before it is reported partial and excluded. */
+export const DEFAULT_PARTIAL_STEP_TIMEOUT_MS = 30_000;
+
 export interface IngestOptions {
   /** Reduces dense shards into Gram matrices; dense runs are refused without one. */
   readonly backend?: ReductionBackend;
   /** Bytes of dense data held for incomplete steps, over all runs (DENSE_BUDGET_BYTES by default). */
   readonly denseBudgetBytes?: number;
+  /**
+   * A step some but not all ranks ended is given up this long after its first end (DEFAULT_PARTIAL_STEP_TIMEOUT_MS):
+   * reported once as a skipped step (partial, excluded) and counted in stepsIncomplete. Checked whenever a rank
+   * of the run ends a step, and on a coarse timer so a run whose every rank went quiet does not stall.
+   */
+  readonly partialStepTimeoutMs?: number;
 }
 
 /** A completed step with the layout of its run, as the stats stage needs it. */
@@ -111,7 +120,21 @@ export class Ingest {
   /** One reused aligned buffer: dense payloads are converted synchronously, one message at a time. */
   private readonly payloads = new AlignedPayloads();
 
-  constructor(private readonly options: IngestOptions = {}) {}
+  private readonly partialStepTimeoutMs: number;
+  private readonly partialTimer: ReturnType<typeof setInterval>;
+  private closed = false;
+
+  constructor(private readonly options: IngestOptions = {}) {
+    const timeout = options.partialStepTimeoutMs ?? DEFAULT_PARTIAL_STEP_TIMEOUT_MS;
+    if (!(timeout > 0)) throw new NoiseScopeError('invalid-message', `partialStepTimeoutMs must be > 0, got ${timeout}`);
+    this.partialStepTimeoutMs = timeout;
+    // Coarse: a step is given up between timeout and ~1.5× timeout (or timeout + 5 s) after its first end.
+    const period = Math.min(Math.max(timeout / 2, 10), 5_000);
+    this.partialTimer = setInterval(() => {
+      for (const run of this.runs.values()) if (run.assembler.hasPending) this.expirePartial(run);
+    }, period);
+    this.partialTimer.unref();
+  }
 
   /** Bytes of dense data held for a run's incomplete steps (0 for an unknown run). */
   denseBytesHeld(run: string): number {
@@ -165,6 +188,8 @@ export class Ingest {
     const finishStep = (end: StepEnd__Output): StepOutcome => {
       const outcome = run.assembler.endStep(rank, end);
       this.counters.stepsIncomplete += run.assembler.takeAbandoned();
+      // Later activity of the run: give up any older step a rank never ended.
+      this.expirePartial(run);
       if (outcome.kind === 'completed') {
         this.counters.stepsCompleted++;
         const source = sourceOf(outcome.step);
@@ -204,6 +229,8 @@ export class Ingest {
   }
 
   close(): void {
+    this.closed = true;
+    clearInterval(this.partialTimer);
     for (const run of this.runs.values()) run.assembler.releaseAll();
     this.steps.complete();
     this.runInfo.complete();
@@ -214,6 +241,15 @@ export class Ingest {
     const backend = this.options.backend;
     if (!backend) return null;
     return { backend, budget: new ByteBudget(this.options.denseBudgetBytes ?? DENSE_BUDGET_BYTES), payloads: this.payloads };
+  }
+
+  /** Reports each step of the run that waited for ranks past the timeout as skipped (partial), and forgets it. */
+  private expirePartial(run: RunEntry): void {
+    if (this.closed) return;
+    const expired = run.assembler.expirePartial(Date.now(), this.partialStepTimeoutMs);
+    if (expired.length === 0) return;
+    this.counters.stepsIncomplete += run.assembler.takeAbandoned();
+    for (const step of expired) this.steps.next({ layout: run.layout, step });
   }
 
   private noteDropped(run: RunEntry, rank: number, dropped: number): void {

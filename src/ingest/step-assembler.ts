@@ -54,6 +54,8 @@ interface PendingStep {
   unixMs: number;
   /** Set when a rank's per-example sums disagree with another's: the step is excluded once every rank ended it. */
   inconsistent: boolean;
+  /** Sidecar clock (Date.now()) when the first rank ended it: the partial-step timeout counts from here. */
+  readonly firstEndedMs: number;
 }
 
 export type StepOutcome =
@@ -300,6 +302,45 @@ export class StepAssembler {
     };
   }
 
+  /**
+   * Gives up the steps some but not all ranks ended, whose first end is older than `timeoutMs`
+   * (a rank died or stalled): each is dropped, counted as abandoned, and returned once as a
+   * skipped CompletedStep so it is reported as partial and excluded from the estimate.
+   * Later steps the surviving ranks end are pending too, and each expires the same way.
+   */
+  expirePartial(nowMs: number, timeoutMs: number): CompletedStep[] {
+    const expired: CompletedStep[] = [];
+    const steps = [...this.pending.keys()].sort((a, b) => a - b);
+    for (const step of steps) {
+      const pending = this.pending.get(step) as PendingStep;
+      if (nowMs - pending.firstEndedMs < timeoutMs) continue;
+      this.pending.delete(step);
+      this.abandoned++;
+      const world = this.layout.worldSize;
+      const missing: number[] = [];
+      for (let r = 0; r < world; r++) if (!pending.endedBy.has(r)) missing.push(r);
+      const seconds = timeoutMs / 1000;
+      expired.push({
+        run: this.layout.run,
+        step,
+        ranks: [],
+        globalExamples: pending.globalExamples,
+        lr: pending.lr,
+        loss: pending.loss,
+        skipReason:
+          `partial: rank${missing.length === 1 ? '' : 's'} ${missing.join(', ')} of ${world} never ended step ${step} ` +
+          `within ${seconds} s — excluded`,
+        unixMs: pending.unixMs,
+      });
+    }
+    return expired;
+  }
+
+  /** Whether any step waits for ranks (the partial-step timer has something to check). */
+  get hasPending(): boolean {
+    return this.pending.size > 0;
+  }
+
   private pendingStep(step: number): PendingStep {
     let pending = this.pending.get(step);
     if (!pending) {
@@ -309,7 +350,7 @@ export class StepAssembler {
         this.pending.delete(oldest);
         this.abandoned++;
       }
-      pending = { endedBy: new Set(), ranks: new Map(), lr: null, loss: null, skipReason: null, globalExamples: 0, unixMs: 0, inconsistent: false };
+      pending = { endedBy: new Set(), ranks: new Map(), lr: null, loss: null, skipReason: null, globalExamples: 0, unixMs: 0, inconsistent: false, firstEndedMs: Date.now() };
       this.pending.set(step, pending);
     }
     return pending;

@@ -36,6 +36,21 @@ describe('StepAssembler', () => {
     expect(a.takeAbandoned()).toBe(STEP_LIMITS.openStepsPerRank - 1);
   });
 
+  it('gives up a step some ranks never ended after the partial-step timeout, once, and forgets it', () => {
+    const a = new StepAssembler(layout(2));
+    for (const i of [0, 1]) a.addShard(0, shard(3, i));
+    expect(a.endStep(0, end(3, 2)).kind).toBe('waiting-for-ranks');
+    expect(a.expirePartial(Date.now(), 60_000)).toEqual([]); // not old enough
+    const [expired, ...rest] = a.expirePartial(Date.now() + 60_000, 30_000);
+    expect(rest).toEqual([]);
+    expect(expired?.step).toBe(3);
+    expect(expired?.ranks).toEqual([]);
+    expect(expired?.skipReason).toBe('partial: rank 1 of 2 never ended step 3 within 30 s — excluded');
+    expect(a.takeAbandoned()).toBe(1);
+    expect(a.hasPending).toBe(false); // released: reported once only
+    expect(a.expirePartial(Date.now() + 120_000, 30_000)).toEqual([]);
+  });
+
   it('bounds the steps waiting for other ranks', () => {
     const a = new StepAssembler(layout(2));
     for (let step = 0; step <= STEP_LIMITS.pendingSteps; step++) {
