@@ -4,13 +4,13 @@ import { dirname, join } from 'node:path';
 import { protoRoot } from '../transport/proto.js';
 import { startSidecar } from '../sidecar.js';
 import type { SmoothingOptions } from '../stats/run-estimator.js';
-import { formatSummary } from './format.js';
+import { formatRecommendation, formatSummary } from './format.js';
 import { computeBackendLine, printSidecar } from './print-sidecar.js';
 import type { BackendName } from '../compute/backends.js';
 import { Subject } from 'rxjs';
 import type { Sidecar } from '../sidecar.js';
 import type { RunLogOptions } from '../runlog/write-run-log.js';
-import type { BatchPolicy, StepStats } from '../types.js';
+import type { BatchPolicy, Recommendation, StepStats } from '../types.js';
 
 export interface DemoOptions {
   readonly port: number;
@@ -51,6 +51,9 @@ export async function runDemo(options: DemoOptions): Promise<number> {
   const printing = printSidecar(sidecar, options.json, write);
   let last: StepStats | null = null;
   const keepLast = sidecar.stats$.subscribe((s) => (last = s));
+  // The advice standing at the end is what a user came for: repeat it under the summary.
+  let advice: Recommendation | null = null;
+  const keepAdvice = sidecar.recommendations$.subscribe((r) => (advice = r));
   const python = findPython();
   const child = spawn(python, ['-m', 'noisescope.demo', '--address', sidecar.address, ...options.pythonArgs], {
     stdio: ['ignore', 'pipe', 'inherit'],
@@ -69,8 +72,10 @@ export async function runDemo(options: DemoOptions): Promise<number> {
   });
   printing.unsubscribe();
   keepLast.unsubscribe();
+  keepAdvice.unsubscribe();
   await sidecar.close();
   if (last && !options.json) write(`\n${formatSummary(last)}`);
+  if (advice && !options.json) write(`  Standing advice: ${formatRecommendation(advice)}`);
   return code;
 }
 
