@@ -14,6 +14,7 @@ export interface StepEnd {
   'skipped'?: (boolean);
   'skipReason'?: (string);
   'unixMs'?: (number | string);
+  'reducedIsShard'?: (boolean);
 }
 
 export interface StepEnd__Output {
@@ -28,4 +29,5 @@ export interface StepEnd__Output {
   'skipped': (boolean);
   'skipReason': (string);
   'unixMs': (number);
+  'reducedIsShard': (boolean);
 }
