@@ -26,6 +26,7 @@ import type { RunEvent as _noisescope_v1_RunEvent, RunEvent__Output as _noisesco
 import type { RunInfo as _noisescope_v1_RunInfo, RunInfo__Output as _noisescope_v1_RunInfo__Output } from './noisescope/v1/RunInfo.js';
 import type { SidecarMessage as _noisescope_v1_SidecarMessage, SidecarMessage__Output as _noisescope_v1_SidecarMessage__Output } from './noisescope/v1/SidecarMessage.js';
 import type { Sketch as _noisescope_v1_Sketch, Sketch__Output as _noisescope_v1_Sketch__Output } from './noisescope/v1/Sketch.js';
+import type { SketchSpec as _noisescope_v1_SketchSpec, SketchSpec__Output as _noisescope_v1_SketchSpec__Output } from './noisescope/v1/SketchSpec.js';
 import type { SquaredNorms as _noisescope_v1_SquaredNorms, SquaredNorms__Output as _noisescope_v1_SquaredNorms__Output } from './noisescope/v1/SquaredNorms.js';
 import type { StepEnd as _noisescope_v1_StepEnd, StepEnd__Output as _noisescope_v1_StepEnd__Output } from './noisescope/v1/StepEnd.js';
 import type { StepStats as _noisescope_v1_StepStats, StepStats__Output as _noisescope_v1_StepStats__Output } from './noisescope/v1/StepStats.js';
@@ -70,6 +71,7 @@ export interface ProtoGrpcType {
       RunInfo: MessageTypeDefinition<_noisescope_v1_RunInfo, _noisescope_v1_RunInfo__Output>
       SidecarMessage: MessageTypeDefinition<_noisescope_v1_SidecarMessage, _noisescope_v1_SidecarMessage__Output>
       Sketch: MessageTypeDefinition<_noisescope_v1_Sketch, _noisescope_v1_Sketch__Output>
+      SketchSpec: MessageTypeDefinition<_noisescope_v1_SketchSpec, _noisescope_v1_SketchSpec__Output>
       Source: EnumTypeDefinition
       SquaredNorms: MessageTypeDefinition<_noisescope_v1_SquaredNorms, _noisescope_v1_SquaredNorms__Output>
       StepEnd: MessageTypeDefinition<_noisescope_v1_StepEnd, _noisescope_v1_StepEnd__Output>

@@ -4,6 +4,7 @@ import type { Layer as _noisescope_v1_Layer, Layer__Output as _noisescope_v1_Lay
 import type { Source as _noisescope_v1_Source, Source__Output as _noisescope_v1_Source__Output } from '../../noisescope/v1/Source.js';
 import type { Mode as _noisescope_v1_Mode, Mode__Output as _noisescope_v1_Mode__Output } from '../../noisescope/v1/Mode.js';
 import type { BatchPolicy as _noisescope_v1_BatchPolicy, BatchPolicy__Output as _noisescope_v1_BatchPolicy__Output } from '../../noisescope/v1/BatchPolicy.js';
+import type { SketchSpec as _noisescope_v1_SketchSpec, SketchSpec__Output as _noisescope_v1_SketchSpec__Output } from '../../noisescope/v1/SketchSpec.js';
 import type { Long } from '@grpc/proto-loader';
 
 export interface Hello {
@@ -23,6 +24,7 @@ export interface Hello {
   'optimizer'?: (string);
   'policy'?: (_noisescope_v1_BatchPolicy | null);
   'uncoveredLayers'?: (_noisescope_v1_Layer)[];
+  'sketch'?: (_noisescope_v1_SketchSpec | null);
 }
 
 export interface Hello__Output {
@@ -42,4 +44,5 @@ export interface Hello__Output {
   'optimizer': (string);
   'policy': (_noisescope_v1_BatchPolicy__Output | null);
   'uncoveredLayers': (_noisescope_v1_Layer__Output)[];
+  'sketch': (_noisescope_v1_SketchSpec__Output | null);
 }

@@ -4,6 +4,7 @@ import type { Source as _noisescope_v1_Source, Source__Output as _noisescope_v1_
 import type { Mode as _noisescope_v1_Mode, Mode__Output as _noisescope_v1_Mode__Output } from '../../noisescope/v1/Mode.js';
 import type { Layer as _noisescope_v1_Layer, Layer__Output as _noisescope_v1_Layer__Output } from '../../noisescope/v1/Layer.js';
 import type { BatchPolicy as _noisescope_v1_BatchPolicy, BatchPolicy__Output as _noisescope_v1_BatchPolicy__Output } from '../../noisescope/v1/BatchPolicy.js';
+import type { SketchSpec as _noisescope_v1_SketchSpec, SketchSpec__Output as _noisescope_v1_SketchSpec__Output } from '../../noisescope/v1/SketchSpec.js';
 import type { Long } from '@grpc/proto-loader';
 
 export interface RunInfo {
@@ -21,6 +22,7 @@ export interface RunInfo {
   'optimizer'?: (string);
   'policy'?: (_noisescope_v1_BatchPolicy | null);
   'uncoveredLayers'?: (_noisescope_v1_Layer)[];
+  'sketch'?: (_noisescope_v1_SketchSpec | null);
 }
 
 export interface RunInfo__Output {
@@ -38,4 +40,5 @@ export interface RunInfo__Output {
   'optimizer': (string);
   'policy': (_noisescope_v1_BatchPolicy__Output | null);
   'uncoveredLayers': (_noisescope_v1_Layer__Output)[];
+  'sketch': (_noisescope_v1_SketchSpec__Output | null);
 }

@@ -8,6 +8,7 @@ export interface Sketch {
   'size'?: (number);
   'dtype'?: (_noisescope_v1_DType);
   'data'?: (Buffer | Uint8Array | string);
+  'layers'?: (number);
 }
 
 export interface Sketch__Output {
@@ -15,4 +16,5 @@ export interface Sketch__Output {
   'size': (number);
   'dtype': (_noisescope_v1_DType__Output);
   'data': (Buffer);
+  'layers': (number);
 }
