@@ -12,6 +12,8 @@ export interface RankStep {
   readonly accumulatedSqNorms: readonly number[];
   /** After the all-reduce, per layer; null without data parallelism. */
   readonly reducedSqNorms: readonly number[] | null;
+  /** FSDP: reducedSqNorms is this rank's shard of the reduced gradient (the ranks' shards sum to it). */
+  readonly reducedIsShard?: boolean;
   /**
    * Per-example source: Σ over micro-batch i's examples of |that example's
    * contribution|², [microBatch][layer] (units of microSqNorms); null without it.

@@ -232,6 +232,7 @@ export class StepAssembler {
       // A dense step's accumulated norms come from its Gram matrices: the StepEnd may leave them out.
       if (!dense || end.accumulatedSqNorms.length > 0) this.checkNorms(end.accumulatedSqNorms, `${where}: accumulated_sq_norms`);
       if (end.reducedSqNorms.length > 0) this.checkNorms(end.reducedSqNorms, `${where}: reduced_sq_norms`);
+      else if (end.reducedIsShard) throw new NoiseScopeError('invalid-message', `${where}: reduced_is_shard is set but reduced_sq_norms is empty`);
       if (end.microBatches < 1) throw new NoiseScopeError('invalid-message', `${where}: micro_batches must be ≥ 1`);
       if (dense) {
         const figures = this.denseFigures(rank, open, end);
@@ -267,7 +268,7 @@ export class StepAssembler {
     }
 
     const pending = this.pendingStep(end.step);
-    const mismatch = rankStep ? this.perExampleMismatch(pending, rankStep, end.step) : null;
+    const mismatch = rankStep ? (this.perExampleMismatch(pending, rankStep, end.step) ?? this.reducedShardMismatch(pending, rankStep, end.step)) : null;
     if (mismatch) {
       pending.inconsistent = true;
       rankStep = null;
@@ -436,6 +437,18 @@ export class StepAssembler {
     );
   }
 
+  /** Every rank of a step sends its shard of the reduced gradient (FSDP) or none does: shards sum, wholes do not. */
+  private reducedShardMismatch(pending: PendingStep, rankStep: RankStep, step: number): NoiseScopeError | null {
+    const shard = rankStep.reducedIsShard === true;
+    const other = [...pending.ranks.values()].find((r) => (r.reducedIsShard === true) !== shard);
+    if (!other) return null;
+    const says = (is: boolean) => (is ? 'a shard of the reduced gradient (reduced_is_shard)' : 'whole reduced norms');
+    return new NoiseScopeError(
+      'invalid-message',
+      `step ${step} is inconsistent: rank ${rankStep.rank} sent ${says(shard)} but rank ${other.rank} ${says(!shard)}; the step is excluded`,
+    );
+  }
+
   private missingShards(micro: Map<number, MicroBatch>, end: StepEnd__Output): NoiseScopeError | null {
     const missing: number[] = [];
     for (let i = 0; i < end.microBatches; i++) if (!micro.has(i)) missing.push(i);
@@ -468,6 +481,7 @@ export class StepAssembler {
       microExamples: figures.microExamples,
       accumulatedSqNorms: figures.accumulatedSqNorms,
       reducedSqNorms: end.reducedSqNorms.length > 0 ? end.reducedSqNorms : null,
+      reducedIsShard: end.reducedIsShard,
       microExampleSqNormSums: null,
       diversity: figures.diversity,
     };
@@ -481,6 +495,7 @@ export class StepAssembler {
       microExamples: ordered.map((m) => m.examples),
       accumulatedSqNorms: end.accumulatedSqNorms,
       reducedSqNorms: end.reducedSqNorms.length > 0 ? end.reducedSqNorms : null,
+      reducedIsShard: end.reducedIsShard,
       // All or none (mixedPerExample checked it).
       microExampleSqNormSums: ordered.every((m) => m.exampleSqNormSums !== null) ? ordered.map((m) => m.exampleSqNormSums as readonly number[]) : null,
     };

@@ -58,7 +58,7 @@ export function toBatchScales(step: CompletedStep, datasetSize: number | null): 
   }
   // All-reduced scale: DDP averages the ranks' accumulated sums Σh_i, which
   // are already in the optimizer's units, so the reduced norm is used as it is.
-  const reduced = step.ranks[0]?.reducedSqNorms;
+  const reduced = reducedSqNorms(step);
   if (rankCount > 1 && reduced) {
     const x = accX / (rankCount * rankCount) + invN / rankCount - invN;
     for (let l = 0; l < layerCount; l++) perLayer[l]!.push({ x, y: reduced[l] as number, n: 1 });
@@ -82,4 +82,20 @@ function perExampleScale(step: CompletedStep, invN: number, layerCount: number):
     }
   }
   return Array.from(y, (sum) => ({ x: 1 - invN, y: sum / examples, n: examples }));
+}
+
+/**
+ * |the reduced gradient|² per layer: as DDP's ranks send it (each the whole), or, for FSDP's
+ * shards (reduce-scatter: disjoint slices of the same average), the sum over every rank's shard.
+ */
+function reducedSqNorms(step: CompletedStep): readonly number[] | null {
+  const first = step.ranks[0];
+  if (!first?.reducedSqNorms) return null;
+  if (!first.reducedIsShard) return first.reducedSqNorms;
+  const sum = new Array<number>(first.reducedSqNorms.length).fill(0);
+  for (const rank of step.ranks) {
+    if (!rank.reducedIsShard || !rank.reducedSqNorms) return null;  // the assembler excludes such steps
+    rank.reducedSqNorms.forEach((v, l) => { sum[l] = (sum[l] as number) + v; });
+  }
+  return sum;
 }
