@@ -10,8 +10,7 @@ import { checkSameLayout, layoutFromHello, type RunLayout } from './run-layout.j
 import { AlignedPayloads } from '../transport/aligned-copy.js';
 import { ByteBudget, DENSE_BUDGET_BYTES } from './dense-rank-step.js';
 import { StepAssembler, type StepOutcome } from './step-assembler.js';
-
-export const RUN_LIMIT = 1_024;
+import { DEFAULT_LIMITS, limitExceeded, type SidecarLimits } from '../transport/limits.js';
 
 /** How long a step some but not all ranks ended waits for the rest before it is reported partial and excluded. */
 export const DEFAULT_PARTIAL_STEP_TIMEOUT_MS = 30_000;
@@ -27,6 +26,8 @@ export interface IngestOptions {
    * of the run ends a step, and on a coarse timer so a run whose every rank went quiet does not stall.
    */
   readonly partialStepTimeoutMs?: number;
+  /** Runs held at once, layers and ranks per run (DEFAULT_LIMITS). */
+  readonly limits?: Pick<SidecarLimits, 'runs' | 'layersPerRun' | 'ranksPerRun'>;
 }
 
 /** A completed step with the layout of its run, as the stats stage needs it. */
@@ -153,13 +154,14 @@ export class Ingest {
 
   /** Accepts a Hello (or throws why not) and returns the rank's session. */
   attach(hello: Hello__Output): RankSession {
-    const layout = layoutFromHello(hello);
+    const limits = this.options.limits ?? DEFAULT_LIMITS;
+    const layout = layoutFromHello(hello, limits);
     let entry = this.runs.get(layout.run);
     if (entry) {
       checkSameLayout(entry.layout, layout);
     } else {
-      if (this.runs.size >= RUN_LIMIT) {
-        throw new NoiseScopeError('limit-exceeded', `this sidecar already holds ${RUN_LIMIT} runs`);
+      if (this.runs.size >= limits.runs && !this.forgetIdleRun()) {
+        throw limitExceeded('runs', limits.runs, `Hello for run '${layout.run}': this sidecar already holds ${this.runs.size} runs, each with a rank attached`);
       }
       entry = {
         layout,
@@ -234,6 +236,21 @@ export class Ingest {
     for (const run of this.runs.values()) run.assembler.releaseAll();
     this.steps.complete();
     this.runInfo.complete();
+  }
+
+  /**
+   * Makes room for a new run: forgets the oldest run that ended (every rank said Goodbye), else the oldest
+   * with no rank attached (its ranks died); false when every run has a rank attached. Its run log and
+   * published statistics stay; a rank that comes back later starts it afresh.
+   */
+  private forgetIdleRun(): boolean {
+    const idle = [...this.runs.values()].filter((r) => r.sessions.size === 0);
+    const victim = idle.find((r) => r.goodbyes.size >= r.layout.worldSize) ?? idle[0];
+    if (!victim) return false;
+    victim.assembler.releaseAll();
+    this.runs.delete(victim.layout.run);
+    this.publishRuns();
+    return true;
   }
 
   /** Per run: its own byte budget, the shared backend and buffer; null without a backend (dense refused). */

@@ -3,10 +3,11 @@ import type { Hello__Output } from '../transport/generated/noisescope/v1/Hello.j
 import type { Layer__Output } from '../transport/generated/noisescope/v1/Layer.js';
 import type { BatchPolicy, LayerInfo } from '../types.js';
 import { policyFromWire } from './policy-from-wire.js';
+import { DEFAULT_LIMITS, limitExceeded, type SidecarLimits } from '../transport/limits.js';
 
 export const PROTOCOL_VERSION = 1;
-/** Limits that keep one bad hook from exhausting the sidecar. */
-export const LIMITS = { layers: 100_000, worldSize: 65_536, nameLength: 1_024 } as const;
+/** Names are cut here; layers and ranks per run are SidecarLimits (src/transport/limits.ts). */
+export const LIMITS = { nameLength: 1_024 } as const;
 
 /** What a run is: fixed by its first Hello, checked against every later one. */
 export interface RunLayout {
@@ -26,7 +27,7 @@ export interface RunLayout {
 const MODES = { MODE_UNSPECIFIED: 'norms', MODE_NORMS: 'norms', MODE_DENSE: 'dense', MODE_SKETCH: 'sketch' } as const;
 
 /** Validates a Hello; throws a NoiseScopeError saying what is wrong. */
-export function layoutFromHello(hello: Hello__Output): RunLayout {
+export function layoutFromHello(hello: Hello__Output, limits: Pick<SidecarLimits, 'layersPerRun' | 'ranksPerRun'> = DEFAULT_LIMITS): RunLayout {
   if (hello.protocolVersion !== PROTOCOL_VERSION) {
     throw new NoiseScopeError(
       'protocol-mismatch',
@@ -36,16 +37,15 @@ export function layoutFromHello(hello: Hello__Output): RunLayout {
   const invalid = (why: string) => new NoiseScopeError('invalid-message', `Hello: ${why}`);
   if (!hello.run) throw invalid('run name is empty');
   if (hello.run.length > LIMITS.nameLength) throw invalid(`run name is longer than ${LIMITS.nameLength} characters`);
-  if (hello.worldSize < 1 || hello.worldSize > LIMITS.worldSize) {
-    throw invalid(`world_size ${hello.worldSize} is outside 1..${LIMITS.worldSize}`);
-  }
+  if (hello.worldSize < 1) throw invalid(`world_size ${hello.worldSize} is below 1`);
+  if (hello.worldSize > limits.ranksPerRun) throw limitExceeded('ranksPerRun', limits.ranksPerRun, `Hello: world_size ${hello.worldSize} is too many ranks`);
   if (hello.rank >= hello.worldSize) throw invalid(`rank ${hello.rank} is not below world_size ${hello.worldSize}`);
   if (hello.layers.length === 0) throw invalid('no layers declared');
-  if (hello.layers.length > LIMITS.layers) throw invalid(`${hello.layers.length} layers exceed the limit of ${LIMITS.layers}`);
+  if (hello.layers.length > limits.layersPerRun) throw limitExceeded('layersPerRun', limits.layersPerRun, `Hello: ${hello.layers.length} layers are too many`);
   const seen = new Set<string>();
   const layers = hello.layers.map((layer, i) => toLayerInfo(layer, `layer ${i}`, seen, invalid));
-  if (hello.layers.length + hello.uncoveredLayers.length > LIMITS.layers) {
-    throw invalid(`${hello.layers.length} layers and ${hello.uncoveredLayers.length} uncovered layers exceed the limit of ${LIMITS.layers}`);
+  if (hello.layers.length + hello.uncoveredLayers.length > limits.layersPerRun) {
+    throw limitExceeded('layersPerRun', limits.layersPerRun, `Hello: ${hello.layers.length} layers and ${hello.uncoveredLayers.length} uncovered layers are too many`);
   }
   // Distinct from the covered names too: a parameter is either measured or not.
   const uncoveredLayers = hello.uncoveredLayers.map((layer, i) => toLayerInfo(layer, `uncovered layer ${i}`, seen, invalid));

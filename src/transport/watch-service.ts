@@ -5,6 +5,8 @@ import type { Health, LayerStats, Recommendation, RunInfo, StepStats } from '../
 import type { RunEvent } from './generated/noisescope/v1/RunEvent.js';
 import type { WatchRequest__Output } from './generated/noisescope/v1/WatchRequest.js';
 import { healthToWire, layerStatsToWire, recommendationToWire, runInfoToWire, stepStatsToWire } from './to-wire.js';
+import { DEFAULT_LIMITS } from './limits.js';
+import { WatchQueue } from './watch-queue.js';
 
 export interface WatchSources {
   readonly runs$: Observable<readonly RunInfo[]>;
@@ -12,6 +14,13 @@ export interface WatchSources {
   readonly layers$: Observable<LayerStats>;
   readonly health$: Observable<Health>;
   readonly recommendations$: Observable<Recommendation>;
+}
+
+/** Watch calls now, events they hold for clients that have not read them, events dropped so (over all calls ever). */
+export interface WatchStats {
+  readonly watchers: number;
+  readonly queued: number;
+  readonly dropped: number;
 }
 
 /**
@@ -25,8 +34,14 @@ export class WatchService {
   private runs: readonly RunInfo[] = [];
   private readonly subscription: Subscription;
   private readonly closed = new Subject<void>();
+  private readonly queues = new Set<WatchQueue>();
+  private droppedByEnded = 0;
 
-  constructor(private readonly sources: WatchSources) {
+  /** `queueEvents`: per call, events held for a client that does not read (then oldest step/layer/health dropped). */
+  constructor(
+    private readonly sources: WatchSources,
+    private readonly queueEvents = DEFAULT_LIMITS.watchQueueEvents,
+  ) {
     this.subscription = merge(
       sources.runs$.pipe(map((runs) => void (this.runs = runs))),
       sources.stats$.pipe(map((s) => void this.latestStep.set(s.run, s))),
@@ -44,19 +59,22 @@ export class WatchService {
       return;
     }
     const mine = (run: string) => !wanted || run === wanted;
-    for (const info of this.runs) if (mine(info.run)) call.write({ runStarted: runInfoToWire(info) });
+    // A client that does not read holds at most queueEvents events here, not an ever-growing grpc-js buffer.
+    const queue = new WatchQueue(call, this.queueEvents);
+    this.queues.add(queue);
+    for (const info of this.runs) if (mine(info.run)) queue.push({ runStarted: runInfoToWire(info) });
     // stats$ replays its latest value on subscribe: send each run's step once.
     const sentStep = new Map<string, number>();
     for (const [run, stats] of this.latestStep) {
       if (!mine(run)) continue;
-      call.write({ step: stepStatsToWire(stats) });
+      queue.push({ step: stepStatsToWire(stats) });
       sentStep.set(run, stats.step);
     }
     // Likewise recommendations$ (which replays one value over all runs): each run's latest once.
     const sentRecommendation = new Map<string, Recommendation>();
     for (const [run, recommendation] of this.latestRecommendation) {
       if (!mine(run)) continue;
-      call.write({ recommendation: recommendationToWire(recommendation) });
+      queue.push({ recommendation: recommendationToWire(recommendation) });
       sentRecommendation.set(run, recommendation);
     }
 
@@ -103,13 +121,29 @@ export class WatchService {
       .pipe(takeUntil(this.closed))
       .subscribe({
       next: (events) => {
-        for (const event of events) call.write(event);
+        for (const event of events) queue.push(event);
       },
-      complete: () => call.end(),
+      complete: () => queue.end(),
     });
-    call.on('cancelled', () => subscription.unsubscribe());
-    call.on('close', () => subscription.unsubscribe());
+    const gone = () => {
+      subscription.unsubscribe();
+      if (!this.queues.delete(queue)) return;
+      this.droppedByEnded += queue.dropped;
+      queue.close();
+    };
+    call.on('cancelled', gone);
+    call.on('close', gone);
   };
+
+  stats(): WatchStats {
+    let queued = 0;
+    let dropped = this.droppedByEnded;
+    for (const q of this.queues) {
+      queued += q.queued;
+      dropped += q.dropped;
+    }
+    return { watchers: this.queues.size, queued, dropped };
+  }
 
   /** Ends every Watch call (the sidecar is closing). */
   close(): void {

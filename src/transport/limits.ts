@@ -1,0 +1,103 @@
+// The sidecar's resource limits in one place: defaults, validation, and the error a hit limit gives.
+// Every such error names the limit, its value, and the option (and serve flag) that raises it, so a
+// user who outgrows a default learns how to move it from the message alone.
+import type * as http2 from 'node:http2';
+import type * as grpc from '@grpc/grpc-js';
+import { NoiseScopeError } from '../errors.js';
+
+export interface SidecarLimits {
+  /** Largest gRPC message the server accepts (grpc-js maxReceiveMessageLength), in bytes. */
+  readonly maxMessageBytes: number;
+  /** Layers (covered plus uncovered) one run's Hello may declare. */
+  readonly layersPerRun: number;
+  /** Largest world_size (ranks of one run). */
+  readonly ranksPerRun: number;
+  /** Runs held at once; an ended run (every rank said Goodbye) is forgotten to make room. */
+  readonly runs: number;
+  /** Events a Watch call may have queued while its client does not read; past it the oldest step/layer/health events are dropped and counted. */
+  readonly watchQueueEvents: number;
+}
+
+export type LimitName = keyof SidecarLimits;
+
+export const DEFAULT_LIMITS: SidecarLimits = {
+  // Dense chunks are ~1 MiB and a 100 000-layer Hello is a few MiB: grpc-js's 4 MiB default is too tight for the latter.
+  maxMessageBytes: 16 * 1024 * 1024,
+  layersPerRun: 100_000,
+  ranksPerRun: 65_536,
+  runs: 1_024,
+  watchQueueEvents: 4_096,
+};
+
+/** How a user raises each limit: the startSidecar option and, where a user would need one, the serve flag. */
+const RAISE: Readonly<Record<LimitName, { readonly what: string; readonly flag: string | null }>> = {
+  maxMessageBytes: { what: 'message size', flag: '--max-message-mb' },
+  layersPerRun: { what: 'layers per run', flag: '--max-layers' },
+  ranksPerRun: { what: 'ranks per run', flag: null },
+  runs: { what: 'runs at once', flag: '--max-runs' },
+  watchQueueEvents: { what: 'events queued per Watch call', flag: null },
+};
+
+/** "(limit runs at once = 1024: raise it with `serve --max-runs` or startSidecar({ limits: { runs } }))" */
+export function limitHint(name: LimitName, value: number): string {
+  const { what, flag } = RAISE[name];
+  const option = `startSidecar({ limits: { ${name} } })`;
+  return `(limit ${what} = ${value}: raise it with ${flag ? `\`serve ${flag}\` or ` : ''}${option})`;
+}
+
+/** A limit-exceeded error (RESOURCE_EXHAUSTED) naming the limit, its value and how to raise it. */
+export function limitExceeded(name: LimitName, value: number, what: string): NoiseScopeError {
+  return new NoiseScopeError('limit-exceeded', `${what} ${limitHint(name, value)}`);
+}
+
+/** Defaults filled in; a limit that is not a whole number ≥ 1 throws a RangeError naming it. */
+export function resolveLimits(limits: Partial<SidecarLimits> = {}): SidecarLimits {
+  const resolved = { ...DEFAULT_LIMITS, ...limits };
+  for (const [name, value] of Object.entries(resolved)) {
+    if (!Number.isSafeInteger(value) || value < 1) throw new RangeError(`limits.${name} must be a whole number ≥ 1, got ${String(value)}`);
+  }
+  // grpc-js reads the length as a signed 32-bit value.
+  if (resolved.maxMessageBytes > 2 ** 31 - 1) throw new RangeError(`limits.maxMessageBytes must be below 2 GiB, got ${resolved.maxMessageBytes}`);
+  return resolved;
+}
+
+/** grpc-js server options that apply the message-size limit. */
+export function messageSizeOptions(limits: SidecarLimits): grpc.ServerOptions {
+  return { 'grpc.max_receive_message_length': limits.maxMessageBytes };
+}
+
+// grpc-js ends an oversize call with "Received message larger than max (N vs M)" (or "... decompresses to a size
+// larger than M") from inside its own call object, out of reach of server interceptors.
+const GRPC_SIZE_ERROR = /^Received message (larger than max|that decompresses to a size larger than)/;
+
+type CreateHttp2Server = (this: grpc.Server, credentials: grpc.ServerCredentials) => http2.Http2Server;
+
+/**
+ * Makes grpc-js's oversize-message status say which limit it was and how to raise it, by appending
+ * limitHint to the grpc-message trailer of such calls. Wraps the same private `createHttp2Server` that
+ * flow-control.ts wraps; test/transport/limits-message-size.test.ts fails if a grpc-js upgrade bypasses it.
+ */
+export function nameMessageSizeLimit(server: grpc.Server, limits: SidecarLimits): void {
+  const original: unknown = Reflect.get(server, 'createHttp2Server');
+  if (typeof original !== 'function') return;
+  const create = original as CreateHttp2Server;
+  const hint = limitHint('maxMessageBytes', limits.maxMessageBytes);
+  Reflect.set(server, 'createHttp2Server', function (this: grpc.Server, credentials: grpc.ServerCredentials) {
+    const http2Server = create.call(this, credentials);
+    http2Server.on('stream', (stream: http2.ServerHttp2Stream) => {
+      // The status goes out in trailers, or in the response headers of a trailers-only response.
+      const rewrite = (headers: http2.OutgoingHttpHeaders | undefined) => {
+        const message = headers?.['grpc-message'];
+        if (headers && typeof message === 'string' && GRPC_SIZE_ERROR.test(decodeURI(message))) {
+          headers['grpc-message'] = encodeURI(`${decodeURI(message)} ${hint}`);
+        }
+        return headers;
+      };
+      const sendTrailers = stream.sendTrailers.bind(stream);
+      const respond = stream.respond.bind(stream);
+      stream.sendTrailers = (headers) => sendTrailers(rewrite(headers) ?? headers);
+      stream.respond = (headers, options) => respond(rewrite(headers), options);
+    });
+    return http2Server;
+  });
+}
