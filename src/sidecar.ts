@@ -10,7 +10,8 @@ import { estimateNoiseScale } from './stats/estimate-noise-scale.js';
 import { DEFAULT_SMOOTHING, type SmoothingOptions } from './stats/run-estimator.js';
 import { validateSmoothingOptions } from './stats/smoothing-options.js';
 import { bindServer, shutdownServer } from './transport/server.js';
-import { WatchService } from './transport/watch-service.js';
+import { WatchService, type WatchStats } from './transport/watch-service.js';
+import { resolveLimits, type SidecarLimits } from './transport/limits.js';
 import type { BatchPolicy, Health, LayerStats, Recommendation, RunInfo, StepStats } from './types.js';
 
 export interface SidecarOptions {
@@ -37,6 +38,8 @@ export interface SidecarOptions {
    * excluded this long after its first rank ended it; counted in health's stepsIncomplete. Default 30 000 ms.
    */
   readonly partialStepTimeoutMs?: number;
+  /** Resource limits (DEFAULT_LIMITS in src/transport/limits.ts); each error a limit causes names it and this option. */
+  readonly limits?: Partial<SidecarLimits>;
 }
 
 export interface Sidecar {
@@ -54,6 +57,10 @@ export interface Sidecar {
   readonly recommendations$: Observable<Recommendation>;
   /** How the compute backend (dense-shard reductions) was chosen: every candidate's probe result. */
   readonly computeBackend: SelectionReport;
+  /** The limits in force (the defaults with `options.limits` over them). */
+  readonly limits: SidecarLimits;
+  /** Watch calls now, the events they hold for clients that are not reading, and those dropped so. */
+  watchStats(): WatchStats;
   close(): Promise<void>;
 }
 
@@ -72,12 +79,14 @@ export async function startSidecar(options: SidecarOptions = {}): Promise<Sideca
   validateBatchPolicy(policy);
   const partial = options.partialStepTimeoutMs;
   if (partial !== undefined && !(partial > 0)) throw new RangeError(`partialStepTimeoutMs must be > 0, got ${partial}`);
+  const limits = resolveLimits(options.limits);
   // Measured at start (DESIGN: on CPU-only machines the fastest path is found, not assumed); a bad name rejects here.
   const force = options.backend === undefined ? undefined : parseBackendName(options.backend);
   const { backend, report: computeBackend } = await selectBackend(force === undefined ? {} : { force });
   const backendSummary = summarizeSelection(computeBackend);
   const ingest = new Ingest({
     backend,
+    limits,
     ...(options.denseBudgetBytes !== undefined ? { denseBudgetBytes: options.denseBudgetBytes } : {}),
     ...(options.partialStepTimeoutMs !== undefined ? { partialStepTimeoutMs: options.partialStepTimeoutMs } : {}),
   });
@@ -122,7 +131,7 @@ export async function startSidecar(options: SidecarOptions = {}): Promise<Sideca
   const keepAlive = [stats$.subscribe(), layers$.subscribe(), runs$.subscribe(), recommendations$.subscribe()];
   const runLog = options.runLog ? writeRunLog({ runs$, stats$, layers$, recommendations$ }, { onError: warnRunLogFailure, ...options.runLog }) : null;
 
-  const watch = new WatchService({ runs$, stats$, layers$, health$, recommendations$ });
+  const watch = new WatchService({ runs$, stats$, layers$, health$, recommendations$ }, limits.watchQueueEvents);
   let bound;
   try {
     bound = await bindServer(options.host ?? '127.0.0.1', options.port ?? DEFAULT_PORT, ingest, watch, recommendations$);
@@ -146,6 +155,8 @@ export async function startSidecar(options: SidecarOptions = {}): Promise<Sideca
     runs$,
     recommendations$,
     computeBackend,
+    limits,
+    watchStats: () => watch.stats(),
     close: () =>
       (closing ??= (async () => {
         // End the streams first so Watch calls finish and the server can drain.
