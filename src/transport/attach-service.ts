@@ -9,6 +9,7 @@ import type { RankMessage__Output } from './generated/noisescope/v1/RankMessage.
 import type { SidecarMessage } from './generated/noisescope/v1/SidecarMessage.js';
 import type { Recommendation as WireRecommendation } from './generated/noisescope/v1/Recommendation.js';
 import { recommendationToWire } from './to-wire.js';
+import { UNREAD_REFUSALS } from './limits.js';
 
 export const SIDECAR_VERSION = '0.1.0';
 
@@ -95,7 +96,8 @@ function handleAttach(ingest: Ingest, call: AttachCall, outbox: RankOutbox): voi
     };
     const refuse = (error: NoiseScopeError, step: number) => {
       ingest.counters.refused++;
-      if (!ended) call.write({ refusal: { code: error.grpcStatus, message: error.message, step } });
+      // A client that floods bad messages and never reads its refusals must not grow our send buffer.
+      if (!ended && call.writableLength < UNREAD_REFUSALS) call.write({ refusal: { code: error.grpcStatus, message: error.message, step } });
     };
 
     // Messages are handled one at a time, in order. A dense StepEnd may have to wait for its step's

@@ -18,6 +18,9 @@ export interface SidecarLimits {
   readonly watchQueueEvents: number;
 }
 
+/** Refusals a rank's stream may hold unread; past it further refusals are counted (health's refused) but not sent. */
+export const UNREAD_REFUSALS = 1_024;
+
 export type LimitName = keyof SidecarLimits;
 
 export const DEFAULT_LIMITS: SidecarLimits = {
