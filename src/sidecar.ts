@@ -5,6 +5,7 @@ import { selectBackend, type SelectionReport } from './compute/select-backend.js
 import { Ingest } from './ingest/ingest.js';
 import { DEFAULT_BATCH_POLICY, validateBatchPolicy } from './recommend/batch-policy.js';
 import { recommendBatchSize } from './recommend/recommend-batch-size.js';
+import { resumerFor } from './runlog/run-resumer.js';
 import { warnRunLogFailure, writeRunLog, type RunLogOptions } from './runlog/write-run-log.js';
 import { estimateNoiseScale } from './stats/estimate-noise-scale.js';
 import { DEFAULT_SMOOTHING, type SmoothingOptions } from './stats/run-estimator.js';
@@ -91,8 +92,10 @@ export async function startSidecar(options: SidecarOptions = {}): Promise<Sideca
     ...(options.partialStepTimeoutMs !== undefined ? { partialStepTimeoutMs: options.partialStepTimeoutMs } : {}),
   });
 
+  // A run re-attaching after a restart continues from its log: its smoothing, step count and policy.
+  const resumer = resumerFor(options.runLog, smoothing, policy);
   // Hot and replaying the latest value; connected for the sidecar's lifetime.
-  const updates$ = ingest.steps$.pipe(estimateNoiseScale(smoothing), share());
+  const updates$ = ingest.steps$.pipe(estimateNoiseScale(smoothing, resumer ? (run, layers) => resumer.estimation(run, layers) : undefined), share());
   const stats$ = updates$.pipe(
     map((u) => u.stats),
     shareReplay({ bufferSize: 1, refCount: false }),
@@ -107,7 +110,7 @@ export async function startSidecar(options: SidecarOptions = {}): Promise<Sideca
   const recommendations$ = stats$.pipe(
     withLatestFrom(runs$),
     map(([stats, runs]) => ({ stats, run: runs.find((r) => r.run === stats.run) })),
-    recommendBatchSize(policy),
+    recommendBatchSize(policy, resumer ? (run) => resumer.policy(run) : undefined),
     shareReplay({ bufferSize: 1, refCount: false }),
   );
   const health$ = interval(options.healthIntervalMs ?? 1000).pipe(

@@ -14,7 +14,11 @@ export interface PolicyInput {
  * (its action or its recommended batch; see RunPolicy). Per-run state; never
  * errors the stream: a step the policy cannot digest gives no advice.
  */
-export function recommendBatchSize(defaults: BatchPolicy): OperatorFunction<PolicyInput, Recommendation> {
+export function recommendBatchSize(
+  defaults: BatchPolicy,
+  /** A run's policy rebuilt from elsewhere (its run log), looked up once at its first step; null starts it afresh. */
+  resume?: (run: string) => RunPolicy | null,
+): OperatorFunction<PolicyInput, Recommendation> {
   return (source) =>
     defer(() => {
       const runs = new Map<string, RunPolicy>();
@@ -22,7 +26,7 @@ export function recommendBatchSize(defaults: BatchPolicy): OperatorFunction<Poli
         if (!run || typeof stats.run !== 'string') return null;
         let policy = runs.get(stats.run);
         if (!policy) {
-          policy = new RunPolicy(defaults);
+          policy = resume?.(stats.run) ?? new RunPolicy(defaults);
           runs.set(stats.run, policy);
         }
         return policy.observe(stats, run);

@@ -20,5 +20,6 @@ export function runLogFromFlags(values: { 'log-dir'?: string | undefined; 'no-lo
   return {
     dir: resolve(dir ?? defaultRunLogDir()),
     onError: (failure) => process.stderr.write(`noisescope: ${failure.message} (${failure.path})\n`),
+    onResume: (report) => process.stderr.write(`noisescope: ${report.message}\n`),
   };
 }

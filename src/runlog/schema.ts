@@ -26,7 +26,15 @@ import type { LayerStats, Recommendation, RunInfo, StepStats } from '../types.js
  *
  * A line without its newline, or that is not JSON, is a torn write (a crash
  * mid-line); a writer reopening the file first ends it with a newline, so a
- * torn line never swallows the next record. `v` grows when a record changes
+ * torn line never swallows the next record.
+ *
+ * A restarted sidecar resumes an unfinished run (no run-ended after its last
+ * step) from these records alone (resume-run.ts): each step's raw estimate is
+ * what the whole model's smoother was fed, so replaying them restores it
+ * exactly; the policy is replayed from the same steps; per-layer means come
+ * from the last layers record. So resuming needed no new record or field.
+ *
+ * `v` grows when a record changes
  * shape; a reader refuses versions it does not know.
  */
 export const RUN_LOG_SCHEMA_VERSION = 1;

@@ -1,6 +1,7 @@
 import { join } from 'node:path';
 import { Subject, type Observable, type Observer, type Subscription } from 'rxjs';
 import type { LayerStats, Recommendation, RunInfo, StepStats } from '../types.js';
+import type { RunResumeReport } from './run-resumer.js';
 import { RunLogFile, type LogBuffer, type LogCounters } from './run-log-file.js';
 import { runLogFileName } from './run-log-file-name.js';
 import { RUN_LOG_SCHEMA_VERSION, type RunLogRecord } from './schema.js';
@@ -22,6 +23,12 @@ export interface RunLogOptions {
   readonly layersEvery?: number;
   /** Called with each failure as well as errors$ emitting it (the sidecar warns by default). */
   readonly onError?: (failure: RunLogFailure) => void;
+  /**
+   * A run re-attaching to a restarted sidecar whose log has no run-ended record since its last step
+   * resumes from that log (src/runlog/resume-run.ts); default true. Called once per resumed run.
+   */
+  readonly resume?: boolean;
+  readonly onResume?: (report: RunResumeReport) => void;
 }
 
 /** A run's log stopped: it could not be written. Reported once per run. */

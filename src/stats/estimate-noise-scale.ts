@@ -1,8 +1,8 @@
-import { defer, map, type OperatorFunction } from 'rxjs';
+import { defer, filter, map, type OperatorFunction } from 'rxjs';
 import type { IngestedStep } from '../ingest/ingest.js';
 import { sourceOf, type CompletedStep } from '../ingest/completed-step.js';
 import { toBatchScales } from '../ingest/to-batch-scales.js';
-import type { GradientDiversity, LayerStats, StepStats, TemperatureChange } from '../types.js';
+import type { GradientDiversity, LayerInfo, LayerStats, StepStats, TemperatureChange } from '../types.js';
 import { MIN_EFFECTIVE_STEPS } from './noise-scale-smoother.js';
 import { RunEstimator } from './run-estimator.js';
 import { type SmoothingOptions, validateSmoothingOptions } from './smoothing-options.js';
@@ -30,6 +30,35 @@ function untrustedNote(smoothed: StepStats['smoothed']): string | null {
   return `warming up: fewer than ${MIN_EFFECTIVE_STEPS} effective steps smoothed`;
 }
 
+/** A run's estimation state rebuilt from elsewhere (its run log), taken over when the run's first step arrives. */
+export interface ResumedEstimation {
+  readonly estimator: RunEstimator;
+  readonly regime: TemperatureRegime;
+  readonly measured: number;
+  readonly lastSmoothed: StepStats['smoothed'];
+  readonly restarted: string | null;
+  /** Steps up to this one were already estimated: they are dropped, never counted twice. */
+  readonly lastStep: number;
+  /** Put on the first step after resuming ("resumed run X from <log> at step N"). */
+  readonly note: string;
+}
+
+/** Looks up a run's resumed state once, when the run's first step arrives; null starts it afresh. */
+export type ResumeEstimation = (run: string, layers: readonly LayerInfo[]) => ResumedEstimation | null;
+
+function withNote(first: string | null, note: string | null): string | null {
+  return first === null ? note : note === null ? first : `${first}; ${note}`;
+}
+
+/** A resume that fails starts the run afresh: it must never cost the run its estimates. */
+function resumeSafely(resume: ResumeEstimation | undefined, run: string, layers: readonly LayerInfo[]): ResumedEstimation | null {
+  try {
+    return resume?.(run, layers) ?? null;
+  } catch {
+    return null;
+  }
+}
+
 interface RunState {
   readonly estimator: RunEstimator;
   readonly regime: TemperatureRegime;
@@ -37,6 +66,8 @@ interface RunState {
   lastSmoothed: StepStats['smoothed'];
   /** Says why the estimate is re-estimating, until the regime a temperature change began is first trusted. */
   restarted: string | null;
+  /** Set while resumed: steps up to lastStep are dropped, and the next one carries the note. */
+  resumed: { lastStep: number; note: string | null } | null;
 }
 
 /**
@@ -46,24 +77,29 @@ interface RunState {
  * (so two noise scales are never mixed); an error in one run's step becomes a
  * note on that step, never an error that ends the shared stream.
  */
-export function estimateNoiseScale(options: SmoothingOptions): OperatorFunction<IngestedStep, NoiseScaleUpdate> {
+export function estimateNoiseScale(options: SmoothingOptions, resume?: ResumeEstimation): OperatorFunction<IngestedStep, NoiseScaleUpdate> {
   validateSmoothingOptions(options);
   return (source) =>
     defer(() => {
       const runs = new Map<string, RunState>();
       return source.pipe(
-        map(({ layout, step }): NoiseScaleUpdate => {
+        map(({ layout, step }): NoiseScaleUpdate | null => {
           let state = runs.get(layout.run);
           if (!state) {
-            state = {
+            const resumed = resumeSafely(resume, layout.run, layout.layers);
+            state = resumed ? { ...resumed, resumed: { lastStep: resumed.lastStep, note: resumed.note } } : {
               estimator: new RunEstimator(layout.layers, options),
               regime: new TemperatureRegime(options.temperatureTolerance),
               measured: 0,
               lastSmoothed: null,
               restarted: null,
+              resumed: null,
             };
             runs.set(layout.run, state);
           }
+          if (state.resumed && step.step <= state.resumed.lastStep) return null; // estimated before the restart
+          const resumeNote = state.resumed?.note ?? null;
+          if (state.resumed) state.resumed.note = null;
           let temperatureChange: TemperatureChange | null = null;
           if (!step.skipReason) {
             temperatureChange = state.regime.observe(step.step, step.lr, step.globalExamples);
@@ -96,7 +132,7 @@ export function estimateNoiseScale(options: SmoothingOptions): OperatorFunction<
               raw: null,
               smoothed: state.lastSmoothed,
               skipped,
-              note,
+              note: withNote(resumeNote, note),
               stepsMeasured: state.measured,
             },
             layers: null,
@@ -116,7 +152,7 @@ export function estimateNoiseScale(options: SmoothingOptions): OperatorFunction<
                 raw: result.raw,
                 smoothed: result.smoothed,
                 skipped: false,
-                note: state.restarted ?? untrustedNote(result.smoothed),
+                note: withNote(resumeNote, state.restarted ?? untrustedNote(result.smoothed)),
                 stepsMeasured: state.measured,
               },
               layers: { run: step.run, step: step.step, layers: result.layers },
@@ -125,6 +161,7 @@ export function estimateNoiseScale(options: SmoothingOptions): OperatorFunction<
             return carry(`internal error estimating this step: ${(error as Error).message}`, true);
           }
         }),
+        filter((u): u is NoiseScaleUpdate => u !== null),
       );
     });
 }

@@ -4,6 +4,19 @@ import { fiellerInterval } from './fieller.js';
 import { studentTQuantile } from './quantiles.js';
 import { type SmootherOptions, validateSmootherOptions } from './smoothing-options.js';
 
+/** A smoother's whole state as plain numbers (JSON round-trips it exactly), for resuming a run. */
+export interface SmootherSnapshot {
+  readonly weightSum: number;
+  readonly weightSqSum: number;
+  readonly weightCubeSum: number;
+  readonly gradSqNormMean: number;
+  readonly traceSigmaMean: number;
+  readonly gradSqNormM2: number;
+  readonly traceSigmaM2: number;
+  readonly crossM2: number;
+  readonly steps: number;
+}
+
 /** Fewer effective steps than this and the normal approximation behind the interval is not yet believable. */
 export const MIN_EFFECTIVE_STEPS = 10;
 
@@ -115,6 +128,30 @@ export class NoiseScaleSmoother {
       this.cachedQuantile = studentTQuantile((1 + this.confidence) / 2, df);
     }
     return this.cachedQuantile;
+  }
+
+  snapshot(): SmootherSnapshot {
+    const { weightSum, weightSqSum, weightCubeSum, gradSqNormMean, traceSigmaMean, gradSqNormM2, traceSigmaM2, crossM2, steps } = this;
+    return { weightSum, weightSqSum, weightCubeSum, gradSqNormMean, traceSigmaMean, gradSqNormM2, traceSigmaM2, crossM2, steps };
+  }
+
+  /** Continues from a snapshot (of a smoother with the same options); a non-finite or negative field is refused. */
+  restore(s: SmootherSnapshot): void {
+    const values = [s.weightSum, s.weightSqSum, s.weightCubeSum, s.gradSqNormMean, s.traceSigmaMean, s.gradSqNormM2, s.traceSigmaM2, s.crossM2];
+    if (!values.every(Number.isFinite) || !(Number.isInteger(s.steps) && s.steps >= 0) || s.weightSum < 0 || s.weightSqSum < 0 || s.weightCubeSum < 0) {
+      throw new RangeError(`not a smoother snapshot: ${JSON.stringify(s)}`);
+    }
+    ({
+      weightSum: this.weightSum,
+      weightSqSum: this.weightSqSum,
+      weightCubeSum: this.weightCubeSum,
+      gradSqNormMean: this.gradSqNormMean,
+      traceSigmaMean: this.traceSigmaMean,
+      gradSqNormM2: this.gradSqNormM2,
+      traceSigmaM2: this.traceSigmaM2,
+      crossM2: this.crossM2,
+      steps: this.steps,
+    } = s);
   }
 
   reset(): void {

@@ -1,7 +1,7 @@
 import type { Estimate, LayerEstimate, LayerInfo } from '../types.js';
 import type { BatchScale } from './batch-scales.js';
 import { countDistinctX, fitBatchScales } from './fit-batch-scales.js';
-import { NoiseScaleSmoother, rawEstimate } from './noise-scale-smoother.js';
+import { NoiseScaleSmoother, rawEstimate, type SmootherSnapshot } from './noise-scale-smoother.js';
 import { DEFAULT_SMOOTHING, type SmootherOptions, validateSmootherOptions } from './smoothing-options.js';
 
 export { DEFAULT_SMOOTHING, type SmoothingOptions } from './smoothing-options.js';
@@ -16,6 +16,12 @@ export interface RunEstimatorUpdate {
   readonly levels: number;
   /** Smoothed per layer, in the order of the constructor's layers. */
   readonly layers: LayerEstimate[];
+}
+
+/** A RunEstimator's state: the whole model's smoother and each layer's, in the constructor's layer order. */
+export interface RunEstimatorSnapshot {
+  readonly total: SmootherSnapshot;
+  readonly layers: readonly SmootherSnapshot[];
 }
 
 // Scales of one level must share x across layers (toBatchScales guarantees it); allow rounding only.
@@ -85,6 +91,19 @@ export class RunEstimator {
       levels: countDistinctX(totalScales),
       layers,
     };
+  }
+
+  snapshot(): RunEstimatorSnapshot {
+    return { total: this.total.snapshot(), layers: this.perLayer.map((s) => s.snapshot()) };
+  }
+
+  /** Continues from a snapshot of an estimator over the same layers. */
+  restore(snapshot: RunEstimatorSnapshot): void {
+    if (snapshot.layers.length !== this.perLayer.length) {
+      throw new RangeError(`a snapshot of ${snapshot.layers.length} layers cannot restore an estimator of ${this.perLayer.length}`);
+    }
+    this.total.restore(snapshot.total);
+    snapshot.layers.forEach((s, l) => (this.perLayer[l] as NoiseScaleSmoother).restore(s));
   }
 
   reset(): void {

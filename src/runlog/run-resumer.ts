@@ -1,0 +1,117 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { RunPolicy } from '../recommend/run-policy.js';
+import type { ResumedEstimation } from '../stats/estimate-noise-scale.js';
+import type { SmoothingOptions } from '../stats/smoothing-options.js';
+import type { BatchPolicy, LayerInfo } from '../types.js';
+import { parseRunLog } from './read-run-log.js';
+import { resumeRunFromLog, type ResumedRun } from './resume-run.js';
+import { runLogFileName } from './run-log-file-name.js';
+import { warnRunLogFailure, type RunLogOptions } from './write-run-log.js';
+
+/** Said once per resumed run (the CLI prints it). */
+export interface RunResumeReport {
+  readonly run: string;
+  readonly path: string;
+  readonly lastStep: number;
+  readonly stepsMeasured: number;
+  /** Lines of the log that were skipped as torn writes. */
+  readonly tornLines: number;
+  /** "resumed run X from <log> at step N". */
+  readonly message: string;
+}
+
+/**
+ * A restarted sidecar's memory of unfinished runs: the first time a run's
+ * step arrives, its log (if any) is read once and the run's estimation and
+ * policy state rebuilt from it. A log that cannot be read or parsed starts
+ * the run afresh and is reported; it never stops the run.
+ */
+export class RunResumer {
+  private readonly loaded = new Map<string, (ResumedRun & { readonly tornLines: number }) | null>();
+
+  constructor(
+    private readonly pathFor: (run: string) => string,
+    private readonly smoothing: SmoothingOptions,
+    private readonly policyDefaults: BatchPolicy,
+    private readonly onResume: (report: RunResumeReport) => void = () => {},
+    private readonly onError: (run: string, path: string, error: unknown) => void = () => {},
+  ) {}
+
+  /** Said (onResume) when the run resumes; a logged run with other layers is another model: it starts afresh, reported. */
+  estimation(run: string, layers: readonly LayerInfo[]): ResumedEstimation | null {
+    const resumed = this.load(run);
+    if (!resumed) return null;
+    const estimation = resumed.estimation(layers);
+    if (!estimation) {
+      this.loaded.set(run, null);
+      this.fail(run, resumed.path, new Error("its layers differ from the logged run's"));
+      return null;
+    }
+    const { lastStep, stepsMeasured, tornLines } = resumed;
+    const message = `${resumed.message} (${stepsMeasured} steps measured${tornLines > 0 ? `; ${tornLines} torn line${tornLines > 1 ? 's' : ''} skipped` : ''})`;
+    try {
+      this.onResume({ run, path: resumed.path, lastStep, stepsMeasured, tornLines, message });
+    } catch {
+      // A throwing callback must not stop the run.
+    }
+    return estimation;
+  }
+
+  policy(run: string): RunPolicy | null {
+    return this.load(run)?.policy ?? null;
+  }
+
+  // Synchronous, once per run, at its first step: the step waits for its own history (a log of 100k steps reads in well under a second).
+  private load(run: string): (ResumedRun & { readonly tornLines: number }) | null {
+    if (this.loaded.has(run)) return this.loaded.get(run) ?? null;
+    let resumed: (ResumedRun & { readonly tornLines: number }) | null = null;
+    let path = '';
+    try {
+      path = this.pathFor(run);
+      const text = readOrNull(path);
+      if (text !== null) {
+        const log = parseRunLog(text, path);
+        const found = resumeRunFromLog(log, this.smoothing, this.policyDefaults);
+        if (found && found.run !== run) throw new Error(`the log holds run '${found.run}', not '${run}'`);
+        resumed = found && Object.assign(found, { tornLines: log.torn.length });
+      }
+    } catch (error) {
+      resumed = null;
+      this.fail(run, path, error);
+    }
+    this.loaded.set(run, resumed);
+    return resumed;
+  }
+
+  private fail(run: string, path: string, error: unknown): void {
+    try {
+      this.onError(run, path, error);
+    } catch {
+      // A throwing callback must not stop the run.
+    }
+  }
+}
+
+function readOrNull(path: string): string | null {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch (error) {
+    if ((error as { code?: unknown }).code === 'ENOENT') return null;
+    throw error;
+  }
+}
+
+/** The sidecar's resumer for its run-log options (null when it does not log, or `resume: false`). */
+export function resumerFor(runLog: RunLogOptions | undefined, smoothing: SmoothingOptions, policyDefaults: BatchPolicy): RunResumer | null {
+  if (!runLog || runLog.resume === false) return null;
+  const onError = runLog.onError ?? warnRunLogFailure;
+  return new RunResumer(
+    (run) => join(runLog.dir, runLogFileName(run)),
+    smoothing,
+    policyDefaults,
+    runLog.onResume,
+    (run, path, error) =>
+      onError({ run, path, code: null, message: `cannot resume run '${run}' from its log (starting it afresh): ${error instanceof Error ? error.message : String(error)}` }),
+  );
+}
