@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from . import _per_example_math as pem
+from . import _per_example_more as pmore
 from ._guard import Guard
 
 logger = logging.getLogger("noisescope")
@@ -32,8 +33,11 @@ _graph_task_id: Callable[[], int] | None = getattr(torch._C, "_current_graph_tas
 
 # Modules whose per-example terms we compute, by the forward they must have (a subclass that
 # overrides forward computes something else).
-_COVERED: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding, nn.LayerNorm, nn.RMSNorm)
-# Modules that use their children's parameters without calling the children (F.multi_head_attention_forward).
+_COVERED: tuple[type[nn.Module], ...] = (
+    nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding, nn.LayerNorm, nn.RMSNorm, *pmore.CONVOLUTIONS, *pmore.NORMALISATIONS,
+)
+# Modules that use their children's parameters without calling the children (F.multi_head_attention_forward):
+# covered as one unit where `pmore.attention_reason` allows.
 _FUNCTIONAL_PARENTS: tuple[type[nn.Module], ...] = (nn.MultiheadAttention,)
 # Training-mode batch statistics mix examples: "per-example" contributions are then not independent.
 _COUPLING: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._BatchNorm,)
@@ -50,7 +54,8 @@ def _covered_base(module: nn.Module) -> type[nn.Module] | None:
 class Coverage:
     """Which parameters the per-example source covers, and why the others are not."""
 
-    modules: dict[nn.Module, tuple[int | None, int | None]]  # module → (weight index, bias index) in `params`
+    # module → (weight index, bias index) in `params`; a pmore.ParamPair key holds two more of a module's parameters
+    modules: dict[Any, tuple[int | None, int | None]]
     covered: list[int]  # indices into the watched parameter list
     uncovered: dict[int, str]  # index → why
     coupling: list[str]  # names of modules that mix examples (BatchNorm)
@@ -60,44 +65,65 @@ def coverage(model: nn.Module, params: Sequence[nn.Parameter]) -> Coverage:
     """Decides coverage from the module tree alone (no forward run)."""
     index = {id(p): i for i, p in enumerate(params)}
     owners: dict[int, list[nn.Module]] = {}
-    inside_functional: set[int] = set()
+    inside_functional: dict[int, nn.Module] = {}  # id(module) → the functional parent using its parameters
     coupling: list[str] = []
     for name, module in model.named_modules():
         for p in module.parameters(recurse=False):
             owners.setdefault(id(p), []).append(module)
         if isinstance(module, _FUNCTIONAL_PARENTS):
-            inside_functional.update(id(m) for m in module.modules())
+            inside_functional.update((id(m), module) for m in module.modules())
         if isinstance(module, _COUPLING):
             coupling.append(name or "<root>")
-    modules: dict[nn.Module, tuple[int | None, int | None]] = {}
+    modules: dict[Any, tuple[int | None, int | None]] = {}
     uncovered: dict[int, str] = {}
+    pairs: dict[tuple[str, str], pmore.ParamPair] = {}
     for p in params:
         i = index[id(p)]
         mods = owners.get(id(p), [])
         module = mods[0] if mods else None
         why = ""
-        if len(mods) != 1:
-            why = "shared by several modules" if mods else "owned by no module"
+        if not mods:
+            why = "owned by no module"
         elif id(module) in inside_functional:
-            why = f"used functionally by its parent ({type(module).__name__} in MultiheadAttention)"
-        elif _covered_base(module) is None:
-            why = type(module).__name__
-        elif isinstance(module, nn.Embedding) and module.scale_grad_by_freq:
-            why = "Embedding(scale_grad_by_freq=True) couples examples"
+            parent = inside_functional[id(module)]
+            why = pmore.attention_reason(parent) or ("shared by several modules" if len(mods) > 1 else "")
+            slot = None if why else pmore.attention_slot(parent, p, pairs)
+            if slot is not None:
+                key, position = slot
+                pair = list(modules.get(key, (None, None)))
+                pair[position] = i
+                modules[key] = (pair[0], pair[1])
+                modules.setdefault(parent, (None, None))  # hooked; its terms come from the unit
+                continue
+            why = why or f"used functionally by its parent ({type(module).__name__} in {type(parent).__name__})"
+        else:
+            why = next(filter(None, map(_module_reason, mods)), "")
+            if not why and len(mods) > 1:
+                why = pmore.tied_reason(mods, p)
         if why:
             uncovered[i] = why
             continue
-        weight, bias = modules.get(module, (None, None))
-        if p is getattr(module, "weight", None):
-            weight = i
-        elif p is getattr(module, "bias", None):
-            bias = i
-        else:  # a parameter the formula does not know
-            uncovered[i] = f"{type(module).__name__} parameter that is neither weight nor bias"
-            continue
-        modules[module] = (weight, bias)
+        for module in mods:
+            weight, bias = modules.get(module, (None, None))
+            if p is getattr(module, "weight", None):
+                weight = i
+            elif p is getattr(module, "bias", None):
+                bias = i
+            else:  # a parameter the formula does not know
+                uncovered[i] = f"{type(module).__name__} parameter that is neither weight nor bias"
+                break
+            modules[module] = (weight, bias)
     covered = [i for i in range(len(params)) if i not in uncovered]
     return Coverage(modules=modules, covered=covered, uncovered=uncovered, coupling=coupling)
+
+
+def _module_reason(module: nn.Module) -> str:
+    """Why this module's own parameters are not covered ("" when they are)."""
+    if _covered_base(module) is None:
+        return type(module).__name__
+    if isinstance(module, nn.Embedding) and module.scale_grad_by_freq:
+        return "Embedding(scale_grad_by_freq=True) couples examples"
+    return ""
 
 
 @dataclass
@@ -123,8 +149,9 @@ class _Row:
 class PerExample:
     """Arms per-module hooks on measured steps; hands the meter one row of sums per micro-batch."""
 
-    def __init__(self, modules: dict[nn.Module, tuple[int | None, int | None]], n_layers: int, guard: Guard, hook: Callable) -> None:
+    def __init__(self, modules: dict[Any, tuple[int | None, int | None]], n_layers: int, guard: Guard, hook: Callable) -> None:
         self._modules = modules
+        self._units = pmore.units(modules)  # modules whose terms are computed jointly (attention, tied weights)
         self._n_layers = n_layers
         self._guard = guard
         self._forward_hook = hook(self._on_forward)  # the meter's deepcopy-safe wrapper
@@ -142,6 +169,8 @@ class PerExample:
     def arm(self) -> None:
         try:
             for module in self._modules:
+                if isinstance(module, pmore.ParamPair):
+                    continue  # not a module: more of one's parameters
                 self._handles.append(module.register_forward_hook(self._forward_hook, with_kwargs=True))
         except Exception:
             self.disarm()
@@ -224,11 +253,15 @@ class PerExample:
         if not self._measuring or not torch.is_grad_enabled():
             return None
         try:
+            saved: Any = None
+            if isinstance(module, nn.MultiheadAttention):  # query, key, value and masks; δ arrives at output[0]
+                x, saved, output = pmore.attention_call(module, args, kwargs, output)
+            else:
+                x = args[0] if args else kwargs.get("input")
             if not isinstance(output, Tensor) or not output.requires_grad:
                 return None
             if _graph_task_id is not None and _graph_task_id() != -1:
                 return None  # a recomputation inside a backward (activation checkpointing): already counted
-            x = args[0] if args else kwargs.get("input")
             with self._lock:
                 if not self._rows:  # a module called outside the model's forward
                     self._rows.append(_Row(examples=None, sums=[None] * self._n_layers))
@@ -240,8 +273,8 @@ class PerExample:
                         f"({row.examples}) as dim 0 (the per-example source needs batch-first inputs)"
                     )
                     return None
-                call = _Call(module=module, row=row, x=x.detach())
-                row.calls.setdefault(module, []).append(call)
+                call = _Call(module=module, row=row, x=x.detach() if saved is None else saved)
+                row.calls.setdefault(self._units.get(module, module), []).append(call)
             output.register_hook(functools.partial(self._on_delta, call))
         except Exception as error:
             self._guard.trip("the per-example forward hook", error)
@@ -257,17 +290,18 @@ class PerExample:
                     row.void = "a layer's output got two gradients (two backward passes through one forward)"
                     return None
                 call.delta = delta
-                calls = row.calls.get(call.module, [])
+                unit = self._units.get(call.module, call.module)
+                calls = row.calls.get(unit, [])
                 complete = all(c.delta is not None for c in calls)
                 if complete:
-                    row.calls.pop(call.module, None)
+                    row.calls.pop(unit, None)
                 elif _graph_task_id is not None:
                     task = _graph_task_id()
                     if task not in self._flush_queued:  # some calls' δ may never come: settle at the end
                         self._flush_queued.add(task)
                         torch.autograd.Variable._execution_engine.queue_callback(functools.partial(self._flush, row))
             if complete:
-                self._compute(row, call.module, calls)
+                self._compute(row, unit, calls)
         except Exception as error:
             self._guard.trip("the per-example gradient hook", error)
         return None
@@ -286,7 +320,17 @@ class PerExample:
         except Exception as error:
             self._guard.trip("the per-example backward-end callback", error)
 
-    def _compute(self, row: _Row, module: nn.Module, calls: list[_Call]) -> None:
+    def _compute(self, row: _Row, module: Any, calls: list[_Call]) -> None:
+        if isinstance(module, pmore.Unit):
+            with torch.no_grad():
+                terms = module.terms(calls, self.sequence_form)
+            for c in calls:
+                c.x = None
+            with self._lock:
+                for index, term in terms:
+                    earlier = row.sums[index]
+                    row.sums[index] = term if earlier is None else earlier + term
+            return
         pairs = [(c.x, c.delta) for c in calls]
         for c in calls:
             c.x = None  # let the activations go
@@ -312,4 +356,8 @@ def _terms(module: nn.Module, calls: list[tuple[Tensor, Tensor]], form: str) -> 
         return pem.conv(module, calls, form)
     if isinstance(module, nn.Embedding):
         return pem.embedding(module, calls), None
+    if isinstance(module, pmore.CONVOLUTIONS):
+        return pmore.convolution(module, calls)  # type: ignore[arg-type]
+    if isinstance(module, nn.GroupNorm):
+        return pmore.group_norm(module, calls)
     return pem.normalisation(module, calls)  # type: ignore[arg-type]

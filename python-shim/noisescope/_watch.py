@@ -270,8 +270,13 @@ class Watch:
             from ._dense import DenseCapture
 
             dense = DenseCapture(params, layers, dtype=dtype, count_dropped=sender._count_dropped)
+        from ._fsdp import fsdp_source
+
+        fsdp, fsdp_off = fsdp_source(model, params, self._guard, mode=mode, per_example=per_example is not None)
+        if fsdp_off:
+            return  # said why (an FSDP configuration it cannot measure); nothing was hooked
         ddp_source, reduced_at_step = None, ""
-        if mode == "norms" and self._world_size > 1:
+        if mode == "norms" and self._world_size > 1 and fsdp is None:
             ddp_source, reduced_at_step = _ddp_source(model, params, self._guard)
         meter = Meter(
             model,
@@ -288,6 +293,7 @@ class Watch:
             dense=dense,
             ddp=ddp_source,
             reduced_at_step=reduced_at_step,
+            fsdp=fsdp,
         )
         try:
             meter.attach()

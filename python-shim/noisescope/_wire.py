@@ -111,6 +111,7 @@ def step_messages(record: StepRecord, world_size: int) -> list[Any]:
     end.micro_batches = len(messages)
     end.accumulated_sq_norms.extend(record.accumulated_sq_norms)
     end.reduced_sq_norms.extend(record.reduced_sq_norms)
+    end.reduced_is_shard = bool(record.reduced_sq_norms) and record.reduced_is_shard
     messages.append(pb.RankMessage(step_end=end))
     return messages
 
