@@ -55,6 +55,14 @@ export interface RunInfo {
   readonly optimizer: string | null;
   /** The run's own recommendation bounds from its Hello; fields it left unset are absent. */
   readonly policy: Partial<BatchPolicy>;
+  /** Sketch mode: the CountSketch size of each layer (in `layers` order) and the wire dtype. */
+  readonly sketch?: SketchSpec;
+}
+
+export interface SketchSpec {
+  /** m per layer; m = numel means the layer is sent exactly. */
+  readonly sizes: readonly number[];
+  readonly dtype: 'DTYPE_F32' | 'DTYPE_F16' | 'DTYPE_BF16';
 }
 
 export interface LayerInfo {

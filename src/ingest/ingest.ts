@@ -10,6 +10,7 @@ import { checkSameLayout, layoutFromHello, type RunLayout } from './run-layout.j
 import { AlignedPayloads } from '../transport/aligned-copy.js';
 import { ByteBudget, DENSE_BUDGET_BYTES } from './dense-rank-step.js';
 import { StepAssembler, type StepOutcome } from './step-assembler.js';
+import { refuseSketchOutsideSketchMode, SketchShards, sketchReductionLayout } from './sketch-shards.js';
 import { DEFAULT_LIMITS, limitExceeded, type SidecarLimits } from '../transport/limits.js';
 
 /** How long a step some but not all ranks ended waits for the rest before it is reported partial and excluded. */
@@ -57,6 +58,8 @@ interface RunEntry {
   readonly hookSessions: Map<number, string>;
   source: Source;
   readonly startedUnixMs: number;
+  /** Sketch mode: checks each sketch and splits it into per-layer chunks for the assembler. */
+  readonly sketches: SketchShards | null;
 }
 
 /** One rank's stream, after its Hello was accepted. */
@@ -165,7 +168,8 @@ export class Ingest {
       }
       entry = {
         layout,
-        assembler: new StepAssembler(layout, this.denseContext()),
+        assembler: new StepAssembler(sketchReductionLayout(layout), this.denseContext()),
+        sketches: layout.sketch ? new SketchShards(layout, layout.sketch) : null,
         sessions: new Map(),
         goodbyes: new Set(),
         dropped: new Map(),
@@ -205,10 +209,17 @@ export class Ingest {
     };
     const session = new RankSession(layout.run, rank, {
       shard: (shard) => {
-        run.assembler.addShard(rank, shard);
-        this.counters.payloadBytes += ((shard.sqNorms?.values.length ?? 0) + (shard.perExample?.sums.length ?? 0)) * 8 + (shard.dense?.data.byteLength ?? 0);
+        if (run.sketches) {
+          for (const chunk of run.sketches.toChunks(rank, shard)) run.assembler.addShard(rank, chunk);
+        } else {
+          refuseSketchOutsideSketchMode(run.layout, shard);
+          run.assembler.addShard(rank, shard);
+        }
+        this.counters.payloadBytes += ((shard.sqNorms?.values.length ?? 0) + (shard.perExample?.sums.length ?? 0)) * 8 + (shard.dense?.data.byteLength ?? 0) + (shard.sketch?.data.byteLength ?? 0);
       },
-      stepEnd: (end) => {
+      stepEnd: (wireEnd) => {
+        // A step one of whose sketches was refused ends as skipped, saying why.
+        const end = run.sketches ? run.sketches.stepEnd(rank, wireEnd) : wireEnd;
         // A dense step ends once its reductions have: the assembler itself stays synchronous.
         const settling = run.assembler.settling(rank, end.step);
         return settling ? settling.then(() => finishStep(end)) : finishStep(end);
@@ -296,6 +307,7 @@ export class Ingest {
           ended,
           optimizer: entry.layout.optimizer,
           policy: entry.layout.policy,
+          ...(entry.layout.sketch ? { sketch: entry.layout.sketch } : {}),
         };
       }),
     );

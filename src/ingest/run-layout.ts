@@ -1,7 +1,8 @@
 import { NoiseScopeError } from '../errors.js';
 import type { Hello__Output } from '../transport/generated/noisescope/v1/Hello.js';
 import type { Layer__Output } from '../transport/generated/noisescope/v1/Layer.js';
-import type { BatchPolicy, LayerInfo } from '../types.js';
+import type { BatchPolicy, LayerInfo, SketchSpec } from '../types.js';
+import { sketchMismatch, sketchSpecFromHello } from './sketch-spec.js';
 import { policyFromWire } from './policy-from-wire.js';
 import { DEFAULT_LIMITS, limitExceeded, type SidecarLimits } from '../transport/limits.js';
 
@@ -22,6 +23,8 @@ export interface RunLayout {
   readonly optimizer: string | null;
   /** The recommendation bounds the first Hello asked for (unset fields absent). */
   readonly policy: Partial<BatchPolicy>;
+  /** Sketch mode only: the sketches every rank declared. */
+  readonly sketch?: SketchSpec;
 }
 
 const MODES = { MODE_UNSPECIFIED: 'norms', MODE_NORMS: 'norms', MODE_DENSE: 'dense', MODE_SKETCH: 'sketch' } as const;
@@ -61,6 +64,7 @@ export function layoutFromHello(hello: Hello__Output, limits: Pick<SidecarLimits
     mode,
     optimizer: hello.optimizer ? hello.optimizer.slice(0, LIMITS.nameLength) : null,
     policy: policyFromWire(hello.policy),
+    ...(mode === 'sketch' ? { sketch: sketchSpecFromHello(hello.sketch, layers) } : {}),
   };
 }
 
@@ -94,4 +98,6 @@ export function checkSameLayout(run: RunLayout, next: RunLayout): void {
   if (!same) {
     throw mismatch(`uncovered layers ${names(run.uncoveredLayers)}; this rank declared ${names(next.uncoveredLayers)}`);
   }
+  const sketch = sketchMismatch(run.sketch, next.sketch);
+  if (sketch) throw mismatch(sketch);
 }

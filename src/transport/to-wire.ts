@@ -48,6 +48,7 @@ export function runInfoToWire(info: RunInfo): WireRunInfo {
     optimizer: info.optimizer ?? '',
     policy: policyToWire(info.policy),
     uncoveredLayers: info.uncoveredLayers.map((l) => ({ name: l.name, numel: l.numel, kind: l.kind })),
+    sketch: info.sketch ? { sizes: [...info.sketch.sizes], dtype: info.sketch.dtype } : null,
   };
 }
 
