@@ -8,6 +8,8 @@ import { DEFAULT_BATCH_POLICY } from './recommend/batch-policy.js';
 import { RUN_LOG_FLAGS, runLogFromFlags } from './runlog/run-log-flags.js';
 import { DEFAULT_PORT, startSidecar } from './sidecar.js';
 import { DEFAULT_SMOOTHING } from './stats/run-estimator.js';
+import { isLoopback } from './transport/server.js';
+import { CLIENT_SECURITY_FLAGS, clientSecurityFromFlags, SERVE_SECURITY_FLAGS, serveSecurityFromFlags } from './transport/security-flags.js';
 
 const USAGE = `noisescope — live gradient noise scale and batch-size advice for PyTorch training
 
@@ -28,8 +30,15 @@ Usage:
       [--monotone]                          only ever recommend larger batches
     [--backend NAME]  compute backend for dense shards: ${BACKEND_NAMES.join(' | ')}
                       (default: the fastest that passes the start-up probe)
-  noisescope dashboard [--address 127.0.0.1:${DEFAULT_PORT}] [--run NAME]
-      Attach the dashboard to a running sidecar through its Watch stream.
+    security (any --host other than loopback needs a token):
+      [--token-file PATH | --token TOKEN]   every call must send 'authorization: Bearer <token>'
+                                            (default $NOISESCOPE_TOKEN; at least 16 characters)
+      [--run-token RUN=PATH]...             a token that opens only run RUN (Attach its ranks, Watch it)
+      [--tls-cert PEM --tls-key PEM]        serve TLS; [--tls-client-ca PEM] also requires client certificates
+  noisescope dashboard [--address 127.0.0.1:${DEFAULT_PORT}] [--run NAME] [--token-file PATH | --token TOKEN]
+                       [--tls-ca PEM] [--tls-cert PEM --tls-key PEM]
+      Attach the dashboard to a running sidecar through its Watch stream
+      (token default $NOISESCOPE_TOKEN; TLS files default $NOISESCOPE_TLS_CA, _CERT, _KEY).
   noisescope demo [--port 0] [--json] [--no-dashboard] [--adaptive] [--log-dir DIR | --no-log] [--backend NAME] [smoothing] [policy] [-- <python demo args>]
       Start a sidecar and train a small MLP on scikit-learn's digits through the hook;
       --adaptive lets the training apply each recommendation (gradient accumulation).
@@ -62,6 +71,7 @@ const SERVE_OPTIONS = {
   'no-dashboard': { type: 'boolean', default: false },
   ...SIDECAR_FLAGS,
   ...RUN_LOG_FLAGS,
+  ...SERVE_SECURITY_FLAGS,
   help: { type: 'boolean', short: 'h', default: false },
 } as const;
 
@@ -69,7 +79,9 @@ async function serve(args: string[]): Promise<void> {
   const { values } = parseArgs({ args, options: SERVE_OPTIONS, strict: true });
   if (values.help) return void process.stdout.write(USAGE);
   const runLog = runLogFromFlags(values);
+  const security = serveSecurityFromFlags(values);
   const sidecar = await startSidecar({
+    ...security,
     host: values.host ?? '127.0.0.1',
     port: portOption(values.port, DEFAULT_PORT),
     smoothing: smoothingFromFlags(values),
@@ -81,6 +93,9 @@ async function serve(args: string[]): Promise<void> {
   write(values.json ? JSON.stringify({ type: 'listening', address: sidecar.address }) : `noisescope listening on ${sidecar.address}`);
   if (runLog) write(values.json ? JSON.stringify({ type: 'run-log', path: runLog.dir }) : `noisescope logging runs to ${runLog.dir}`);
   write(computeBackendLine(sidecar, values.json));
+  if (security.tls === undefined && !isLoopback(values.host ?? '127.0.0.1')) {
+    process.stderr.write('noisescope: tokens and gradients cross the network in plain text: add --tls-cert and --tls-key\n');
+  }
   if (wantsDashboard(values)) {
     const { renderDashboard } = await import('../tui/render-dashboard.js');
     const ink = renderDashboard(sidecar, { address: `listening on ${sidecar.address}` });
@@ -116,6 +131,7 @@ function wantsDashboard(values: { json: boolean; 'no-dashboard': boolean }): boo
 const DASHBOARD_OPTIONS = {
   address: { type: 'string' },
   run: { type: 'string' },
+  ...CLIENT_SECURITY_FLAGS,
   help: { type: 'boolean', short: 'h', default: false },
 } as const;
 
@@ -124,11 +140,12 @@ async function dashboard(args: string[]): Promise<void> {
   if (values.help) return void process.stdout.write(USAGE);
   const address = values.address ?? `127.0.0.1:${DEFAULT_PORT}`;
   if (!/^[^\s:]+:\d+$/.test(address)) throw new UsageError(`--address must be host:port, got '${address}'`);
+  const security = clientSecurityFromFlags(values);
   if (!process.stdout.isTTY || !process.stdin.isTTY) throw new UsageError('the dashboard needs a terminal (use `serve --json` for scripts)');
   if (inCi()) throw new UsageError('the dashboard draws nothing while the CI variable is set (unset CI, or use `serve --json`)');
   const { watchSidecar } = await import('./remote/watch-client.js');
   const { renderDashboard } = await import('../tui/render-dashboard.js');
-  const remote = watchSidecar(address, values.run !== undefined ? { run: values.run } : {});
+  const remote = watchSidecar(address, { ...security, ...(values.run !== undefined ? { run: values.run } : {}) });
   const ink = renderDashboard(remote, { address: `watching ${address}` });
   await Promise.race([ink.waitUntilExit(), untilSignal()]);
   ink.unmount();

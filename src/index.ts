@@ -15,6 +15,8 @@ export { recommendBatchSize } from './recommend/recommend-batch-size.js';
 export type { PolicyInput } from './recommend/recommend-batch-size.js';
 export { watchSidecar } from './remote/watch-client.js';
 export type { ConnectionState, RemoteSidecar, WatchClientOptions } from './remote/watch-client.js';
+export type { AuthOptions } from './transport/auth.js';
+export type { TlsClientFiles, TlsServerFiles } from './transport/tls.js';
 export type {
   BatchPolicy,
   Estimate,

@@ -10,13 +10,15 @@ import { warnRunLogFailure, writeRunLog, type RunLogOptions } from './runlog/wri
 import { estimateNoiseScale } from './stats/estimate-noise-scale.js';
 import { DEFAULT_SMOOTHING, type SmoothingOptions } from './stats/run-estimator.js';
 import { validateSmoothingOptions } from './stats/smoothing-options.js';
+import { Authenticator, type AuthOptions } from './transport/auth.js';
 import { bindServer, shutdownServer } from './transport/server.js';
+import { serverCredentials, type TlsServerFiles } from './transport/tls.js';
 import { WatchService, type WatchStats } from './transport/watch-service.js';
 import { resolveLimits, type SidecarLimits } from './transport/limits.js';
 import type { BatchPolicy, Health, LayerStats, Recommendation, RunInfo, StepStats } from './types.js';
 
-export interface SidecarOptions {
-  /** Default 127.0.0.1; other addresses are refused until token auth exists. */
+export interface SidecarOptions extends AuthOptions {
+  /** Default 127.0.0.1; any other address needs `token` (or `runTokens`). */
   readonly host?: string;
   /** Default 50051; 0 picks a free port. */
   readonly port?: number;
@@ -41,6 +43,8 @@ export interface SidecarOptions {
   readonly partialStepTimeoutMs?: number;
   /** Resource limits (DEFAULT_LIMITS in src/transport/limits.ts); each error a limit causes names it and this option. */
   readonly limits?: Partial<SidecarLimits>;
+  /** Serve TLS with these PEM files (`--tls-cert`, `--tls-key`); `clientCaFile` requires and verifies client certificates. */
+  readonly tls?: TlsServerFiles;
 }
 
 export interface Sidecar {
@@ -81,6 +85,11 @@ export async function startSidecar(options: SidecarOptions = {}): Promise<Sideca
   const partial = options.partialStepTimeoutMs;
   if (partial !== undefined && !(partial > 0)) throw new RangeError(`partialStepTimeoutMs must be > 0, got ${partial}`);
   const limits = resolveLimits(options.limits);
+  // Bad tokens or TLS files reject here too; bindServer refuses a non-loopback host without a token.
+  const security = {
+    auth: new Authenticator({ ...(options.token !== undefined ? { token: options.token } : {}), ...(options.runTokens ? { runTokens: options.runTokens } : {}) }),
+    credentials: serverCredentials(options.tls),
+  };
   // Measured at start (DESIGN: on CPU-only machines the fastest path is found, not assumed); a bad name rejects here.
   const force = options.backend === undefined ? undefined : parseBackendName(options.backend);
   const { backend, report: computeBackend } = await selectBackend(force === undefined ? {} : { force });
@@ -137,7 +146,7 @@ export async function startSidecar(options: SidecarOptions = {}): Promise<Sideca
   const watch = new WatchService({ runs$, stats$, layers$, health$, recommendations$ }, limits.watchQueueEvents);
   let bound;
   try {
-    bound = await bindServer(options.host ?? '127.0.0.1', options.port ?? DEFAULT_PORT, ingest, watch, recommendations$);
+    bound = await bindServer(options.host ?? '127.0.0.1', options.port ?? DEFAULT_PORT, ingest, watch, recommendations$, undefined, security);
   } catch (error) {
     watch.close();
     for (const s of keepAlive) s.unsubscribe();

@@ -2,7 +2,9 @@
 // the in-process sidecar has (and recommendations$), plus the connection's state. Reconnects with back-off.
 import * as grpc from '@grpc/grpc-js';
 import { BehaviorSubject, ReplaySubject, Subject, type Observable } from 'rxjs';
+import { bearerMetadata } from '../transport/auth.js';
 import { loadProto } from '../transport/proto.js';
+import { clientCredentials, type TlsClientFiles } from '../transport/tls.js';
 import type { NoiseScopeClient } from '../transport/generated/noisescope/v1/NoiseScope.js';
 import type { RunEvent__Output } from '../transport/generated/noisescope/v1/RunEvent.js';
 import type { Health, LayerStats, Recommendation, RunInfo, StepStats } from '../types.js';
@@ -19,6 +21,10 @@ export interface WatchClientOptions {
   /** First retry delay after a lost connection; doubles up to maxRetryMs. Default 500. */
   readonly retryMs?: number;
   readonly maxRetryMs?: number;
+  /** Sent as `authorization: Bearer <token>` on the Watch call (a sidecar started with a token). */
+  readonly token?: string;
+  /** TLS to a sidecar serving it: the CA that signed its certificate, and this client's own if it requires one. */
+  readonly tls?: TlsClientFiles;
 }
 
 export interface RemoteSidecar {
@@ -33,10 +39,11 @@ export interface RemoteSidecar {
   close(): void;
 }
 
-/** Watches the sidecar at host:port; never throws for a lost connection, it reports it on connection$. */
+/** Watches the sidecar at host:port; never throws for a lost connection, it reports it on connection$ (bad TLS files do throw). */
 export function watchSidecar(address: string, options: WatchClientOptions = {}): RemoteSidecar {
   const Service = loadProto().noisescope.v1.NoiseScope;
-  const client: NoiseScopeClient = new Service(address, grpc.credentials.createInsecure());
+  const client: NoiseScopeClient = new Service(address, clientCredentials(options.tls));
+  const metadata = () => (options.token === undefined ? new grpc.Metadata() : bearerMetadata(options.token));
   const stats = new ReplaySubject<StepStats>(1);
   const layers = new ReplaySubject<LayerStats>(1);
   const health = new ReplaySubject<Health>(1);
@@ -84,7 +91,7 @@ export function watchSidecar(address: string, options: WatchClientOptions = {}):
   };
   const open = () => {
     if (closed) return;
-    const current = client.Watch(options.run ? { run: options.run } : {});
+    const current = client.Watch(options.run ? { run: options.run } : {}, metadata());
     call = current;
     current.on('metadata', setConnected);
     current.on('data', onEvent);

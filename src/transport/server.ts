@@ -1,9 +1,9 @@
 import * as grpc from '@grpc/grpc-js';
 import type { Observable } from 'rxjs';
-import { NoiseScopeError } from '../errors.js';
 import type { Ingest } from '../ingest/ingest.js';
 import type { Recommendation } from '../types.js';
 import { AttachService } from './attach-service.js';
+import { authInterceptor, Authenticator, requireTokenOffLoopback } from './auth.js';
 import { createWindowedServer, DEFAULT_FLOW_CONTROL_WINDOW } from './flow-control.js';
 import type { NoiseScopeHandlers } from './generated/noisescope/v1/NoiseScope.js';
 import { loadProto } from './proto.js';
@@ -24,8 +24,14 @@ export interface BoundServer {
   readonly flowControlWindow: number | null;
 }
 
+/** Who may call (tokens) and over what (plain text or TLS); the default: anyone on loopback, plain text. */
+export interface ServerSecurity {
+  readonly auth: Authenticator;
+  readonly credentials: grpc.ServerCredentials;
+}
+
 /**
- * Binds the NoiseScope service; loopback only until tokens exist. Ranks get `recommendations$` of their run.
+ * Binds the NoiseScope service; any host but loopback needs a token, then checked on every call. Ranks get `recommendations$` of their run.
  * The receive window is enlarged (see flow-control.ts) so 1–4 MiB dense shards are not throttled to 64 KiB round trips.
  */
 export async function bindServer(
@@ -35,15 +41,10 @@ export async function bindServer(
   watch: WatchService,
   recommendations$: Observable<Recommendation>,
   window: number | null = DEFAULT_FLOW_CONTROL_WINDOW,
+  security: ServerSecurity = { auth: new Authenticator({}), credentials: grpc.ServerCredentials.createInsecure() },
 ): Promise<BoundServer> {
-  if (!isLoopback(host)) {
-    throw new NoiseScopeError(
-      'invalid-message',
-      `refusing to listen on ${host}: gradients and control would be open to the network without a token. ` +
-        'Bind 127.0.0.1 (the default) and reach it over an SSH tunnel until token authentication lands.',
-    );
-  }
-  const windowed = createWindowedServer(window);
+  requireTokenOffLoopback(host, isLoopback(host), security.auth);
+  const windowed = createWindowedServer(window, security.auth.required ? { interceptors: [authInterceptor(security.auth)] } : {});
   const server = windowed.server;
   const attach = new AttachService(ingest, recommendations$);
   const handlers: NoiseScopeHandlers = { Attach: attach.handler, Watch: watch.handler };
@@ -52,7 +53,7 @@ export async function bindServer(
   let bound: number;
   try {
     bound = await new Promise<number>((resolve, reject) => {
-      server.bindAsync(target, grpc.ServerCredentials.createInsecure(), (error, p) => (error ? reject(error) : resolve(p)));
+      server.bindAsync(target, security.credentials, (error, p) => (error ? reject(error) : resolve(p)));
     });
   } catch (error) {
     attach.close();
