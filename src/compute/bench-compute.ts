@@ -9,11 +9,7 @@ import { WasmArena } from './wasm-arena.js';
 import { instantiateSimd } from './wasm-simd-module.js';
 
 const BANDWIDTH_FLOATS = 64 << 20; // 256 MiB
-const GRAM_SHAPES = [
-  { gradients: 2, length: 4 << 20 },
-  { gradients: 8, length: 1 << 20 },
-  { gradients: 32, length: 1 << 18 },
-] as const; // 32 MiB per block
+const GRAM_SHAPES = [2, 4, 8, 16].map((gradients) => ({ gradients, length: (8 << 20) / gradients })); // 32 MiB per block
 const SQUARES_FLOATS = 8 << 20; // 32 MiB
 const REPEATS = 3;
 

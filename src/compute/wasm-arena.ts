@@ -35,4 +35,9 @@ export class WasmArena {
   floats(offset: number, count: number): Float32Array {
     return new Float32Array(this.memory.buffer, offset, count);
   }
+
+  /** A float64 view (offset a multiple of 8); re-create it after any allocate, as floats(). */
+  doubles(offset: number, count: number): Float64Array {
+    return new Float64Array(this.memory.buffer, offset, count);
+  }
 }

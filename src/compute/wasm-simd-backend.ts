@@ -5,20 +5,22 @@ import { addPairSums, checkGramShapes, type GradientBlock, type OwnedBlock, type
 import { forEachTile, tileLength } from './tiles.js';
 import { WasmArena } from './wasm-arena.js';
 import { instantiateSimd, SIMD_STRIDE, type SimdExports } from './wasm-simd-module.js';
-import { dotUnrolled, sumOfSquaresUnrolled } from './js-unrolled-backend.js';
+import { sumOfSquaresUnrolled } from './js-unrolled-backend.js';
 
-const SCRATCH_FLOATS = 32768; // 128 KiB: one tile of K rows (tileLength keeps K × tile within it)
+const SCRATCH_FLOATS = 32768; // 128 KiB: Σx² copies other blocks in through this many floats at a time
+const MOST_GRADIENTS_PREPARED = 32; // tile scratch made at start; larger K grows it on first use
 
 export function createWasmSimdBackend(): ReductionBackend {
   const arena = new WasmArena();
   const simd = instantiateSimd(arena.memory);
   if ('unsupported' in simd) throw new Error(simd.unsupported);
   const scratch = arena.allocate(SCRATCH_FLOATS * 4);
+  const tiles = new TileScratch(arena);
   const inArena = (values: Float32Array): boolean => values.buffer === arena.memory.buffer;
 
   return {
     name: 'wasm-simd',
-    mode: 'WebAssembly SIMD (f32 loads widened to f64x2), column tiles',
+    mode: 'WebAssembly SIMD, tiles widened to f64 once, 4×2 register blocks',
     allocateBlock(gradients: number, length: number): OwnedBlock {
       const bytes = gradients * length * 4;
       const offset = arena.allocate(bytes);
@@ -38,7 +40,7 @@ export function createWasmSimdBackend(): ReductionBackend {
     async addGram(block: GradientBlock, gram: Float64Array): Promise<void> {
       checkGramShapes(block, gram);
       const pairs = new Float64Array((block.gradients * (block.gradients + 1)) / 2);
-      gramPairs(simd, arena, scratch, inArena(block.values), block, pairs);
+      gramPairs(simd, arena, tiles, inArena, block, pairs);
       addPairSums(pairs, block.gradients, gram);
     },
     async sumOfSquares(values: Float32Array): Promise<number> {
@@ -60,27 +62,79 @@ function sumsqInPlace(simd: SimdExports, address: number, values: Float32Array):
   return simd.sumsq(address, body) + sumOfSquaresUnrolled(values.subarray(body));
 }
 
-function gramPairs(simd: SimdExports, arena: WasmArena, scratch: number, inPlace: boolean, block: GradientBlock, pairs: Float64Array): void {
+/** Scratch in wasm memory for one tile: float32 rows copied in, the float64 rows, a block's sums. */
+class TileScratch {
+  private narrowBytes = 0;
+  private wideBytes = 0;
+  narrow = 0;
+  wide = 0;
+  readonly out: number;
+  constructor(private readonly arena: WasmArena) {
+    this.out = arena.allocate(64);
+    this.fit(MOST_GRADIENTS_PREPARED, tileLength(MOST_GRADIENTS_PREPARED));
+  }
+  /** Grows the scratch for K gradients × tile columns; may grow wasm memory (views detach). */
+  fit(gradients: number, tile: number): void {
+    const narrow = gradients * tile * 4, wide = (gradients + 1) * tile * 8;
+    if (narrow > this.narrowBytes) [this.narrow, this.narrowBytes] = [this.grow(this.narrow, this.narrowBytes, narrow), narrow];
+    if (wide > this.wideBytes) [this.wide, this.wideBytes] = [this.grow(this.wide, this.wideBytes, wide), wide];
+  }
+  private grow(offset: number, bytes: number, need: number): number {
+    if (bytes > 0) this.arena.release(offset, bytes);
+    return this.arena.allocate(need);
+  }
+}
+
+/** Pair sums (upper triangle, addPairSums order) of a block, tile by tile: each tile's rows are
+ *  widened to float64 once, zero-padded to a multiple of 4 columns and to an even row count, then
+ *  the pairs (i ≤ j) are covered by 4×2 and 2×2 register blocks and 2-row diagonal blocks. */
+function gramPairs(simd: SimdExports, arena: WasmArena, scratch: TileScratch, inArena: (values: Float32Array) => boolean, block: GradientBlock, pairs: Float64Array): void {
   const { gradients: k, length: n } = block;
-  const values = block.values;
+  const even = k + (k % 2);
   const tile = tileLength(k);
+  scratch.fit(k, tile);
+  const values = block.values; // after fit(): growing memory re-creates an arena block's view
+  const inPlace = inArena(values);
+  const wide = arena.doubles(scratch.wide, even * tile), out = arena.doubles(scratch.out, 8);
+  const narrow = inPlace ? undefined : arena.floats(scratch.narrow, k * tile);
+  const pairAt = (row: number, col: number): number => row * k - (row * (row - 1)) / 2 + col - row;
   forEachTile(n, tile, (start, width) => {
-    // Row i of this tile: at rowAddress(i) in wasm memory, element (i, start) of `rows`.
-    let rows = values, rowAt = (i: number) => i * n + start, rowAddress = (i: number) => values.byteOffset + (i * n + start) * 4;
-    if (!inPlace) {
-      rows = arena.floats(scratch, k * width);
-      for (let i = 0; i < k; i++) rows.set(values.subarray(i * n + start, i * n + start + width), i * width);
-      rowAt = (i: number) => i * width;
-      rowAddress = (i: number) => scratch + i * width * 4;
-    }
-    const body = width - (width % SIMD_STRIDE);
-    let q = 0;
+    const padded = Math.ceil(width / 4) * 4, stride = padded * 8, simdPart = width - (width % 4);
     for (let i = 0; i < k; i++) {
-      for (let j = i; j < k; j++, q++) {
-        const simdPart = i === j ? simd.sumsq(rowAddress(i), body) : simd.dot(rowAddress(i), rowAddress(j), body);
-        const tail = dotUnrolled(rows, rowAt(i) + body, rows, rowAt(j) + body, width - body);
-        pairs[q] = (pairs[q] as number) + simdPart + tail;
+      const from = i * n + start;
+      let source = values.byteOffset + from * 4;
+      if (narrow) {
+        narrow.set(values.subarray(from, from + simdPart), i * tile);
+        source = scratch.narrow + i * tile * 4;
       }
+      simd.widen(source, scratch.wide + i * stride, simdPart);
+      for (let c = simdPart; c < width; c++) wide[i * padded + c] = values[from + c] as number;
+      wide.fill(0, i * padded + width, (i + 1) * padded);
+    }
+    if (even > k) wide.fill(0, k * padded, even * padded);
+    // The next tile's rows, two per kernel call, read ahead while this tile computes.
+    const next = start + width, ahead = inPlace && next + padded <= n ? (i: number) => values.byteOffset + (i * n + next) * 4 : () => scratch.narrow;
+    let call = 0;
+    const kernel = (rows: number, i: number, j: number): void => {
+      const [first, second] = [2 * call < k ? ahead(2 * call) : scratch.narrow, 2 * call + 1 < k ? ahead(2 * call + 1) : scratch.narrow];
+      call++;
+      const run = rows === 4 ? simd.gram4x2 : rows === 2 ? simd.gram2x2 : simd.gramDiagonal2;
+      run(scratch.wide + i * stride, stride, scratch.wide + j * stride, padded, scratch.out, first, second);
+    };
+    const add = (row: number, col: number, sum: number): void => {
+      if (col < k) pairs[pairAt(row, col)] = (pairs[pairAt(row, col)] as number) + sum;
+    };
+    for (let j = 0; j < even; j += 2) {
+      // Rows above j in 4×2 and 2×2 blocks, then the three pairs among rows j and j + 1.
+      for (let i = 0; i < j; i += 4) {
+        const rows = Math.min(4, j - i);
+        kernel(rows, i, j);
+        for (let r = 0; r < rows; r++) for (let c = 0; c < 2; c++) add(i + r, j + c, out[r * 2 + c] as number);
+      }
+      kernel(0, j, j);
+      add(j, j, out[0] as number);
+      add(j, j + 1, out[1] as number);
+      add(j + 1, j + 1, out[2] as number);
     }
   });
 }
