@@ -2,6 +2,7 @@
 import { parseArgs } from 'node:util';
 import { computeBackendLine, printSidecar } from './cli/print-sidecar.js';
 import { runDemo } from './cli/demo.js';
+import { replay, REPLAY_USAGE } from './cli/replay.js';
 import { backendFromFlags, policyFromFlags, portOption, SIDECAR_FLAGS, smoothingFromFlags, UsageError } from './cli/flags.js';
 import { BACKEND_NAMES } from './compute/backends.js';
 import { DEFAULT_BATCH_POLICY } from './recommend/batch-policy.js';
@@ -42,6 +43,7 @@ Usage:
   noisescope demo [--port 0] [--json] [--no-dashboard] [--adaptive] [--log-dir DIR | --no-log] [--backend NAME] [smoothing] [policy] [-- <python demo args>]
       Start a sidecar and train a small MLP on scikit-learn's digits through the hook;
       --adaptive lets the training apply each recommendation (gradient accumulation).
+${REPLAY_USAGE}
   noisescope bench accuracy
       Estimator accuracy and interval coverage on synthetic gradients with known G and Σ.
   noisescope bench latency
@@ -228,6 +230,8 @@ async function main(argv: string[]): Promise<void> {
       return dashboard(rest);
     case 'demo':
       return demo(rest);
+    case 'replay':
+      return replay(rest, { wantsDashboard, untilSignal });
     case 'bench':
       return bench(rest);
     case undefined:
