@@ -14,6 +14,7 @@ import weakref
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from . import _wire
+from ._credentials import Credentials
 from ._dense import DenseStep, serialize_request
 from ._guard import Guard
 from ._meter import LayerInfo, PendingStep, StepRecord, finish
@@ -52,8 +53,10 @@ class Sender:
         info: _wire.RankInfo,
         guard: Guard,
         on_recommendation: Callable[[Recommendation], None],
+        credentials: Credentials | None = None,
     ) -> None:
         self._address = address
+        self._credentials = credentials or Credentials()
         self._info = info
         self._layers: Sequence[LayerInfo] = info.layers
         self._guard = guard
@@ -234,7 +237,7 @@ class Sender:
                 return False
             stream = self._stream if self._stream is not None and not self._stream.over.is_set() else _Stream()
             self._stream = stream
-        channel = grpc.insecure_channel(self._address)
+        channel = self._credentials.channel(self._address)
         try:
             with self._lock:
                 # The stub's method, with a serializer that passes dense chunks framed by hand.
@@ -243,7 +246,7 @@ class Sender:
                     request_serializer=serialize_request,
                     response_deserializer=pb.SidecarMessage.FromString,
                 )
-                call = self._call = attach(self._requests(stream))
+                call = self._call = attach(self._requests(stream), metadata=self._credentials.metadata or None)
             for reply in call:
                 welcomed = self._on_reply(reply) or welcomed
         except grpc.RpcError as error:

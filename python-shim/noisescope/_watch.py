@@ -15,6 +15,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Callable
 
+from ._credentials import Credentials, PathOrPem
+from ._credentials import resolve as resolve_credentials
 from ._guard import Guard
 from ._policy import BatchPolicy
 from ._types import Recommendation, WatchStats
@@ -63,6 +65,10 @@ def watch(
     source: str = "auto",
     enabled: bool = True,
     dtype: str = "fp32",
+    token: str | None = None,
+    tls_ca: PathOrPem | None = None,
+    tls_cert: PathOrPem | None = None,
+    tls_key: PathOrPem | None = None,
 ) -> Watch:
     """Streams gradient-noise measurements of `model`'s training to the noisescope sidecar.
 
@@ -103,6 +109,12 @@ def watch(
             out to accumulate is sent without per-example sums. The log says which source.
         enabled: False returns an inert handle, so one flag turns noisescope off.
         dtype: dense mode's wire precision: "fp32" (default), "fp16" or "bf16" (half the bytes).
+        token: the sidecar's token (or a run token for this run), sent as `authorization: Bearer <token>`;
+            default $NOISESCOPE_TOKEN. Never logged.
+        tls_ca: the CA certificate (a path, or PEM bytes) that signed the sidecar's certificate: connects
+            over TLS; default $NOISESCOPE_TLS_CA.
+        tls_cert, tls_key: this process's client certificate and key (paths or PEM bytes), for a sidecar
+            that requires client certificates; default $NOISESCOPE_TLS_CERT, $NOISESCOPE_TLS_KEY.
 
     Returns:
         A `Watch`: a context manager; `.remove()` restores the model and optimizer.
@@ -157,9 +169,12 @@ def watch(
     if enabled and model in _watched:
         raise ValueError("noisescope.watch: this model is already watched; call .remove() on that watch first")
 
+    credentials = resolve_credentials(token, tls_ca, tls_cert, tls_key)
     rank, world_size = _rank_and_world_size()
     run = run or os.environ.get("NOISESCOPE_RUN") or _default_run_name(world_size)
-    handle = Watch(address=address, run=run, policy=policy, world_size=world_size, optimizer=optimizer)
+    handle = Watch(
+        address=address, run=run, policy=policy, world_size=world_size, optimizer=optimizer, credentials=credentials
+    )
     if enabled:
         mode = _resolve_mode(mode, model) if mode == "auto" else mode
         handle._start(
@@ -179,8 +194,10 @@ class Watch:
         policy: BatchPolicy | None = None,
         world_size: int = 1,
         optimizer: torch.optim.Optimizer | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         self._address = address
+        self._credentials = credentials
         self._run = run
         self._policy = policy
         self._world_size = world_size
@@ -264,7 +281,13 @@ class Watch:
             per_example=per_example is not None,
             mode=mode,
         )
-        sender = Sender(address=self._address, info=info, guard=self._guard, on_recommendation=self._on_recommendation)
+        sender = Sender(
+            address=self._address,
+            info=info,
+            guard=self._guard,
+            on_recommendation=self._on_recommendation,
+            credentials=self._credentials,
+        )
         dense = None
         if mode == "dense":
             from ._dense import DenseCapture

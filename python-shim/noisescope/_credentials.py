@@ -1,0 +1,110 @@
+"""How the hook proves itself to the sidecar: a bearer token in each call's metadata, TLS on the channel.
+
+Resolved once at `watch()` (arguments first, then $NOISESCOPE_TOKEN, $NOISESCOPE_TLS_CA, $NOISESCOPE_TLS_CERT,
+$NOISESCOPE_TLS_KEY), so a wrong path or a half-given pair is a clear error before training starts. The token
+is never logged and never shown in a repr.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Union
+
+if TYPE_CHECKING:
+    import grpc
+
+PathOrPem = Union[str, bytes, "os.PathLike[str]"]
+
+MIN_TOKEN_LENGTH = 16  # as the sidecar requires
+_TOKEN = re.compile(r"[\x21-\x7e]+")  # it travels in an HTTP/2 header
+
+
+@dataclass(frozen=True)
+class Credentials:
+    token: str | None = field(default=None, repr=False)
+    root_certificates: bytes | None = field(default=None, repr=False)
+    certificate_chain: bytes | None = field(default=None, repr=False)
+    private_key: bytes | None = field(default=None, repr=False)
+    tls: bool = False
+
+    def __repr__(self) -> str:
+        return f"Credentials(token={'set' if self.token else 'none'}, tls={self.tls})"
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+
+    def channel(self, address: str, options: Any = None) -> grpc.Channel:
+        import grpc
+
+        if not self.tls:
+            return grpc.insecure_channel(address, options=options)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=self.root_certificates,
+            private_key=self.private_key,
+            certificate_chain=self.certificate_chain,
+        )
+        return grpc.secure_channel(address, credentials, options=options)
+
+
+def resolve(
+    token: str | None = None,
+    tls_ca: PathOrPem | None = None,
+    tls_cert: PathOrPem | None = None,
+    tls_key: PathOrPem | None = None,
+) -> Credentials:
+    """watch()'s arguments, else the environment; raises TypeError/ValueError naming the bad one."""
+    token = _token(token)
+    ca = _pem(tls_ca, "tls_ca", "NOISESCOPE_TLS_CA")
+    cert = _pem(tls_cert, "tls_cert", "NOISESCOPE_TLS_CERT")
+    key = _pem(tls_key, "tls_key", "NOISESCOPE_TLS_KEY")
+    if (cert is None) != (key is None):
+        raise ValueError("noisescope.watch: tls_cert and tls_key go together (a client certificate and its key): give both")
+    return Credentials(
+        token=token,
+        root_certificates=ca,
+        certificate_chain=cert,
+        private_key=key,
+        tls=ca is not None or cert is not None,
+    )
+
+
+def _token(token: str | None) -> str | None:
+    what = "token"
+    if token is None:
+        token = os.environ.get("NOISESCOPE_TOKEN") or None
+        what = "$NOISESCOPE_TOKEN"
+        if token is None:
+            return None
+    if not isinstance(token, str):
+        raise TypeError(f"noisescope.watch: token must be a str or None, got {type(token).__name__}")
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise ValueError(f"noisescope.watch: {what} needs at least {MIN_TOKEN_LENGTH} characters, got {len(token)}")
+    if not _TOKEN.fullmatch(token):
+        raise ValueError(f"noisescope.watch: {what} must be printable ASCII without spaces or newlines")
+    return token
+
+
+def _pem(value: PathOrPem | None, name: str, env: str) -> bytes | None:
+    """PEM bytes as given, or read from a path (the argument, else the environment variable)."""
+    what = name
+    if value is None:
+        value = os.environ.get(env) or None
+        what = f"${env}"
+        if value is None:
+            return None
+    if isinstance(value, bytes):
+        pem = value
+    elif isinstance(value, (str, os.PathLike)):
+        path = os.fspath(value)
+        try:
+            with open(path, "rb") as file:
+                pem = file.read()
+        except OSError as error:
+            raise ValueError(f"noisescope.watch: {what} {path}: cannot read it ({error.strerror})") from None
+    else:
+        raise TypeError(f"noisescope.watch: {name} must be a path or PEM bytes, got {type(value).__name__}")
+    if b"-----BEGIN " not in pem:
+        raise ValueError(f"noisescope.watch: {what} is not PEM (no '-----BEGIN' line)")
+    return pem

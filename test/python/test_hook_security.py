@@ -1,0 +1,168 @@
+"""The hook against a real sidecar that requires a token and TLS (certificates made here with the openssl CLI).
+
+With the right token and certificates the hook trains and the sidecar gets every step; with a wrong token the
+training is untouched (parameters bitwise equal to an unwatched run) and the hook logs it once. Neither the
+token nor the wrong one is ever written by the sidecar (stdout, stderr, run log) or the hook (its log).
+"""
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import noisescope
+from conftest import Sidecar
+from test_hook_support import Loop, make_model, make_optimizer, parameters_of, wait_connected, wait_for_events
+
+TOKEN = "hook-security-token-0123456789abcdef"
+WRONG = "hook-wrong-token-fedcba9876543210"
+
+
+def _openssl(cwd: Path, *args: str) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ca.pem; server.pem/.key for 127.0.0.1; client.pem/.key signed by the CA; other-ca.pem, which signed neither."""
+    d = tmp_path_factory.mktemp("pki")
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    for ca in ("ca", "other-ca"):
+        _openssl(d, "req", "-x509", *key, "-keyout", f"{ca}.key", "-out", f"{ca}.pem", "-days", "2", "-subj", f"/CN={ca}")
+    leaves = {"server": "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+              "client": "extendedKeyUsage=clientAuth\n"}
+    for name, extensions in leaves.items():
+        _openssl(d, "req", *key, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
+        (d / f"{name}.ext").write_text(extensions)
+        _openssl(d, "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                 "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext")
+    (d / "token").write_text(TOKEN + "\n")
+    return d
+
+
+def _everything_written(sidecar: Sidecar, log_dir: Path, caplog: pytest.LogCaptureFixture) -> str:
+    sidecar.stop()  # its last lines flushed
+    assert sidecar.proc.stdout is not None and sidecar.proc.stderr is not None
+    time.sleep(0.2)  # the reader threads drain the closed pipes
+    logs = "".join(p.read_text(errors="replace") for p in log_dir.rglob("*") if p.is_file())
+    printed = "\n".join(map(str, sidecar.events))
+    hook = "\n".join(f"{r.getMessage()} {r.args!r}" for r in caplog.records)
+    return "\n".join([printed, sidecar.stderr, logs, hook])
+
+
+def test_the_hook_with_token_and_mutual_tls_trains_and_the_sidecar_gets_its_steps(
+    pki: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="noisescope")
+    log_dir = tmp_path / "runs"
+    sidecar = Sidecar(
+        "--token-file", str(pki / "token"), "--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key"),
+        "--tls-client-ca", str(pki / "ca.pem"), "--log-dir", str(log_dir),
+    )
+    try:
+        model, loop = make_model(), Loop(steps=4)
+        optimizer = make_optimizer(model)
+        ns = noisescope.watch(
+            model, optimizer, address=sidecar.address, run="secure", token=TOKEN,
+            tls_ca=pki / "ca.pem", tls_cert=str(pki / "client.pem"), tls_key=(pki / "client.key").read_bytes(),
+        )
+        assert TOKEN not in repr(ns) and TOKEN not in repr(ns._sender._credentials)
+        wait_connected(ns)
+        loop.run(model, optimizer)
+        ns.remove()
+        steps = wait_for_events(sidecar, "step", "secure", loop.steps)
+        assert [s["step"] for s in steps] == list(range(loop.steps))
+        assert all(not s["skipped"] for s in steps)
+        assert ns.stats.dropped == 0
+    finally:
+        written = _everything_written(sidecar, log_dir, caplog)
+    assert list(log_dir.glob("*.ndjson")), "the run log was written"
+    assert TOKEN not in written
+
+
+def test_a_wrong_token_never_disturbs_training_and_is_logged_once(
+    pki: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="noisescope")
+    log_dir = tmp_path / "runs"
+    sidecar = Sidecar("--token-file", str(pki / "token"), "--log-dir", str(log_dir))
+    try:
+        loop = Loop(steps=3)
+        reference = make_model()
+        reference_optimizer = make_optimizer(reference)
+        model = make_model()
+        optimizer = make_optimizer(model)
+        ns = noisescope.watch(model, optimizer, address=sidecar.address, run="intruder", token=WRONG)
+        loop.run(model, optimizer)
+        # The sidecar's refusal has arrived (and retries with back-off have followed) before more training.
+        deadline = time.monotonic() + 15
+        while not any("UNAUTHENTICATED" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline, "no UNAUTHENTICATED warning within 15 s"
+            time.sleep(0.05)
+        time.sleep(1.6)  # back-off 0.5 s then 1 s: at least two more refused attempts
+        loop.run(model, optimizer)
+        ns.remove()
+        loop.run(reference, reference_optimizer)
+        loop.run(reference, reference_optimizer)
+        for watched, unwatched in zip(parameters_of(model), parameters_of(reference)):
+            assert torch.equal(watched, unwatched)
+        assert not sidecar.of_type("step")
+        assert not [e for e in sidecar.of_type("run") if e.get("run") == "intruder"]
+    finally:
+        written = _everything_written(sidecar, log_dir, caplog)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "noisescope" and r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "UNAUTHENTICATED" in warnings[0] and "watch(token=...) or NOISESCOPE_TOKEN" in warnings[0]
+    assert WRONG not in written and TOKEN not in written
+
+
+def test_the_hook_without_the_ca_is_refused_by_a_tls_sidecar_and_says_so_once(
+    pki: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="noisescope")
+    sidecar = Sidecar("--token-file", str(pki / "token"), "--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key"))
+    try:
+        model = make_model()
+        optimizer = make_optimizer(model)
+        ns = noisescope.watch(model, optimizer, address=sidecar.address, run="wrong-ca", token=TOKEN, tls_ca=pki / "other-ca.pem")
+        Loop(steps=2).run(model, optimizer)
+        deadline = time.monotonic() + 15
+        while not caplog.records:
+            assert time.monotonic() < deadline, "no warning within 15 s"
+            time.sleep(0.05)
+        ns.remove()
+        assert not ns.stats.connected and not sidecar.of_type("step")
+    finally:
+        sidecar.stop()
+    warnings = [r.getMessage() for r in caplog.records if r.name == "noisescope"]
+    assert len(warnings) == 1 and "no sidecar reachable" in warnings[0], warnings
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "env", "error", "words"),
+    [
+        ({"token": "short"}, {}, ValueError, "token needs at least 16 characters, got 5"),
+        ({"token": "has spaces in the token"}, {}, ValueError, "printable ASCII without spaces"),
+        ({"token": 12345}, {}, TypeError, "token must be a str or None, got int"),
+        ({}, {"NOISESCOPE_TOKEN": "tiny"}, ValueError, "$NOISESCOPE_TOKEN needs at least 16 characters"),
+        ({"tls_cert": "client.pem"}, {}, ValueError, "tls_cert and tls_key go together"),
+        ({"tls_ca": "absent.pem"}, {}, ValueError, "tls_ca absent.pem: cannot read it (No such file or directory)"),
+        ({"tls_ca": "token"}, {}, ValueError, "tls_ca is not PEM"),
+        ({}, {"NOISESCOPE_TLS_CA": "absent.pem"}, ValueError, "$NOISESCOPE_TLS_CA absent.pem: cannot read it"),
+        ({"tls_key": 3}, {}, TypeError, "tls_key must be a path or PEM bytes, got int"),
+    ],
+)
+def test_bad_credentials_raise_clear_errors_at_watch(
+    pki: Path, monkeypatch: pytest.MonkeyPatch, kwargs: dict, env: dict, error: type, words: str
+) -> None:
+    monkeypatch.chdir(pki)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    model = make_model()
+    with pytest.raises(error) as raised:
+        noisescope.watch(model, make_optimizer(model), address="127.0.0.1:1", **kwargs)
+    assert words in str(raised.value)
