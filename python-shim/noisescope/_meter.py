@@ -30,6 +30,7 @@ from ._guard import Guard
 if TYPE_CHECKING:
     from ._ddp import DdpSource
     from ._dense import DenseCapture
+    from ._fsdp import FsdpSource
     from ._per_example import PerExample
 
 logger = logging.getLogger("noisescope")
@@ -68,6 +69,7 @@ class PendingStep:
     per_example: bool = False  # `values` ends with k·L per-example sums ([micro-batch][layer])
     dense: Any = None  # dense mode: the step's DenseStep (its gradients, sent as chunks)
     reduced: bool = False  # `values` ends with L all-reduced squared norms (DDP)
+    reduced_is_shard: bool = False  # FSDP: those are this rank's shard of the reduced gradient
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,7 @@ class StepRecord:
     dense: Any = None  # dense mode: the step's DenseStep
     # [layer]: |the all-reduced gradient|² (DDP: the ranks' average, the optimizer's units); () if none.
     reduced_sq_norms: tuple[float, ...] = ()
+    reduced_is_shard: bool = False  # FSDP: reduced_sq_norms are this rank's shard; the sidecar sums ranks
 
 
 def finish(pending: PendingStep, layers: Sequence[LayerInfo]) -> StepRecord:
@@ -140,6 +143,7 @@ def finish(pending: PendingStep, layers: Sequence[LayerInfo]) -> StepRecord:
         per_example_sums=per_example if not skip_reason else (),
         dense=pending.dense,
         reduced_sq_norms=reduced if not skip_reason else (),
+        reduced_is_shard=pending.reduced_is_shard,
     )
 
 
@@ -286,12 +290,14 @@ class Meter:
         dense: DenseCapture | None = None,
         ddp: DdpSource | None = None,
         reduced_at_step: str = "",
+        fsdp: FsdpSource | None = None,
     ) -> None:
         self._model = model
         # DDP: the rank-local and all-reduced norms from our communication hook; or, where the
         # model has a hook of the user's, `reduced_at_step`: "grad" reads the reduced one from .grad at
         # the step; "skip" (gradient_as_bucket_view: no rank-local figure) sends measured steps as skipped.
         self._ddp = ddp
+        self._fsdp = fsdp  # FSDP2: every figure comes from it (no backward reaches the sharded parameters)
         self._reduced_at_step = reduced_at_step
         self._dense = dense  # dense mode: each micro-batch's gradient is also copied out
         self._optimizer = optimizer
@@ -343,6 +349,8 @@ class Meter:
         self._disarm()
         if self._ddp is not None:
             self._ddp.detach()
+        if self._fsdp is not None:
+            self._fsdp.detach()
         if self._step_handle is not None:
             self._step_handle.remove()
             self._step_handle = None
@@ -561,6 +569,8 @@ class Meter:
             self._dense.begin_step(measuring)
         if self._ddp is not None:
             self._ddp.begin_step(measuring)
+        if self._fsdp is not None:
+            self._fsdp.begin_step(measuring)
         self._choose_per_example(measuring)
         self._measuring = measuring
 
@@ -582,6 +592,7 @@ class Meter:
 
     def _close(self, step: int, buffer: _StepBuffer) -> None:
         unix_ms = time.time() * 1000.0
+        fsdp_why = self._take_fsdp(buffer, step) if self._fsdp is not None else ""
         k = len(buffer.sq_norms)
         if k == 0:
             self._warn_once(
@@ -607,7 +618,7 @@ class Meter:
         values: torch.Tensor | list[float] = []
         ready = None
         per_example = None
-        skip_reason = ""
+        skip_reason = fsdp_why
         accumulated = buffer.accumulated
         reduced = buffer.reduced
         if self._ddp is not None:
@@ -674,8 +685,19 @@ class Meter:
                 per_example=per_example is not None,
                 dense=dense,
                 reduced=reduced is not None and not skip_reason,
+                reduced_is_shard=self._fsdp is not None,
             )
         )
+
+    def _take_fsdp(self, buffer: _StepBuffer, step: int) -> str:
+        """FSDP's figures into the step buffer (its rows, accumulated and reduced norms); why the step is skipped, or ''."""
+        micro, local, reduced, why = self._fsdp.take()  # type: ignore[union-attr]
+        if why:
+            self._warn_once("fsdp-" + why[:24], logging.INFO, "noisescope: step %d is sent as skipped: %s", step, why)
+            buffer.sq_norms = [[None] * len(self._params)] * max(len(buffer.examples), 1)
+            return why
+        buffer.sq_norms, buffer.accumulated, buffer.accumulated_at, buffer.reduced = micro, local, len(micro) - 1, reduced
+        return ""
 
     def _stack(self, entries: list[Norm | None]) -> torch.Tensor:
         """Accelerator norms (0-dim tensors, no sync so far) as one float64 tensor on the first one's device."""

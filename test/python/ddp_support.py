@@ -8,8 +8,11 @@ WORLD·K micro-batches in that order steps with the same gradient. Each rank wri
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
+import socket
 import time
+from pathlib import Path
 from datetime import timedelta
 from typing import Any
 
@@ -30,6 +33,34 @@ def batch(step: int, micro: int, world: int, k: int = K) -> tuple[torch.Tensor, 
 
 
 _cache: dict[str, Any] = {}
+
+
+def _port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def spawn(world: int, address: str, out: Path, scenario: str, steps: int, target: Any = None) -> tuple[list[int | None], list[dict[str, Any]]]:
+    """Runs `target` (default `worker`) on `world` spawned ranks; their exit codes and what each wrote."""
+    ctx = multiprocessing.get_context("spawn")
+    port = _port()
+    target = target or worker
+    procs = [ctx.Process(target=target, args=(r, world, port, address, str(out), scenario, steps)) for r in range(world)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    codes = [p.exitcode for p in procs]
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join()
+    results = []
+    for r in range(world):
+        path = out / f"rank{r}.pt"
+        results.append(torch.load(path, weights_only=False) if path.exists() else {})
+    return codes, results
 
 
 def _data(make_data: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,6 +87,49 @@ def train(model: torch.nn.Module, ddp: Any, opt: torch.optim.Optimizer, rank: in
             stop(step)
         opt.step()
         opt.zero_grad(set_to_none=True)
+
+
+def steps_of(sidecar: Any, run: str, count: int) -> list[dict[str, Any]]:
+    """The sidecar's step events of `run`, once its step `count` − 1 arrived."""
+    sidecar.wait_for(lambda e: e["type"] == "step" and e.get("run") == run and e["step"] == count - 1, timeout=60)
+    return [e for e in sidecar.of_type("step") if e.get("run") == run]
+
+
+def watch_one_process(address: str, run: str, steps: int, world: int, k: int = K) -> None:
+    """The same global batches in one watched process, accumulating all world·k micro-batches per step."""
+    import noisescope
+    from noisescope.demo import make_model
+
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    handle = noisescope.watch(model, opt, address=address, run=run)
+    for step in range(steps):
+        for m in range(world * k):
+            x, y = batch(step, m, world, k)
+            (F.cross_entropy(model(x), y) / (world * k)).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    handle.remove(timeout=10)
+
+
+def assert_within_each_others_interval(a: dict[str, Any], b: dict[str, Any]) -> None:
+    """Two smoothed estimates: both positive, each B_simple inside the other's interval (the estimator's own uncertainty)."""
+    for name in ("gradSqNorm", "traceSigma"):
+        assert a[name] > 0 and b[name] > 0
+    for x, y in ((a, b), (b, a)):
+        low, high = y["interval"]["low"], y["interval"]["high"]
+        assert x["bSimple"] is not None and low <= x["bSimple"] and (high is None or x["bSimple"] <= high), (a, b)
+
+
+def by_hand(rank: int, world: int, k: int) -> torch.Tensor:
+    """Step 0's rank-local accumulated gradient (loss / k), per layer |·|², from the initial parameters."""
+    from noisescope.demo import make_model
+
+    model = make_model()
+    for j in range(k):
+        x, y = batch(0, rank * k + j, world, k)
+        (F.cross_entropy(model(x), y) / k).backward()
+    return torch.tensor([p.grad.double().square().sum().item() for p in model.parameters()], dtype=torch.float64)
 
 
 def reference(steps: int, world: int, k: int = K) -> tuple[torch.nn.Module, list[torch.Tensor]]:
@@ -85,13 +159,11 @@ class _Lines(logging.Handler):
         self.lines.append(record.getMessage())
 
 
-def worker(rank: int, world: int, port: int, address: str, out: str, scenario: str, steps: int) -> None:
+def _join(rank: int, world: int, port: int) -> tuple[_Lines, list[dict[str, Any]]]:
+    """Joins the gloo group; the noisescope log lines and every StepEnd this rank sends, as they happen."""
     import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel as DDP
 
-    import noisescope
     from noisescope import _wire
-    from noisescope.demo import make_model
 
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -109,29 +181,51 @@ def worker(rank: int, world: int, port: int, address: str, out: str, scenario: s
             "step": end.step, "skipped": end.skipped, "skip_reason": end.skip_reason,
             "micro": [list(m.shard.sq_norms.values) for m in messages[:-1]],
             "accumulated": list(end.accumulated_sq_norms), "reduced": list(end.reduced_sq_norms),
+            "shard": end.reduced_is_shard,
         })
         return messages
 
     _wire.step_messages = record
+    return lines, sent
+
+
+def with_and_without(result: dict[str, Any], address: str, run: str, build: Any, fit: Any, part: Any = None) -> None:
+    """Trains a `build()` model with `fit(model, opt)`, watching `part(model)` (default: the model), then a
+    fresh one unwatched: bitwise-equal parameters (FSDP's gathered whole), the watched run's parameters
+    and stats, into `result`."""
+    import noisescope
+
+    finals = {}
+    for watched in (True, False):
+        model = build()
+        opt = torch.optim.SGD(model.parameters(), lr=LR)
+        handle = noisescope.watch(part(model) if part else model, opt, address=address, run=run) if watched else None
+        fit(model, opt)
+        if handle is not None:
+            handle.remove(timeout=10)
+            result["stats"] = handle.stats
+        finals[watched] = [(p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone() for p in model.parameters()]
+    result["bitwise"] = all(torch.equal(a, b) for a, b in zip(finals[True], finals[False]))
+    result["params"] = finals[True]
+
+
+def worker(rank: int, world: int, port: int, address: str, out: str, scenario: str, steps: int) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    import noisescope
+    from noisescope.demo import make_model
+
+    lines, sent = _join(rank, world, port)
     result: dict[str, Any] = {"rank": rank}
     try:
         if scenario == "train":
             # With the hook (watching the wrapped module), then the same training without it.
-            finals = {}
-            for watched in (True, False):
-                model = make_model()
-                ddp = DDP(model)
-                opt = torch.optim.SGD(ddp.parameters(), lr=LR)
-                handle = noisescope.watch(model, opt, address=address, run=f"ddp-{world}") if watched else None
-                train(model, ddp, opt, rank, world, steps)
-                if handle is not None:
-                    handle.remove(timeout=10)
-                    result["stats"] = handle.stats
-                finals[watched] = [p.detach().clone() for p in model.parameters()]
-                local = [p.grad for p in model.parameters()]
-                assert all(g is None for g in local)
-            result["bitwise"] = all(torch.equal(a, b) for a, b in zip(finals[True], finals[False]))
-            result["params"] = finals[True]
+            def fit(ddp: Any, opt: torch.optim.Optimizer) -> None:
+                train(ddp.module, ddp, opt, rank, world, steps)
+                assert all(p.grad is None for p in ddp.parameters())
+
+            with_and_without(result, address, f"ddp-{world}", lambda: DDP(make_model()), fit, part=lambda ddp: ddp.module)
         elif scenario == "fallback":
             from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
@@ -191,3 +285,79 @@ def worker(rank: int, world: int, port: int, address: str, out: str, scenario: s
         torch.save(result, os.path.join(out, f"rank{rank}.pt"))
     if scenario != "kill":
         dist.destroy_process_group()
+
+
+def shard(model: torch.nn.Module) -> torch.nn.Module:
+    """FSDP2: each Linear its own parameter group, then the root (which holds none here)."""
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in model:
+        if isinstance(layer, torch.nn.Linear):
+            fully_shard(layer)
+    return fully_shard(model)
+
+
+def train_fsdp(model: Any, opt: torch.optim.Optimizer, rank: int, world: int, steps: int, k: int = K) -> None:
+    """As `train`, accumulating with set_requires_gradient_sync(False) for all but the last micro-batch."""
+    for step in range(steps):
+        for j in range(k):
+            x, y = batch(step, rank * k + j, world, k)
+            if hasattr(model, "set_requires_gradient_sync"):
+                model.set_requires_gradient_sync(j == k - 1)
+            (F.cross_entropy(model(x), y) / k).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
+def fsdp_worker(rank: int, world: int, port: int, address: str, out: str, scenario: str, steps: int) -> None:
+    """One FSDP rank; writes what it sent, its full parameters and log lines to `out/rank<r>.pt`."""
+    import torch.distributed as dist
+
+    import noisescope
+    from noisescope.demo import make_model
+
+    lines, sent = _join(rank, world, port)
+    result: dict[str, Any] = {"rank": rank}
+    try:
+        if scenario == "train":
+            with_and_without(
+                result, address, f"fsdp-{world}", lambda: shard(make_model()), lambda m, o: train_fsdp(m, o, rank, world, steps)
+            )
+        elif scenario == "unsupported":
+            from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.fsdp import FullyShardedDataParallel, fully_shard
+
+            mesh = init_device_mesh("cpu", (1, world), mesh_dim_names=("replicate", "shard"))
+            builds = {
+                "fsdp1": lambda: FullyShardedDataParallel(make_model(), device_id=torch.device("cpu")),
+                "hsdp": lambda: fully_shard(make_model(), mesh=mesh),
+                "unsharded-root": lambda: _shard_only_first(make_model()),
+            }
+            for name, build in builds.items():
+                finals = {}
+                for watched in (True, False):
+                    model = build()
+                    opt = torch.optim.SGD(model.parameters(), lr=LR)
+                    handle = noisescope.watch(model, opt, address=address, run=f"{name}-{world}") if watched else None
+                    train_fsdp(model, opt, rank, world, 2) if name != "fsdp1" else train(model, model, opt, rank, world, 2)
+                    if handle is not None:
+                        result[f"{name}_enabled"] = handle.enabled
+                        handle.remove(timeout=5)
+                    with torch.no_grad():
+                        finals[watched] = [
+                            (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone() for p in model.parameters()
+                        ]
+                result[f"{name}_bitwise"] = all(torch.equal(a, b) for a, b in zip(finals[True], finals[False]))
+    finally:
+        result["sent"] = sent
+        result["log"] = lines.lines
+        torch.save(result, os.path.join(out, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def _shard_only_first(model: torch.nn.Module) -> torch.nn.Module:
+    """fully_shard on one layer only: the other layers' gradients are never reduced across ranks."""
+    from torch.distributed.fsdp import fully_shard
+
+    fully_shard(model[0])
+    return model

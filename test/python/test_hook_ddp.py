@@ -6,62 +6,23 @@ without noisescope, the user-comm-hook fallback, and a rank killed mid-run.
 """
 from __future__ import annotations
 
-import multiprocessing
-import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from conftest import Sidecar
-from ddp_support import K, batch, reference, worker
+from ddp_support import K, assert_within_each_others_interval, reference, watch_one_process
+from ddp_support import by_hand as _by_hand
+from ddp_support import steps_of as _steps
+from ddp_support import spawn as spawn_ranks
 
 STEPS = 6
 
 
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def spawn(world: int, address: str, out: Path, scenario: str, steps: int = STEPS) -> tuple[list[int | None], list[dict[str, Any]]]:
-    """Runs `worker` on `world` spawned ranks; their exit codes and what each wrote."""
-    ctx = multiprocessing.get_context("spawn")
-    port = _port()
-    procs = [ctx.Process(target=worker, args=(r, world, port, address, str(out), scenario, steps)) for r in range(world)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-    codes = [p.exitcode for p in procs]
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-            p.join()
-    results = []
-    for r in range(world):
-        path = out / f"rank{r}.pt"
-        results.append(torch.load(path, weights_only=False) if path.exists() else {})
-    return codes, results
-
-
-def _steps(sidecar: Sidecar, run: str, count: int) -> list[dict[str, Any]]:
-    sidecar.wait_for(lambda e: e["type"] == "step" and e.get("run") == run and e["step"] == count - 1, timeout=60)
-    return [e for e in sidecar.of_type("step") if e.get("run") == run]
-
-
-def _by_hand(rank: int, world: int, k: int) -> torch.Tensor:
-    """Step 0's rank-local accumulated gradient (loss / k), per layer |·|², from the initial parameters."""
-    from noisescope.demo import make_model
-
-    model = make_model()
-    for j in range(k):
-        x, y = batch(0, rank * k + j, world, k)
-        (F.cross_entropy(model(x), y) / k).backward()
-    return torch.tensor([p.grad.double().square().sum().item() for p in model.parameters()], dtype=torch.float64)
+    return spawn_ranks(world, address, out, scenario, steps)
 
 
 @pytest.mark.parametrize("world", [2, 3, 4])  # 3: 1/world size is inexact, so bitwise equality tests the scaling
@@ -121,34 +82,16 @@ def test_ddp_with_gradient_as_bucket_view_sends_the_rank_local_norm_not_the_redu
 
 def test_ddp_estimate_agrees_with_one_process_accumulating_the_same_batch(sidecar: Sidecar, tmp_path: Path) -> None:
     """Per step, the sidecar's |G|² and tr(Σ) from the DDP run's three scales against the one-process run's two."""
-    import noisescope
-    from noisescope.demo import make_model
-
     steps = 40
     codes, _ = spawn(2, sidecar.address, tmp_path, "train", steps=steps)
     assert codes == [0, 0]
     ddp = _steps(sidecar, "ddp-2", steps)
 
-    model = make_model()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    handle = noisescope.watch(model, opt, address=sidecar.address, run="one-process")
-    for step in range(steps):
-        for m in range(2 * K):
-            x, y = batch(step, m, 2)
-            (F.cross_entropy(model(x), y) / (2 * K)).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    handle.remove(timeout=10)
+    watch_one_process(sidecar.address, "one-process", steps, 2)
     one = _steps(sidecar, "one-process", steps)
     assert one[-1]["source"] == "accumulation" and one[-1]["levels"] == 2
 
-    a, b = ddp[-1]["smoothed"], one[-1]["smoothed"]
-    for name in ("gradSqNorm", "traceSigma"):
-        assert a[name] > 0 and b[name] > 0
-    # Each estimate inside the other's interval (the estimator's own uncertainty).
-    for x, y in ((a, b), (b, a)):
-        low, high = y["interval"]["low"], y["interval"]["high"]
-        assert x["bSimple"] is not None and low <= x["bSimple"] and (high is None or x["bSimple"] <= high), (a, b)
+    assert_within_each_others_interval(ddp[-1]["smoothed"], one[-1]["smoothed"])
 
 
 def test_ddp_with_a_user_comm_hook_falls_back_and_says_so(sidecar: Sidecar, tmp_path: Path) -> None:

@@ -1,0 +1,84 @@
+"""FSDP2 (fully_shard; gloo, CPU, spawned ranks): real training on load_digits through the hook into the real sidecar.
+
+Each rank's micro-batch and rank-local norms against exact values, its reduced-gradient shard norms
+summing over ranks to the one-process gradient's, one data-parallel step of 3 batch scales per step,
+parameters bitwise those of FSDP training without noisescope, an estimate that agrees with one
+process at the same global batch, and FSDP configurations it cannot measure said and left alone.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from conftest import Sidecar
+from ddp_support import K, assert_within_each_others_interval, batch, by_hand, fsdp_worker, reference, spawn, steps_of, watch_one_process
+
+STEPS = 40
+
+
+def _micro_by_hand(rank: int, world: int) -> torch.Tensor:
+    """Step 0's micro-batch contributions h_j (loss / k), [j][layer] |·|², from the initial parameters."""
+    from noisescope.demo import make_model
+
+    model = make_model()
+    rows = []
+    for j in range(K):
+        x, y = batch(0, rank * K + j, world, K)
+        grads = torch.autograd.grad(F.cross_entropy(model(x), y) / K, list(model.parameters()))
+        rows.append([g.double().square().sum().item() for g in grads])
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def test_fsdp_training_sends_exact_shard_norms_keeps_numerics_and_agrees_with_one_process(sidecar: Sidecar, tmp_path: Path) -> None:
+    world = 2
+    codes, results = spawn(world, sidecar.address, tmp_path, "train", STEPS, target=fsdp_worker)
+    assert codes == [0] * world, (codes, [r.get("log") for r in results])
+
+    # Numerics: bitwise the parameters of the same FSDP training without noisescope, and those of one process.
+    assert all(r["bitwise"] for r in results)
+    ref_model, ref_norms = reference(STEPS, world)
+    for got, want in zip(results[0]["params"], ref_model.parameters()):
+        torch.testing.assert_close(got, want.detach(), rtol=1e-5, atol=1e-6)
+    assert any("FSDP2: each layer's micro-batch and rank-local gradient" in line for line in results[0]["log"])
+
+    for r, result in enumerate(results):
+        assert [s["step"] for s in result["sent"]] == list(range(STEPS))
+        assert result["stats"].steps_measured == STEPS and result["stats"].dropped == 0
+        assert all(not s["skipped"] and s["shard"] and len(s["micro"]) == K for s in result["sent"])
+        first = result["sent"][0]
+        torch.testing.assert_close(torch.tensor(first["accumulated"], dtype=torch.float64), by_hand(r, world, K), rtol=1e-4, atol=0)
+        torch.testing.assert_close(torch.tensor(first["micro"], dtype=torch.float64), _micro_by_hand(r, world), rtol=1e-4, atol=0)
+    for step in range(STEPS):
+        # Shards of the reduced gradient: their squared norms sum over ranks to the one-process gradient's.
+        summed = sum(torch.tensor(result["sent"][step]["reduced"], dtype=torch.float64) for result in results)
+        torch.testing.assert_close(summed, ref_norms[step], rtol=1e-4, atol=0)
+        assert not torch.allclose(torch.tensor(results[0]["sent"][step]["reduced"], dtype=torch.float64), ref_norms[step], rtol=0.05)
+
+    fsdp = steps_of(sidecar, f"fsdp-{world}", STEPS)
+    assert [e["step"] for e in fsdp] == list(range(STEPS))
+    for e in fsdp:
+        assert (e["source"], e["levels"], e["ranks"], e["microBatches"]) == ("data-parallel", 3, world, world * K), e
+        assert e["globalBatch"] == world * K * 16 and not e["skipped"]
+
+    watch_one_process(sidecar.address, "one-process", STEPS, world)
+    one = steps_of(sidecar, "one-process", STEPS)
+    assert one[-1]["source"] == "accumulation" and one[-1]["levels"] == 2
+    assert_within_each_others_interval(fsdp[-1]["smoothed"], one[-1]["smoothed"])
+
+
+def test_fsdp_configurations_it_cannot_measure_are_named_and_training_is_unaffected(sidecar: Sidecar, tmp_path: Path) -> None:
+    codes, results = spawn(2, sidecar.address, tmp_path, "unsupported", 2, target=fsdp_worker)
+    assert codes == [0, 0], [r.get("log") for r in results]
+    why = {
+        "fsdp1": "FSDP1 (FullyShardedDataParallel) flattens the parameters",
+        "hsdp": "HSDP or FSDP on a 2-D device mesh",
+        "unsharded-root": "4 of 6 measured parameters are not sharded by fully_shard",
+    }
+    for result in results:
+        assert result["sent"] == []
+        for name, reason in why.items():
+            assert result[f"{name}_enabled"] is False and result[f"{name}_bitwise"], name
+            said = [line for line in result["log"] if reason in line]
+            assert len(said) == 1 and "not supported" in said[0] and "training continues unwatched" in said[0], result["log"]
