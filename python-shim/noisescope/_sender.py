@@ -66,6 +66,7 @@ class Sender:
         self._counters_lock = threading.Lock()
         self.messages_sent = 0
         self.dropped = 0
+        self._dropped_at_welcome = 0  # dropped as of the last Welcome: a reconnect reports the difference
         self.refusals = 0
         self.connected = False
         self._warned_outage = False
@@ -288,15 +289,20 @@ class Sender:
         kind = reply.WhichOneof("kind")
         if kind == "welcome":
             self.connected = True
-            level = logging.INFO if self._warned_outage else logging.DEBUG
+            with self._counters_lock:
+                dropped = self.dropped - self._dropped_at_welcome
+                self._dropped_at_welcome = self.dropped
+            # Back after an outage that cost measurements: say how many (one line, beside the outage's warning).
+            level = logging.WARNING if dropped and self._warned_outage else logging.INFO if self._warned_outage else logging.DEBUG
             self._warned_outage = False
             logger.log(
                 level,
-                "noisescope: attached to the sidecar at %s (version %s) as run '%s' rank %d",
+                "noisescope: attached to the sidecar at %s (version %s) as run '%s' rank %d%s",
                 self._address,
                 reply.welcome.sidecar_version,
                 reply.welcome.run,
                 reply.welcome.rank,
+                f"; {dropped} measurement(s) were dropped while it was unreachable" if dropped else "",
             )
             return True
         if kind == "refusal":

@@ -1,7 +1,11 @@
 """The hook against the real sidecar when things go wrong: restarts, refusals, a refused Hello, forks."""
 from __future__ import annotations
 
+import copy
 import logging
+import os
+import signal
+import threading
 import time
 
 import pytest
@@ -10,7 +14,7 @@ import torch
 import noisescope
 from conftest import Sidecar
 from noisescope import _wire
-from test_hook_support import Loop, make_model, make_optimizer, wait_connected, wait_for_events
+from test_hook_support import Loop, make_model, make_optimizer, parameters_of, wait_connected, wait_for_events
 
 
 def warnings_in(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -48,8 +52,10 @@ def test_reconnects_after_the_sidecar_restarts_with_one_warning(caplog: pytest.L
         first.stop()
         if second is not None:
             second.stop()
+    # One warning for the outage, one on reconnecting that says what it cost.
     warnings = warnings_in(caplog)
-    assert len(warnings) == 1 and "lost the sidecar" in warnings[0]
+    assert len(warnings) == 2 and "lost the sidecar" in warnings[0]
+    assert "as run 'restart'" in warnings[1] and "2 measurement(s) were dropped while it was unreachable" in warnings[1]
 
 
 def test_a_refused_message_is_logged_with_its_grpc_code_and_later_ones_only_counted(
@@ -167,3 +173,43 @@ def test_forked_data_loader_workers_do_not_disturb_the_stream(sidecar: Sidecar) 
     assert (ns.stats.dropped, ns.stats.refusals) == (0, 0)
     assert [e["step"] for e in wait_for_events(sidecar, "step", "fork", 6)] == list(range(6))
     sidecar.wait_for(lambda e: e["type"] == "run" and e["run"] == "fork" and e["ended"] and e["ranksConnected"] == 0)
+
+
+def test_a_stalled_sidecar_never_blocks_training_nor_remove() -> None:
+    """A sidecar that stops reading (SIGSTOP: alive, its socket open, nothing read) is a stall, not an outage."""
+    sidecar = Sidecar()
+    stopped = False
+
+    def stall(on: bool) -> None:
+        nonlocal stopped
+        os.kill(sidecar.proc.pid, signal.SIGSTOP if on else signal.SIGCONT)
+        stopped = on
+
+    try:
+        model = make_model()
+        optimizer = make_optimizer(model)
+        twin = copy.deepcopy(model)
+        twin_optimizer = make_optimizer(twin)
+        ns = noisescope.watch(model, optimizer, address=sidecar.address, run="stalled")
+        wait_connected(ns)
+        stall(True)
+        Loop(steps=40).run(model, optimizer)  # returns: the hook only queues
+        stall(False)
+        # A stall shorter than the hook's queues loses nothing: every step arrives once the sidecar reads again.
+        steps = wait_for_events(sidecar, "step", "stalled", 40)
+        assert [s["step"] for s in steps] == list(range(40)) and ns.stats.dropped == 0
+        # remove() during a stall gives up after its flush budget instead of waiting for the reader.
+        stall(True)
+        Loop(steps=10).run(model, optimizer)
+        removing = threading.Thread(target=ns.remove, daemon=True)
+        removing.start()
+        removing.join(30)  # a hang detector, not a timing: remove()'s own budget is 2 s
+        assert not removing.is_alive(), "remove() blocked on a stalled sidecar"
+        stall(False)
+        Loop(steps=40).run(twin, twin_optimizer)  # the same two loops without the hook
+        Loop(steps=10).run(twin, twin_optimizer)
+        assert all(torch.equal(a, b) for a, b in zip(parameters_of(model), parameters_of(twin)))
+    finally:
+        if stopped:
+            os.kill(sidecar.proc.pid, signal.SIGCONT)
+        sidecar.stop()
