@@ -1,7 +1,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { filter, firstValueFrom, take, toArray } from 'rxjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startSidecar, type Sidecar } from '../../src/index.js';
+import { startSidecar, watchSidecar, type Sidecar } from '../../src/index.js';
 import { bearerMetadata } from '../../src/transport/auth.js';
 import type { NoiseScopeClient } from '../../src/transport/generated/noisescope/v1/NoiseScope.js';
 import type { RankMessage } from '../../src/transport/generated/noisescope/v1/RankMessage.js';
@@ -93,6 +93,19 @@ describe('a sidecar with a token', () => {
     expect((await rank.ended).code).toBe(grpc.status.OK);
     const watched = await watchOnce(client, bearerMetadata(TOKEN));
     expect('kind' in watched && watched.kind).toBeTruthy();
+  });
+
+  it('tells a watch client without the token why, on connection$, and streams to one with it', async () => {
+    const without = watchSidecar(sidecar.address, { retryMs: 10_000 });
+    const with_ = watchSidecar(sidecar.address, { token: TOKEN });
+    try {
+      const lost = await firstValueFrom(without.connection$.pipe(filter((c) => c.state === 'lost')));
+      expect(lost).toMatchObject({ reason: expect.stringMatching(/^UNAUTHENTICATED: missing or wrong bearer token/) });
+      expect((await firstValueFrom(with_.health$)).unixMs).toBeGreaterThan(0);
+    } finally {
+      without.close();
+      with_.close();
+    }
   });
 
   it("opens a run token's run only: other runs and the all-runs Watch get PERMISSION_DENIED", async () => {
