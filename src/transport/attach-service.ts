@@ -121,6 +121,8 @@ function handleAttach(ingest: Ingest, call: AttachCall, outbox: RankOutbox): voi
       if (!waiting && backlog.length === 0 && endedByPeer) finishStream();
     };
     const finishStream = () => {
+      // Said so rather than OK: grpc-js drops a final message cut short by the half-close without a word.
+      if (!session) return fail(new NoiseScopeError('no-hello', 'the stream ended before a Hello arrived (was it truncated?): send Hello first'));
       const wasEnded = ended;
       stop();
       if (!wasEnded) call.end();
