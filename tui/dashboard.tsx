@@ -4,6 +4,7 @@ import { Box, useApp, useInput, useStdout } from 'ink';
 import { useEffect, useMemo, useRef, useState } from 'react';
 import { asyncScheduler, auditTime, EMPTY, map, merge, scan, startWith, type SchedulerLike } from 'rxjs';
 import { ChartPanel } from './components/chart-panel.js';
+import { DiversityLine, hasDiversity } from './components/diversity-line.js';
 import { Header } from './components/header.js';
 import { LAYER_SORTS, layerRows, LayersPanel, type LayerSort } from './components/layers-panel.js';
 import { RecommendationPanel } from './components/recommendation-panel.js';
@@ -87,10 +88,10 @@ export function Dashboard(props: DashboardProps) {
   const run = model.runs[index] ?? null;
   const layerCount = run?.layers?.layers.length ?? 0;
 
-  // Layout for the current size: fixed lines (header 2, recommendation, scales, ingest, keys,
-  // one spare) + the bottom panels + a chart that takes what is left.
+  // Layout for the current size: fixed lines (header 2, recommendation, scales, diversity on dense
+  // and sketch steps, ingest, keys, one spare) + the bottom panels + a chart that takes what is left.
   const width = Math.max(60, size.columns);
-  const fixedLines = 2 + RECOMMENDATION_LINES + 1 + 1 + 1 + 1;
+  const fixedLines = 2 + RECOMMENDATION_LINES + 1 + 1 + 1 + 1 + (hasDiversity(run?.latest ?? null) ? 1 : 0);
   const bottomHeight = Math.max(8, Math.min(14, Math.floor((size.rows - fixedLines + 1) / 2)));
   const chartHeight = Math.max(6, size.rows - fixedLines - bottomHeight);
   const leftWidth = Math.min(36, Math.floor(width * 0.43));
@@ -170,6 +171,7 @@ export function Dashboard(props: DashboardProps) {
           />
           <RecommendationPanel run={run} width={width} recommending={props.sources.recommendations$ !== undefined} />
           <SourceLine info={run?.info ?? null} latest={run?.latest ?? null} />
+          <DiversityLine latest={run?.latest ?? null} width={width} />
           <Box>
             <TradeoffPanel
               latest={run?.latest ?? null}
