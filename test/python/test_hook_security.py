@@ -142,6 +142,32 @@ def test_the_hook_without_the_ca_is_refused_by_a_tls_sidecar_and_says_so_once(
     assert len(warnings) == 1 and "no sidecar reachable" in warnings[0], warnings
 
 
+def test_a_run_token_opens_its_run_only(pki: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="noisescope")
+    sidecar = Sidecar("--run-token", f"alpha={pki / 'token'}")
+    try:
+        alpha, beta = make_model(), make_model()
+        alpha_optimizer, beta_optimizer = make_optimizer(alpha), make_optimizer(beta)
+        ns_alpha = noisescope.watch(alpha, alpha_optimizer, address=sidecar.address, run="alpha", token=TOKEN)
+        ns_beta = noisescope.watch(beta, beta_optimizer, address=sidecar.address, run="beta", token=TOKEN)
+        wait_connected(ns_alpha)
+        Loop(steps=2).run(alpha, alpha_optimizer)
+        Loop(steps=2).run(beta, beta_optimizer)
+        ns_alpha.remove()
+        assert [s["step"] for s in wait_for_events(sidecar, "step", "alpha", 2)] == [0, 1]
+        deadline = time.monotonic() + 15
+        while not caplog.records:
+            assert time.monotonic() < deadline, "no warning within 15 s"
+            time.sleep(0.05)
+        ns_beta.remove()
+        assert not sidecar.of_type("step")[2:] and not [e for e in sidecar.of_type("run") if e.get("run") == "beta"]
+    finally:
+        sidecar.stop()
+    warnings = [r.getMessage() for r in caplog.records if r.name == "noisescope"]
+    assert len(warnings) == 1, warnings
+    assert "PERMISSION_DENIED: this token opens only run 'alpha', not run 'beta'" in warnings[0]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "env", "error", "words"),
     [
