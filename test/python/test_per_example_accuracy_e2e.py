@@ -58,7 +58,10 @@ def per_example_estimate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tenso
     return LayerNoise(grad_sq_norm=y_big - trace * x_big, trace_sigma=trace)
 
 
-def run_training(address: str, run: str) -> Trace:
+def run_training(
+    address: str, run: str, model: torch.nn.Module | None = None, steps: int = STEPS, truth_dtype: torch.dtype = torch.float64
+) -> Trace:
+    """The demo's MLP by default; another `model` for load_digits (64 features → 10 logits) may be given."""
     import copy
 
     import noisescope
@@ -66,8 +69,8 @@ def run_training(address: str, run: str) -> Trace:
 
     dataset = demo.make_data()
     n = len(dataset)
-    model = demo.make_model(SEED)
-    reference = ExactNoise(model, *dataset.tensors)  # built before watch(): an un-hooked copy
+    model = demo.make_model(SEED) if model is None else model
+    reference = ExactNoise(model, *dataset.tensors, dtype=truth_dtype)  # built before watch(): an un-hooked copy
     replica_model = copy.deepcopy(model)
     optimizer = demo.make_optimizer(model, lr=demo.LR)
     # Units of the pipeline check: the small scale is one example, the big one the step's batch.
@@ -97,7 +100,7 @@ def run_training(address: str, run: str) -> Trace:
             model,
             optimizer,
             dataset,
-            steps=STEPS,
+            steps=steps,
             micro_batch=BATCH,
             accumulation=1,
             clip=CLIP,

@@ -266,7 +266,6 @@ def test_training_is_bitwise_unchanged_by_the_new_layers_hooks(free_address: str
 # ------------------------------------------------------------------ real training, end to end
 
 E2E_STEPS = 160
-E2E_BATCH = 64
 E2E_BETA = 0.95
 
 
@@ -306,56 +305,14 @@ def e2e_sidecar():
 
 def test_real_training_through_the_new_layers_is_per_example_under_auto_and_b_simple_right(e2e_sidecar) -> None:
     """source='auto' now picks per-example for this model (every parameter covered); as in
-    test_per_example_accuracy_e2e, the sidecar equals the float64-exact replica of each step and its
-    smoothed B_simple is within 25% of the whole-set truth."""
-    import copy
-    import time
-
-    import noisescope
-    from exact_noise import ExactNoise
-    from noisescope import demo
-    from test_accuracy_e2e import Trace, assert_complete_and_accurate, compare, format_report, step_events
-    from test_per_example_accuracy_e2e import CLIP, per_example_estimate
+    test_per_example_accuracy_e2e, the sidecar equals the exact replica of each step and its smoothed
+    B_simple is within 25% of the whole-set truth (float32 truth: half the cost, round-off ~1e-6)."""
+    from test_accuracy_e2e import assert_complete_and_accurate, compare, format_report, step_events
+    from test_per_example_accuracy_e2e import BATCH, run_training
 
     run = "per-example-more-layers-e2e"
-    dataset = demo.make_data()
-    n = len(dataset)
-    model = DigitRows()
-    # Before watch(): an un-hooked copy. float32 halves its cost; its round-off (~1e-6) is far below the tolerance.
-    reference = ExactNoise(model, *dataset.tensors, dtype=torch.float32)
-    replica_model = copy.deepcopy(model)
-    optimizer = demo.make_optimizer(model, lr=demo.LR)
-    trace = Trace(micro_batch=1, accumulation=E2E_BATCH, dataset_size=n)
-    batch: list[tuple[torch.Tensor, torch.Tensor]] = []
-    spent = 0.0
-
-    def before_step(step: int, m: nn.Module) -> None:
-        nonlocal spent
-        t = time.perf_counter()
-        truth = reference.compute(m)
-        trace.exact.append((truth.grad_sq_norm, truth.trace_sigma))
-        replica_model.load_state_dict(m.state_dict())
-        est = per_example_estimate(replica_model, *batch.pop(), n)
-        trace.replica.append((est.grad_sq_norm, est.trace_sigma))
-        total = sum(float(p.grad.double().pow(2).sum()) for p in m.parameters()) ** 0.5
-        trace.clipped.append(total > CLIP)
-        spent += time.perf_counter() - t
-
-    handle = noisescope.watch(model, optimizer, address=e2e_sidecar.address, run=run, dataset_size=n)
-    assert handle._sender._info.per_example and list(handle._sender._info.uncovered_layers) == []
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    t0 = time.perf_counter()
-    try:
-        demo.train(
-            model, optimizer, dataset, steps=E2E_STEPS, micro_batch=E2E_BATCH, accumulation=1, clip=CLIP, seed=0,
-            before_step=before_step, on_micro_batch=lambda step, j, x, y: batch.append((x, y)),
-        )
-    finally:
-        torch.set_num_threads(threads)
-        handle.remove()
-    trace.seconds = {"train_total": time.perf_counter() - t0, "reference": spent}
+    trace = run_training(e2e_sidecar.address, run, model=DigitRows(), steps=E2E_STEPS, truth_dtype=torch.float32)
     events, layer_events = step_events(e2e_sidecar, run, E2E_STEPS)
     report = compare(trace, events, E2E_BETA, layer_events)
     print("\n" + format_report(report).replace("accuracy e2e", "per-example new layers e2e"))
-    assert_complete_and_accurate(report, events, steps=E2E_STEPS, source="per-example", global_batch=E2E_BATCH, micro_batches=1)
+    assert_complete_and_accurate(report, events, steps=E2E_STEPS, source="per-example", global_batch=BATCH, micro_batches=1)
