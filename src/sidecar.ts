@@ -146,7 +146,7 @@ export async function startSidecar(options: SidecarOptions = {}): Promise<Sideca
   const watch = new WatchService({ runs$, stats$, layers$, health$, recommendations$ }, limits.watchQueueEvents);
   let bound;
   try {
-    bound = await bindServer(options.host ?? '127.0.0.1', options.port ?? DEFAULT_PORT, ingest, watch, recommendations$, undefined, security);
+    bound = await bindServer(options.host ?? '127.0.0.1', options.port ?? DEFAULT_PORT, ingest, watch, recommendations$, undefined, security, limits);
   } catch (error) {
     watch.close();
     for (const s of keepAlive) s.unsubscribe();

@@ -5,6 +5,7 @@ import type { Recommendation } from '../types.js';
 import { AttachService } from './attach-service.js';
 import { authInterceptor, Authenticator, requireTokenOffLoopback } from './auth.js';
 import { createWindowedServer, DEFAULT_FLOW_CONTROL_WINDOW } from './flow-control.js';
+import { DEFAULT_LIMITS, messageSizeOptions, nameMessageSizeLimit, type SidecarLimits } from './limits.js';
 import type { NoiseScopeHandlers } from './generated/noisescope/v1/NoiseScope.js';
 import { loadProto } from './proto.js';
 import type { WatchService } from './watch-service.js';
@@ -42,10 +43,15 @@ export async function bindServer(
   recommendations$: Observable<Recommendation>,
   window: number | null = DEFAULT_FLOW_CONTROL_WINDOW,
   security: ServerSecurity = { auth: new Authenticator({}), credentials: grpc.ServerCredentials.createInsecure() },
+  limits: SidecarLimits = DEFAULT_LIMITS,
 ): Promise<BoundServer> {
   requireTokenOffLoopback(host, isLoopback(host), security.auth);
-  const windowed = createWindowedServer(window, security.auth.required ? { interceptors: [authInterceptor(security.auth)] } : {});
+  const windowed = createWindowedServer(window, {
+    ...messageSizeOptions(limits),
+    ...(security.auth.required ? { interceptors: [authInterceptor(security.auth)] } : {}),
+  });
   const server = windowed.server;
+  nameMessageSizeLimit(server, limits);
   const attach = new AttachService(ingest, recommendations$);
   const handlers: NoiseScopeHandlers = { Attach: attach.handler, Watch: watch.handler };
   server.addService(loadProto().noisescope.v1.NoiseScope.service, handlers);
