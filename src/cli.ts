@@ -3,7 +3,7 @@ import { parseArgs } from 'node:util';
 import { computeBackendLine, printSidecar } from './cli/print-sidecar.js';
 import { runDemo } from './cli/demo.js';
 import { replay, REPLAY_USAGE } from './cli/replay.js';
-import { backendFromFlags, policyFromFlags, portOption, SIDECAR_FLAGS, smoothingFromFlags, UsageError } from './cli/flags.js';
+import { backendFromFlags, partialStepTimeoutFromFlags, policyFromFlags, portOption, SIDECAR_FLAGS, smoothingFromFlags, UsageError } from './cli/flags.js';
 import { BACKEND_NAMES } from './compute/backends.js';
 import { DEFAULT_BATCH_POLICY } from './recommend/batch-policy.js';
 import { RUN_LOG_FLAGS, runLogFromFlags } from './runlog/run-log-flags.js';
@@ -31,6 +31,8 @@ Usage:
       [--monotone]                          only ever recommend larger batches
     [--backend NAME]  compute backend for dense shards: ${BACKEND_NAMES.join(' | ')}
                       (default: the fastest that passes the start-up probe)
+    [--partial-step-timeout S]  a step some but not all ranks ended is excluded S seconds after its first
+                      end, and a rank whose stream ended without Goodbye is declared gone after S (default 30)
     security (any --host other than loopback needs a token):
       [--token-file PATH | --token TOKEN]   every call must send 'authorization: Bearer <token>'
                                             (default $NOISESCOPE_TOKEN; at least 16 characters)
@@ -71,6 +73,7 @@ const SERVE_OPTIONS = {
   port: { type: 'string' },
   json: { type: 'boolean', default: false },
   'no-dashboard': { type: 'boolean', default: false },
+  'partial-step-timeout': { type: 'string' },
   ...SIDECAR_FLAGS,
   ...RUN_LOG_FLAGS,
   ...SERVE_SECURITY_FLAGS,
@@ -89,6 +92,7 @@ async function serve(args: string[]): Promise<void> {
     smoothing: smoothingFromFlags(values),
     policy: policyFromFlags(values),
     ...backendFromFlags(values),
+    ...partialStepTimeoutFromFlags(values['partial-step-timeout']),
     ...(runLog ? { runLog } : {}),
   });
   const write = (line: string) => process.stdout.write(`${line}\n`);

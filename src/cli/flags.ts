@@ -28,6 +28,16 @@ function wholeOption(value: string, name: string): number {
   return n;
 }
 
+/** --partial-step-timeout <s>: how long a step some but not all ranks ended waits for the rest, and a rank whose stream ended without Goodbye for its return. */
+export function partialStepTimeoutFromFlags(value: string | undefined): { partialStepTimeoutMs?: number } {
+  if (value === undefined) return {};
+  const seconds = Number(value);
+  if (value.trim() === '' || !Number.isFinite(seconds) || !(seconds > 0)) {
+    throw new UsageError(`--partial-step-timeout must be a number of seconds > 0, got '${value}'`);
+  }
+  return { partialStepTimeoutMs: seconds * 1000 };
+}
+
 /** parseArgs options for the recommendation policy and the smoothing (serve and demo). */
 export const SIDECAR_FLAGS = {
   beta: { type: 'string' },

@@ -190,6 +190,7 @@ export class Ingest {
     run.hookSessions.set(rank, hello.session);
     this.noteDropped(run, rank, hello.dropped);
     run.goodbyes.delete(rank);
+    run.assembler.rankBack(rank);
 
     const finishStep = (end: StepEnd__Output): StepOutcome => {
       const outcome = run.assembler.endStep(rank, end);
@@ -229,7 +230,11 @@ export class Ingest {
         run.goodbyes.add(rank);
       },
       detach: (which) => {
-        if (run.sessions.get(rank) === which) run.sessions.delete(rank);
+        if (run.sessions.get(rank) === which) {
+          run.sessions.delete(rank);
+          // No Goodbye: a crash or a lost connection; declared gone if it does not come back within the partial-step timeout.
+          if (!run.goodbyes.has(rank)) run.assembler.rankLeft(rank, Date.now());
+        }
         this.publishRuns();
       },
     });

@@ -56,6 +56,8 @@ interface PendingStep {
   inconsistent: boolean;
   /** Sidecar clock (Date.now()) when the first rank ended it: the partial-step timeout counts from here. */
   readonly firstEndedMs: number;
+  /** Each ending rank's process generation (restartRank bumps it): ends of a replaced process are stale. */
+  readonly generations: Map<number, number>;
 }
 
 export type StepOutcome =
@@ -74,6 +76,17 @@ export class StepAssembler {
   private readonly ranks = new Map<number, RankState>();
   private readonly pending = new Map<number, PendingStep>();
   private abandoned = 0;
+  /** Per rank, how many times a new process took it over. */
+  private readonly generation = new Map<number, number>();
+  /** Ranks whose stream ended without Goodbye, and when (sidecar clock); cleared when they attach again. */
+  private readonly lost = new Map<number, number>();
+  /**
+   * Lost ranks that stayed away past the partial-step timeout, and since when: a step first ended after that,
+   * missing only them, is given up at once (steps already waiting keep their own timeout).
+   */
+  private readonly gone = new Map<number, number>();
+  /** Gone ranks whose declaration a step note has not carried yet. */
+  private readonly unannounced = new Set<number>();
 
   constructor(
     readonly layout: RunLayout,
@@ -107,11 +120,37 @@ export class StepAssembler {
    * restarts, so forget what the old one had ended or left open.
    */
   restartRank(rank: number): void {
+    this.generation.set(rank, (this.generation.get(rank) ?? 0) + 1);
+    this.rankBack(rank);
+    // Steps the old process ended can never be joined: the new one numbers its steps from 0 again.
+    for (const [step, pending] of [...this.pending]) {
+      if (pending.endedBy.has(rank)) {
+        this.pending.delete(step);
+        this.abandoned++;
+      }
+    }
     const state = this.ranks.get(rank);
     if (!state) return;
     this.abandoned += state.open.size;
     for (const step of [...state.open.keys()]) this.dropOpen(state, step);
     this.ranks.delete(rank);
+  }
+
+  /** The rank's stream ended without Goodbye (crash, kill, network): gone if not back within the partial-step timeout. */
+  rankLeft(rank: number, nowMs: number): void {
+    if (!this.gone.has(rank) && !this.lost.has(rank)) this.lost.set(rank, nowMs);
+  }
+
+  /** The rank attached again (a reconnection or a new process): its steps count again. */
+  rankBack(rank: number): void {
+    this.lost.delete(rank);
+    this.gone.delete(rank);
+    this.unannounced.delete(rank);
+  }
+
+  /** Ranks declared gone (their stream ended without Goodbye and they did not come back in time). */
+  get goneRanks(): readonly number[] {
+    return [...this.gone.keys()].sort((a, b) => a - b);
   }
 
   addShard(rank: number, shard: GradientShard__Output): void {
@@ -268,6 +307,7 @@ export class StepAssembler {
     }
 
     const pending = this.pendingStep(end.step);
+    pending.generations.set(rank, this.generation.get(rank) ?? 0);
     const mismatch = rankStep ? (this.perExampleMismatch(pending, rankStep, end.step) ?? this.reducedShardMismatch(pending, rankStep, end.step)) : null;
     if (mismatch) {
       pending.inconsistent = true;
@@ -310,17 +350,32 @@ export class StepAssembler {
    * Later steps the surviving ranks end are pending too, and each expires the same way.
    */
   expirePartial(nowMs: number, timeoutMs: number): CompletedStep[] {
+    const seconds = timeoutMs / 1000;
+    for (const [rank, leftMs] of this.lost) {
+      if (nowMs - leftMs < timeoutMs) continue;
+      this.lost.delete(rank);
+      this.gone.set(rank, nowMs);
+      this.unannounced.add(rank);
+    }
     const expired: CompletedStep[] = [];
     const steps = [...this.pending.keys()].sort((a, b) => a - b);
+    const world = this.layout.worldSize;
     for (const step of steps) {
       const pending = this.pending.get(step) as PendingStep;
-      if (nowMs - pending.firstEndedMs < timeoutMs) continue;
-      this.pending.delete(step);
-      this.abandoned++;
-      const world = this.layout.worldSize;
       const missing: number[] = [];
       for (let r = 0; r < world; r++) if (!pending.endedBy.has(r)) missing.push(r);
-      const seconds = timeoutMs / 1000;
+      const onlyGone = missing.every((r) => (this.gone.get(r) ?? Infinity) <= pending.firstEndedMs);
+      if (!onlyGone && nowMs - pending.firstEndedMs < timeoutMs) continue;
+      this.pending.delete(step);
+      this.abandoned++;
+      const ranks = `rank${missing.length === 1 ? '' : 's'} ${missing.join(', ')} of ${world}`;
+      const declared = onlyGone ? missing.filter((r) => this.unannounced.delete(r)) : [];
+      const skipReason = !onlyGone
+        ? `partial: ${ranks} never ended step ${step} within ${seconds} s — excluded`
+        : declared.length > 0
+          ? `partial: ${ranks} declared gone (the stream ended without Goodbye and did not come back within ${seconds} s): ` +
+            `step ${step} and later steps without ${missing.length === 1 ? 'it' : 'them'} are excluded at once until ${missing.length === 1 ? 'it rejoins' : 'they rejoin'}`
+          : `partial: ${ranks} gone — step ${step} excluded`;
       expired.push({
         run: this.layout.run,
         step,
@@ -328,22 +383,26 @@ export class StepAssembler {
         globalExamples: pending.globalExamples,
         lr: pending.lr,
         loss: pending.loss,
-        skipReason:
-          `partial: rank${missing.length === 1 ? '' : 's'} ${missing.join(', ')} of ${world} never ended step ${step} ` +
-          `within ${seconds} s — excluded`,
+        skipReason,
         unixMs: pending.unixMs,
       });
     }
     return expired;
   }
 
-  /** Whether any step waits for ranks (the partial-step timer has something to check). */
+  /** Whether a step waits for ranks or a rank may be declared gone (the partial-step timer has something to check). */
   get hasPending(): boolean {
-    return this.pending.size > 0;
+    return this.pending.size > 0 || this.lost.size > 0;
   }
 
   private pendingStep(step: number): PendingStep {
     let pending = this.pending.get(step);
+    if (pending && [...pending.generations].some(([rank, gen]) => gen !== (this.generation.get(rank) ?? 0))) {
+      // Ended by a process that has since been replaced (same step number, an earlier life of the run).
+      this.pending.delete(step);
+      this.abandoned++;
+      pending = undefined;
+    }
     if (!pending) {
       if (this.pending.size >= STEP_LIMITS.pendingSteps) {
         // A rank that never ends its steps must not grow memory without bound.
@@ -351,7 +410,7 @@ export class StepAssembler {
         this.pending.delete(oldest);
         this.abandoned++;
       }
-      pending = { endedBy: new Set(), ranks: new Map(), lr: null, loss: null, skipReason: null, globalExamples: 0, unixMs: 0, inconsistent: false, firstEndedMs: Date.now() };
+      pending = { endedBy: new Set(), ranks: new Map(), lr: null, loss: null, skipReason: null, globalExamples: 0, unixMs: 0, inconsistent: false, firstEndedMs: Date.now(), generations: new Map() };
       this.pending.set(step, pending);
     }
     return pending;
