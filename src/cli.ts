@@ -7,6 +7,7 @@ import { backendFromFlags, partialStepTimeoutFromFlags, policyFromFlags, portOpt
 import { BACKEND_NAMES } from './compute/backends.js';
 import { DEFAULT_BATCH_POLICY } from './recommend/batch-policy.js';
 import { RUN_LOG_FLAGS, runLogFromFlags } from './runlog/run-log-flags.js';
+import { LIMIT_FLAGS, LIMIT_USAGE, limitsFromFlags } from './cli/limit-flags.js';
 import { DEFAULT_PORT, startSidecar } from './sidecar.js';
 import { DEFAULT_SMOOTHING } from './stats/run-estimator.js';
 import { isLoopback } from './transport/server.js';
@@ -33,6 +34,7 @@ Usage:
                       (default: the fastest that passes the start-up probe)
     [--partial-step-timeout S]  a step some but not all ranks ended is excluded S seconds after its first
                       end, and a rank whose stream ended without Goodbye is declared gone after S (default 30)
+${LIMIT_USAGE}
     security (any --host other than loopback needs a token):
       [--token-file PATH | --token TOKEN]   every call must send 'authorization: Bearer <token>'
                                             (default $NOISESCOPE_TOKEN; at least 16 characters)
@@ -77,6 +79,7 @@ const SERVE_OPTIONS = {
   ...SIDECAR_FLAGS,
   ...RUN_LOG_FLAGS,
   ...SERVE_SECURITY_FLAGS,
+  ...LIMIT_FLAGS,
   help: { type: 'boolean', short: 'h', default: false },
 } as const;
 
@@ -91,6 +94,7 @@ async function serve(args: string[]): Promise<void> {
     port: portOption(values.port, DEFAULT_PORT),
     smoothing: smoothingFromFlags(values),
     policy: policyFromFlags(values),
+    limits: limitsFromFlags(values),
     ...backendFromFlags(values),
     ...partialStepTimeoutFromFlags(values['partial-step-timeout']),
     ...(runLog ? { runLog } : {}),
