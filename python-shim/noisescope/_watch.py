@@ -31,12 +31,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger("noisescope")
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
-MODES = ("norms", "dense", "auto")
-LATER_MODES = {"sketch": "sketched gradient shards"}
+MODES = ("norms", "dense", "sketch", "auto")
 DENSE_DTYPES = ("fp32", "fp16", "bf16")
 SOURCES = ("auto", "accumulation", "per-example")
 EXIT_FLUSH_S = 1.0  # at interpreter exit: a short, bounded flush
 RUN_NAME_LIMIT = 1024  # the sidecar's limit
+MAX_SKETCH_SIZE = 1 << 18  # one layer's fp32 sketch per 1 MiB message (_sketch.MAX_SKETCH_SIZE)
 
 _watched: weakref.WeakSet[Any] = weakref.WeakSet()  # models with a live Watch
 _live: weakref.WeakSet[Watch] = weakref.WeakSet()  # watches to flush at interpreter exit
@@ -69,6 +69,7 @@ def watch(
     tls_ca: PathOrPem | None = None,
     tls_cert: PathOrPem | None = None,
     tls_key: PathOrPem | None = None,
+    sketch_size: int = 4096,
 ) -> Watch:
     """Streams gradient-noise measurements of `model`'s training to the noisescope sidecar.
 
@@ -91,8 +92,11 @@ def watch(
         dataset_size: examples in the training set, for the finite-population correction.
         mode: "norms" (default: per-layer squared norms); "dense" (each micro-batch's whole gradient,
             streamed in chunks: the sidecar adds gradient diversity, at the cost of moving it);
+            "sketch" (each micro-batch's gradient per layer compressed on its device into a CountSketch of
+            `sketch_size` buckets, re-seeded every step: the sidecar's Gram matrices of the sketches give
+            unbiased norms, B_simple and diversity for far fewer bytes than dense);
             "auto" (dense for models of at most 2**20 parameters, else norms;
-            the log says which). Dense steps use accumulation micro-batches and ranks as the source.
+            the log says which). Dense and sketch steps use accumulation micro-batches and ranks as the source.
         policy: this run's bounds for batch-size recommendations (a `BatchPolicy`); None
             leaves every field to the sidecar's defaults.
         source: where the second batch scale comes from. "accumulation": micro-batches of
@@ -108,7 +112,9 @@ def watch(
             skip the per-example work while the count stays at 2 or more, and a step that turns
             out to accumulate is sent without per-example sums. The log says which source.
         enabled: False returns an inert handle, so one flag turns noisescope off.
-        dtype: dense mode's wire precision: "fp32" (default), "fp16" or "bf16" (half the bytes).
+        dtype: dense and sketch mode's wire precision: "fp32" (default), "fp16" or "bf16" (half the bytes).
+        sketch_size: sketch mode's buckets per layer, m (a layer of at most m elements is sent exactly);
+            the sketch's relative error on a squared norm is about sqrt(2/m) per step before smoothing.
         token: the sidecar's token (or a run token for this run), sent as `authorization: Bearer <token>`;
             default $NOISESCOPE_TOKEN. Never logged.
         tls_ca: the CA certificate (a path, or PEM bytes) that signed the sidecar's certificate: connects
@@ -135,12 +141,12 @@ def watch(
         raise ValueError(f"noisescope.watch: every must be ≥ 1 (measure one step in `every`), got {every}")
     if not isinstance(mode, str):
         raise TypeError(f"noisescope.watch: mode must be a str, got {type(mode).__name__}")
-    if mode in LATER_MODES:
-        raise NotImplementedError(
-            f"noisescope.watch: mode={mode!r} ({LATER_MODES[mode]}) is not implemented yet; use mode='norms'"
-        )
     if mode not in MODES:
         raise ValueError(f"noisescope.watch: unknown mode {mode!r}; expected one of {', '.join(map(repr, MODES))}")
+    if isinstance(sketch_size, bool) or not isinstance(sketch_size, int):
+        raise TypeError(f"noisescope.watch: sketch_size must be an int, got {type(sketch_size).__name__}")
+    if not 1 <= sketch_size <= MAX_SKETCH_SIZE:
+        raise ValueError(f"noisescope.watch: sketch_size must be in 1..{MAX_SKETCH_SIZE}, got {sketch_size}")
     if not isinstance(dtype, str) or dtype not in DENSE_DTYPES:
         raise ValueError(f"noisescope.watch: dtype must be one of {', '.join(map(repr, DENSE_DTYPES))}, got {dtype!r}")
     if dataset_size is not None:
@@ -162,7 +168,7 @@ def watch(
         raise TypeError(f"noisescope.watch: source must be a str, got {type(source).__name__}")
     if source not in SOURCES:
         raise ValueError(f"noisescope.watch: unknown source {source!r}; expected one of {', '.join(map(repr, SOURCES))}")
-    if mode in ("dense", "auto") and source == "per-example":
+    if mode in ("dense", "sketch", "auto") and source == "per-example":
         raise ValueError("noisescope.watch: source='per-example' is a norms-mode source; use mode='norms' with it")
     if policy is not None and not isinstance(policy, BatchPolicy):
         raise TypeError(f"noisescope.watch: policy must be a noisescope.BatchPolicy or None, got {type(policy).__name__}")
@@ -178,7 +184,15 @@ def watch(
     if enabled:
         mode = _resolve_mode(mode, model) if mode == "auto" else mode
         handle._start(
-            model, optimizer, every=every, dataset_size=dataset_size or 0, rank=rank, source=source, mode=mode, dtype=dtype
+            model,
+            optimizer,
+            every=every,
+            dataset_size=dataset_size or 0,
+            rank=rank,
+            source=source,
+            mode=mode,
+            dtype=dtype,
+            sketch_size=sketch_size,
         )
     return handle
 
@@ -226,6 +240,7 @@ class Watch:
         source: str = "auto",
         mode: str = "norms",
         dtype: str = "fp32",
+        sketch_size: int = 4096,
     ) -> None:
         import torch
 
@@ -233,7 +248,7 @@ class Watch:
         if not params:
             raise ValueError("noisescope.watch: the model has no parameters that require gradients")
         try:
-            from . import _wire
+            from . import _sketch, _wire
             from ._meter import Meter, _Hook
             from ._per_example import PerExample
             from ._sender import Sender
@@ -252,6 +267,9 @@ class Watch:
         if mode == "dense":
             chosen, one_scale_hint = None, ""
             logger.info("noisescope: mode dense (%s on the wire): batch scales from accumulation micro-batches and ranks", dtype)
+        elif mode == "sketch":
+            chosen, one_scale_hint = None, ""
+            _log_sketch_mode(layers, sketch_size, dtype)
         else:
             chosen, one_scale_hint = _choose_source(source, model, params, layers, self._world_size)
         if chosen is not None:
@@ -280,6 +298,8 @@ class Watch:
             uncovered_layers=uncovered,
             per_example=per_example is not None,
             mode=mode,
+            sketch_sizes=_sketch.sketch_sizes(layers, sketch_size) if mode == "sketch" else (),
+            sketch_dtype=dtype,
         )
         sender = Sender(
             address=self._address,
@@ -293,6 +313,10 @@ class Watch:
             from ._dense import DenseCapture
 
             dense = DenseCapture(params, layers, dtype=dtype, count_dropped=sender._count_dropped)
+        elif mode == "sketch":
+            dense = _sketch.SketchCapture(
+                layers, run=self._run, size=sketch_size, dtype=dtype, count_dropped=sender._count_dropped
+            )
         from ._fsdp import fsdp_source
 
         fsdp, fsdp_off = fsdp_source(model, params, self._guard, mode=mode, per_example=per_example is not None)
@@ -525,6 +549,25 @@ def _layers(model: torch.nn.Module) -> tuple[list[torch.nn.Parameter], list[Any]
         params.append(param)
         layers.append(LayerInfo(name=name, numel=param.numel(), kind=kinds.get(id(param), "")))
     return params, layers
+
+
+def _log_sketch_mode(layers: list[Any], size: int, dtype: str) -> None:
+    from ._sketch import sketch_sizes
+
+    sizes = sketch_sizes(layers, size)
+    parameters = sum(layer.numel for layer in layers)
+    exact = sum(1 for layer, m in zip(layers, sizes) if m == layer.numel)
+    logger.info(
+        "noisescope: mode sketch (CountSketch of at most %d buckets per layer, re-seeded every step, %s on the wire): "
+        "%d of %d values per micro-batch (%d of %d layers sent exactly); batch scales from accumulation "
+        "micro-batches and ranks",
+        size,
+        dtype,
+        sum(sizes),
+        parameters,
+        exact,
+        len(layers),
+    )
 
 
 def _choose_source(

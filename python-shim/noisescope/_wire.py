@@ -5,6 +5,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from ._dense import WIRE_DTYPES
 from ._meter import LayerInfo, StepRecord
 from ._policy import BatchPolicy
 from ._types import LearningRateHint, Recommendation
@@ -29,7 +30,9 @@ class RankInfo:
     # Per-example source on: parameters it cannot cover, left out of `layers`.
     uncovered_layers: Sequence[LayerInfo] = ()
     per_example: bool = False
-    mode: str = "norms"  # or "dense": Hello says MODE_DENSE and steps carry dense chunks
+    mode: str = "norms"  # or "dense" / "sketch": Hello says MODE_DENSE / MODE_SKETCH, steps carry chunks / sketches
+    sketch_sizes: Sequence[int] = ()  # sketch mode: m per layer
+    sketch_dtype: str = "fp32"
 
 
 def hello(info: RankInfo, dropped: int) -> pb.RankMessage:
@@ -42,7 +45,7 @@ def hello(info: RankInfo, dropped: int) -> pb.RankMessage:
             layers=[pb.Layer(name=layer.name, numel=layer.numel, kind=layer.kind) for layer in info.layers],
             # The sidecar infers the source per step; per-example says which one this rank can add.
             source=pb.SOURCE_PER_EXAMPLE if info.per_example else pb.SOURCE_UNSPECIFIED,
-            mode=pb.MODE_DENSE if info.mode == "dense" else pb.MODE_NORMS,
+            mode=_MODES.get(info.mode, pb.MODE_NORMS),
             dataset_size=info.dataset_size,
             every=info.every,
             hook_version=__version__,
@@ -52,8 +55,14 @@ def hello(info: RankInfo, dropped: int) -> pb.RankMessage:
             optimizer=info.optimizer,
             policy=batch_policy(info.policy) if info.policy is not None else None,
             uncovered_layers=[pb.Layer(name=layer.name, numel=layer.numel, kind=layer.kind) for layer in info.uncovered_layers],
+            sketch=pb.SketchSpec(sizes=info.sketch_sizes, dtype=WIRE_DTYPES[info.sketch_dtype][1])
+            if info.mode == "sketch"
+            else None,
         )
     )
+
+
+_MODES = {"norms": pb.MODE_NORMS, "dense": pb.MODE_DENSE, "sketch": pb.MODE_SKETCH}
 
 
 _OBJECTIVES = {"balanced": pb.OBJECTIVE_BALANCED, "time": pb.OBJECTIVE_TIME, "compute": pb.OBJECTIVE_COMPUTE}

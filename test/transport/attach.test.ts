@@ -116,7 +116,7 @@ describe('Attach', () => {
       status.INVALID_ARGUMENT,
       status.INVALID_ARGUMENT,
       status.ALREADY_EXISTS, // step 0 already ended: a duplicate
-      status.UNIMPLEMENTED,
+      status.INVALID_ARGUMENT, // a sketch in a norms run
       status.INVALID_ARGUMENT,
       status.ALREADY_EXISTS,
       status.ALREADY_EXISTS,
@@ -129,7 +129,7 @@ describe('Attach', () => {
     expect(messages[2]).toMatch(/is Infinity/);
     expect(messages[3]).toMatch(/negative/);
     expect(messages[4]).toMatch(/examples must be ≥ 1/);
-    expect(messages[6]).toMatch(/sketch shards are not handled/);
+    expect(messages[6]).toMatch(/a sketch shard, but run 'test-run' said mode norms in its Hello \(sketch shards need MODE_SKETCH\)/);
     expect(messages[7]).toMatch(/no kind set/);
     expect(messages[8]).toMatch(/micro-batch 0: already received/);
     expect(messages[9]).toMatch(/already ended step 1/);
