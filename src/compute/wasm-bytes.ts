@@ -9,6 +9,7 @@ const SIMD = 0xfd;
 export const simd = {
   load: [SIMD, 0x00], store: [SIMD, 0x0b], shuffle: [SIMD, 0x0d], f32x4ExtractLane: [SIMD, 0x1f], f64x2ExtractLane: [SIMD, 0x21],
   promoteLow: [SIMD, 0x5f], f32x4Add: [SIMD, 0xe4, 0x01], f64x2Add: [SIMD, 0xf0, 0x01], f64x2Mul: [SIMD, 0xf2, 0x01],
+  f64x2RelaxedMadd: [SIMD, 0x87, 0x02], // relaxed SIMD: a·b + c, fused or not as the engine likes
 } as const;
 /** Lanes 2–3 of an f32x4 moved to lanes 0–1, so promote_low reaches them. */
 export const HIGH_HALF = [8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15];

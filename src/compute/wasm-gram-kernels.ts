@@ -30,8 +30,12 @@ export function widenFunction(): WasmFunction {
  * one index for every row. It also reads (and drops) n float32 at ahead0 and at ahead1: the next
  * tile's rows, so they stream in from memory while this tile computes (wasm has no prefetch
  * instruction; a load can trap, so the engine keeps it).
+ * `fused`: acc = relaxed_madd(a, b, acc) instead of acc + a·b. The product of two float32 values is
+ * exact in float64, so fused or not the sum is rounded once: the results are bit-identical, and
+ * one instruction instead of two is what this compute-bound loop needs (relaxed SIMD: Node ≥ 22,
+ * or Node 20 with --experimental-wasm-relaxed-simd).
  */
-export function blockGramFunction(rows: number, cols: number): WasmFunction {
+export function blockGramFunction(rows: number, cols: number, fused = false): WasmFunction {
   const a = 0, stride = 1, b = 2, n = 3, out = 4, ahead = 5;
   const index = 7, end = 8, rowAt = 9; // rowAt + r: row r's address; rowAt + rows + c: column row c's
   const x = rowAt + rows + cols, y = cols === 0 ? x : x + rows; // loaded vectors
@@ -47,7 +51,9 @@ export function blockGramFunction(rows: number, cols: number): WasmFunction {
   for (const next of [ahead, ahead + 1]) body.push(op.get, next, op.get, half, op.i32Add, ...simd.load, 4, 0, op.drop);
   for (const offset of [0, 16]) {
     for (let r = 0; r < rows + cols; r++) body.push(...loadAt(rowAt + r, index, offset), op.set, x + r);
-    pairs.forEach(([u, v], p) => body.push(op.get, acc + p, op.get, u, op.get, v, ...simd.f64x2Mul, ...simd.f64x2Add, op.set, acc + p));
+    for (const [p, [u, v]] of pairs.entries()) {
+      body.push(...(fused ? [op.get, u, op.get, v, op.get, acc + p, ...simd.f64x2RelaxedMadd] : [op.get, acc + p, op.get, u, op.get, v, ...simd.f64x2Mul, ...simd.f64x2Add]), op.set, acc + p);
+    }
   }
   const stores = pairs.flatMap((_, p) => [op.get, out, ...laneSum(acc + p), op.f64Store, 3, ...uleb(p * 8)]);
   const code = [

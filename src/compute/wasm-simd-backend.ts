@@ -10,9 +10,14 @@ import { sumOfSquaresUnrolled } from './js-unrolled-backend.js';
 const SCRATCH_FLOATS = 32768; // 128 KiB: Σx² copies other blocks in through this many floats at a time
 const MOST_GRADIENTS_PREPARED = 32; // tile scratch made at start; larger K grows it on first use
 
-export function createWasmSimdBackend(): ReductionBackend {
+export interface WasmSimdOptions {
+  /** Use relaxed SIMD's fused multiply-add where the runtime has it (default; bit-identical results). */
+  readonly fused?: boolean;
+}
+
+export function createWasmSimdBackend(options: WasmSimdOptions = {}): ReductionBackend {
   const arena = new WasmArena();
-  const simd = instantiateSimd(arena.memory);
+  const simd = instantiateSimd(arena.memory, options);
   if ('unsupported' in simd) throw new Error(simd.unsupported);
   const scratch = arena.allocate(SCRATCH_FLOATS * 4);
   const tiles = new TileScratch(arena);
@@ -20,7 +25,7 @@ export function createWasmSimdBackend(): ReductionBackend {
 
   return {
     name: 'wasm-simd',
-    mode: 'WebAssembly SIMD, tiles widened to f64 once, 4×2 register blocks',
+    mode: `WebAssembly SIMD, tiles widened to f64 once, 4×2 register blocks, ${simd.fused ? 'fused multiply-add (relaxed SIMD)' : 'multiply then add'}`,
     allocateBlock(gradients: number, length: number): OwnedBlock {
       const bytes = gradients * length * 4;
       const offset = arena.allocate(bytes);

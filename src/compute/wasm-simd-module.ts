@@ -2,7 +2,7 @@
 // imported memory `e.m`, with byte addresses:
 //   sumsq(a, n) -> f64    Σ a[i]², n a multiple of 16
 //   readsum(a, n) -> f64  Σ a[i] in float32 lanes, n a multiple of 16: the fastest streaming read, for the bandwidth figure
-//   widen, gram4x2, gram2x2, gramDiagonal2: the Gram kernels (wasm-gram-kernels.ts)
+//   widen, gram4x2, gram2x2, gramDiagonal2: the Gram kernels (wasm-gram-kernels.ts), fused multiply-add where the runtime has relaxed SIMD
 // sumsq widens each float32 to float64 (f64x2.promote_low_f32x4) before multiplying, so products
 // are exact and sums are float64, like the reference; four f64x2 accumulators keep the adds independent.
 
@@ -56,15 +56,25 @@ export interface SimdExports {
   gram4x2(a: number, stride: number, b: number, n: number, out: number, ahead0: number, ahead1: number): void;
   gram2x2(a: number, stride: number, b: number, n: number, out: number, ahead0: number, ahead1: number): void;
   gramDiagonal2(a: number, stride: number, b: number, n: number, out: number, ahead0: number, ahead1: number): void;
+  /** Whether the Gram kernels use relaxed SIMD's fused multiply-add (wasm-gram-kernels.ts). */
+  readonly fused: boolean;
 }
 
 /** Elements sumsq and readsum consume per call must be a multiple of this. */
 export const SIMD_STRIDE = 16;
 
-/** The module instantiated over `memory`, or the reason this runtime cannot run it. */
-export function instantiateSimd(memory: WasmMemory): SimdExports | { unsupported: string } {
-  const bytes = moduleBytes([sumOfSquares(), readSum(), widenFunction(), blockGramFunction(4, 2), blockGramFunction(2, 2), blockGramFunction(2, 0)]);
+function simdModule(fused: boolean): Uint8Array {
+  const grams = [blockGramFunction(4, 2, fused), blockGramFunction(2, 2, fused), blockGramFunction(2, 0, fused)];
+  return moduleBytes([sumOfSquares(), readSum(), widenFunction(), ...grams]);
+}
+
+/** The module instantiated over `memory`, or the reason this runtime cannot run it. The Gram
+ *  kernels use fused multiply-add where the runtime has relaxed SIMD, unless `fused` says otherwise. */
+export function instantiateSimd(memory: WasmMemory, options: { readonly fused?: boolean } = {}): SimdExports | { unsupported: string } {
+  let bytes = simdModule(true);
+  const fused = options.fused !== false && wasm.validate(bytes);
+  if (!fused) bytes = simdModule(false);
   if (!wasm.validate(bytes)) return { unsupported: 'this runtime has no WebAssembly SIMD (the module does not validate)' };
   const instance = new wasm.Instance(new wasm.Module(bytes), { e: { m: memory } });
-  return instance.exports as unknown as SimdExports;
+  return { ...(instance.exports as unknown as Omit<SimdExports, 'fused'>), fused };
 }
