@@ -183,9 +183,10 @@ def attention_call(module: nn.MultiheadAttention, args: tuple[Any, ...], kwargs:
 def attention(module: nn.MultiheadAttention, names: Sequence[str], calls: Sequence[Call]) -> dict[str, Tensor]:
     """{parameter path: Σ_e |its example-e gradient|²} for `names`, from vmap(vjp(forward)) per chunk of examples.
 
-    Per-example gradients of the named parameters are materialised, CHUNK_ELEMENTS at most at a time.
+    Per-example gradients of the module's parameters are materialised, CHUNK_ELEMENTS at most at a time;
+    a float16/bfloat16 module is recomputed in float32 (every parameter, so that the dtypes agree).
     """
-    params = {name: _attribute(module, name).detach() for name in names}
+    params = {name: pem._wide(p.detach()) for name, p in module.named_parameters()}
     first = calls[0][0]
     batch = first.query.shape[first.batch_dim]
     device = first.query.device
@@ -208,13 +209,15 @@ def _attention_grads(module: nn.MultiheadAttention, params: dict[str, Tensor], i
     heads = module.num_heads
 
     def rows(t: Tensor) -> Tensor:
-        return t[part] if b == 0 else t[:, part]
+        return pem._wide(t[part] if b == 0 else t[:, part])
 
     mask = inputs.attn_mask
     mask_dim: int | None = None
     if mask is not None and mask.dim() == 3:  # [B·heads, L, S]: per example
         mask = mask.reshape(-1, heads, *mask.shape[1:])[part]
         mask_dim = 0
+    if mask is not None and mask.is_floating_point():
+        mask = pem._wide(mask)
     padding = inputs.key_padding_mask
     padding = padding[part] if padding is not None else None
 

@@ -131,6 +131,7 @@ class Attention(nn.Module):
     ],
     ids=["packed", "seq-first-causal", "padding-bias-kv", "seq-first-3d-mask", "separate-qkv", "separate-nobias-twice"],
 )
+@pytest.mark.filterwarnings("ignore:There is a performance drop")  # the reference's vmap over fused attention
 def test_multihead_attention(free_address: str, kwargs: dict) -> None:
     model = Attention(**kwargs).double()
     measured = check(model, randn(4, 8), free_address)
@@ -316,3 +317,13 @@ def test_real_training_through_the_new_layers_is_per_example_under_auto_and_b_si
     report = compare(trace, events, E2E_BETA, layer_events)
     print("\n" + format_report(report).replace("accuracy e2e", "per-example new layers e2e"))
     assert_complete_and_accurate(report, events, steps=E2E_STEPS, source="per-example", global_batch=BATCH, micro_batches=1)
+
+
+@pytest.mark.parametrize("dtype, rel", [(torch.float32, 1e-4), (torch.bfloat16, 5e-2)], ids=["float32", "bfloat16"])
+def test_lower_precision_training_stays_close_to_the_float64_truth(free_address: str, dtype: torch.dtype, rel: float) -> None:
+    """The same model trained in float32 (bfloat16): sums within that dtype's round-off of the float64 truth."""
+    model = Everything().double()
+    y = torch.randn_like(model(TOKENS))
+    exact = exact_sums(model, TOKENS, y, 1 / B)
+    measured, _ = measure_one_step(model.to(dtype), TOKENS, y.to(dtype), free_address, source="per-example")
+    assert_sums_match(measured, exact, rel=rel)
