@@ -161,7 +161,7 @@ def attention_call(module: nn.MultiheadAttention, args: tuple[Any, ...], kwargs:
     query = bound.get("query")
     out = output[0] if isinstance(output, tuple) and output else output
     if not isinstance(query, Tensor) or query.dim() != 3:
-        return query, None, out  # unbatched: the batch check voids the row
+        return None, None, out  # unbatched: no batch dim, so the batch check voids the row
     batch_dim = 0 if module.batch_first else 1
 
     def kept(name: str) -> Tensor | None:

@@ -327,3 +327,30 @@ def test_lower_precision_training_stays_close_to_the_float64_truth(free_address:
     exact = exact_sums(model, TOKENS, y, 1 / B)
     measured, _ = measure_one_step(model.to(dtype), TOKENS, y.to(dtype), free_address, source="per-example")
     assert_sums_match(measured, exact, rel=rel)
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop")
+def test_transformer_encoder_layer_without_dropout_is_fully_covered(free_address: str) -> None:
+    """nn.TransformerEncoderLayer calls its MultiheadAttention, Linears and LayerNorms as modules."""
+    torch.manual_seed(10)
+    layer = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, dropout=0.0, batch_first=True, norm_first=True)
+    model = nn.Sequential(layer, nn.Linear(8, 3)).double()
+    check(model, randn(4, 8), free_address)
+
+
+def test_unbatched_attention_leaves_the_step_without_sums_and_training_unharmed(free_address: str) -> None:
+    """A sequence of length B through an unbatched MultiheadAttention: its dim 0 is not examples."""
+    torch.manual_seed(11)
+    model = nn.Sequential(nn.Linear(8, 8), Unbatched()).double()
+    x = randn(8)
+    _, records = measure_one_step(model, x, torch.randn_like(model(x)), free_address, source="per-example")
+    assert records[0].per_example_sums == () and not records[0].skipped
+
+
+class Unbatched(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attn(x, x, x)[0]
