@@ -37,6 +37,7 @@ export class AttachService {
   private readonly ranks = new Map<string, Set<AttachCall>>();
   private readonly latest = new Map<string, WireRecommendation>();
   private readonly subscription: Subscription;
+  private readonly forgotten: Subscription;
   private readonly outbox: RankOutbox = {
     welcomed: (run, call) => {
       let calls = this.ranks.get(run);
@@ -59,6 +60,11 @@ export class AttachService {
       this.latest.set(r.run, wire);
       for (const call of this.ranks.get(r.run) ?? []) call.write({ recommendation: wire });
     });
+    // A run the sidecar forgot (the runs limit made room) takes its latest advice with it.
+    this.forgotten = ingest.runs$.subscribe((runs) => {
+      const known = new Set(runs.map((r) => r.run));
+      for (const run of this.latest.keys()) if (!known.has(run)) this.latest.delete(run);
+    });
   }
 
   readonly handler: grpc.handleBidiStreamingCall<RankMessage__Output, SidecarMessage> = (call) => {
@@ -73,6 +79,7 @@ export class AttachService {
   /** Ends every rank's stream (the sidecar is closing); hooks will reconnect to the next one. */
   close(): void {
     this.subscription.unsubscribe();
+    this.forgotten.unsubscribe();
     for (const call of this.calls) call.emit('error', { code: grpc.status.UNAVAILABLE, details: 'sidecar is shutting down' });
     this.calls.clear();
     this.ranks.clear();

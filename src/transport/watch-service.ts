@@ -43,7 +43,14 @@ export class WatchService {
     private readonly queueEvents = DEFAULT_LIMITS.watchQueueEvents,
   ) {
     this.subscription = merge(
-      sources.runs$.pipe(map((runs) => void (this.runs = runs))),
+      sources.runs$.pipe(
+        map((runs) => {
+          this.runs = runs;
+          // A run the sidecar forgot (the runs limit made room) takes its latest step and advice with it.
+          const known = new Set(runs.map((r) => r.run));
+          for (const map of [this.latestStep, this.latestRecommendation]) for (const run of map.keys()) if (!known.has(run)) map.delete(run);
+        }),
+      ),
       sources.stats$.pipe(map((s) => void this.latestStep.set(s.run, s))),
       sources.recommendations$.pipe(map((r) => void this.latestRecommendation.set(r.run, r))),
     ).subscribe();
