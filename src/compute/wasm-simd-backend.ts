@@ -1,5 +1,6 @@
 // Fast CPU path in WebAssembly SIMD (wasm-simd-module.ts): exact float64 products and sums, over
-// column tiles (tiles.ts). A block allocated here already lies in wasm memory; any other block is
+// column tiles (tiles.ts) widened to float64 once and reduced by register-blocked kernels
+// (wasm-gram-kernels.ts). A block allocated here already lies in wasm memory; any other block is
 // copied tile by tile into a cache-sized scratch area, so its data still crosses DRAM only once.
 import { addPairSums, checkGramShapes, type GradientBlock, type OwnedBlock, type ReductionBackend } from './reduction-backend.js';
 import { forEachTile, tileLength } from './tiles.js';
