@@ -84,7 +84,10 @@ def watch(
             `.module`: a communication hook (DDP's own all-reduce, numerics unchanged) then measures each
             layer's rank-local accumulated gradient (accumulate under `no_sync()`) and the all-reduced one,
             a third batch scale. A model with a communication hook of the user's keeps it, and the reduced
-            gradient is read from `.grad` at the optimizer step instead (logged).
+            gradient is read from `.grad` at the optimizer step instead (logged). Under FSDP2 (`fully_shard`,
+            root included), each layer's micro-batch and rank-local gradient before the reduce-scatter (accumulate
+            with `set_requires_gradient_sync(False)`) and this rank's shard of the reduced one; FSDP1, HSDP and
+            other configurations it cannot measure are named in the log and left unwatched.
         optimizer: the optimizer stepping it.
         address: the sidecar's host:port; default $NOISESCOPE_ADDRESS or 127.0.0.1:50051.
         run: the run's name in the sidecar; default $NOISESCOPE_RUN or `<script>-<time>-<hex>`.
