@@ -348,6 +348,17 @@ def fsdp_worker(rank: int, world: int, port: int, address: str, out: str, scenar
                             (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone() for p in model.parameters()
                         ]
                 result[f"{name}_bitwise"] = all(torch.equal(a, b) for a, b in zip(finals[True], finals[False]))
+            # Supported, but accumulating with gradient sync on every backward: no whole rank-local gradient.
+            model = shard(make_model())
+            opt = torch.optim.SGD(model.parameters(), lr=LR)
+            handle = noisescope.watch(model, opt, address=address, run=f"sync-every-{world}")
+            for step in range(2):
+                for j in range(K):
+                    x, y = batch(step, rank * K + j, world, K)
+                    (F.cross_entropy(model(x), y) / K).backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            handle.remove(timeout=5)
     finally:
         result["sent"] = sent
         result["log"] = lines.lines
