@@ -1,0 +1,93 @@
+"""Benchmark: the hook's overhead per optimizer step while it has no working sidecar (norms mode, every=1).
+
+Run: .venv/bin/python test/python/bench_disconnected.py [--quick]
+
+Four configurations of the same training (bench_overhead.py's models and loop) in interleaved
+rounds: no hook; the hook connected to a sidecar; the hook with no sidecar at its address (it
+retries with back-off and drops every step); the hook attached to a sidecar that then stops
+reading (SIGSTOP: a stalled reader; its queues fill, then it drops). Each figure is the median
+over rounds of the configuration's mean step time divided by "no hook" in the same round.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import statistics
+import time
+
+import torch
+
+import noisescope
+from bench_overhead import QuietSidecar, make, mean_step_time
+
+CONFIGS = ("no hook", "connected", "no sidecar", "stalled sidecar")
+
+
+def free_address() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+def wait_connected(ns: noisescope.Watch, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not ns.stats.connected:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the hook did not connect to the benchmark's sidecar")
+        time.sleep(0.01)
+
+
+def bench(name: str, width: int, depth: int, micro: int, inputs: int, rounds: int, steps: int) -> str:
+    means: dict[str, list[float]] = {label: [] for label in CONFIGS}
+    dropped: dict[str, int] = {label: 0 for label in CONFIGS}
+    live, stalled = QuietSidecar(), QuietSidecar()
+    try:
+        for r in range(rounds):
+            for label in CONFIGS:
+                model, opt = make(width, depth, inputs)
+                if label == "no hook":
+                    mean_step_time(model, opt, micro, inputs, 10)  # warm-up
+                    means[label].append(mean_step_time(model, opt, micro, inputs, steps))
+                    continue
+                address = {"connected": live.address, "no sidecar": free_address(), "stalled sidecar": stalled.address}[label]
+                ns = noisescope.watch(model, opt, address=address, run=f"bench-disconnected-{label}-{r}".replace(" ", "-"))
+                try:
+                    if label != "no sidecar":
+                        wait_connected(ns)
+                    if label == "stalled sidecar":
+                        os.kill(stalled.proc.pid, signal.SIGSTOP)
+                    mean_step_time(model, opt, micro, inputs, 10)  # warm-up
+                    means[label].append(mean_step_time(model, opt, micro, inputs, steps))
+                    dropped[label] += ns.stats.dropped
+                finally:
+                    ns.remove(timeout=0.5)
+                    if label == "stalled sidecar":
+                        os.kill(stalled.proc.pid, signal.SIGCONT)
+    finally:
+        live.stop()
+        stalled.stop()
+    base = statistics.median(means["no hook"])
+    cells = [f"{name:<26} {base * 1e3:>9.2f} ms"]
+    for label in CONFIGS[1:]:
+        ratios = [m / plain for m, plain in zip(means[label], means["no hook"])]
+        cells.append(f"{(statistics.median(ratios) - 1) * 100:>+14.1f}%")
+    cells.append(f"   dropped: no sidecar {dropped['no sidecar']}, stalled {dropped['stalled sidecar']} of {rounds * (steps + 10)} steps each")
+    return " ".join(cells)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run, noisier)")
+    args = parser.parse_args()
+    scale = 3 if args.quick else 1
+    torch.set_num_threads(1)  # one core for training, the other for the sidecar
+    print(f"hook overhead per optimizer step without a working sidecar (norms mode, every=1, torch {torch.__version__}, 1 thread)")
+    print(f"{'model':<26} {'no hook':>12} {'connected':>15} {'no sidecar':>15} {'stalled sidecar':>15}")
+    print(bench("MLP 64-128-128-10 (b=16)", 128, 2, 16, 64, rounds=15 // scale, steps=200))
+    print(bench("MLP 512x4 (b=64)", 512, 4, 64, 512, rounds=9 // scale, steps=30))
+
+
+if __name__ == "__main__":
+    main()
