@@ -70,6 +70,9 @@ class PendingStep:
     dense: Any = None  # dense mode: the step's DenseStep (its gradients, sent as chunks)
     reduced: bool = False  # `values` ends with L all-reduced squared norms (DDP)
     reduced_is_shard: bool = False  # FSDP: those are this rank's shard of the reduced gradient
+    # AMP: `values` ends with the GradScaler's loss scale S; every norm taken in the backward is divided by S².
+    loss_scaled: bool = False
+    reduced_scaled: bool = False  # the reduced norms were taken in the backward too (DDP's hook), else after unscale_
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,8 @@ def finish(pending: PendingStep, layers: Sequence[LayerInfo]) -> StepRecord:
         pending.ready.synchronize()  # blocks the sender thread only, never training
     k, n_layers = pending.micro_batches, len(layers)
     flat: list[float] = pending.values.tolist() if isinstance(pending.values, torch.Tensor) else pending.values
+    if pending.loss_scaled:
+        flat = _unscaled(flat, k, n_layers, pending)
     micro = tuple(tuple(flat[j * n_layers : (j + 1) * n_layers]) for j in range(k))
     accumulated = tuple(flat[k * n_layers : (k + 1) * n_layers])
     per_example = tuple(
@@ -145,6 +150,15 @@ def finish(pending: PendingStep, layers: Sequence[LayerInfo]) -> StepRecord:
         reduced_sq_norms=reduced if not skip_reason else (),
         reduced_is_shard=pending.reduced_is_shard,
     )
+
+
+def _unscaled(flat: list[float], k: int, n_layers: int, pending: PendingStep) -> list[float]:
+    """The norms with the AMP loss scale (the last value) divided out: S² from every squared norm of the backward."""
+    scale = flat[-1]
+    inverse = 1.0 / (scale * scale) if math.isfinite(scale) and scale > 0 else math.nan
+    body = flat[:-1]
+    ends = len(body) - (n_layers if pending.reduced and not pending.reduced_scaled else 0)
+    return [v * inverse for v in body[:ends]] + body[ends:]
 
 
 # On the CPU, fp32 sums of squares are taken over pieces and added in fp64: one BLAS dot over
@@ -291,8 +305,10 @@ class Meter:
         ddp: DdpSource | None = None,
         reduced_at_step: str = "",
         fsdp: FsdpSource | None = None,
+        loss_scale: Callable[[], Norm | None] | None = None,
     ) -> None:
         self._model = model
+        self._loss_scale = loss_scale  # AMP: the GradScaler's current scale (None: not scaling)
         # DDP: the rank-local and all-reduced norms from our communication hook; or, where the
         # model has a hook of the user's, `reduced_at_step`: "grad" reads the reduced one from .grad at
         # the step; "skip" (gradient_as_bucket_view: no rank-local figure) sends measured steps as skipped.
@@ -590,7 +606,19 @@ class Meter:
             per_example.disarm()
         per_example.begin_step(wanted)
 
-    def _close(self, step: int, buffer: _StepBuffer) -> None:
+    def skip_step(self, reason: str) -> None:
+        """A step the optimizer did not take (AMP's GradScaler found inf/NaN): counted, and sent as skipped."""
+        try:
+            step = self.steps_seen
+            self.steps_seen += 1
+            buffer = self._buffer
+            if self._measuring and buffer is not None:
+                self._close(step, buffer, reason)
+            self._begin_step()
+        except Exception as error:
+            self._guard.trip("the skipped-step hook", error)
+
+    def _close(self, step: int, buffer: _StepBuffer, forced_skip: str = "") -> None:
         unix_ms = time.time() * 1000.0
         fsdp_why = self._take_fsdp(buffer, step) if self._fsdp is not None else ""
         k = len(buffer.sq_norms)
@@ -634,6 +662,8 @@ class Meter:
                     buffer.sq_norms[0] = list(local)  # one micro-batch: h_1 is the accumulated gradient
         if self._reduced_at_step == "skip":
             skip_reason = "DDP with the user's communication hook and gradient_as_bucket_view=True: no rank-local norm"
+        skip_reason = forced_skip or skip_reason
+        scale = self._loss_scale() if self._loss_scale is not None and not skip_reason else None
         if skip_reason:
             pass
         elif self._ddp is None and (buffer.accumulated_at != k - 1 or accumulated is None):
@@ -665,6 +695,8 @@ class Meter:
                 entries.extend(t for row in per_example for t in row)
             if reduced is not None:
                 entries.extend(reduced)
+            if scale is not None:
+                entries.append(scale)
             if all(t is None or type(t) is float for t in entries):
                 values = [0.0 if t is None else t for t in entries]
             else:
@@ -686,6 +718,8 @@ class Meter:
                 dense=dense,
                 reduced=reduced is not None and not skip_reason,
                 reduced_is_shard=self._fsdp is not None,
+                loss_scaled=scale is not None and not skip_reason,
+                reduced_scaled=self._ddp is not None,
             )
         )
 

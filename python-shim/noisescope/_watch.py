@@ -70,6 +70,7 @@ def watch(
     tls_cert: PathOrPem | None = None,
     tls_key: PathOrPem | None = None,
     sketch_size: int = 4096,
+    scaler: Any = None,
 ) -> Watch:
     """Streams gradient-noise measurements of `model`'s training to the noisescope sidecar.
 
@@ -124,6 +125,10 @@ def watch(
             over TLS; default $NOISESCOPE_TLS_CA.
         tls_cert, tls_key: this process's client certificate and key (paths or PEM bytes), for a sidecar
             that requires client certificates; default $NOISESCOPE_TLS_CERT, $NOISESCOPE_TLS_KEY.
+        scaler: the AMP `torch.amp.GradScaler` scaling this training's loss: its scale S is divided out of
+            every measured norm (squared norms by S²), and a step it skips (inf/NaN gradients) is sent as
+            skipped with that reason. Without it, norms under a GradScaler are S² too large (B_simple, a
+            ratio within a step, is not) and skipped steps are discarded unsent.
 
     Returns:
         A `Watch`: a context manager; `.remove()` restores the model and optimizer.
@@ -175,6 +180,10 @@ def watch(
         raise ValueError("noisescope.watch: source='per-example' is a norms-mode source; use mode='norms' with it")
     if policy is not None and not isinstance(policy, BatchPolicy):
         raise TypeError(f"noisescope.watch: policy must be a noisescope.BatchPolicy or None, got {type(policy).__name__}")
+    if scaler is not None:
+        from .integrations._grad_scaler import check_scaler
+
+        check_scaler(scaler)
     if enabled and model in _watched:
         raise ValueError("noisescope.watch: this model is already watched; call .remove() on that watch first")
 
@@ -196,6 +205,7 @@ def watch(
             mode=mode,
             dtype=dtype,
             sketch_size=sketch_size,
+            scaler=scaler,
         )
     return handle
 
@@ -223,6 +233,7 @@ class Watch:
         self._guard = Guard()
         self._meter: Meter | None = None
         self._sender: Sender | None = None
+        self._skip_tap: Any = None  # AMP: the GradScaler.step wrapper
         self._model_ref: weakref.ref[Any] | None = None
         self._remove_lock = threading.Lock()
         self._removed = False
@@ -244,6 +255,7 @@ class Watch:
         mode: str = "norms",
         dtype: str = "fp32",
         sketch_size: int = 4096,
+        scaler: Any = None,
     ) -> None:
         import torch
 
@@ -252,6 +264,7 @@ class Watch:
             raise ValueError("noisescope.watch: the model has no parameters that require gradients")
         try:
             from . import _sketch, _wire
+            from .integrations import _grad_scaler
             from ._meter import Meter, _Hook
             from ._per_example import PerExample
             from ._sender import Sender
@@ -344,19 +357,31 @@ class Watch:
             ddp=ddp_source,
             reduced_at_step=reduced_at_step,
             fsdp=fsdp,
+            loss_scale=_grad_scaler.loss_scale(scaler) if scaler is not None and mode == "norms" else None,
         )
+        skip_tap = _grad_scaler.SkipTap(scaler, optimizer, meter, self._guard) if scaler is not None else None
+        if scaler is not None and mode != "norms":
+            logger.warning(
+                "noisescope: mode %s with an AMP GradScaler: the gradients are sent as scaled (the sidecar's norms "
+                "are S² too large; B_simple, a ratio within a step, is not affected); skipped steps are sent as such",
+                mode,
+            )
         try:
             meter.attach()
+            if skip_tap is not None:
+                skip_tap.attach()
             sender.start()
         except Exception as error:  # registration failure warns, never raises
             meter.detach()
+            if skip_tap is not None:
+                skip_tap.detach()
             logger.warning(
                 "noisescope: could not hook the model (%s: %s); training continues unwatched",
                 type(error).__name__,
                 error,
             )
             return
-        self._meter, self._sender = meter, sender
+        self._meter, self._sender, self._skip_tap = meter, sender, skip_tap
         self._model_ref = weakref.ref(model)
         _watched.add(model)
         _live.add(self)
@@ -490,6 +515,8 @@ class Watch:
             self._adaptive.remove()
         if self._meter is not None:
             self._meter.detach()
+        if self._skip_tap is not None:
+            self._skip_tap.detach()
         model = self._model_ref() if self._model_ref is not None else None
         if model is not None:
             _watched.discard(model)
