@@ -331,7 +331,7 @@ class Watch:
             dense = DenseCapture(params, layers, dtype=dtype, count_dropped=sender._count_dropped)
         elif mode == "sketch":
             dense = _sketch.SketchCapture(
-                layers, run=self._run, size=sketch_size, dtype=dtype, count_dropped=sender._count_dropped
+                params, layers, run=self._run, size=sketch_size, dtype=dtype, count_dropped=sender._count_dropped
             )
         from ._fsdp import fsdp_source
 

@@ -96,7 +96,7 @@ def test_sketch_dense_and_norms_agree_on_the_same_training_within_the_sketch_err
         )
         wait_connected(ns)
         # The step's exact micro-batch norms (the meter's) beside its sketches, as the sender thread gets them.
-        ns._sender.tap = lambda r: records.append((r.micro_sq_norms, [parts[0].clone() for parts in r.dense._hosts]))
+        ns._sender.tap = lambda r: records.append((r.micro_sq_norms, r.dense.rows()))
         def after_step(step: int, _model: torch.nn.Module) -> None:  # a truthy return would stop the training
             sidecar.wait_for(lambda e: e["type"] == "step" and e.get("run") == "sketch" and e["step"] == step)
 
