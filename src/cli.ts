@@ -66,6 +66,12 @@ ${REPLAY_USAGE}
   noisescope bench wire [--sizes 1,2,4] [--mib 256] [--repeats 5] [--clients python,node] [--json]
       Raw gRPC loopback MB/s into grpc-js for 1–4 MiB messages, 64 KiB vs the sidecar's 16 MiB
       HTTP/2 window, from Python grpcio and Node grpc-js clients; payload → aligned float32 GB/s.
+  noisescope bench soak [--minutes 5] [--ranks 16] [--rate 10] [--layers 50] [--workers 2] [--json]
+      bench ranks held for minutes with a Watch client that never reads: the sidecar's RSS slope
+      after warm-up (MiB/min) and every drop (steps missing, refusals, incomplete, dropped by hooks).
+  noisescope bench fuzz [--cases 400] [--seed 1] [--only I] [--json]
+      Seeded malformed frames and adversarial messages against a sidecar in its own process: cases
+      tried, answered with a gRPC status or Refusal; then a good rank's stats checked exactly.
 
 In Python:  ns = noisescope.watch(model, optimizer)   # one line; see README.md
 `;
@@ -219,12 +225,22 @@ async function bench(args: string[]): Promise<void> {
     process.stdout.write(`${await runRanksLoadCommand(args.slice(1))}\n`);
     return;
   }
+  if (which === 'soak') {
+    const { runSoakCommand } = await import('./bench/soak.js');
+    process.stdout.write(`${await runSoakCommand(args.slice(1))}\n`);
+    return;
+  }
+  if (which === 'fuzz') {
+    const { runFuzzCommand } = await import('./bench/fuzz-command.js');
+    process.stdout.write(`${await runFuzzCommand(args.slice(1))}\n`);
+    return;
+  }
   if (which === 'wire') {
     const { runWireBenchCommand } = await import('./bench/wire-bench-cli.js');
     process.stdout.write(`${await runWireBenchCommand(args.slice(1))}\n`);
     return;
   }
-  throw new UsageError(`unknown benchmark '${which ?? ''}': try 'noisescope bench accuracy', 'latency', 'dashboard', 'ranks', 'wire' or 'compute'`);
+  throw new UsageError(`unknown benchmark '${which ?? ''}': try 'noisescope bench accuracy', 'latency', 'dashboard', 'ranks', 'soak', 'fuzz', 'wire' or 'compute'`);
 }
 
 async function main(argv: string[]): Promise<void> {

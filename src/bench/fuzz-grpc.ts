@@ -42,6 +42,8 @@ export interface FuzzReport {
   readonly byKind: Readonly<Record<string, FuzzKindCount>>;
   /** gRPC status codes seen in answers (status names), how often. */
   readonly statuses: Readonly<Record<string, number>>;
+  /** Codes of the Refusals received on open streams (status names), how often. */
+  readonly refusals: Readonly<Record<string, number>>;
   /** The first few cases that got no clean answer: index (replay with `only`), kind, what happened. */
   readonly unclean: readonly { readonly index: number; readonly kind: string; readonly detail: string }[];
 }
@@ -59,6 +61,7 @@ interface Answer {
   readonly clean: boolean;
   readonly detail: string;
   readonly statuses: readonly number[];
+  readonly refusals?: readonly number[];
 }
 
 type Case = (c: CaseContext) => Promise<Answer>;
@@ -88,6 +91,7 @@ const serialize = (m: RankMessage): Buffer => loadProto().noisescope.v1.NoiseSco
 
 interface Attached {
   readonly refused: number;
+  readonly refusalCodes: readonly number[];
   readonly status: grpc.StatusObject | null;
   readonly welcomed: boolean;
   readonly call: grpc.ClientDuplexStream<RankMessage, SidecarMessage__Output>;
@@ -105,6 +109,7 @@ function attach(c: CaseContext, messages: readonly RankMessage[], refusals: numb
     let settle: (s: grpc.StatusObject | null) => void = () => {};
     const ended = new Promise<grpc.StatusObject | null>((r) => (settle = r));
     let refused = 0;
+    const refusalCodes: number[] = [];
     let welcomed = false;
     let status: grpc.StatusObject | null = null;
     let done = false;
@@ -114,13 +119,16 @@ function attach(c: CaseContext, messages: readonly RankMessage[], refusals: numb
       clearTimeout(timer);
       if (!keepOpen) call.end();
       else setTimeout(() => settle(null), ANSWER_MS).unref();
-      resolve({ refused, status, welcomed, call, ended });
+      resolve({ refused, refusalCodes, status, welcomed, call, ended });
     };
     const timer = setTimeout(finish, ANSWER_MS);
     call.on('data', (m: SidecarMessage__Output) => {
       if (m.welcome) welcomed = true;
       if (m.welcome && keepOpen && refusals === 0) finish();
-      if (m.refusal) refused++;
+      if (m.refusal) {
+        refused++;
+        refusalCodes.push(m.refusal.code);
+      }
       if (refusals > 0 && refused >= refusals) finish();
     });
     call.on('status', (s: grpc.StatusObject) => {
@@ -146,7 +154,7 @@ const refusedAfterHello =
     const r = await attach(c, [helloMessage(c.run), ...setup(c), ...bad], bad.length);
     if (refusedAtLimit(r)) return atLimit(r);
     const clean = r.refused >= bad.length;
-    return { clean, detail: `${r.refused} of ${bad.length} refused, status ${r.status?.code ?? 'none'} ${r.status?.details ?? ''}`, statuses: r.status ? [r.status.code] : [] };
+    return { clean, detail: `${r.refused} of ${bad.length} refused, status ${r.status?.code ?? 'none'} ${r.status?.details ?? ''}`, statuses: r.status ? [r.status.code] : [], refusals: r.refusalCodes };
   };
 
 /** The stream itself must end with a non-OK status. */
@@ -296,6 +304,11 @@ export async function fuzzSidecar(address: string, options: Partial<FuzzOptions>
   const client: NoiseScopeClient = new Service(address, grpc.credentials.createInsecure());
   const byKind: Record<string, FuzzKindCount> = Object.fromEntries(KINDS.map((k) => [k, { tried: 0, clean: 0 }]));
   const statuses: Record<string, number> = {};
+  const refusals: Record<string, number> = {};
+  const count = (into: Record<string, number>, code: number) => {
+    const name = STATUS_NAMES[code] ?? String(code);
+    into[name] = (into[name] ?? 0) + 1;
+  };
   const unclean: { index: number; kind: string; detail: string }[] = [];
   let tried = 0;
   let clean = 0;
@@ -310,7 +323,8 @@ export async function fuzzSidecar(address: string, options: Partial<FuzzOptions>
     }
     tried++;
     (byKind[kind] as FuzzKindCount).tried++;
-    for (const code of answer.statuses) statuses[STATUS_NAMES[code] ?? String(code)] = (statuses[STATUS_NAMES[code] ?? String(code)] ?? 0) + 1;
+    for (const code of answer.statuses) count(statuses, code);
+    for (const code of answer.refusals ?? []) count(refusals, code);
     if (answer.clean) {
       clean++;
       (byKind[kind] as FuzzKindCount).clean++;
@@ -324,18 +338,19 @@ export async function fuzzSidecar(address: string, options: Partial<FuzzOptions>
   } finally {
     client.close();
   }
-  return { seed: o.seed, tried, clean, byKind, statuses, unclean };
+  return { seed: o.seed, tried, clean, byKind, statuses, refusals, unclean };
 }
 
 export function formatFuzzReport(r: FuzzReport): string {
   const kinds = Object.entries(r.byKind)
     .filter(([, k]) => k.tried > 0)
     .map(([kind, k]) => `  ${kind}: ${k.clean}/${k.tried}`);
-  const statuses = Object.entries(r.statuses).sort((a, b) => b[1] - a[1]).map(([s, n]) => `${s} ${n}`).join(', ');
+  const tally = (counts: Readonly<Record<string, number>>) => Object.entries(counts).sort((a, b) => b[1] - a[1]).map(([s, n]) => `${s} ${n}`).join(', ') || 'none';
   return [
     `fuzz (seed ${r.seed}): ${r.tried} cases tried, ${r.clean} answered cleanly (a gRPC status, a Refusal, or a closed connection for non-HTTP/2 bytes)`,
     ...kinds,
-    `statuses: ${statuses}`,
+    `stream statuses: ${tally(r.statuses)}`,
+    `refusals on open streams: ${tally(r.refusals)}`,
     ...r.unclean.map((u) => `  NOT CLEAN #${u.index} (${u.kind}): ${u.detail} — replay with --seed ${r.seed} --only ${u.index}`),
   ].join('\n');
 }

@@ -15,6 +15,7 @@ import type { NoiseScopeClient } from '../transport/generated/noisescope/v1/Nois
 import type { RankMessage } from '../transport/generated/noisescope/v1/RankMessage.js';
 import type { SidecarMessage__Output } from '../transport/generated/noisescope/v1/SidecarMessage.js';
 import { gaussianGradients, SeededRandom, simulateSyntheticStep } from './synthetic-gradients.js';
+import { stalledWatch } from './raw-grpc.js';
 
 export interface RanksLoadOptions {
   readonly ranks: number;
@@ -27,6 +28,8 @@ export interface RanksLoadOptions {
   readonly workers: number;
   /** Write a V8 CPU profile of the sidecar (node --cpu-prof) into this folder. */
   readonly profileDir?: string;
+  /** Watch calls opened on the sidecar whose clients never read (back-pressure under load; the soak opens one). */
+  readonly stalledWatchers?: number;
 }
 
 export const DEFAULT_RANKS_LOAD: RanksLoadOptions = { ranks: 256, rate: 10, seconds: 30, layers: 50, microBatches: 2, workers: 4 };
@@ -58,7 +61,7 @@ export interface RanksLoadReport extends RanksLoadOptions {
   readonly latencyAfterWarmup: Quantiles;
   /** Sidecar CPU in cores: mean over the stepping (first step sent → last health line), max over ~1 s samples. */
   readonly cpuCores: { readonly mean: number; readonly max: number };
-  /** Sidecar RSS in MiB: one sample per second from start to end. */
+  /** Sidecar RSS in MiB: one sample per second from start to end (0.1 MiB resolution). */
   readonly rssMiB: { readonly start: number; readonly max: number; readonly end: number; readonly series: readonly number[] };
   /** The synthetic gradients' true B_simple, and the sidecar's last smoothed estimate. */
   readonly bSimple: { readonly truth: number; readonly estimate: number | null };
@@ -246,8 +249,10 @@ export async function runRanksLoad(options: Partial<RanksLoadOptions> = {}): Pro
   const cpu: number[] = [];
   const rss: number[] = [];
   let sampling = true;
+  const stalled: Awaited<ReturnType<typeof stalledWatch>>[] = [];
   try {
     await until(() => address !== '', 30_000, "the sidecar's listening line");
+    for (let i = 0; i < (o.stalledWatchers ?? 0); i++) stalled.push(await stalledWatch(address));
     let last = { t: performance.now(), ...sampleProc(pid) };
     rss.push(last.rssMiB);
     const sampler = (async () => {
@@ -297,11 +302,12 @@ export async function runRanksLoad(options: Partial<RanksLoadOptions> = {}): Pro
       latencyInSidecar: quantiles(lines.map((l) => l.inSidecar)),
       latencyAfterWarmup: quantiles(lines.filter((l) => l.step >= steps / 10).map((l) => l.read)),
       cpuCores: { mean: (after.cpuSeconds - before.cpuSeconds) / stepping, max: Math.max(...cpu) },
-      rssMiB: { start: rss[0]!, max: Math.max(...rss), end: rss.at(-1)!, series: rss.map((r) => Math.round(r)) },
+      rssMiB: { start: rss[0]!, max: Math.max(...rss), end: rss.at(-1)!, series: rss.map((r) => Math.round(r * 10) / 10) },
       bSimple: { truth: TRUE_B_SIMPLE, estimate: seen.estimate },
     };
   } finally {
     sampling = false;
+    for (const watcher of stalled) watcher.close();
     sidecar.kill('SIGTERM');
     await exited;
   }

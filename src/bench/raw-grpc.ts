@@ -1,5 +1,6 @@
 // gRPC spoken by hand over node:http2, for what a well-behaved client never sends: malformed
-// length-prefixed frames, wrong declared sizes, truncated messages (the fuzzer and the tests).
+// length-prefixed frames, wrong declared sizes, truncated messages (the fuzzer and the tests), and a
+// Watch client that never reads (a zero HTTP/2 stream window: the soak and the back-pressure test).
 import * as http2 from 'node:http2';
 
 export const ATTACH_PATH = '/noisescope.v1.NoiseScope/Attach';
@@ -63,4 +64,38 @@ export function connectRaw(address: string, settings: http2.Settings = {}): Prom
     session.once('connect', () => resolve(session));
     session.once('error', reject);
   });
+}
+
+/** A Watch call whose client never reads: its stream window is 0 until `read()` opens it. */
+export async function stalledWatch(address: string) {
+  const session = await connectRaw(address, { initialWindowSize: 0 });
+  session.on('error', () => {});
+  const stream = session.request({ ':method': 'POST', ':path': WATCH_PATH, 'content-type': 'application/grpc', te: 'trailers' });
+  stream.on('error', () => {});
+  const chunks: Buffer[] = [];
+  stream.on('data', (c: Buffer) => chunks.push(c));
+  stream.end(grpcFrame(Buffer.alloc(0))); // WatchRequest{}: every run
+  return {
+    /** Opens the window: the client reads from now on. */
+    read(): void {
+      session.settings({ initialWindowSize: 16 * 1024 * 1024 });
+      session.setLocalWindowSize(16 * 1024 * 1024);
+    },
+    /** The gRPC messages received so far (payloads, still encoded). */
+    messages(): Buffer[] {
+      const all = Buffer.concat(chunks);
+      const out: Buffer[] = [];
+      for (let at = 0; at + 5 <= all.length; ) {
+        const length = all.readUInt32BE(at + 1);
+        if (at + 5 + length > all.length) break;
+        out.push(all.subarray(at + 5, at + 5 + length));
+        at += 5 + length;
+      }
+      return out;
+    },
+    close(): void {
+      stream.close(http2.constants.NGHTTP2_CANCEL);
+      session.close();
+    },
+  };
 }

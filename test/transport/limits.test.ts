@@ -6,7 +6,7 @@ import { DEFAULT_LIMITS, resolveLimits, type SidecarLimits } from '../../src/tra
 import { loadProto } from '../../src/transport/proto.js';
 import type { RunEvent__Output } from '../../src/transport/generated/noisescope/v1/RunEvent.js';
 import { accumulationStep, connect, hello, LAYERS, RankStream } from '../support/rank-client.js';
-import { stalledWatch } from '../support/raw-grpc.js';
+import { stalledWatch } from '../../src/bench/raw-grpc.js';
 
 const MICRO = [
   [4, 1, 2],
