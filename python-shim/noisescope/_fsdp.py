@@ -20,6 +20,7 @@ parameters FSDP does not manage (no reduce), and a torch without graph-task ids.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from typing import Any, Sequence
@@ -143,14 +144,17 @@ class FsdpSource:
         with self._lock:
             self._measuring = measuring
             self._tasks: dict[int, int] = {}  # graph task id → micro-batch index
+            self._running: list[int] = []  # graph tasks whose backward has not finished
             self._micro: list[list[Any]] = []
             self._local: list[Any] = [None] * len(self._params)
-            self._sync_tasks: set[int] = set()
+            self._syncs: set[Any] = set()  # micro-batches (or unknown tasks) whose backward reduce-scattered
 
     # ------------------------------------------------------------ hooks
 
     def _after_forward(self, module: Any, args: Any, output: Any) -> None:
         """The unsharded parameters exist once FSDP all-gathered them: hook any we have not (cheap when none is new)."""
+        if not self._measuring:
+            return  # hooked by the first measured step's forward, before its backward
         try:
             group = module._get_fsdp_state()._fsdp_param_group
             if group is None:
@@ -165,13 +169,26 @@ class FsdpSource:
             self.guard.trip("the FSDP forward hook", error)
 
     def _micro_index(self) -> int:
+        """Which micro-batch (backward pass) of the step the running backward is."""
         task = _graph_task_id()  # type: ignore[misc]
-        with self._lock:
-            micro = self._tasks.get(task)
-            if micro is None:
-                micro = self._tasks[task] = len(self._tasks)
-                self._micro.append([None] * len(self._params))
+        micro = self._tasks.get(task)
+        if micro is not None:
             return micro
+        with self._lock:
+            if self._running:
+                micro = self._tasks[self._running[0]]  # a backward inside a running one (reentrant checkpointing)
+            else:
+                micro = len(self._micro)
+                self._micro.append([None] * len(self._params))
+            self._tasks[task] = micro
+            self._running.append(task)
+        torch.autograd.Variable._execution_engine.queue_callback(functools.partial(self._backward_done, task))
+        return micro
+
+    def _backward_done(self, task: int) -> None:
+        with self._lock:
+            if task in self._running:
+                self._running.remove(task)
 
     def _grad_hook(self, index: int) -> Any:
         def hook(grad: torch.Tensor) -> None:
@@ -207,8 +224,8 @@ class FsdpSource:
                     indices.append(index)
             if not grads:
                 return
-            self._micro_index()
-            self._sync_tasks.add(_graph_task_id())  # type: ignore[misc]
+            task = _graph_task_id()  # type: ignore[misc]
+            self._syncs.add(self._tasks.get(task, ("task", task)))
             for index, norm in zip(indices, _grad_sq_norms(grads)):
                 self._local[index] = norm
         except Exception as error:
@@ -221,7 +238,7 @@ class FsdpSource:
         from ._meter import _grad_sq_norms
 
         with self._lock:
-            micro, local, syncs = self._micro, self._local, len(self._sync_tasks)
+            micro, local, syncs = self._micro, self._local, len(self._syncs)
         if syncs > 1:
             return [], [], [], (
                 "FSDP reduce-scattered the gradients on more than one backward pass of this step, so the rank-local "
@@ -231,6 +248,8 @@ class FsdpSource:
         if syncs == 0 or any(v is None for v in local):
             missing = sum(v is None for v in local)
             return [], [], [], f"FSDP reduce-scattered no gradient for {missing} of {len(local)} layers in this step"
+        if not micro:
+            return [], [], [], "no micro-batch gradient of this step reached FSDP's unsharded parameters while hooked"
         shards = []
         for p in self._params:
             grad = p.grad
