@@ -118,17 +118,20 @@ def test_ddp_with_a_user_comm_hook_falls_back_and_says_so(sidecar: Sidecar, tmp_
     assert all((e["source"], e["levels"], e["ranks"]) == ("data-parallel", 3, 2) for e in steps)
 
 
-def test_a_rank_killed_mid_run_leaves_the_survivor_to_torch(sidecar: Sidecar, tmp_path: Path) -> None:
-    codes, results = spawn(2, sidecar.address, tmp_path, "kill", steps=8)
-    assert codes[1] == 17  # killed itself after step 3's all-reduce
-    survivor = results[0]
-    assert codes[0] == 0 and survivor["removed"]
-    # The survivor's failure is DDP's all-reduce finding the peer gone (as without noisescope); the hook is still on.
-    assert "Connection" in survivor["error"] and "by peer" in survivor["error"], survivor["error"]
-    assert survivor["enabled_after_error"]
-    assert [s["step"] for s in survivor["sent"]] == [0, 1, 2, 3]
-    # Steps both ranks ended are joined; step 3 (only the survivor ended it) is never completed today.
-    steps = _steps(sidecar, "kill-2", 3)
-    sidecar.wait_for(lambda e: e["type"] == "run" and e.get("run") == "kill-2" and e.get("ended") is False
-                     or e["type"] == "health", timeout=10)
-    assert [e["step"] for e in steps] == [0, 1, 2]
+def test_a_rank_killed_mid_run_leaves_the_survivor_to_torch_and_the_run_partial(tmp_path: Path) -> None:
+    sidecar = Sidecar("--partial-step-timeout", "1")
+    try:
+        codes, results = spawn(2, sidecar.address, tmp_path, "kill", steps=8)
+        assert codes[1] == 17  # killed itself after step 3's all-reduce
+        survivor = results[0]
+        assert codes[0] == 0 and survivor["removed"]
+        # The survivor's failure is DDP's all-reduce finding the peer gone (as without noisescope); the hook is still on.
+        assert "Connection" in survivor["error"] and "by peer" in survivor["error"], survivor["error"]
+        assert survivor["enabled_after_error"]
+        assert [s["step"] for s in survivor["sent"]] == [0, 1, 2, 3]
+        # Steps both ranks ended are joined; step 3 (only the survivor ended it) is given up after the timeout.
+        steps = _steps(sidecar, "kill-2", 4)
+        assert [(e["step"], e["skipped"]) for e in steps] == [(0, False), (1, False), (2, False), (3, True)]
+        assert steps[3]["note"] == "skipped: partial: rank 1 of 2 never ended step 3 within 1 s — excluded"
+    finally:
+        sidecar.stop()
