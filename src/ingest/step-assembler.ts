@@ -56,8 +56,6 @@ interface PendingStep {
   inconsistent: boolean;
   /** Sidecar clock (Date.now()) when the first rank ended it: the partial-step timeout counts from here. */
   readonly firstEndedMs: number;
-  /** Each ending rank's process generation (restartRank bumps it): ends of a replaced process are stale. */
-  readonly generations: Map<number, number>;
 }
 
 export type StepOutcome =
@@ -76,8 +74,6 @@ export class StepAssembler {
   private readonly ranks = new Map<number, RankState>();
   private readonly pending = new Map<number, PendingStep>();
   private abandoned = 0;
-  /** Per rank, how many times a new process took it over. */
-  private readonly generation = new Map<number, number>();
   /** Ranks whose stream ended without Goodbye, and when (sidecar clock); cleared when they attach again. */
   private readonly lost = new Map<number, number>();
   /**
@@ -120,7 +116,6 @@ export class StepAssembler {
    * restarts, so forget what the old one had ended or left open.
    */
   restartRank(rank: number): void {
-    this.generation.set(rank, (this.generation.get(rank) ?? 0) + 1);
     this.rankBack(rank);
     // Steps the old process ended can never be joined: the new one numbers its steps from 0 again.
     for (const [step, pending] of [...this.pending]) {
@@ -307,7 +302,6 @@ export class StepAssembler {
     }
 
     const pending = this.pendingStep(end.step);
-    pending.generations.set(rank, this.generation.get(rank) ?? 0);
     const mismatch = rankStep ? (this.perExampleMismatch(pending, rankStep, end.step) ?? this.reducedShardMismatch(pending, rankStep, end.step)) : null;
     if (mismatch) {
       pending.inconsistent = true;
@@ -397,12 +391,6 @@ export class StepAssembler {
 
   private pendingStep(step: number): PendingStep {
     let pending = this.pending.get(step);
-    if (pending && [...pending.generations].some(([rank, gen]) => gen !== (this.generation.get(rank) ?? 0))) {
-      // Ended by a process that has since been replaced (same step number, an earlier life of the run).
-      this.pending.delete(step);
-      this.abandoned++;
-      pending = undefined;
-    }
     if (!pending) {
       if (this.pending.size >= STEP_LIMITS.pendingSteps) {
         // A rank that never ends its steps must not grow memory without bound.
@@ -410,7 +398,7 @@ export class StepAssembler {
         this.pending.delete(oldest);
         this.abandoned++;
       }
-      pending = { endedBy: new Set(), ranks: new Map(), lr: null, loss: null, skipReason: null, globalExamples: 0, unixMs: 0, inconsistent: false, firstEndedMs: Date.now(), generations: new Map() };
+      pending = { endedBy: new Set(), ranks: new Map(), lr: null, loss: null, skipReason: null, globalExamples: 0, unixMs: 0, inconsistent: false, firstEndedMs: Date.now() };
       this.pending.set(step, pending);
     }
     return pending;

@@ -105,6 +105,25 @@ describe('ranks that leave and rejoin', () => {
     rank0.end();
     rank1.end();
   });
+
+  it("a step a replaced process ended is dropped, not joined with its successor's step of the same number", async () => {
+    sidecar = await startSidecar({ port: 0, healthIntervalMs: 20 });
+    client = connect(sidecar.address);
+    const old0 = attach(0, 'old');
+    step(old0, 0); // then the process dies before rank 1 ends step 0
+    old0.end();
+    await connected(0);
+    const new0 = attach(0, 'new');
+    const rank1 = attach(1, 'r1');
+    step(new0, 0);
+    step(rank1, 0);
+    const zero = await stepStats(0);
+    expect([zero.skipped, zero.ranks, zero.globalBatch]).toEqual([false, 2, 2 * 2 * 16]); // the old end's examples are not added
+    const health = await firstValueFrom(sidecar.health$.pipe(filter((h) => h.stepsCompleted >= 1)));
+    expect(health.stepsIncomplete).toBe(1);
+    new0.end();
+    rank1.end();
+  });
 });
 
 describe('serve --partial-step-timeout', () => {
