@@ -160,3 +160,32 @@ def test_sketch_size_is_validated_at_watch(free_address: str) -> None:
         noisescope.watch(model, optimizer, address=free_address, mode="sketch", sketch_size=4.0)
     with pytest.raises(ValueError, match="source='per-example' is a norms-mode source"):
         noisescope.watch(model, optimizer, address=free_address, mode="sketch", source="per-example")
+
+
+def test_the_device_path_sketches_in_the_hooks_what_the_cpu_path_sketches_on_the_sender_thread() -> None:
+    """CUDA sketches in the gradient hooks, CPU copies out and sketches later: both from the same draws (run
+    here on the CPU, with the copy-out switched off for the device path)."""
+    from noisescope._meter import LayerInfo
+    from noisescope._sketch import SketchCapture
+
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.zeros(40, 30)), torch.nn.Parameter(torch.zeros(50)), torch.nn.Parameter(torch.zeros(3000))]
+    layers = [LayerInfo(name=f"p{i}", numel=p.numel(), kind="Linear") for i, p in enumerate(params)]
+    grads = [[torch.randn_like(p) for p in params] for _ in range(3)]
+    rows = []
+    for device_path in (False, True):
+        capture = SketchCapture(params, layers, run="paths", size=64, dtype="fp32", count_dropped=lambda n: None)
+        if device_path:
+            capture._copy = None
+        capture.begin_step(True)
+        for j, micro in enumerate(grads):
+            for i, grad in enumerate(micro):
+                capture.take(j, i, grad)
+        step = capture.close(3, False)
+        rows.append(step.rows())
+        step.release()
+    seed = step.seed
+    for j, micro in enumerate(grads):
+        torch.testing.assert_close(rows[0][j], rows[1][j], rtol=1e-6, atol=1e-6)
+        expected = torch.cat([count_sketch(g.reshape(-1), min(64, g.numel()), seed, i) for i, g in enumerate(micro)])
+        torch.testing.assert_close(rows[1][j], expected, rtol=1e-6, atol=1e-6)
