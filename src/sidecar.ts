@@ -39,6 +39,8 @@ export interface SidecarOptions extends AuthOptions {
   /**
    * A step some but not all ranks ended (a rank killed mid-run) is reported partial — a skipped StepStats — and
    * excluded this long after its first rank ended it; counted in health's stepsIncomplete. Default 30 000 ms.
+   * A rank whose stream ended without Goodbye and that has not attached again this long is declared gone (said once,
+   * in a step note): later steps missing only gone ranks are excluded at once, until a rank rejoins.
    */
   readonly partialStepTimeoutMs?: number;
   /** Resource limits (DEFAULT_LIMITS in src/transport/limits.ts); each error a limit causes names it and this option. */
