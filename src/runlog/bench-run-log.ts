@@ -7,8 +7,32 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { pathToFileURL } from 'node:url';
 import { Subject } from 'rxjs';
 import type { RunInfo, StepStats } from '../types.js';
+import { DEFAULT_BATCH_POLICY } from '../recommend/batch-policy.js';
+import { DEFAULT_SMOOTHING } from '../stats/smoothing-options.js';
 import { readRunLog } from './read-run-log.js';
+import { RunResumer } from './run-resumer.js';
 import { writeRunLog } from './write-run-log.js';
+
+const LAYERS = [{ name: 'fc.weight', numel: 4096, kind: 'Linear' }];
+
+function runInfo(run: string): RunInfo {
+  return {
+    run,
+    worldSize: 1,
+    ranksConnected: 1,
+    source: 'accumulation',
+    mode: 'norms',
+    layers: LAYERS,
+    parameters: 4096,
+    uncoveredLayers: [],
+    datasetSize: null,
+    every: 1,
+    startedUnixMs: Date.now(),
+    ended: false,
+    optimizer: 'SGD',
+    policy: {},
+  };
+}
 
 function step(run: string, step: number): StepStats {
   return {
@@ -62,7 +86,9 @@ export async function runRunLogBench(steps = 100_000): Promise<string> {
   try {
     const baseline = await feed(new Subject<StepStats>(), steps);
     const stats = new Subject<StepStats>();
-    const writer = writeRunLog({ runs$: new Subject<readonly RunInfo[]>(), stats$: stats }, { dir });
+    const runs = new Subject<readonly RunInfo[]>();
+    const writer = writeRunLog({ runs$: runs, stats$: stats }, { dir });
+    runs.next([runInfo('bench')]);
     const start = process.hrtime.bigint();
     const logged = await feed(stats, steps);
     await writer.close();
@@ -71,6 +97,10 @@ export async function runRunLogBench(steps = 100_000): Promise<string> {
     const readStart = performance.now();
     const log = await readRunLog(writer.pathFor('bench'));
     const readMs = performance.now() - readStart;
+    // What a restarted sidecar does at the run's first step: read, parse and replay the whole log (synchronously).
+    const resumeStart = performance.now();
+    const resumed = new RunResumer(() => writer.pathFor('bench'), DEFAULT_SMOOTHING, DEFAULT_BATCH_POLICY).estimation('bench', LAYERS);
+    const resumeMs = performance.now() - resumeStart;
     const ms = (v: number) => v.toFixed(1);
     return [
       `run log: ${steps} steps, ${Math.round(size / steps)} bytes/step, ${writer.counters.dropped} dropped`,
@@ -78,6 +108,7 @@ export async function runRunLogBench(steps = 100_000): Promise<string> {
       `  fed and written to disk: ${Math.round((steps / totalMs) * 1000).toLocaleString('en-US')} steps/s`,
       `  event-loop delay: p99 ${ms(logged.p99)} ms, max ${ms(logged.max)} ms (no subscriber: p99 ${ms(baseline.p99)}, max ${ms(baseline.max)})`,
       `  read back: ${log.records.length} records in ${Math.round(readMs)} ms`,
+      `  resumed by a restarted sidecar (read, parse, replay smoothing and policy): ${Math.round(resumeMs)} ms, at step ${resumed?.lastStep ?? 'none'}`,
     ].join('\n');
   } finally {
     await rm(dir, { recursive: true, force: true });

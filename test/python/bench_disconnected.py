@@ -11,6 +11,7 @@ over rounds of the configuration's mean step time divided by "no hook" in the sa
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import socket
@@ -83,6 +84,7 @@ def main() -> None:
     args = parser.parse_args()
     scale = 3 if args.quick else 1
     torch.set_num_threads(1)  # one core for training, the other for the sidecar
+    logging.getLogger("noisescope").setLevel(logging.ERROR)  # one outage warning per watch() is expected here
     print(f"hook overhead per optimizer step without a working sidecar (norms mode, every=1, torch {torch.__version__}, 1 thread)")
     print(f"{'model':<26} {'no hook':>12} {'connected':>15} {'no sidecar':>15} {'stalled sidecar':>15}")
     print(bench("MLP 64-128-128-10 (b=16)", 128, 2, 16, 64, rounds=15 // scale, steps=200))
