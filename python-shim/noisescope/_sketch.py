@@ -10,10 +10,10 @@ per million elements on one CPU thread, the generator 4 ms.) A new seed each ste
 errors independent across steps, so smoothing averages them out. A layer of at most m elements is sent
 whole (its "sketch" is the identity: exact).
 
-On CUDA the training thread only queues the sketching (an index_add_ per layer on the gradient's device)
+On CUDA the training thread only queues the sketching (a scatter_add_ per layer on the gradient's device)
 into a small per-micro-batch buffer, copied to pinned host memory once at step end (non-blocking); the
 full gradient never leaves the device. On the CPU the sketching itself would cost the training thread
-~4 ms per million elements and step plus ~3 ms per million and micro-batch, so there the gradients are
+~5 ms per million elements and step plus ~1.5 ms per million and micro-batch, so there the gradients are
 copied out as dense mode does (its buffer pool, a memcpy per parameter, its drop-and-count when every
 buffer is held) and sketched on the sender thread. Either way serialisation is on the sender thread.
 """
@@ -31,7 +31,7 @@ DEFAULT_SKETCH_SIZE = 4096
 MAX_SKETCH_SIZE = CHUNK_BYTES // 4  # one layer's fp32 sketch fits one message
 HASH_CHUNK = 1 << 20  # elements drawn at once (bounds the temporaries)
 # Hashes kept for the rest of a step (reused by its later micro-batches), in elements; beyond it they are
-# drawn again per micro-batch. 8 bytes each (int32 bucket, fp32 sign).
+# drawn again per micro-batch. 12 bytes each (int64 bucket, fp32 sign).
 CACHE_ELEMENTS = 1 << 23
 _MASK64 = (1 << 64) - 1
 SEED_BITS = 53  # the sidecar reads uint64 as a JavaScript number
@@ -63,11 +63,12 @@ def sketch_sizes(layers: Sequence[LayerInfo], size: int) -> list[int]:
 
 
 def hash_chunk(seed: int, layer: int, start: int, length: int, m: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Buckets (int32) and signs (fp32 ±1) of elements [start, start + length) of a layer: one draw in [0, 2m)."""
+    """Buckets (int64: scatter_add_ is 2× index_add_ with int32 on the CPU) and signs (fp32 ±1) of elements
+    [start, start + length) of a layer, from one draw in [0, 2m)."""
     generator = torch.Generator(device=device)
     generator.manual_seed(chunk_seed(seed, layer, start))
     r = torch.randint(0, 2 * m, (length,), generator=generator, device=device, dtype=torch.int32)
-    return r >> 1, (r & 1).to(torch.float32).mul_(-2.0).add_(1.0)
+    return (r >> 1).long(), (r & 1).to(torch.float32).mul_(-2.0).add_(1.0)
 
 
 def count_sketch(flat: torch.Tensor, m: int, seed: int, layer: int) -> torch.Tensor:
@@ -79,7 +80,7 @@ def count_sketch(flat: torch.Tensor, m: int, seed: int, layer: int) -> torch.Ten
     for start in range(0, flat.numel(), HASH_CHUNK):
         piece = flat[start : start + HASH_CHUNK].to(torch.float32)
         bucket, sign = hash_chunk(seed, layer, start, piece.numel(), m, flat.device)
-        out.index_add_(0, bucket, piece * sign)
+        out.scatter_add_(0, bucket, piece * sign)
     return out
 
 
@@ -155,7 +156,7 @@ class SketchCapture:
         for offset in range(0, flat.numel(), HASH_CHUNK):
             piece = flat[offset : offset + HASH_CHUNK]
             bucket, sign = self._hash(index, offset, piece.numel(), device)
-            out.index_add_(0, bucket, piece.to(torch.float32) * sign)
+            out.scatter_add_(0, bucket, piece.to(torch.float32) * sign)
 
     def _hash(self, layer: int, start: int, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         key = (layer, start, device)
@@ -214,7 +215,7 @@ class SketchCapture:
                     bucket, sign = hash_chunk(seed, layer, chunk, length, m, torch.device("cpu"))
                     for row, buffer in zip(rows, buffers):
                         piece = buffer[start + chunk : start + chunk + length]
-                        row[offset : offset + m].index_add_(0, bucket, piece * sign)
+                        row[offset : offset + m].scatter_add_(0, bucket, piece * sign)
             start += numel
         return rows
 
