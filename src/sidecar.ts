@@ -106,7 +106,7 @@ export async function startSidecar(options: SidecarOptions = {}): Promise<Sideca
   // A run re-attaching after a restart continues from its log: its smoothing, step count and policy.
   const resumer = resumerFor(options.runLog, smoothing, policy);
   // Hot and replaying the latest value; connected for the sidecar's lifetime.
-  const updates$ = ingest.steps$.pipe(estimateNoiseScale(smoothing, resumer ? (run, layers) => resumer.estimation(run, layers) : undefined), share());
+  const updates$ = ingest.steps$.pipe(estimateNoiseScale(smoothing, resumer ? (run, layers, firstStep) => resumer.estimation(run, layers, firstStep) : undefined), share());
   const stats$ = updates$.pipe(
     map((u) => u.stats),
     shareReplay({ bufferSize: 1, refCount: false }),

@@ -99,7 +99,7 @@ export async function runRunLogBench(steps = 100_000): Promise<string> {
     const readMs = performance.now() - readStart;
     // What a restarted sidecar does at the run's first step: read, parse and replay the whole log (synchronously).
     const resumeStart = performance.now();
-    const resumed = new RunResumer(() => writer.pathFor('bench'), DEFAULT_SMOOTHING, DEFAULT_BATCH_POLICY).estimation('bench', LAYERS);
+    const resumed = new RunResumer(() => writer.pathFor('bench'), DEFAULT_SMOOTHING, DEFAULT_BATCH_POLICY).estimation('bench', LAYERS, steps);
     const resumeMs = performance.now() - resumeStart;
     const ms = (v: number) => v.toFixed(1);
     return [

@@ -33,7 +33,8 @@ export interface ResumedRun {
  * temperature regimes restart at the same steps. The policy is replayed from
  * the same step records. Per-layer means come from the last layers record of
  * the current regime (written every few steps), so they may lag by that many steps.
- * Steps are taken in order and only while increasing: a duplicate is never counted twice.
+ * A step not after the one before it begins the run anew (a new training under the
+ * same name appended to the log): only the last such stretch is resumed.
  */
 export function resumeRunFromLog(
   log: RunLog,
@@ -45,9 +46,9 @@ export function resumeRunFromLog(
     if (r.type === 'run-ended') endedAt = i;
   });
   const records = log.records.slice(endedAt + 1);
-  const total = new NoiseScaleSmoother(smoothing);
-  const regime = new TemperatureRegime(smoothing.temperatureTolerance);
-  const policy = new RunPolicy(policyDefaults);
+  let total = new NoiseScaleSmoother(smoothing);
+  let regime = new TemperatureRegime(smoothing.temperatureTolerance);
+  let policy = new RunPolicy(policyDefaults);
   let info: RunInfo | undefined;
   let last: StepStats | null = null;
   let lastLayers: LayerStats | null = null;
@@ -55,8 +56,16 @@ export function resumeRunFromLog(
   for (const record of records) {
     if (record.type === 'run') info = record.info;
     else if (record.type === 'layers') lastLayers = record.layers;
-    if (record.type !== 'step' || (last !== null && record.stats.step <= last.step)) continue;
+    if (record.type !== 'step') continue;
     const stats = record.stats;
+    if (last !== null && stats.step <= last.step) {
+      // The run began anew: what came before describes another training.
+      total = new NoiseScaleSmoother(smoothing);
+      regime = new TemperatureRegime(smoothing.temperatureTolerance);
+      policy = new RunPolicy(policyDefaults);
+      restarted = null;
+      if (lastLayers !== null && lastLayers.step >= stats.step) lastLayers = null;
+    }
     regime.startStep(stats.step);
     if (!stats.skipped) {
       const change = regime.observe(stats.step, stats.lr, stats.globalBatch);

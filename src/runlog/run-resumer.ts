@@ -38,14 +38,22 @@ export class RunResumer {
     private readonly onError: (run: string, path: string, error: unknown) => void = () => {},
   ) {}
 
-  /** Said (onResume) when the run resumes; a logged run with other layers is another model: it starts afresh, reported. */
-  estimation(run: string, layers: readonly LayerInfo[]): ResumedEstimation | null {
+  /**
+   * Said (onResume) when the run resumes. A run whose first step is not after the log's last one is
+   * a new training under the same name, and a logged run with other layers another model: each
+   * starts afresh, reported.
+   */
+  estimation(run: string, layers: readonly LayerInfo[], firstStep: number): ResumedEstimation | null {
     const resumed = this.load(run);
     if (!resumed) return null;
-    const estimation = resumed.estimation(layers);
+    const estimation = firstStep > resumed.lastStep ? resumed.estimation(layers) : null;
     if (!estimation) {
       this.loaded.set(run, null);
-      this.fail(run, resumed.path, new Error("its layers differ from the logged run's"));
+      const why =
+        firstStep <= resumed.lastStep
+          ? `it starts again at step ${firstStep}, and its log, which never saw it end, reached step ${resumed.lastStep}: a new training under the same name`
+          : "its layers differ from the logged run's";
+      this.fail(run, resumed.path, new Error(why));
       return null;
     }
     const { lastStep, stepsMeasured, tornLines } = resumed;
@@ -112,6 +120,6 @@ export function resumerFor(runLog: RunLogOptions | undefined, smoothing: Smoothi
     policyDefaults,
     runLog.onResume,
     (run, path, error) =>
-      onError({ run, path, code: null, message: `cannot resume run '${run}' from its log (starting it afresh): ${error instanceof Error ? error.message : String(error)}` }),
+      onError({ run, path, code: null, message: `not resuming run '${run}' from its log (estimating it afresh): ${error instanceof Error ? error.message : String(error)}` }),
   );
 }

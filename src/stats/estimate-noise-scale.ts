@@ -43,17 +43,17 @@ export interface ResumedEstimation {
   readonly note: string;
 }
 
-/** Looks up a run's resumed state once, when the run's first step arrives; null starts it afresh. */
-export type ResumeEstimation = (run: string, layers: readonly LayerInfo[]) => ResumedEstimation | null;
+/** Looks up a run's resumed state once, when the run's first step (`firstStep`) arrives; null starts it afresh. */
+export type ResumeEstimation = (run: string, layers: readonly LayerInfo[], firstStep: number) => ResumedEstimation | null;
 
 function withNote(first: string | null, note: string | null): string | null {
   return first === null ? note : note === null ? first : `${first}; ${note}`;
 }
 
 /** A resume that fails starts the run afresh: it must never cost the run its estimates. */
-function resumeSafely(resume: ResumeEstimation | undefined, run: string, layers: readonly LayerInfo[]): ResumedEstimation | null {
+function resumeSafely(resume: ResumeEstimation | undefined, run: string, layers: readonly LayerInfo[], firstStep: number): ResumedEstimation | null {
   try {
-    return resume?.(run, layers) ?? null;
+    return resume?.(run, layers, firstStep) ?? null;
   } catch {
     return null;
   }
@@ -86,7 +86,7 @@ export function estimateNoiseScale(options: SmoothingOptions, resume?: ResumeEst
         map(({ layout, step }): NoiseScaleUpdate | null => {
           let state = runs.get(layout.run);
           if (!state) {
-            const resumed = resumeSafely(resume, layout.run, layout.layers);
+            const resumed = resumeSafely(resume, layout.run, layout.layers, step.step);
             state = resumed ? { ...resumed, resumed: { lastStep: resumed.lastStep, note: resumed.note } } : {
               estimator: new RunEstimator(layout.layers, options),
               regime: new TemperatureRegime(options.temperatureTolerance),

@@ -81,18 +81,17 @@ describe('a restarted sidecar resuming a run from its log', () => {
     await copyFile(join(before, file), join(dir, file));
     await appendFile(join(dir, file), '{"v":1,"type":"step","unixMs":17000000');
 
-    // The restarted sidecar; the hook re-attaches and sends from where it is (step 25 again, then on).
+    // The restarted sidecar; the hook re-attaches and sends the steps it takes from now on.
     const resumed: RunResumeReport[] = [];
     const second = await startSidecar({ port: 0, smoothing: { beta: 0.9 }, policy: { window: 3 }, runLog: { dir, onResume: (r) => resumed.push(r) } });
     later(() => second.close());
     const after = record(second);
-    await drive(second, after, range(KILLED_AFTER, STEPS));
+    await drive(second, after, range(KILLED_AFTER + 1, STEPS));
 
     expect(resumed).toEqual([
       expect.objectContaining({ run: RUN, path: join(dir, file), lastStep: KILLED_AFTER, stepsMeasured: KILLED_AFTER + 1, tornLines: 1 }),
     ]);
     expect(resumed[0]!.message).toMatch(new RegExp(`^resumed run ${RUN} from .+ at step ${KILLED_AFTER} \\(36 steps measured; 1 torn line skipped\\)$`));
-    // Step 25 was estimated before the crash: not again.
     expect(after.stats.map((s) => s.step)).toEqual(range(KILLED_AFTER + 1, STEPS));
     const expected = uninterrupted.stats.filter((s) => s.step > KILLED_AFTER);
     expect(after.stats[0]!.note).toMatch(new RegExp(`^resumed run ${RUN} from .+ at step ${KILLED_AFTER}`));
@@ -113,20 +112,50 @@ describe('a restarted sidecar resuming a run from its log', () => {
     expect(loggedSteps).toEqual(range(0, STEPS));
   });
 
-  it('resumes only steps after the last run-ended record, in order, each once', () => {
+  it('resumes the last stretch of increasing steps after the last run-ended record', () => {
     const line = (type: string, payload: object) => JSON.stringify({ v: 1, type, unixMs: 1, ...payload });
     const run = (ended = false) => line(ended ? 'run-ended' : 'run', { info: runInfo(RUN, { ended }) });
     const step = (n: number) => line('step', { stats: stepStats(RUN, n) });
     const ended = parseRunLog([run(), step(0), step(1), run(true)].join('\n'), 'a.ndjson');
     expect(resumeRunFromLog(ended)).toBeNull();
     expect(resumeRunFromLog(parseRunLog(run(), 'b.ndjson'))).toBeNull();
-    // Run again under the same name after it ended, then a crash: the new part resumes; a duplicate and a regression are ignored.
-    const again = parseRunLog([run(), step(0), run(true), run(), step(5), step(6), step(6), step(4)].join('\n'), 'c.ndjson');
+    // Run again under the same name after it ended, then a crash: the new part resumes.
+    const again = parseRunLog([run(), step(0), run(true), run(), step(5), step(6)].join('\n'), 'c.ndjson');
     const resumed = resumeRunFromLog(again)!;
     expect([resumed.lastStep, resumed.stepsMeasured, resumed.message]).toEqual([6, 7, `resumed run ${RUN} from c.ndjson at step 6`]);
+    // A training that began anew under the same name without ending (steps going back): only its own steps count.
+    const anew = resumeRunFromLog(parseRunLog([run(), step(5), step(6), step(2), step(3)].join('\n'), 'd.ndjson'))!;
+    expect([anew.lastStep, anew.stepsMeasured]).toEqual([3, 4]);
     // Other layers than the logged run's: another model, nothing to continue.
     expect(resumed.estimation([{ name: 'other', numel: 3, kind: 'Linear' }])).toBeNull();
     expect(resumed.estimation(runInfo(RUN).layers)).toMatchObject({ lastStep: 6, measured: 7 });
+  });
+
+  it('starts afresh, saying why, a new training under the name of an unfinished logged run', async () => {
+    const dir = await scratch();
+    const first = await startSidecar({ port: 0, runLog: { dir, layersEvery: 1 } });
+    later(() => first.close());
+    await drive(first, record(first), range(0, 12));
+    const file = join(dir, runLogFileName(RUN));
+    await expect.poll(async () => (await readRunLog(file).catch(() => null))?.records.filter((r) => r.type === 'step').length, { timeout: 10_000 }).toBe(12);
+    const crashed = await scratch();
+    await copyFile(file, join(crashed, runLogFileName(RUN)));
+
+    const notices: string[] = [];
+    const resumed: RunResumeReport[] = [];
+    const second = await startSidecar({ port: 0, runLog: { dir: crashed, onResume: (r) => resumed.push(r), onError: (f) => notices.push(f.message) } });
+    later(() => second.close());
+    const seen = record(second);
+    await drive(second, seen, range(0, 3)); // the training itself restarted: step 0 again
+    expect(resumed).toEqual([]);
+    expect(notices).toEqual([
+      `not resuming run '${RUN}' from its log (estimating it afresh): it starts again at step 0, and its log, which never saw it end, reached step 11: a new training under the same name`,
+    ]);
+    expect(seen.stats.map((s) => [s.step, s.stepsMeasured])).toEqual([[0, 1], [1, 2], [2, 3]]);
+    await second.close();
+    // Its log goes on in the same file; resuming it later would take the new training's steps only.
+    const log = await readRunLog(join(crashed, runLogFileName(RUN)));
+    expect(resumeRunFromLog(log)).toMatchObject({ lastStep: 2, stepsMeasured: 3 });
   });
 
   it('starts the run afresh with resume: false', async () => {
