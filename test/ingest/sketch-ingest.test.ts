@@ -7,7 +7,7 @@ import { describe, expect, it } from 'vitest';
 import type { RankMessage } from '../../src/transport/generated/noisescope/v1/RankMessage.js';
 import type { StepStats } from '../../src/types.js';
 import { microGradients } from '../support/dense-gradients.js';
-import { encodeDense, hello, LAYERS, normsStepOf, RankStream } from '../support/rank-client.js';
+import { encodeDense, hello, LAYERS, normsStepOf, RankStream, type TestDtype } from '../support/rank-client.js';
 import { sidecarEachTest } from '../support/sidecar-each-test.js';
 
 /** fc1.weight (8192) sketched to 1024, fc1.bias (128) whole, fc2.weight (1280) sketched to 512. */
@@ -17,14 +17,14 @@ const SKETCH_HELLO = hello({ mode: 'MODE_SKETCH', sketch: { sizes: SIZES, dtype:
 const seedOf = (step: number) => 1000 + step;
 
 /** The step's sketches as the hook sends them: layers 0 alone, then 1–2 packed in one message, every micro-batch. */
-function sketchStep(step: number, sketches: readonly (readonly Float32Array[])[], seed = seedOf(step)): RankMessage[] {
+function sketchStep(step: number, sketches: readonly (readonly Float32Array[])[], seed = seedOf(step), dtype: TestDtype = 'DTYPE_F32'): RankMessage[] {
   const messages: RankMessage[] = [];
   for (const [first, count] of [[0, 1], [1, 2]] as const) {
     sketches.forEach((layers, microBatch) => {
       const values = layers.slice(first, first + count);
       const size = values.reduce((n, v) => n + v.length, 0);
-      const data = Buffer.concat(values.map((v) => encodeDense(v, 'DTYPE_F32')));
-      messages.push({ shard: { step, microBatch, examples: 16, layer: first, microBatches: sketches.length, sketch: { seed, size, dtype: 'DTYPE_F32', data, layers: count } } });
+      const data = Buffer.concat(values.map((v) => encodeDense(v, dtype)));
+      messages.push({ shard: { step, microBatch, examples: 16, layer: first, microBatches: sketches.length, sketch: { seed, size, dtype, data, layers: count } } });
     });
   }
   messages.push({ stepEnd: { step, microBatches: sketches.length, localExamples: 16 * sketches.length, globalExamples: 16 * sketches.length, lr: 0.1, loss: Number.NaN } });
@@ -73,6 +73,24 @@ describe('sketch shards', () => {
     expect(info.sketch).toEqual({ sizes: SIZES, dtype: 'DTYPE_F32' });
     s.end();
     n.end();
+  });
+
+  it('read fp16 sketches as the same values sent in fp32', async () => {
+    const half = t.steps(2, 'half-run');
+    const full = t.steps(2, 'full-run');
+    const h = new RankStream(t.client);
+    const f = new RankStream(t.client);
+    h.send({ hello: { ...SKETCH_HELLO.hello!, run: 'half-run', sketch: { sizes: SIZES, dtype: 'DTYPE_F16' } } });
+    f.send({ hello: { ...SKETCH_HELLO.hello!, run: 'full-run' } });
+    for (let step = 0; step < 2; step++) {
+      const exactInHalf = microGradients(step + 1, K, SIZES, { halfExact: true });
+      for (const m of sketchStep(step, exactInHalf, seedOf(step), 'DTYPE_F16')) h.send(m);
+      for (const m of sketchStep(step, exactInHalf)) f.send(m);
+    }
+    expect(worstRelativeDifference(await half, await full)).toBe(0);
+    expect(h.refusals()).toEqual([]);
+    h.end();
+    f.end();
   });
 
   type Case = readonly [name: string, mutate: (m: RankMessage[]) => RankMessage[], code: number, why: RegExp];
