@@ -66,8 +66,11 @@ export class RunResumer {
     return estimation;
   }
 
+  /** The last lookup for a run (the policy comes after its first step's estimate): the run is forgotten here, holding no memory. */
   policy(run: string): RunPolicy | null {
-    return this.load(run)?.policy ?? null;
+    const policy = this.load(run)?.policy ?? null;
+    this.loaded.delete(run);
+    return policy;
   }
 
   // Synchronous, once per run, at its first step: the step waits for its own history (a log of 100k steps reads in well under a second).
