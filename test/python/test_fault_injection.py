@@ -27,7 +27,7 @@ from conftest import CLI, ROOT, Sidecar
 from noisescope import _sender
 from noisescope.demo import make_data, make_model, make_optimizer
 
-RUNS = 20
+RUNS = int(os.environ.get("NOISESCOPE_FAULT_RUNS", "20"))  # more for a longer soak: NOISESCOPE_FAULT_RUNS=200
 MICRO, ACCUMULATION = 8, 4
 MIN_STEPS = 24
 STEP_PAUSE_S = 0.01  # so the restart happens while the run is still training

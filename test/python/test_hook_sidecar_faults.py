@@ -13,7 +13,7 @@ import torch
 
 import noisescope
 from conftest import Sidecar
-from noisescope import _wire
+from noisescope import _sender, _wire
 from test_hook_support import Loop, make_model, make_optimizer, parameters_of, wait_connected, wait_for_events
 
 
@@ -213,3 +213,33 @@ def test_a_stalled_sidecar_never_blocks_training_nor_remove() -> None:
         if stopped:
             os.kill(sidecar.proc.pid, signal.SIGCONT)
         sidecar.stop()
+
+
+def test_a_sidecar_started_after_training_began_is_found_and_told_what_was_missed(
+    free_address: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="noisescope")
+    monkeypatch.setattr(_sender, "BACKOFF_MAX_S", 0.5)  # the hook's own retry loop, capped lower to keep the test short
+    model = make_model()
+    optimizer = make_optimizer(model)
+    twin = copy.deepcopy(model)
+    twin_optimizer = make_optimizer(twin)
+    ns = noisescope.watch(model, optimizer, address=free_address, run="late")
+    Loop(steps=3).run(model, optimizer)  # nobody listening: dropped and counted, training unaffected
+    sidecar = Sidecar("--port", free_address.rsplit(":", 1)[1])
+    try:
+        wait_connected(ns)
+        Loop(steps=2).run(model, optimizer)
+        ns.remove()
+        steps = wait_for_events(sidecar, "step", "late", 2)
+        assert [s["step"] for s in steps] == [3, 4] and ns.stats.dropped == 3
+        health = sidecar.wait_for(lambda e: e["type"] == "health" and e["stepsCompleted"] == 2)
+        assert health["droppedByHooks"] == 3
+    finally:
+        sidecar.stop()
+    Loop(steps=3).run(twin, twin_optimizer)
+    Loop(steps=2).run(twin, twin_optimizer)
+    assert all(torch.equal(a, b) for a, b in zip(parameters_of(model), parameters_of(twin)))
+    warnings = warnings_in(caplog)
+    assert len(warnings) == 2 and "no sidecar reachable" in warnings[0]
+    assert "3 measurement(s) were dropped while it was unreachable" in warnings[1]
