@@ -66,7 +66,7 @@ ${REPLAY_USAGE}
   noisescope bench wire [--sizes 1,2,4] [--mib 256] [--repeats 5] [--clients python,node] [--json]
       Raw gRPC loopback MB/s into grpc-js for 1–4 MiB messages, 64 KiB vs the sidecar's 16 MiB
       HTTP/2 window, from Python grpcio and Node grpc-js clients; payload → aligned float32 GB/s.
-  noisescope bench soak [--minutes 5] [--ranks 16] [--rate 10] [--layers 50] [--workers 2] [--json]
+  noisescope bench soak [--minutes 5] [--ranks 16] [--rate 10] [--layers 50] [--workers 2] [--stalled-watchers 1] [--json]
       bench ranks held for minutes with a Watch client that never reads: the sidecar's RSS slope
       after warm-up (MiB/min) and every drop (steps missing, refusals, incomplete, dropped by hooks).
   noisescope bench fuzz [--cases 400] [--seed 1] [--only I] [--json]

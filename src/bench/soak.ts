@@ -12,9 +12,11 @@ export interface SoakOptions {
   readonly rate: number;
   readonly layers: number;
   readonly workers: number;
+  /** Watch calls whose clients never read, attached throughout. */
+  readonly stalledWatchers: number;
 }
 
-export const DEFAULT_SOAK: SoakOptions = { minutes: 5, ranks: 16, rate: 10, layers: 50, workers: 2 };
+export const DEFAULT_SOAK: SoakOptions = { minutes: 5, ranks: 16, rate: 10, layers: 50, workers: 2, stalledWatchers: 1 };
 
 /** The first fifth of the samples is warm-up (JIT, buffers growing to their working size): excluded from the slope. */
 const WARMUP_FRACTION = 0.2;
@@ -46,7 +48,7 @@ export function slopePerSample(values: readonly number[]): number {
 
 export async function runSoak(options: Partial<SoakOptions> = {}): Promise<SoakReport> {
   const o: SoakOptions = { ...DEFAULT_SOAK, ...options };
-  const load = await runRanksLoad({ ranks: o.ranks, rate: o.rate, seconds: o.minutes * 60, layers: o.layers, microBatches: 2, workers: o.workers, stalledWatchers: 1 });
+  const load = await runRanksLoad({ ranks: o.ranks, rate: o.rate, seconds: o.minutes * 60, layers: o.layers, microBatches: 2, workers: o.workers, stalledWatchers: o.stalledWatchers });
   const series = load.rssMiB.series;
   const steady = series.slice(Math.floor(series.length * WARMUP_FRACTION));
   return {
@@ -69,7 +71,7 @@ export function formatSoak(r: SoakReport): string {
   const d = r.drops;
   const dropped = d.stepsMissing + d.refusals + d.refused + d.stepsIncomplete + d.droppedByHooks;
   return [
-    `soak: ${r.ranks} ranks × ${r.rate} steps/s for ${r.minutes} min, one Watch client that never reads attached throughout`,
+    `soak: ${r.ranks} ranks × ${r.rate} steps/s for ${r.minutes} min, ${r.stalledWatchers} Watch client${r.stalledWatchers === 1 ? '' : 's'} that never read${r.stalledWatchers === 1 ? 's' : ''} attached throughout`,
     `sidecar RSS after warm-up (first ${WARMUP_FRACTION * 100}% of samples): ${r.rssAfterWarmup.first.toFixed(1)} → ${r.rssAfterWarmup.last.toFixed(1)} MiB ` +
       `(max ${r.rssAfterWarmup.max.toFixed(1)}), slope ${r.rssSlopeMiBPerMinute.toFixed(3)} MiB/min`,
     `drops: ${dropped === 0 ? 'none' : dropped} — steps missing ${d.stepsMissing}, refusals ${d.refusals}, refused ${d.refused}, incomplete ${d.stepsIncomplete}, dropped by hooks ${d.droppedByHooks}`,
@@ -77,9 +79,9 @@ export function formatSoak(r: SoakReport): string {
   ].join('\n');
 }
 
-/** `noisescope bench soak [--minutes 5] [--ranks 16] [--rate 10] [--layers 50] [--workers 2] [--json]`; returns what to print. */
+/** `noisescope bench soak [--minutes 5] [--ranks 16] [--rate 10] [--layers 50] [--workers 2] [--stalled-watchers 1] [--json]`; returns what to print. */
 export async function runSoakCommand(args: string[]): Promise<string> {
-  const flags = { minutes: 'minutes', ranks: 'ranks', rate: 'rate', layers: 'layers', workers: 'workers' } as const;
+  const flags = { minutes: 'minutes', ranks: 'ranks', rate: 'rate', layers: 'layers', workers: 'workers', 'stalled-watchers': 'stalledWatchers' } as const;
   const { values } = parseArgs({
     args,
     strict: true,
@@ -91,7 +93,8 @@ export async function runSoakCommand(args: string[]): Promise<string> {
     if (typeof text !== 'string') continue;
     const n = Number(text);
     const whole = key !== 'rate' && key !== 'minutes';
-    if (text.trim() === '' || !Number.isFinite(n) || n <= 0 || (whole && !Number.isInteger(n))) throw new UsageError(`--${flag} takes a positive ${whole ? 'whole ' : ''}number, got '${text}'`);
+    const least = key === 'stalledWatchers' ? 0 : Number.MIN_VALUE;
+    if (text.trim() === '' || !Number.isFinite(n) || n < least || (whole && !Number.isInteger(n))) throw new UsageError(`--${flag} takes a ${least === 0 ? 'non-negative' : 'positive'} ${whole ? 'whole ' : ''}number, got '${text}'`);
     options[key] = n;
   }
   const report = await runSoak(options);

@@ -29,7 +29,8 @@ export const DEFAULT_LIMITS: SidecarLimits = {
   layersPerRun: 100_000,
   ranksPerRun: 65_536,
   runs: 1_024,
-  watchQueueEvents: 4_096,
+  // A 50-layer run's step and layer events are ~3 KB each in memory: 1024 of them is a few MB per stalled watcher.
+  watchQueueEvents: 1_024,
 };
 
 /** How a user raises each limit: the startSidecar option and, where a user would need one, the serve flag. */
