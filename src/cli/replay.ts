@@ -1,8 +1,12 @@
 // `noisescope replay <log>`: a logged run played back through the same Observables the
 // live dashboard and `serve`'s lines subscribe to.
+import { existsSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { defer, ReplaySubject, type Observable } from 'rxjs';
+import { defaultRunLogDir } from '../runlog/default-run-log-dir.js';
 import { readRunLog, type RunLog } from '../runlog/read-run-log.js';
+import { runLogFileName } from '../runlog/run-log-file-name.js';
 import type { RunLogRecord } from '../runlog/schema.js';
 import type { Health, LayerStats, Recommendation, RunInfo, StepStats } from '../types.js';
 import { UsageError } from './flags.js';
@@ -151,11 +155,13 @@ const REPLAY_OPTIONS = {
   json: { type: 'boolean', default: false },
   'no-dashboard': { type: 'boolean', default: false },
   speed: { type: 'string' },
+  'log-dir': { type: 'string' },
   help: { type: 'boolean', short: 'h', default: false },
 } as const;
 
-export const REPLAY_USAGE = `  noisescope replay <log.ndjson> [--json] [--no-dashboard] [--speed X]
-      Play a logged run back: into the dashboard in a terminal (q quits), otherwise one line
+export const REPLAY_USAGE = `  noisescope replay <log.ndjson | run name> [--log-dir DIR] [--json] [--no-dashboard] [--speed X]
+      Play a logged run back (a run name is looked up in the log directory, as serve names its files):
+      into the dashboard in a terminal (q quits), otherwise one line
       per step and recommendation (NDJSON with --json, as serve --json prints them).
       --speed X plays at X times the logged pace, waits capped at ${MAX_REPLAY_GAP_MS / 1000} s (default: 1 in the
       dashboard, at once for lines). Torn lines and log gaps are reported on stderr, never fatal.`;
@@ -171,7 +177,7 @@ export async function replay(args: string[], context: ReplayContext): Promise<vo
   if (values.help) return void process.stdout.write(`${REPLAY_USAGE}\n`);
   if (positionals.length !== 1) throw new UsageError(`replay takes one run log file, got ${positionals.length === 0 ? 'none' : positionals.map((p) => `'${p}'`).join(' ')}`);
   const speed = speedOption(values.speed);
-  const log = await readRunLog(positionals[0]!);
+  const log = await readRunLog(logPath(positionals[0]!, values['log-dir']));
   for (const problem of logProblems(log)) process.stderr.write(`noisescope: ${problem}\n`);
   if (log.records.length === 0) process.stderr.write(`noisescope: ${log.path} holds no records\n`);
 
@@ -209,6 +215,19 @@ export async function replay(args: string[], context: ReplayContext): Promise<vo
   await Promise.race([played.done, context.untilSignal()]);
   played.stop();
   for (const s of subscriptions) s.unsubscribe();
+}
+
+/** A file as given; else a run's log in the log directory (--log-dir, else serve's default). */
+function logPath(given: string, dir: string | undefined): string {
+  if (existsSync(given)) return given;
+  let byName: string;
+  try {
+    byName = join(resolve(dir ?? defaultRunLogDir()), runLogFileName(given));
+  } catch {
+    return given; // not a run name either: the read names the missing file
+  }
+  if (existsSync(byName)) return byName;
+  throw new UsageError(`no run log '${given}': neither a file nor a run logged in ${dirname(byName)}`);
 }
 
 function speedOption(value: string | undefined): number | null {

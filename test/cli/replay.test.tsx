@@ -76,7 +76,11 @@ describe('noisescope replay', () => {
     expect(plain.lines[0]).toMatch(/^run replayed: 1 layers/);
     expect(plain.lines.filter((l) => l.startsWith(`${RUN} step `) && !l.includes('recommendation'))).toHaveLength(STEPS);
     const missing = cli(join(dir, 'nope.ndjson'));
-    expect([missing.code, missing.stderr]).toEqual([1, expect.stringContaining(`cannot read run log ${join(dir, 'nope.ndjson')}`)]);
+    expect([missing.code, missing.stderr]).toEqual([2, expect.stringContaining(`no run log '${join(dir, 'nope.ndjson')}': neither a file nor a run logged in ${dir}`)]);
+    // A run's name finds its log in the log directory (here $NOISESCOPE_LOG_DIR, as serve uses it).
+    const byName = cli(RUN, '--json');
+    expect([byName.code, byName.lines.filter((l) => l.startsWith('{"type":"step"')).length]).toEqual([0, STEPS]);
+    expect(cli('other-run', '--log-dir', dir).stderr).toContain(`no run log 'other-run': neither a file nor a run logged in ${dir}`);
     const slow = cli(path, '--speed', '0');
     expect([slow.code, slow.stderr]).toEqual([2, expect.stringContaining("--speed must be a number > 0 (times the logged pace), got '0'")]);
     expect(cli().stderr).toContain('replay takes one run log file, got none');
