@@ -189,3 +189,17 @@ def test_the_device_path_sketches_in_the_hooks_what_the_cpu_path_sketches_on_the
         torch.testing.assert_close(rows[0][j], rows[1][j], rtol=1e-6, atol=1e-6)
         expected = torch.cat([count_sketch(g.reshape(-1), min(64, g.numel()), seed, i) for i, g in enumerate(micro)])
         torch.testing.assert_close(rows[1][j], expected, rtol=1e-6, atol=1e-6)
+
+
+def test_the_sketch_bench_runs_and_counts_the_payload_of_each_mode(sidecar: Sidecar) -> None:
+    """bench_sketch.py in miniature (one round of two steps on a tiny MLP): its table line and byte counts."""
+    from bench_overhead import make
+    from bench_sketch import bench, payload_bytes
+
+    line = bench("tiny", 16, 1, 4, 8, sidecar.address, rounds=1, steps=2, m=64)
+    model = make(16, 1, 8)[0]
+    numels = [p.numel() for p in model.parameters()]  # 128, 16, 160, 10
+    assert payload_bytes(model, "dense", 64) == ACCUMULATION * 4 * sum(numels)
+    assert payload_bytes(model, "sketch", 64) == ACCUMULATION * 4 * (64 + 16 + 64 + 10)
+    assert payload_bytes(model, "norms", 64) == ACCUMULATION * 8 * len(numels)
+    assert line.startswith("tiny") and line.count("%") == 3 and "2.46 kB" in line
