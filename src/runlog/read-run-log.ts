@@ -45,21 +45,24 @@ export function parseRunLog(text: string, path: string): RunLog {
   let offset = 0;
   lines.forEach((line, i) => {
     const bytes = Buffer.byteLength(line);
-    const where = `${path}:${i + 1}`;
-    let value: unknown;
-    let parsed = line.trim() !== '';
-    if (parsed) {
-      try {
-        value = JSON.parse(line);
-      } catch {
-        parsed = false;
-      }
-    }
-    if (parsed) records.push(toRecord(value, where));
+    const record = parseRunLogLine(line, `${path}:${i + 1}`);
+    if (record) records.push(record);
     else torn.push({ line: i + 1, offset, bytes, last: i === lines.length - 1 });
     offset += bytes + 1;
   });
   return { path, records, torn };
+}
+
+/** One line of a run log: its record, or null for a torn line (not JSON); a JSON line that is no record throws, naming `where`. */
+export function parseRunLogLine(line: string, where: string): RunLogRecord | null {
+  if (line.trim() === '') return null;
+  let value: unknown;
+  try {
+    value = JSON.parse(line);
+  } catch {
+    return null;
+  }
+  return toRecord(value, where);
 }
 
 const TYPES = new Set(Object.keys(PAYLOAD_KEY));

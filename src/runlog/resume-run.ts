@@ -7,6 +7,7 @@ import { DEFAULT_SMOOTHING, type SmoothingOptions } from '../stats/smoothing-opt
 import { restartNote, TemperatureRegime } from '../stats/temperature-regime.js';
 import type { BatchPolicy, LayerInfo, LayerStats, RunInfo, StepStats } from '../types.js';
 import type { RunLog } from './read-run-log.js';
+import type { RunLogRecord } from './schema.js';
 
 /** What a restarted sidecar takes over from an unfinished run's log. */
 export interface ResumedRun {
@@ -41,83 +42,110 @@ export function resumeRunFromLog(
   smoothing: SmoothingOptions = DEFAULT_SMOOTHING,
   policyDefaults: BatchPolicy = DEFAULT_BATCH_POLICY,
 ): ResumedRun | null {
-  let endedAt = -1;
-  log.records.forEach((r, i) => {
-    if (r.type === 'run-ended') endedAt = i;
-  });
-  const records = log.records.slice(endedAt + 1);
-  let total = new NoiseScaleSmoother(smoothing);
-  let regime = new TemperatureRegime(smoothing.temperatureTolerance);
-  let policy = new RunPolicy(policyDefaults);
-  let info: RunInfo | undefined;
-  let last: StepStats | null = null;
-  let lastLayers: LayerStats | null = null;
-  let restarted: string | null = null;
-  for (const record of records) {
-    if (record.type === 'run') info = record.info;
-    else if (record.type === 'layers') lastLayers = record.layers;
-    if (record.type !== 'step') continue;
-    const stats = record.stats;
-    if (last !== null && stats.step <= last.step) {
-      // The run began anew: what came before describes another training.
-      total = new NoiseScaleSmoother(smoothing);
-      regime = new TemperatureRegime(smoothing.temperatureTolerance);
-      policy = new RunPolicy(policyDefaults);
-      restarted = null;
-      if (lastLayers !== null && lastLayers.step >= stats.step) lastLayers = null;
+  const replay = new RunLogReplay(smoothing, policyDefaults);
+  for (const record of log.records) replay.add(record);
+  return replay.resumed(log.path);
+}
+
+/** resumeRunFromLog one record at a time, so a log of any size is replayed without holding it. */
+export class RunLogReplay {
+  private total!: NoiseScaleSmoother;
+  private regime!: TemperatureRegime;
+  private policy!: RunPolicy;
+  private info: RunInfo | undefined;
+  private last: StepStats | null = null;
+  private lastLayers: LayerStats | null = null;
+  private restarted: string | null = null;
+
+  constructor(
+    private readonly smoothing: SmoothingOptions = DEFAULT_SMOOTHING,
+    private readonly policyDefaults: BatchPolicy = DEFAULT_BATCH_POLICY,
+  ) {
+    this.begin();
+  }
+
+  /** Forgets everything: the run ended, or began anew. */
+  private begin(): void {
+    this.total = new NoiseScaleSmoother(this.smoothing);
+    this.regime = new TemperatureRegime(this.smoothing.temperatureTolerance);
+    this.policy = new RunPolicy(this.policyDefaults);
+    this.restarted = null;
+  }
+
+  add(record: RunLogRecord): void {
+    if (record.type === 'run-ended') {
+      this.begin();
+      this.info = undefined;
+      this.last = null;
+      this.lastLayers = null;
+      return;
     }
-    regime.startStep(stats.step);
+    if (record.type === 'run') this.info = record.info;
+    else if (record.type === 'layers') this.lastLayers = record.layers;
+    if (record.type !== 'step') return;
+    const stats = record.stats;
+    if (this.last !== null && stats.step <= this.last.step) {
+      // The run began anew: what came before describes another training.
+      this.begin();
+      if (this.lastLayers !== null && this.lastLayers.step >= stats.step) this.lastLayers = null;
+    }
+    this.regime.startStep(stats.step);
     if (!stats.skipped) {
-      const change = regime.observe(stats.step, stats.lr, stats.globalBatch);
+      const change = this.regime.observe(stats.step, stats.lr, stats.globalBatch);
       if (change) {
-        total.reset();
-        restarted = restartNote(stats.step, change);
+        this.total.reset();
+        this.restarted = restartNote(stats.step, change);
       }
     }
     if (stats.raw) {
-      total.update(stats.raw);
-      if (stats.smoothed?.trusted) restarted = null;
+      this.total.update(stats.raw);
+      if (stats.smoothed?.trusted) this.restarted = null;
     }
     try {
-      policy.observe(stats, info);
+      this.policy.observe(stats, this.info);
     } catch {
       // The live policy swallows a step it cannot digest (recommendBatchSize): so does its replay.
     }
-    last = stats;
+    this.last = stats;
   }
-  if (last === null) return null;
-  const lastStats = last;
-  const run = lastStats.run;
-  const message = `resumed run ${run} from ${log.path} at step ${lastStats.step}`;
-  return {
-    run,
-    path: log.path,
-    lastStep: lastStats.step,
-    stepsMeasured: lastStats.stepsMeasured,
-    lastStats,
-    policy,
-    message,
-    estimation: (layers) => {
-      const loggedLayers = info?.layers;
-      if (loggedLayers && !sameLayers(loggedLayers, layers)) return null;
-      const totalState = total.snapshot();
-      const current = lastLayers !== null && lastLayers.step >= lastStats.regimeStartStep && sameNames(lastLayers, layers) ? lastLayers : null;
-      const estimator = new RunEstimator(layers, smoothing);
-      estimator.restore({
-        total: totalState,
-        layers: layers.map((_, l) => layerSnapshot(totalState, current?.layers[l] ?? null)),
-      });
-      return {
-        estimator,
-        regime,
-        measured: lastStats.stepsMeasured,
-        lastSmoothed: lastStats.smoothed,
-        restarted,
-        lastStep: lastStats.step,
-        note: message,
-      };
-    },
-  };
+
+  /** What a restarted sidecar takes over, from the records added so far (read from `path`). */
+  resumed(path: string): ResumedRun | null {
+    const lastStats = this.last;
+    if (lastStats === null) return null;
+    const { total, regime, policy, restarted, info, lastLayers, smoothing } = this;
+    const run = lastStats.run;
+    const message = `resumed run ${run} from ${path} at step ${lastStats.step}`;
+    return {
+      run,
+      path,
+      lastStep: lastStats.step,
+      stepsMeasured: lastStats.stepsMeasured,
+      lastStats,
+      policy,
+      message,
+      estimation: (layers) => {
+        const loggedLayers = info?.layers;
+        if (loggedLayers && !sameLayers(loggedLayers, layers)) return null;
+        const totalState = total.snapshot();
+        const current = lastLayers !== null && lastLayers.step >= lastStats.regimeStartStep && sameNames(lastLayers, layers) ? lastLayers : null;
+        const estimator = new RunEstimator(layers, smoothing);
+        estimator.restore({
+          total: totalState,
+          layers: layers.map((_, l) => layerSnapshot(totalState, current?.layers[l] ?? null)),
+        });
+        return {
+          estimator,
+          regime,
+          measured: lastStats.stepsMeasured,
+          lastSmoothed: lastStats.smoothed,
+          restarted,
+          lastStep: lastStats.step,
+          note: message,
+        };
+      },
+    };
+  }
 }
 
 /** A layer's smoother as of the total's weights with the logged layer means (its spread is not logged, and the layers' means never use it). */

@@ -1,11 +1,12 @@
-import { readFileSync } from 'node:fs';
+import { closeSync, openSync, readSync } from 'node:fs';
 import { join } from 'node:path';
+import { StringDecoder } from 'node:string_decoder';
 import type { RunPolicy } from '../recommend/run-policy.js';
 import type { ResumedEstimation } from '../stats/estimate-noise-scale.js';
 import type { SmoothingOptions } from '../stats/smoothing-options.js';
 import type { BatchPolicy, LayerInfo } from '../types.js';
-import { parseRunLog } from './read-run-log.js';
-import { resumeRunFromLog, type ResumedRun } from './resume-run.js';
+import { parseRunLogLine } from './read-run-log.js';
+import { RunLogReplay, type ResumedRun } from './resume-run.js';
 import { runLogFileName } from './run-log-file-name.js';
 import { warnRunLogFailure, type RunLogOptions } from './write-run-log.js';
 
@@ -73,20 +74,24 @@ export class RunResumer {
     return policy;
   }
 
-  // Synchronous, once per run, at its first step: the step waits for its own history (a log of 100k steps reads in well under a second).
+  // Synchronous, once per run, at its first step: the step waits for its own history (`node dist/src/runlog/bench-run-log.js` times it).
   private load(run: string): (ResumedRun & { readonly tornLines: number }) | null {
     if (this.loaded.has(run)) return this.loaded.get(run) ?? null;
     let resumed: (ResumedRun & { readonly tornLines: number }) | null = null;
     let path = '';
     try {
       path = this.pathFor(run);
-      const text = readOrNull(path);
-      if (text !== null) {
-        const log = parseRunLog(text, path);
-        const found = resumeRunFromLog(log, this.smoothing, this.policyDefaults);
-        if (found && found.run !== run) throw new Error(`the log holds run '${found.run}', not '${run}'`);
-        resumed = found && Object.assign(found, { tornLines: log.torn.length });
-      }
+      const replay = new RunLogReplay(this.smoothing, this.policyDefaults);
+      let torn = 0;
+      const found = forEachLine(path, (line, number) => {
+        const record = parseRunLogLine(line, `${path}:${number}`);
+        if (record) replay.add(record);
+        else torn++;
+      })
+        ? replay.resumed(path)
+        : null;
+      if (found && found.run !== run) throw new Error(`the log holds run '${found.run}', not '${run}'`);
+      resumed = found && Object.assign(found, { tornLines: torn });
     } catch (error) {
       resumed = null;
       this.fail(run, path, error);
@@ -104,12 +109,35 @@ export class RunResumer {
   }
 }
 
-function readOrNull(path: string): string | null {
+const CHUNK_BYTES = 1 << 20;
+
+/**
+ * Calls `onLine` with each line of the file (1-based numbers), read in chunks so a log of
+ * any size is replayed without holding it whole; false when there is no such file.
+ */
+function forEachLine(path: string, onLine: (line: string, number: number) => void): boolean {
+  let fd: number;
   try {
-    return readFileSync(path, 'utf8');
+    fd = openSync(path, 'r');
   } catch (error) {
-    if ((error as { code?: unknown }).code === 'ENOENT') return null;
+    if ((error as { code?: unknown }).code === 'ENOENT') return false;
     throw error;
+  }
+  try {
+    const chunk = Buffer.allocUnsafe(CHUNK_BYTES);
+    const decoder = new StringDecoder('utf8'); // a character split across two chunks stays whole
+    let pending = '';
+    let number = 0;
+    for (let read = readSync(fd, chunk); read > 0; read = readSync(fd, chunk)) {
+      const lines = (pending + decoder.write(chunk.subarray(0, read))).split('\n');
+      pending = lines.pop()!;
+      for (const line of lines) onLine(line, ++number);
+    }
+    pending += decoder.end();
+    if (pending !== '') onLine(pending, ++number);
+    return true;
+  } finally {
+    closeSync(fd);
   }
 }
 

@@ -7,6 +7,9 @@ import { describe, expect, it } from 'vitest';
 import { startSidecar, type Sidecar } from '../../src/index.js';
 import { parseRunLog, readRunLog } from '../../src/runlog/read-run-log.js';
 import { resumeRunFromLog } from '../../src/runlog/resume-run.js';
+import { RunResumer } from '../../src/runlog/run-resumer.js';
+import { DEFAULT_BATCH_POLICY } from '../../src/recommend/batch-policy.js';
+import { DEFAULT_SMOOTHING } from '../../src/stats/smoothing-options.js';
 import { runLogFileName } from '../../src/runlog/run-log-file-name.js';
 import type { RunResumeReport } from '../../src/runlog/run-resumer.js';
 import type { LayerStats, Recommendation, StepStats } from '../../src/types.js';
@@ -156,6 +159,30 @@ describe('a restarted sidecar resuming a run from its log', () => {
     // Its log goes on in the same file; resuming it later would take the new training's steps only.
     const log = await readRunLog(join(crashed, runLogFileName(RUN)));
     expect(resumeRunFromLog(log)).toMatchObject({ lastStep: 2, stepsMeasured: 3 });
+  });
+
+  it('reads a log larger than its read chunk, a character split between two chunks intact', async () => {
+    const dir = await scratch();
+    const run = `sigma-${'Σ'.repeat(300)}`; // two bytes each in UTF-8
+    const line = (type: string, payload: object) => JSON.stringify({ v: 1, type, unixMs: 1, ...payload });
+    const steps = Math.floor(((1 << 20) - 50_000) / Buffer.byteLength(line('step', { stats: stepStats(run, 0) })));
+    const head = `${[line('run', { info: runInfo(run) }), ...range(0, steps).map((n) => line('step', { stats: stepStats(run, n) }))].join('\n')}\n`;
+    const last = line('step', { stats: stepStats(run, steps) });
+    // Pad the first line (JSON allows leading spaces) so that byte 2^20, where the second chunk begins, is the second byte of a Σ in the last line's run name.
+    const splitAt = Buffer.from(last).indexOf(Buffer.from('Σ')) + 101;
+    const padding = (1 << 20) - Buffer.byteLength(head) - splitAt;
+    expect(padding).toBeGreaterThanOrEqual(0);
+    const text = `${' '.repeat(padding)}${head}${last}\n`;
+    expect(Buffer.from(text)[1 << 20]! >> 6).toBe(0b10); // a UTF-8 continuation byte
+    const file = join(dir, 'big.ndjson');
+    await writeFile(file, text);
+    const reports: RunResumeReport[] = [];
+    const errors: unknown[] = [];
+    const resumer = new RunResumer(() => file, DEFAULT_SMOOTHING, DEFAULT_BATCH_POLICY, (r) => reports.push(r), (_run, _path, e) => errors.push(e));
+    // The run's name is checked against the last record's: a mangled character would refuse it.
+    expect(resumer.estimation(run, runInfo(run).layers, steps + 1)).toMatchObject({ lastStep: steps });
+    expect(errors).toEqual([]);
+    expect(reports).toEqual([expect.objectContaining({ run, lastStep: steps, tornLines: 0 })]);
   });
 
   it('starts the run afresh with resume: false', async () => {
