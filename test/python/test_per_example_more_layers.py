@@ -128,8 +128,9 @@ class Attention(nn.Module):
         dict(batch_first=False, mask="per-example", cross=True),
         dict(batch_first=True, cross=True, kdim=5, vdim=3, mask="padding"),  # separate q/k/v weights
         dict(batch_first=False, cross=True, kdim=6, vdim=6, bias=False, twice=True),
+        dict(batch_first=True, mask="padding", add_bias_kv=True, add_zero_attn=True),
     ],
-    ids=["packed", "seq-first-causal", "padding-bias-kv", "seq-first-3d-mask", "separate-qkv", "separate-nobias-twice"],
+    ids=["packed", "seq-first-causal", "padding-bias-kv", "seq-first-3d-mask", "separate-qkv", "separate-nobias-twice", "zero-attn"],
 )
 @pytest.mark.filterwarnings("ignore:There is a performance drop")  # the reference's vmap over fused attention
 def test_multihead_attention(free_address: str, kwargs: dict) -> None:
