@@ -3,6 +3,7 @@ import { parseArgs } from 'node:util';
 import { computeBackendLine, printSidecar } from './cli/print-sidecar.js';
 import { runDemo } from './cli/demo.js';
 import { replay, REPLAY_USAGE } from './cli/replay.js';
+import { report, REPORT_USAGE } from './report/report-command.js';
 import { backendFromFlags, partialStepTimeoutFromFlags, policyFromFlags, portOption, SIDECAR_FLAGS, smoothingFromFlags, UsageError } from './cli/flags.js';
 import { BACKEND_NAMES } from './compute/backends.js';
 import { DEFAULT_BATCH_POLICY } from './recommend/batch-policy.js';
@@ -48,6 +49,7 @@ ${LIMIT_USAGE}
       Start a sidecar and train a small MLP on scikit-learn's digits through the hook;
       --adaptive lets the training apply each recommendation (gradient accumulation).
 ${REPLAY_USAGE}
+${REPORT_USAGE}
   noisescope bench accuracy
       Estimator accuracy and interval coverage on synthetic gradients with known G and Σ.
   noisescope bench latency
@@ -256,6 +258,8 @@ async function main(argv: string[]): Promise<void> {
       return demo(rest);
     case 'replay':
       return replay(rest, { wantsDashboard, untilSignal });
+    case 'report':
+      return report(rest);
     case 'bench':
       return bench(rest);
     case undefined:
