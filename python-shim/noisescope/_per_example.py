@@ -275,7 +275,11 @@ class PerExample:
                     return None
                 call = _Call(module=module, row=row, x=x.detach() if saved is None else saved)
                 row.calls.setdefault(self._units.get(module, module), []).append(call)
-            output.register_hook(functools.partial(self._on_delta, call))
+            on_delta = functools.partial(self._on_delta, call)
+            if saved is not None:
+                saved.register(output, on_delta)  # the attention output, and its weights where the loss uses them
+            else:
+                output.register_hook(on_delta)
         except Exception as error:
             self._guard.trip("the per-example forward hook", error)
         return None

@@ -16,7 +16,7 @@ Same conventions as `_per_example_math`: δ carries the loss's scale; float64 0-
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -150,6 +150,26 @@ class AttentionInputs:
     attn_mask: Tensor | None
     is_causal: bool
     batch_dim: int
+    weights: Tensor | None = None  # the returned attention weights, where they take part in autograd
+    average_weights: bool = True
+    weights_delta: Tensor | None = None  # δ at them, when the loss uses them
+
+    def register(self, output: Tensor, on_delta: Callable[[Tensor], None]) -> None:
+        """Calls on_delta with δ at the output once the backward has passed both the output and the weights.
+
+        Where the loss also uses the returned weights, their path to the parameters is part of each
+        example's gradient: the vjp then takes δ at both.
+        """
+        if self.weights is None:
+            output.register_hook(on_delta)
+            return
+        weights, self.weights = self.weights, None
+
+        def both(grads: Sequence[Tensor | None]) -> None:
+            self.weights_delta = grads[1]
+            on_delta(grads[0] if grads[0] is not None else torch.zeros_like(output))
+
+        torch.autograd.graph.register_multi_grad_hook((output, weights), both, mode="all")
 
 
 _ATTENTION_ARGS = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask", "average_attn_weights", "is_causal")
@@ -176,7 +196,11 @@ def attention_call(module: nn.MultiheadAttention, args: tuple[Any, ...], kwargs:
         attn_mask=kept("attn_mask"),
         is_causal=bool(bound.get("is_causal", False)),
         batch_dim=batch_dim,
+        average_weights=bool(bound.get("average_attn_weights", True)),
     )
+    weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+    if isinstance(weights, Tensor) and weights.requires_grad:
+        saved.weights = weights
     return query.movedim(batch_dim, 0), saved, out
 
 
@@ -220,9 +244,11 @@ def _attention_grads(module: nn.MultiheadAttention, params: dict[str, Tensor], i
         mask = pem._wide(mask)
     padding = inputs.key_padding_mask
     padding = padding[part] if padding is not None else None
+    weights_delta = inputs.weights_delta
+    weights_delta = pem._wide(weights_delta[part]) if weights_delta is not None else None  # batch first, always
 
-    def one(q: Tensor, k: Tensor, v: Tensor, d: Tensor, kpm: Tensor | None, am: Tensor | None) -> dict[str, Tensor]:
-        def forward(p: dict[str, Tensor]) -> Tensor:
+    def one(q: Tensor, k: Tensor, v: Tensor, d: Tensor, kpm: Tensor | None, am: Tensor | None, dw: Tensor | None) -> dict[str, Tensor]:
+        def forward(p: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
             # need_weights=True takes the plain math path (vmap has no batching rule for fused attention).
             return functional_call(
                 module,
@@ -232,16 +258,18 @@ def _attention_grads(module: nn.MultiheadAttention, params: dict[str, Tensor], i
                     "key_padding_mask": kpm.unsqueeze(0) if kpm is not None else None,
                     "attn_mask": am,
                     "need_weights": True,
+                    "average_attn_weights": inputs.average_weights,
                     "is_causal": inputs.is_causal,
                 },
-            )[0]
+            )
 
-        _, back = vjp(forward, params)
-        return back(d.unsqueeze(b))[0]
+        (out, w), back = vjp(forward, params)
+        return back((d.unsqueeze(b), dw.unsqueeze(0) if dw is not None else torch.zeros_like(w)))[0]
 
     with torch.enable_grad():
-        return vmap(one, in_dims=(b, b, b, b, 0 if padding is not None else None, mask_dim))(
-            rows(inputs.query), rows(inputs.key), rows(inputs.value), rows(delta), padding, mask
+        in_dims = (b, b, b, b, 0 if padding is not None else None, mask_dim, 0 if weights_delta is not None else None)
+        return vmap(one, in_dims=in_dims)(
+            rows(inputs.query), rows(inputs.key), rows(inputs.value), rows(delta), padding, mask, weights_delta
         )
 
 

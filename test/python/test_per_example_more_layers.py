@@ -355,3 +355,23 @@ class Unbatched(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.attn(x, x, x)[0]
+
+
+class WeightsInLoss(nn.Module):
+    """The returned attention weights feed the output too: their path is part of each example's gradient."""
+
+    def __init__(self, average: bool, only_weights: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(12)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.average, self.only_weights = average, only_weights
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, weights = self.attn(x, x, x, average_attn_weights=self.average)
+        summary = weights.flatten(1)[:, :8, None].expand(-1, -1, 8).transpose(1, 2)[:, :4]  # [B, 4, 8]
+        return summary if self.only_weights else out + summary
+
+
+@pytest.mark.parametrize("average, only_weights", [(True, False), (False, False), (True, True)], ids=["averaged", "per-head", "weights-only"])
+def test_attention_weights_used_by_the_loss(free_address: str, average: bool, only_weights: bool) -> None:
+    check(WeightsInLoss(average, only_weights).double(), randn(4, 8), free_address)
