@@ -98,6 +98,27 @@ describe('noisescope replay', () => {
     }
   });
 
+  it('plays into the dashboard in a real terminal (tmux, 80×24) until q', async () => {
+    expect(spawnSync('tmux', ['-V']).status, 'tmux is missing: run `npm run setup`').toBe(0);
+    const session = `noisescope-replay-${process.pid}`;
+    const tmux = (...args: string[]) => spawnSync('tmux', args, { encoding: 'utf8' });
+    const capture = () => tmux('capture-pane', '-p', '-t', session).stdout;
+    try {
+      // Ink draws no live frames when CI is set; a person's terminal has no CI.
+      tmux('new-session', '-d', '-s', session, '-x', '80', '-y', '24', `env -u CI ${process.execPath} ${CLI} replay ${path} --speed 20`);
+      await expect.poll(capture, { timeout: 15_000 }).toContain(`step ${STEPS - 1}`);
+      const screen = capture();
+      expect(screen).toContain(`noisescope ${RUN}`);
+      expect(screen).toMatch(/●{5,}/); // the chart, from every replayed step
+      expect(screen).toMatch(/Recommendation ▲ increase 32 → \d+/);
+      expect(screen).toContain('replay of'); // where the live one names its compute backend
+      tmux('send-keys', '-t', session, 'q');
+      await expect.poll(() => tmux('has-session', '-t', session).status, { timeout: 10_000 }).not.toBe(0);
+    } finally {
+      tmux('kill-session', '-t', `=${session}`);
+    }
+  });
+
   it('reports steps logged twice or out of order, and log gaps', async () => {
     const line = (record: object) => `${JSON.stringify({ v: 1, unixMs: 1, ...record })}\n`;
     const log = await readRunLog(path);
