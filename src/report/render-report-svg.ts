@@ -8,9 +8,9 @@ import type { ReportRun } from './report-data.js';
 import { autoScale, linearScale, logScale, maxOf, minOf, tickLabel, type Scale } from './scale.js';
 import { el, escapeXml, pathData, px, text, viridis } from './svg.js';
 
-export const REPORT_WIDTH = 1000;
+export const REPORT_WIDTH = 1040;
 const LEFT = 200; // room for layer names beside the heat strip
-const RIGHT = 120; // legends and colour bar
+const RIGHT = 150; // legends and colour bar
 const PLOT_W = REPORT_WIDTH - LEFT - RIGHT;
 /** Points drawn per series at most: a 100,000-step run stays a small file (every k-th step, plus the last). */
 export const MAX_POINTS = 1500;
@@ -36,7 +36,7 @@ export function renderReportSvg(report: ReportRun): ReportSvg {
   const shown = thin(steps, MAX_POINTS);
   if (shown.length < steps.length) notes.push(`every ${Math.ceil(steps.length / MAX_POINTS)}th of ${steps.length} steps drawn (the last always)`);
 
-  let top = 96;
+  let top = 108;
   const noise = noisePanel(report, shown, x, top, notes);
   top += noise.height + 56;
   const batch = batchPanel(report, x, top);
@@ -244,13 +244,14 @@ function layerPanel(report: ReportRun, x: Scale, top: number, notes: string[]): 
   names.forEach((name, i) => {
     const y0 = top + i * row;
     columns.forEach((record, c) => {
-      const x0 = x.map(c === 0 ? report.steps[0]!.step : columns[c - 1]!.step);
-      const x1 = x.map(record.step);
+      // A smoothed per-layer value holds from the step it was logged at until the next record (the last: to the run's last step).
+      const x0 = x.map(record.step);
+      const x1 = x.map(columns[c + 1]?.step ?? report.steps.at(-1)!.step);
       const layer = record.layers.find((l) => l.name === name);
       const v = layer?.bSimple ?? null;
       const fill = v !== null && v > 0 && colour ? viridis(colour.map(v)) : COLOR.missing;
       const what = v === null ? 'not estimable (|G|² ≤ 0 so far)' : `B_simple ${num(v)}`;
-      cells.push(el('rect', { class: 'cell', x: x0, y: y0, width: Math.max(x1 - x0, 1), height: row - 1, fill, 'data-layer': name, 'data-step': String(record.step) }, el('title', {}, escapeXml(`${name} at step ${record.step}: ${what}`))));
+      cells.push(el('rect', { class: 'cell', x: x0, y: y0, width: Math.max(x1 - x0, 2), height: row - 1, fill, 'data-layer': name, 'data-step': String(record.step) }, el('title', {}, escapeXml(`${name} at step ${record.step}: ${what}`))));
     });
     const label = name.length > 32 ? `…${name.slice(-31)}` : name;
     cells.push(text({ x: LEFT - 6, y: y0 + row / 2 + 3.5, 'font-size': 10, 'text-anchor': 'end' }, label));
