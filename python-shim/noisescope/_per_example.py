@@ -76,7 +76,7 @@ def coverage(model: nn.Module, params: Sequence[nn.Parameter]) -> Coverage:
             coupling.append(name or "<root>")
     modules: dict[Any, tuple[int | None, int | None]] = {}
     uncovered: dict[int, str] = {}
-    pairs: dict[tuple[str, str], pmore.ParamPair] = {}
+    pairs: dict[tuple[int, tuple[str, str]], pmore.ParamPair] = {}  # per attention module, its ParamPair keys
     for p in params:
         i = index[id(p)]
         mods = owners.get(id(p), [])

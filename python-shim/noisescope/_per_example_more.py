@@ -123,12 +123,14 @@ class ParamPair:
     names: tuple[str, str]
 
 
-def attention_slot(module: nn.MultiheadAttention, param: nn.Parameter, pairs: dict[tuple[str, str], ParamPair]) -> tuple[ParamPair, int] | None:
-    """The (key, position) of one of the attention's parameters, creating its ParamPair key on first use."""
+def attention_slot(
+    module: nn.MultiheadAttention, param: nn.Parameter, pairs: dict[tuple[int, tuple[str, str]], ParamPair]
+) -> tuple[ParamPair, int] | None:
+    """The (key, position) of one of the attention's parameters; `pairs` keeps each module's keys, made on first use."""
     for names in ATTENTION_PAIRS:
         for position, name in enumerate(names):
             if name and _attribute(module, name) is param:
-                key = pairs.setdefault(names, ParamPair(module, names))
+                key = pairs.setdefault((id(module), names), ParamPair(module, names))
                 return key, position
     return None
 

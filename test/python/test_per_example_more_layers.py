@@ -331,11 +331,11 @@ def test_lower_precision_training_stays_close_to_the_float64_truth(free_address:
 
 
 @pytest.mark.filterwarnings("ignore:There is a performance drop")
-def test_transformer_encoder_layer_without_dropout_is_fully_covered(free_address: str) -> None:
-    """nn.TransformerEncoderLayer calls its MultiheadAttention, Linears and LayerNorms as modules."""
+def test_transformer_encoder_without_dropout_is_fully_covered(free_address: str) -> None:
+    """nn.TransformerEncoder's layers call their MultiheadAttention, Linears and LayerNorms as modules."""
     torch.manual_seed(10)
     layer = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, dropout=0.0, batch_first=True, norm_first=True)
-    model = nn.Sequential(layer, nn.Linear(8, 3)).double()
+    model = nn.Sequential(nn.TransformerEncoder(layer, 2, enable_nested_tensor=False), nn.Linear(8, 3)).double()
     check(model, randn(4, 8), free_address)
 
 
