@@ -209,14 +209,17 @@ def attention_call(module: nn.MultiheadAttention, args: tuple[Any, ...], kwargs:
 def attention(module: nn.MultiheadAttention, names: Sequence[str], calls: Sequence[Call]) -> dict[str, Tensor]:
     """{parameter path: Σ_e |its example-e gradient|²} for `names`, from vmap(vjp(forward)) per chunk of examples.
 
-    Per-example gradients of the module's parameters are materialised, CHUNK_ELEMENTS at most at a time;
+    Per-example gradients of the module's parameters (and attention weights) are materialised,
+    CHUNK_ELEMENTS at most at a time;
     a float16/bfloat16 module is recomputed in float32 (every parameter, so that the dtypes agree).
     """
     params = {name: pem._wide(p.detach()) for name, p in module.named_parameters()}
     first = calls[0][0]
     batch = first.query.shape[first.batch_dim]
     device = first.query.device
-    per_example = sum(p.numel() for p in params.values())
+    # Materialised per example: the parameters' gradients, and the attention's weights, their softmax and grad.
+    steps = max(c[0].query.shape[1 - first.batch_dim] * c[0].key.shape[1 - first.batch_dim] for c in calls)
+    per_example = sum(p.numel() for p in params.values()) + 3 * module.num_heads * steps
     sums = {name: torch.zeros((), dtype=torch.float64, device=device) for name in names}
     for part in pem._chunks(batch, per_example):
         total: dict[str, Tensor] | None = None

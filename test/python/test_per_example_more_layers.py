@@ -375,3 +375,11 @@ class WeightsInLoss(nn.Module):
 @pytest.mark.parametrize("average, only_weights", [(True, False), (False, False), (True, True)], ids=["averaged", "per-head", "weights-only"])
 def test_attention_weights_used_by_the_loss(free_address: str, average: bool, only_weights: bool) -> None:
     check(WeightsInLoss(average, only_weights).double(), randn(4, 8), free_address)
+
+
+def test_chunked_a_few_examples_at_a_time_the_sums_are_the_same(free_address: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chunk bound of a few hundred elements: attention, convolutions and the tied cross term go 1–2 examples at a time."""
+    from noisescope import _per_example_math
+
+    monkeypatch.setattr(_per_example_math, "CHUNK_ELEMENTS", 300)
+    check(Everything().double(), TOKENS, free_address)
