@@ -76,7 +76,7 @@ function header(report: ReportRun): string {
     : ['no run record in the log'];
   const span = `steps ${steps[0]!.step}–${steps.at(-1)!.step} (${steps.length} measured)`;
   const final = lastEstimate?.smoothed
-    ? `final B_simple ≈ ${num(lastEstimate.smoothed.bSimple)}${lastEstimate.smoothed.interval ? ` (interval ${num(lastEstimate.smoothed.interval.low)} – ${num(lastEstimate.smoothed.interval.high)})` : ''}${lastEstimate.smoothed.trusted ? '' : ', not yet trusted'} at step ${lastEstimate.step}, global batch ${lastEstimate.globalBatch}`
+    ? `final B_simple ≈ ${num(lastEstimate.smoothed.bSimple)}${lastEstimate.smoothed.interval ? ` (interval ${bound(lastEstimate.smoothed.interval.low)} – ${bound(lastEstimate.smoothed.interval.high)})` : ''}${lastEstimate.smoothed.trusted ? '' : ', not yet trusted'} at step ${lastEstimate.step}, global batch ${lastEstimate.globalBatch}`
     : 'no B_simple estimate yet';
   return el(
     'g',
@@ -86,6 +86,9 @@ function header(report: ReportRun): string {
     text({ x: 20, y: 70, 'font-size': 12, fill: '#333' }, final),
   );
 }
+
+/** An interval end: num() already writes +∞; a lower end can be −∞ too. */
+const bound = (v: number): string => (v === -Infinity ? '−∞' : num(v));
 
 interface Panel {
   readonly svg: string;

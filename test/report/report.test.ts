@@ -215,6 +215,17 @@ describe('renderReportSvg on a long run', () => {
     expect(textOf(byId(root, 'panel-layers'))).toContain('no per-layer records in this log');
   });
 
+  it.each([
+    ['one step without an estimate', [stepStats('edge', 5, { raw: null, smoothed: null, note: 'no second batch scale' })]],
+    ['negative single-step values and an interval unbounded both ways', [0, 1, 2].map((i) => stepStats('edge', i, { raw: { gradSqNorm: 1, traceSigma: -5, bSimple: -5, interval: null, trusted: false }, smoothed: { gradSqNorm: 1, traceSigma: 30, bSimple: 30 + i, interval: { low: -Infinity, high: Infinity }, trusted: false } }))],
+  ])('draws %s without a NaN or an infinity in the file', (_, steps) => {
+    const { svg } = renderReportSvg({ run: 'edge', info: null, steps, recommendations: [], layers: [] });
+    expect(svg).not.toMatch(/NaN|Infinity/);
+    const root = parseSvg(svg);
+    expect(textOf(byId(root, 'title'))).toContain('no run record in the log');
+    expect(readAxis(byId(root, 'b-simple-y-axis'))(Number(byId(root, 'b-simple-y-axis').children[0]!.attributes.transform!.match(/,([-\d.]+)\)/)![1]))).toBe(Number(byId(root, 'b-simple-y-axis').children[0]!.attributes['data-value']));
+  });
+
   it('reports a one-run log through reportRun as the CLI does (steps ordered, a re-logged step kept once)', () => {
     const records = [3, 1, 2, 3].map((step, i) => ({ v: 1 as const, type: 'step' as const, unixMs: i, stats: stepStats('r', step, { globalBatch: 10 + i }) }));
     const run = reportRun({ path: 'mem', records, torn: [] });
