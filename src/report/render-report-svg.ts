@@ -248,7 +248,7 @@ function layerPanel(report: ReportRun, x: Scale, top: number, notes: string[]): 
     const y0 = top + i * row;
     columns.forEach((record, c) => {
       // A smoothed per-layer value holds from the step it was logged at until the next record (the last: to the run's last step).
-      const x0 = x.map(record.step);
+      const x0 = x.map(c === 0 ? records[0]!.step : record.step); // a binned first column starts where the records do
       const x1 = x.map(columns[c + 1]?.step ?? report.steps.at(-1)!.step);
       const layer = record.layers.find((l) => l.name === name);
       const v = layer?.bSimple ?? null;
