@@ -147,7 +147,7 @@ def test_sidecar_killed_at_random_points_of_training(tmp_path: Path, fast_backof
             logged = [e for e in events if e["type"] == "step"]
             numbers = [s["step"] for s in logged]
             assert numbers == sorted(set(numbers)), f"{run}: steps duplicated or out of order: {numbers}"
-            assert numbers[-1] == steps - 1 and set(before) <= set(numbers)
+            assert set(before) <= set(numbers) and numbers[-1] < steps and set(printed) <= set(numbers)
             measured = [s["stepsMeasured"] for s in logged]
             assert measured == sorted(set(measured)), f"{run}: the step count went back: {measured}"
             assert "logged after" not in replay.stderr
