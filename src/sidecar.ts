@@ -137,6 +137,7 @@ export async function startSidecar(options: SidecarOptions = {}): Promise<Sideca
         stepsIncomplete: ingest.counters.stepsIncomplete,
         droppedByHooks: ingest.counters.droppedByHooks,
         computeBackend: backendSummary,
+        ranksGone: ingest.ranksGone(),
       }),
     ),
     shareReplay({ bufferSize: 1, refCount: true }),

@@ -213,4 +213,6 @@ export interface Health {
   readonly stepsIncomplete: number;
   readonly droppedByHooks: number;
   readonly computeBackend: string;
+  /** Ranks declared gone (stream ended without Goodbye, not back within the partial-step timeout), over all runs; 0 again once they rejoin. */
+  readonly ranksGone: number;
 }

@@ -49,8 +49,9 @@ export function formatRecommendation(r: Recommendation): string {
 
 /** The problem counters only ('' when there are none), so it changes rarely. */
 export function formatProblems(h: Health): string {
-  if (!h.refused && !h.stepsIncomplete && !h.droppedByHooks) return '';
-  return `ingest: ${h.stepsIncomplete} incomplete steps, ${h.refused} refused messages, ${h.droppedByHooks} measurements dropped by hooks`;
+  if (!h.refused && !h.stepsIncomplete && !h.droppedByHooks && !h.ranksGone) return '';
+  const gone = h.ranksGone ? `, ${h.ranksGone} rank${h.ranksGone === 1 ? '' : 's'} gone` : '';
+  return `ingest: ${h.stepsIncomplete} incomplete steps, ${h.refused} refused messages, ${h.droppedByHooks} measurements dropped by hooks${gone}`;
 }
 
 /** One NDJSON line; non-finite numbers become null (JSON has no Infinity). */

@@ -89,6 +89,7 @@ export function replayRunLog(log: RunLog, options: ReplayOptions): ReplayedRun {
           stepsIncomplete: 0,
           droppedByHooks: 0,
           computeBackend: `replay of ${log.path}`,
+          ranksGone: 0,
         });
         return;
       }

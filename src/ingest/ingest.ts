@@ -155,6 +155,13 @@ export class Ingest {
     return n;
   }
 
+  /** Ranks declared gone, summed over runs (a rank that attaches again is no longer counted). */
+  ranksGone(): number {
+    let n = 0;
+    for (const entry of this.runs.values()) n += entry.assembler.goneRanks.length;
+    return n;
+  }
+
   /** Accepts a Hello (or throws why not) and returns the rank's session. */
   attach(hello: Hello__Output): RankSession {
     const limits = this.options.limits ?? DEFAULT_LIMITS;

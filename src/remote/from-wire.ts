@@ -131,6 +131,7 @@ export function healthFromWire(w: WireHealth): Health {
     stepsIncomplete: w.stepsIncomplete,
     droppedByHooks: w.droppedByHooks,
     computeBackend: w.computeBackend,
+    ranksGone: w.ranksGone,
   };
 }
 

@@ -136,6 +136,9 @@ describe('dashboard', () => {
     m.health.next(health({ unixMs: 1_012_000, messages: 700, bytes: 220_000, stepsIncomplete: 3, refused: 2, droppedByHooks: 5 }));
     await expect.poll(m.frame).toContain('3 incomplete · 2 refused · 5 dropped');
     expect(m.frame()).toContain('100 msg/s 50kB/s');
+    // A rank declared gone (killed without Goodbye, not back within the partial-step timeout).
+    m.health.next(health({ unixMs: 1_013_000, messages: 800, bytes: 230_000, stepsIncomplete: 4, ranksGone: 1 }));
+    await expect.poll(m.frame).toContain('4 incomplete · 1 rank gone');
   });
 
   it('switches between two runs with [ and ]', async () => {

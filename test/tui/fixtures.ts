@@ -95,6 +95,7 @@ export function health(overrides: Partial<Health> = {}): Health {
     stepsIncomplete: 0,
     droppedByHooks: 0,
     computeBackend: 'cpu (norms mode)',
+    ranksGone: 0,
     ...overrides,
   };
 }

@@ -56,6 +56,7 @@ export function HealthLine({
     [health.stepsIncomplete, 'incomplete'],
     [health.refused, 'refused'],
     [health.droppedByHooks, 'dropped'],
+    [health.ranksGone, health.ranksGone === 1 ? 'rank gone' : 'ranks gone'],
   ] as const;
   const happened = losses.filter(([n]) => n > 0).map(([n, what]) => `${short(n)} ${what}`);
   return (

@@ -12,6 +12,7 @@ export interface Health {
   'stepsIncomplete'?: (number | string | Long);
   'droppedByHooks'?: (number | string | Long);
   'computeBackend'?: (string);
+  'ranksGone'?: (number);
 }
 
 export interface Health__Output {
@@ -24,4 +25,5 @@ export interface Health__Output {
   'stepsIncomplete': (number);
   'droppedByHooks': (number);
   'computeBackend': (string);
+  'ranksGone': (number);
 }
