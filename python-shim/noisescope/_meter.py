@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from ._guard import Guard
+from .integrations._compiled import register_forward_pre_hook
 
 if TYPE_CHECKING:
     from ._ddp import DdpSource
@@ -331,7 +332,7 @@ class Meter:
         self._handles: list[RemovableHandle] = []  # per-step hooks: gradients and forward
         self._step_handle: RemovableHandle | None = None
         self._grad_hooks: list[Callable[[torch.Tensor], None]] = []
-        self._forward_hook = _Hook(self._on_forward)
+        self._forward_hook = _ModuleHook(self._on_forward)
         self._hook_dicts_created: list[nn.Parameter] = []  # their _backward_hooks was None before us
         self._lock = threading.Lock()
         self._zeros: dict[torch.device, torch.Tensor] = {}
@@ -342,6 +343,7 @@ class Meter:
         self._buffer: _StepBuffer | None = None
         self.steps_seen = 0
         self.steps_measured = 0
+        self.examples_fed = False  # an integration gives each micro-batch's examples (feed_examples)
         guard.on_trip(self._switch_off)
 
     # ------------------------------------------------------------ registration
@@ -378,7 +380,8 @@ class Meter:
                 if param._backward_hooks is None:
                     self._hook_dicts_created.append(param)
                 self._handles.append(param.register_hook(hook))
-            self._handles.append(self._model.register_forward_pre_hook(self._forward_hook, with_kwargs=True))
+            # Outside the compiled call for a module.compile()d model (integrations/_compiled.py).
+            self._handles.append(register_forward_pre_hook(self._model, self._forward_hook))
         except Exception:
             self._disarm()
             raise
@@ -526,17 +529,35 @@ class Meter:
         return fresh
 
     def _on_forward(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if self._measuring and module is self._model and torch.is_grad_enabled():
-            try:
-                examples = _leading_dim(args, kwargs)
-                buffer = self._buffer
-                if examples is not None and buffer is not None:
-                    buffer.examples.append(examples)
-                if self._per_example is not None:
-                    self._per_example.begin_forward(examples)
-            except Exception as error:
-                self._guard.trip("the forward pre-hook", error)
+        if self._measuring and module is self._model and torch.is_grad_enabled() and not self.examples_fed:
+            self._count_examples(args, kwargs)
         return None
+
+    def feed_examples(self, batch: Any) -> None:
+        """An integration's micro-batch, just before its forward: examples from it (dim 0 of its first tensor),
+        instead of the model's forward (a LightningModule's training_step need not call its own forward)."""
+        self.examples_fed = True
+        if self._measuring and torch.is_grad_enabled():
+            self._count_examples((batch,), {})
+
+    def external_steps(self) -> Callable[[], None]:
+        """An integration marks each step's end itself: optimizer.step()'s pre-hook no longer does (Lightning
+        runs the last micro-batch's forward and backward in a closure inside optimizer.step())."""
+        if self._step_handle is not None:
+            self._step_handle.remove()
+            self._step_handle = None
+        return functools.partial(self._on_step, self._optimizer, (), {})
+
+    def _count_examples(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        try:
+            examples = _leading_dim(args, kwargs)
+            buffer = self._buffer
+            if examples is not None and buffer is not None:
+                buffer.examples.append(examples)
+            if self._per_example is not None:
+                self._per_example.begin_forward(examples)
+        except Exception as error:
+            self._guard.trip("the forward pre-hook", error)
 
     def _on_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         try:
@@ -758,8 +779,9 @@ class Meter:
             self._warn_once(
                 "no-examples",
                 logging.WARNING,
-                "noisescope: the watched model's forward received no tensor argument, so the examples "
-                "per micro-batch are unknown; steps are sent as skipped.",
+                "noisescope: the watched model's forward received no tensor argument (or ran inside torch.compile'd "
+                "code, where its hook cannot run: watch the compiled wrapper, `model = torch.compile(model)`), so "
+                "the examples per micro-batch are unknown; steps are sent as skipped.",
             )
             return None
         picked = seen[-k:] if len(seen) > k else seen + [seen[-1]] * (k - len(seen))
@@ -810,6 +832,21 @@ class _Hook:
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Callable[..., None]:
         return _inert_hook
+
+
+class _ModuleHook(_Hook):
+    """A module hook that does nothing while torch.compile traces it: never a graph break (an error under
+    fullgraph=True) in the user's compiled model. Such a module's examples and per-example norms are unknown."""
+
+    __slots__ = ()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        if _compiling():
+            return None
+        return self._fn(*args, **kwargs)
+
+
+_compiling: Callable[[], bool] = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
 
 
 def _to_host(values: torch.Tensor) -> tuple[torch.Tensor, Any]:

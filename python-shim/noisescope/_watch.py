@@ -259,13 +259,16 @@ class Watch:
     ) -> None:
         import torch
 
-        params, layers = _layers(model)
+        from .integrations._compiled import compiled_form, original_module
+
+        compiled = compiled_form(model)
+        params, layers = _layers(original_module(model))  # a wrapper's parameters under their own names
         if not params:
             raise ValueError("noisescope.watch: the model has no parameters that require gradients")
         try:
             from . import _sketch, _wire
             from .integrations import _grad_scaler
-            from ._meter import Meter, _Hook
+            from ._meter import Meter, _ModuleHook
             from ._per_example import PerExample
             from ._sender import Sender
         except Exception as error:  # e.g. generated code and protobuf/grpcio versions disagree
@@ -286,6 +289,15 @@ class Watch:
         elif mode == "sketch":
             chosen, one_scale_hint = None, ""
             _log_sketch_mode(layers, sketch_size, dtype)
+        elif compiled and source != "accumulation":
+            chosen, one_scale_hint = None, " (Per-example norms are off for torch.compile'd models.)"
+            logger.log(
+                logging.WARNING if source == "per-example" else logging.INFO,
+                "noisescope: torch.compile'd model (%s): per-example norms need module hooks, which compiled code "
+                "does not run; batch scales from gradient-accumulation micro-batches and ranks (source=%r)",
+                compiled,
+                source,
+            )
         else:
             chosen, one_scale_hint = _choose_source(source, model, params, layers, self._world_size)
         if chosen is not None:
@@ -298,7 +310,7 @@ class Watch:
                 m: (position.get(w) if w is not None else None, position.get(b) if b is not None else None)  # type: ignore[arg-type]
                 for m, (w, b) in cover.modules.items()
             }
-            per_example = PerExample(modules, len(params), self._guard, _Hook)
+            per_example = PerExample(modules, len(params), self._guard, _ModuleHook)
         info = _wire.RankInfo(
             run=self._run,
             rank=rank,
