@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import re
 import threading
 import time
 import weakref
@@ -71,6 +72,7 @@ class Sender:
         self.connected = False
         self._warned_outage = False
         self._warned_statuses: set[tuple[str, str]] = set()
+        self.protocol_mismatch: str | None = None  # the sidecar's words: no retry can succeed
         self._fresh_runtime()
         _restart_after_fork(self)
 
@@ -112,7 +114,7 @@ class Sender:
         """Never blocks: a full queue drops the step and counts it."""
         if self._needs_start:
             self.start()  # the first step in a forked child restarts the threads
-        if self._closing:
+        if self._closing or self.protocol_mismatch is not None:
             self._count_dropped(1)
             return
         try:
@@ -209,7 +211,7 @@ class Sender:
         try:
             while not self._done.is_set():
                 welcomed = self._attach_once()
-                if self._stop.is_set() or self._done.is_set():
+                if self._stop.is_set() or self._done.is_set() or self.protocol_mismatch is not None:
                     break
                 if welcomed:
                     backoff = BACKOFF_FIRST_S
@@ -260,7 +262,9 @@ class Sender:
             self.connected = False
             self._count_dropped(_steps_left(stream))
             channel.close()
-        if not self._stop.is_set():
+        if failure is not None and failure.code() == grpc.StatusCode.FAILED_PRECONDITION:
+            self._check_protocol(f"FAILED_PRECONDITION: {failure.details() or ''}")  # logged even when remove() has begun
+        if not self._stop.is_set() and self.protocol_mismatch is None:
             self._report_end(failure, welcomed)
         return welcomed
 
@@ -306,6 +310,8 @@ class Sender:
             )
             return True
         if kind == "refusal":
+            if reply.refusal.code == 9:  # FAILED_PRECONDITION
+                self._check_protocol(f"FAILED_PRECONDITION: {reply.refusal.message}")
             with self._counters_lock:
                 self.refusals += 1
                 refusals = self.refusals
@@ -321,6 +327,19 @@ class Sender:
         elif kind == "recommendation":
             self._on_recommendation(_wire.recommendation(reply.recommendation))
         return False
+
+    def _check_protocol(self, details: str) -> None:
+        """A protocol-version mismatch can never succeed on retry: one error saying what to upgrade, no more attempts."""
+        if "protocol version" not in details or self.protocol_mismatch is not None:
+            return
+        self.protocol_mismatch = details
+        logger.error(
+            "noisescope: the sidecar at %s speaks another protocol version (%s). %s Measurements are not sent for the "
+            "rest of this run and the hook does not retry; training continues unaffected.",
+            self._address,
+            details,
+            _what_to_upgrade(details),
+        )
 
     def _report_end(self, failure: grpc.RpcError | None, welcomed: bool) -> None:
         """One warning per outage, never one per retry."""
@@ -369,6 +388,20 @@ class Sender:
         if steps:
             with self._counters_lock:
                 self.dropped += steps
+
+
+_VERSIONS = re.compile(r"hook speaks protocol version (\d+), this sidecar speaks (\d+)")
+
+
+def _what_to_upgrade(details: str) -> str:
+    """The older side, from the sidecar's message; both named when it does not say."""
+    versions = _VERSIONS.search(details)
+    hook, sidecar = (int(versions[1]), int(versions[2])) if versions else (None, None)
+    python = "the Python hook on this machine (pip install -U noisescope)"
+    node = "the sidecar (npm install noisescope@latest where `noisescope serve` runs)"
+    if hook is not None and sidecar is not None and hook != sidecar:
+        return f"Upgrade {python if hook < sidecar else node}."
+    return f"Upgrade the older of {python} and {node}."
 
 
 def _steps_left(stream: _Stream) -> int:
