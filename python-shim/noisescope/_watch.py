@@ -105,7 +105,8 @@ def watch(
             leaves every field to the sidecar's defaults.
         source: where the second batch scale comes from. "accumulation": micro-batches of
             gradient accumulation and DDP ranks only. "per-example": also per-example gradient
-            norms from module hooks (Linear, Conv1d/2d, Embedding, LayerNorm, RMSNorm), against
+            norms from module hooks on the layers it knows (Linear, convolutions, Embedding, norm
+            layers, MultiheadAttention; the warning for a model it cannot cover lists them), against
             the micro-batch, on every measured step, so one micro-batch on one device gets an
             estimate; parameters of other modules are left out of the estimate (listed in the
             log and to the sidecar). "auto" (default): the cheapest source that exists wins.
@@ -639,8 +640,9 @@ def _choose_source(
     not_covered = ", ".join(f"{layers[i].name} ({why})" for i, why in sorted(cover.uncovered.items())) or "none"
     if not cover.covered:
         logger.warning(
-            "noisescope: the per-example source covers none of this model's parameters (it knows Linear, Conv1d/2d, "
-            "Embedding, LayerNorm, RMSNorm; not covered: %s); using accumulation micro-batches and ranks only",
+            "noisescope: the per-example source covers none of this model's parameters (it knows %s; not covered: "
+            "%s); using accumulation micro-batches and ranks only",
+            _per_example_kinds(),
             not_covered,
         )
         return None, ""
@@ -691,6 +693,13 @@ def _choose_source(
         not_covered,
     )
     return cover, ""
+
+
+def _per_example_kinds() -> str:
+    """The module types the per-example source computes terms for, from its own table (never a second list)."""
+    from ._per_example import _COVERED, _FUNCTIONAL_PARENTS
+
+    return ", ".join(kind.__name__ for kind in (*_COVERED, *_FUNCTIONAL_PARENTS))
 
 
 # mode="auto": dense up to this many parameters (~16 MB per measured step at 4 micro-batches, fp32).
