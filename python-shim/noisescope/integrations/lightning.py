@@ -1,0 +1,103 @@
+"""PyTorch Lightning: `L.Trainer(..., callbacks=[NoiseScopeCallback()])` is the whole integration.
+
+Lightning runs a step's last forward and backward in a closure inside optimizer.step(), after the
+optimizer's step pre-hooks, so step ends come from `on_before_optimizer_step` instead (after the
+backward, before clipping), and each micro-batch's examples from the batch Lightning hands the
+LightningModule (its training_step need not call its own forward). Under "16-mixed" the precision
+plugin's GradScaler is passed on: its scale is divided out; a step it skips has inf/NaN norms and
+is sent as skipped for that reason.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import lightning.pytorch as pl
+
+from ._common import check_callback_arguments, dataset_size_of, logger, start_watch
+
+OWNER = "noisescope.integrations.lightning.NoiseScopeCallback"
+
+
+class NoiseScopeCallback(pl.Callback):
+    """Watches the LightningModule and its optimizer for the length of `fit`.
+
+    Args:
+        on_recommendation: called (on a background thread) with each new noisescope.Recommendation.
+            Nothing is applied to the trainer: the batch size stays the user's decision.
+        **watch_kwargs: passed on to noisescope.watch (address, run, every, mode, policy, source, ...).
+    """
+
+    def __init__(self, *, on_recommendation: Callable[[Any], None] | None = None, **watch_kwargs: Any) -> None:
+        check_callback_arguments(OWNER, on_recommendation, watch_kwargs)
+        self._on_recommendation = on_recommendation
+        self._watch_kwargs = watch_kwargs
+        self.watch: Any = None  # the noisescope.Watch while fit runs
+        self._mark_step: Callable[[], None] | None = None
+        self._fed: Callable[[Any], None] | None = None
+        self.last_watch: Any = None  # after fit: the removed Watch (stats, last recommendation)
+
+    @property
+    def recommendation(self) -> Any:
+        """The sidecar's latest recommendation for this run (None before the first, or when not watching)."""
+        return self.watch.recommendation if self.watch is not None else None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.watch is not None:
+            return
+        optimizers = trainer.optimizers
+        if not optimizers:
+            logger.warning("noisescope: %s: the trainer has no optimizer; nothing is watched", OWNER)
+            return
+        if len(optimizers) > 1:
+            logger.warning("noisescope: %s: %d optimizers; only the first is watched", OWNER, len(optimizers))
+        loader = trainer.train_dataloader
+        self.watch = start_watch(
+            OWNER,
+            _watched_module(trainer, pl_module),
+            optimizers[0],
+            scaler=getattr(trainer.precision_plugin, "scaler", None),
+            dataset_size=dataset_size_of(loader),
+            accumulation_steps=int(trainer.accumulate_grad_batches),
+            micro_batch=getattr(loader, "batch_size", None),
+            world_size=int(trainer.world_size),
+            on_recommendation=self._on_recommendation,
+            watch_kwargs=self._watch_kwargs,
+        )
+        meter = self.watch._meter if self.watch is not None else None
+        if meter is None:
+            return
+        self._mark_step = meter.external_steps()
+        self._fed = meter.feed_examples
+        tap, self.watch._skip_tap = self.watch._skip_tap, None
+        if tap is not None:
+            tap.detach()  # step ends no longer come from optimizer.step(): the non-finite norms mark a skip
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        if self._fed is not None:
+            self._fed(batch)
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
+        if self._mark_step is not None and optimizer is trainer.optimizers[0]:
+            self._mark_step()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stop()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._stop()
+
+    def _stop(self) -> None:
+        watch, self.watch, self._mark_step, self._fed = self.watch, None, None, None
+        if watch is not None:
+            watch.remove()
+            self.last_watch = watch  # stats and the last recommendation stay readable after fit
+
+
+def _watched_module(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
+    """The DDP wrapper under DDP (its communication hook gives the all-reduced norms), else the LightningModule."""
+    try:
+        from torch.nn.parallel import DistributedDataParallel
+    except Exception:
+        return pl_module
+    model = getattr(trainer.strategy, "model", None)
+    return model if isinstance(model, DistributedDataParallel) else pl_module
