@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import queue
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -134,6 +136,7 @@ class _Call:
     row: _Row
     x: Tensor | None
     delta: Tensor | None = None
+    stats: tuple[Tensor, Tensor] | None = None  # a LayerNorm's saved (mean, rstd)
 
 
 @dataclass
@@ -162,6 +165,8 @@ class PerExample:
         self._flush_queued: set[int] = set()
         self._warned: set[str] = set()
         self.sequence_form = "auto"  # tests force "gram" or "materialise"
+        # CPU layers' terms on a worker thread while the backward goes on, where torch leaves a core free.
+        self.overlap = _Overlap()
         guard.on_trip(self._switch_off)
 
     # ------------------------------------------------------------ meter-facing
@@ -215,6 +220,7 @@ class PerExample:
             rows, self._rows = self._rows, []
         for row in rows:
             self._flush(row)
+        self.overlap.wait()  # the step's terms still being computed (on the worker)
         k = len(micro_sq_norms)
         if len(rows) > k:  # forwards no backward went through (an evaluation with gradients enabled)
             rows = [row for row in rows if any(s is not None for s in row.sums)]
@@ -242,7 +248,7 @@ class PerExample:
                         names[i],
                     )
                     return None
-        return [row.sums for row in rows]
+        return _host_floats([row.sums for row in rows])
 
     # ------------------------------------------------------------ hooks
 
@@ -262,6 +268,11 @@ class PerExample:
                 return None
             if _graph_task_id is not None and _graph_task_id() != -1:
                 return None  # a recomputation inside a backward (activation checkpointing): already counted
+            if getattr(_computing, "on", False):
+                return None  # our own terms calling a module (attention's vjp), on the worker or at the step
+            stats = None
+            if isinstance(module, nn.LayerNorm) and isinstance(x, Tensor):
+                stats = pem.layer_norm_stats(output, x, module)
             with self._lock:
                 if not self._rows:  # a module called outside the model's forward
                     self._rows.append(_Row(examples=None, sums=[None] * self._n_layers))
@@ -273,7 +284,7 @@ class PerExample:
                         f"({row.examples}) as dim 0 (the per-example source needs batch-first inputs)"
                     )
                     return None
-                call = _Call(module=module, row=row, x=x.detach() if saved is None else saved)
+                call = _Call(module=module, row=row, x=x.detach() if saved is None else saved, stats=stats)
                 row.calls.setdefault(self._units.get(module, module), []).append(call)
             on_delta = functools.partial(self._on_delta, call)
             if saved is not None:
@@ -305,7 +316,7 @@ class PerExample:
                         self._flush_queued.add(task)
                         torch.autograd.Variable._execution_engine.queue_callback(functools.partial(self._flush, row))
             if complete:
-                self._compute(row, unit, calls)
+                self._dispatch(row, unit, calls)
         except Exception as error:
             self._guard.trip("the per-example gradient hook", error)
         return None
@@ -320,11 +331,32 @@ class PerExample:
             for module, calls in pending.items():
                 arrived = [c for c in calls if c.delta is not None]
                 if arrived:
-                    self._compute(row, module, arrived)
+                    self._dispatch(row, module, arrived)
         except Exception as error:
             self._guard.trip("the per-example backward-end callback", error)
 
+    def _dispatch(self, row: _Row, module: Any, calls: list[_Call]) -> None:
+        """Computes now, or on the worker for CPU tensors when a core is free (take() waits for it)."""
+        delta = calls[0].delta
+        if delta is not None and delta.is_cpu and self.overlap.worthwhile():
+            self.overlap.submit(functools.partial(self._compute_guarded, row, module, calls))
+        else:
+            self._compute(row, module, calls)
+
+    def _compute_guarded(self, row: _Row, module: Any, calls: list[_Call]) -> None:
+        try:
+            self._compute(row, module, calls)
+        except Exception as error:
+            self._guard.trip("the per-example worker", error)
+
     def _compute(self, row: _Row, module: Any, calls: list[_Call]) -> None:
+        _computing.on = True
+        try:
+            self._compute_terms(row, module, calls)
+        finally:
+            _computing.on = False
+
+    def _compute_terms(self, row: _Row, module: Any, calls: list[_Call]) -> None:
         if isinstance(module, pmore.Unit):
             with torch.no_grad():
                 terms = module.terms(calls, self.sequence_form)
@@ -336,11 +368,15 @@ class PerExample:
                     row.sums[index] = term if earlier is None else earlier + term
             return
         pairs = [(c.x, c.delta) for c in calls]
+        stats = [c.stats for c in calls]
         for c in calls:
-            c.x = None  # let the activations go
+            c.x = c.stats = None  # let the activations go
         weight_index, bias_index = self._modules[module]
         with torch.no_grad():
-            weight, bias = _terms(module, pairs, self.sequence_form)  # type: ignore[arg-type]
+            if stats[0] is not None:
+                weight, bias = pem.normalisation(module, pairs, stats)  # type: ignore[arg-type]
+            else:
+                weight, bias = _terms(module, pairs, self.sequence_form)  # type: ignore[arg-type]
         with self._lock:
             for index, term in ((weight_index, weight), (bias_index, bias)):
                 if index is not None and term is not None:
@@ -351,6 +387,96 @@ class PerExample:
         if key not in self._warned:
             self._warned.add(key)
             logger.log(level, message, *args)
+
+
+_computing = threading.local()  # .on: this thread is inside _compute
+
+
+class _Overlap:
+    """One daemon thread that runs submitted work in order; it exits after a second idle.
+
+    Worth it only while torch's intra-op threads leave a core free (e.g. set_num_threads(1) on two
+    cores): the worker's ops then run beside the backward instead of after it. Otherwise work runs inline.
+    """
+
+    IDLE_S = 1.0
+
+    def __init__(self) -> None:
+        self.enabled: bool | None = None  # None: while a core is free; True/False: always/never (tests, benchmarks)
+        self._cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        self.submitted = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self._pid = os.getpid()
+        self._queue: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._done = threading.Condition()
+        self._pending = 0
+        self._thread: threading.Thread | None = None
+
+    def worthwhile(self) -> bool:
+        if self.enabled is None:
+            return torch.get_num_threads() < self._cores
+        return self.enabled
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
+    def submit(self, work: Callable[[], None]) -> None:
+        if self._pid != os.getpid():
+            self._reset()  # a forked child: the parent's thread and count are not ours
+        with self._done:
+            self.submitted += 1
+            self._pending += 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="noisescope-per-example", daemon=True)
+                self._thread.start()
+        self._queue.put(work)
+
+    def wait(self) -> None:
+        """Until everything submitted so far has run."""
+        if self._pid != os.getpid():
+            self._reset()
+        with self._done:
+            while self._pending:
+                thread = self._thread
+                if not self._done.wait(timeout=1.0) and (thread is None or not thread.is_alive()):
+                    self._pending = 0  # the worker is gone (interpreter shutdown): never wait on it
+                    self._thread = None
+
+    def _run(self) -> None:
+        while True:
+            try:
+                work = self._queue.get(timeout=self.IDLE_S)
+            except queue.Empty:
+                with self._done:
+                    if self._pending == 0:  # nothing queued since: a later submit starts a new thread
+                        self._thread = None
+                        return
+                continue
+            try:
+                work()  # guards its own errors
+            finally:
+                with self._done:
+                    self._pending -= 1
+                    if not self._pending:
+                        self._done.notify_all()
+
+
+def _host_floats(rows: list[list[Any]]) -> list[list[Any]]:
+    """CPU sums as Python floats in one conversion (the meter then sends a plain list, no per-value tensor).
+
+    Accelerator sums stay 0-dim tensors: the meter copies them to the host asynchronously.
+    """
+    terms = [t for row in rows for t in row if t is not None]
+    if not terms or not all(isinstance(t, Tensor) and t.is_cpu for t in terms):
+        return rows
+    try:
+        values = iter(torch.stack(terms).tolist())
+    except RuntimeError:  # mixed dtypes
+        values = iter([float(t) for t in terms])
+    return [[None if t is None else next(values) for t in row] for row in rows]
 
 
 def _terms(module: nn.Module, calls: list[tuple[Tensor, Tensor]], form: str) -> tuple[Tensor | None, Tensor | None]:

@@ -41,6 +41,11 @@ def _dot(u: Tensor, v: Tensor) -> Tensor:
     return torch.stack([torch.dot(a, b) for a, b in zip(u.split(_DOT_PIECE), v.split(_DOT_PIECE))]).sum(dtype=torch.float64)
 
 
+def _sq(t: Tensor) -> Tensor:
+    """Σ t² as a 0-dim fp64 tensor: one fused dot (`t.square().sum(dtype=float64)` is ~10× slower on the CPU)."""
+    return _dot(t, t)
+
+
 def _chunks(batch: int, per_example: int) -> list[slice]:
     step = max(1, CHUNK_ELEMENTS // max(1, per_example))
     return [slice(i, min(i + step, batch)) for i in range(0, batch, step)]
@@ -70,7 +75,7 @@ def weight_sq_norm(a: Tensor, delta: Tensor, form: str = "auto") -> Tensor:
     d_out = delta.shape[1]
     a, delta = _wide(a), _wide(delta)
     if steps == 1:  # the outer product's norm factors: |a_e|²·|δ_e|²
-        return (a.square().sum(1) * delta.square().sum(1)).sum(dtype=torch.float64)
+        return _dot(_row_sq(a[..., 0]), _row_sq(delta[..., 0]))
     if form == "auto":
         form = sequence_form(steps, d_in, d_out)
     if form not in ("gram", "materialise"):
@@ -89,7 +94,7 @@ def weight_sq_norm(a: Tensor, delta: Tensor, form: str = "auto") -> Tensor:
 
 def bias_sq_norm(delta: Tensor) -> Tensor:
     """Σ_e |Σ_t δ_e,t|² for δ: [E, T, d_out]."""
-    return _wide(delta).sum(1).square().sum(dtype=torch.float64)
+    return _sq(_wide(delta).sum(1))
 
 
 def linear(calls: Sequence[Call], form: str = "auto") -> tuple[Tensor, Tensor]:
@@ -104,15 +109,17 @@ def linear(calls: Sequence[Call], form: str = "auto") -> tuple[Tensor, Tensor]:
 def _linear_2d(x: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
     """One example per row: |δ_e a_eᵀ|² = |a_e|²·|δ_e|², and the bias term is Σ_e |δ_e|².
 
-    Two row-norm reductions (no squared copy of either input): ~4× cheaper than square-then-sum.
+    Four small ops (the hook runs once per layer per measured step, so op count is most of its cost).
     """
-    a_sq = torch.linalg.vector_norm(x, dim=1, dtype=_accumulate(x)).square_()
-    delta_sq = torch.linalg.vector_norm(delta, dim=1, dtype=_accumulate(delta)).square_()
-    return (a_sq * delta_sq).sum(dtype=torch.float64), delta_sq.sum(dtype=torch.float64)
+    delta_sq = _row_sq(delta)
+    return _dot(_row_sq(x), delta_sq), delta_sq.sum(dtype=torch.float64)
 
 
-def _accumulate(t: Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
+def _row_sq(t: Tensor) -> Tensor:
+    """|t_e|² per row of a 2-D tensor, in at least fp32, without a squared or widened copy."""
+    if t.dtype is torch.float32 or t.dtype is torch.float64:
+        return torch.linalg.vecdot(t, t)
+    return torch.linalg.vector_norm(t, dim=1, dtype=torch.float32).square_()
 
 
 def _sequence(parts: Sequence[Tensor]) -> Tensor:
@@ -167,7 +174,7 @@ def conv(module: nn.Conv1d | nn.Conv2d, calls: Sequence[Call], form: str = "auto
             weight = weight + weight_sq_norm(a, torch.cat([p[1] for p in pieces], 2) if len(pieces) > 1 else pieces[0][1], "gram")
         # Bias: per example Σ over positions (and calls) of δ, per output channel.
         bias_grad = sum(_wide(d[part]).flatten(2).sum(2) for _, d in calls)
-        bias = bias + bias_grad.square().sum(dtype=torch.float64)  # type: ignore[union-attr]
+        bias = bias + _sq(bias_grad)  # type: ignore[arg-type]
     return weight, bias
 
 
@@ -206,37 +213,68 @@ def _per_example_conv_grads(conv: nn.Conv1d | nn.Conv2d, x: Tensor, delta: Tenso
     return torch.func.vmap(one)(delta, x)
 
 
+def layer_norm_stats(output: Tensor, x: Tensor, module: nn.LayerNorm) -> tuple[Tensor, Tensor] | None:
+    """At a LayerNorm's forward: the (mean, rstd) its autograd node saved, or None where it saved none we know."""
+    node = output.grad_fn
+    if type(node).__name__ != "NativeLayerNormBackward0" or _saved_tensor_hooks_active():
+        return None  # under saved-tensor hooks (checkpointing, offloading) reading them would unpack: recompute
+    mean, rstd = node._saved_result1, node._saved_result2  # type: ignore[union-attr]
+    expected = (*x.shape[: x.dim() - len(module.normalized_shape)], *(1,) * len(module.normalized_shape))
+    if tuple(mean.shape) != expected or tuple(rstd.shape) != expected:
+        return None
+    return mean, rstd
+
+
+def _saved_tensor_hooks_active() -> bool:
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+    return top is None or top(False) is not None
+
+
 def embedding(module: nn.Embedding, calls: Sequence[Call]) -> Tensor:
     """nn.Embedding: Σ_e Σ_{distinct tokens v of e} |Σ_{positions of v} δ|²; padding_idx rows get no gradient.
 
     Grouping by (example, token) is a sort and a segment sum: no host sync, no per-example gradient.
+    Padding positions share one key (-1, sorted first) whose segment is zeroed: δ is never copied.
     """
-    tokens = torch.cat([x.reshape(x.shape[0], -1) for x, _ in calls], 1)
-    delta = _wide(torch.cat([d.reshape(d.shape[0], -1, d.shape[-1]) for _, d in calls], 1))
+    tokens = _sequence([x.reshape(x.shape[0], -1, 1) for x, _ in calls])[..., 0]
+    delta = _wide(_sequence([d for _, d in calls]))
     batch, steps = tokens.shape
     flat = delta.reshape(batch * steps, -1)
-    if module.padding_idx is not None:
-        flat = flat * (tokens.reshape(-1) != module.padding_idx).unsqueeze(1).to(flat.dtype)
     example = torch.arange(batch, device=tokens.device).unsqueeze(1)
     keys = (example * module.num_embeddings + tokens).reshape(-1)
+    if module.padding_idx is not None:
+        keys = keys.masked_fill(tokens.reshape(-1) == module.padding_idx, -1)
     ordered, order = keys.sort()
-    segment = torch.zeros_like(ordered)
-    segment[1:] = (ordered[1:] != ordered[:-1]).cumsum(0)
-    sums = torch.zeros_like(flat).index_add_(0, segment, flat[order])
-    return sums.square().sum(dtype=torch.float64)
+    starts = torch.ones_like(ordered)
+    starts[1:] = ordered[1:] != ordered[:-1]
+    segment = torch.empty_like(order)
+    segment[order] = starts.cumsum(0) - 1  # each position's segment, in the positions' own order
+    sums = flat.new_zeros(flat.shape).index_add_(0, segment, flat)
+    if module.padding_idx is not None:
+        sums[0] *= ordered[0] >= 0  # segment 0 is the padding key's if there is one
+    return _sq(sums)
 
 
-def normalisation(module: nn.LayerNorm | nn.RMSNorm, calls: Sequence[Call]) -> tuple[Tensor | None, Tensor | None]:
-    """nn.LayerNorm / nn.RMSNorm: weight Σ_pos δ ⊙ x̂ (x̂ recomputed from the input), bias Σ_pos δ."""
+def normalisation(
+    module: nn.LayerNorm | nn.RMSNorm, calls: Sequence[Call], stats: Sequence[tuple[Tensor, Tensor] | None] = ()
+) -> tuple[Tensor | None, Tensor | None]:
+    """nn.LayerNorm / nn.RMSNorm: weight Σ_pos δ ⊙ x̂, bias Σ_pos δ.
+
+    x̂ = (x − mean)·rstd from a LayerNorm call's own saved (mean, rstd) where `stats` has them (bitwise
+    what the forward used, ~4× cheaper than recomputing), else recomputed from the input.
+    """
     shape = tuple(module.normalized_shape)
     size = math.prod(shape)
     weight_grad: Tensor | None = None
     bias_grad: Tensor | None = None
-    for x, d in calls:
+    for i, (x, d) in enumerate(calls):
         x, d = _wide(x), _wide(d)
         batch = x.shape[0]
+        saved = stats[i] if i < len(stats) else None
         if module.weight is not None:
-            if isinstance(module, nn.LayerNorm):
+            if saved is not None:
+                x_hat = (x - saved[0]) * saved[1]
+            elif isinstance(module, nn.LayerNorm):
                 x_hat = F.layer_norm(x, shape, None, None, module.eps)
             else:
                 eps = module.eps if module.eps is not None else torch.finfo(x.dtype).eps
@@ -247,6 +285,6 @@ def normalisation(module: nn.LayerNorm | nn.RMSNorm, calls: Sequence[Call]) -> t
             term = d.reshape(batch, -1, size).sum(1)
             bias_grad = term if bias_grad is None else bias_grad + term
     return (
-        weight_grad.square().sum(dtype=torch.float64) if weight_grad is not None else None,
-        bias_grad.square().sum(dtype=torch.float64) if bias_grad is not None else None,
+        _sq(weight_grad) if weight_grad is not None else None,
+        _sq(bias_grad) if bias_grad is not None else None,
     )

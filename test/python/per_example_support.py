@@ -43,6 +43,7 @@ def measure_one_step(
     *,
     reduction: str = "mean",
     sequence_form: str = "auto",
+    overlap: bool | None = None,
     loss: Callable[[Tensor, Tensor], Tensor] = regression_loss,
     **watch_kwargs,
 ) -> tuple[dict[str, float], list]:
@@ -53,6 +54,7 @@ def measure_one_step(
     ns._sender.tap = records.append
     if ns._meter is not None and ns._meter._per_example is not None:
         ns._meter._per_example.sequence_form = sequence_form
+        ns._meter._per_example.overlap.enabled = overlap
     out = model(inputs)
     per_example = torch.stack([loss(o, t) for o, t in zip(out, targets)])
     total = per_example.mean() if reduction == "mean" else per_example.sum()
