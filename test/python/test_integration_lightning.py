@@ -133,3 +133,28 @@ def test_a_bad_keyword_is_refused_by_name() -> None:
         NoiseScopeCallback(adress="127.0.0.1:1")
     with pytest.raises(TypeError, match="on_recommendation must be callable or None, got int"):
         NoiseScopeCallback(on_recommendation=3)
+
+
+def test_recommendations_reach_on_recommendation_and_are_not_applied(sidecar: Sidecar, tmp_path) -> None:
+    received: list = []
+    callback = NoiseScopeCallback(address=sidecar.address, run="lightning-advice", on_recommendation=received.append)
+    digits = load_digits()
+    x, y = torch.tensor(digits.data / 16.0, dtype=torch.float32), torch.tensor(digits.target, dtype=torch.long)
+    loader = DataLoader(TensorDataset(x, y), batch_size=MICRO_BATCH, shuffle=True, generator=torch.Generator().manual_seed(3))
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1, max_epochs=2, accumulate_grad_batches=ACCUMULATION, callbacks=[callback],
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(Digits(), loader)
+
+    made = [e for e in sidecar.of_type("recommendation") if e["run"] == "lightning-advice"]
+    assert made, "the sidecar made no recommendation in 2 epochs"
+    made_ids = [(e["sequence"], e["step"], e["recommendedGlobalBatch"]) for e in made]
+    # Advice made just before the stream closed may not have reached the hook: the ones received are a prefix.
+    assert [(r.sequence, r.step, r.recommended_global_batch) for r in received] == made_ids[: len(received)]
+    assert received and callback.recommendation == received[-1]
+    assert trainer.accumulate_grad_batches == ACCUMULATION and loader.batch_size == MICRO_BATCH  # not applied
+    # Each epoch: 56 steps of 16 × 2, then Lightning steps on the last batch alone (1797 = 56 · 32 + 5).
+    sizes = {(e["microBatches"], e["globalBatch"]) for e in sidecar.of_type("step") if e["run"] == "lightning-advice"}
+    assert sizes == {(ACCUMULATION, MICRO_BATCH * ACCUMULATION), (1, len(y) % (MICRO_BATCH * ACCUMULATION))}

@@ -39,7 +39,8 @@ class NoiseScopeCallback(pl.Callback):
     @property
     def recommendation(self) -> Any:
         """The sidecar's latest recommendation for this run (None before the first, or when not watching)."""
-        return self.watch.recommendation if self.watch is not None else None
+        watch = self.watch or self.last_watch
+        return watch.recommendation if watch is not None else None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.watch is not None:

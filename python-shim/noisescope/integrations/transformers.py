@@ -1,0 +1,72 @@
+"""Hugging Face Transformers: `Trainer(..., callbacks=[NoiseScopeCallback()])` is the whole integration.
+
+The Trainer's optimizer arrives wrapped by Accelerate: the torch optimizer inside is the one
+watched (its step pre-hook marks step ends), and the wrapper's GradScaler, under fp16, is passed
+on (its scale divided out, the steps it skips sent as skipped). Examples per micro-batch come from
+the model's forward (`model(**inputs)`: dim 0 of the first tensor).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from transformers import TrainerCallback
+
+from ._common import check_callback_arguments, dataset_size_of, logger, start_watch
+
+OWNER = "noisescope.integrations.transformers.NoiseScopeCallback"
+
+
+class NoiseScopeCallback(TrainerCallback):
+    """Watches the Trainer's model and optimizer from on_train_begin to on_train_end.
+
+    Args:
+        on_recommendation: called (on a background thread) with each new noisescope.Recommendation.
+            Nothing is applied to the Trainer: the batch size stays the user's decision.
+        **watch_kwargs: passed on to noisescope.watch (address, run, every, mode, policy, source, ...).
+    """
+
+    def __init__(self, *, on_recommendation: Callable[[Any], None] | None = None, **watch_kwargs: Any) -> None:
+        check_callback_arguments(OWNER, on_recommendation, watch_kwargs)
+        self._on_recommendation = on_recommendation
+        self._watch_kwargs = watch_kwargs
+        self.watch: Any = None  # the noisescope.Watch while training
+        self.last_watch: Any = None  # after training: the removed Watch (stats, last recommendation)
+
+    @property
+    def recommendation(self) -> Any:
+        """The sidecar's latest recommendation for this run (None before the first, or when not watching)."""
+        watch = self.watch or self.last_watch
+        return watch.recommendation if watch is not None else None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.watch is not None:
+            return
+        model, optimizer = kwargs.get("model"), kwargs.get("optimizer")
+        if model is None or optimizer is None:
+            logger.warning("noisescope: %s: the Trainer passed no model or optimizer; nothing is watched", OWNER)
+            return
+        if getattr(args, "torch_compile", False):
+            logger.warning(
+                "noisescope: %s: with torch_compile the Trainer runs a compiled wrapper the callback is not given, "
+                "where the model's forward hook cannot run: steps are sent as skipped (examples unknown). "
+                "Call noisescope.watch(trainer.model_wrapped, ...) yourself after the wrapper exists.",
+                OWNER,
+            )
+        self.watch = start_watch(
+            OWNER,
+            model,
+            getattr(optimizer, "optimizer", optimizer),  # Accelerate's AcceleratedOptimizer wraps the torch one
+            scaler=getattr(optimizer, "scaler", None),
+            dataset_size=dataset_size_of(kwargs.get("train_dataloader")),
+            accumulation_steps=int(args.gradient_accumulation_steps),
+            micro_batch=int(args.per_device_train_batch_size),
+            world_size=int(args.world_size),
+            on_recommendation=self._on_recommendation,
+            watch_kwargs=self._watch_kwargs,
+        )
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        watch, self.watch = self.watch, None
+        if watch is not None:
+            watch.remove()
+            self.last_watch = watch
