@@ -116,6 +116,20 @@ export interface GradientDiversity {
   readonly meanCosine: readonly number[];
   /** Micro-batches whose gradient disagrees with the rest (DISAGREEMENT in src/stats/gradient-diversity.ts). */
   readonly disagreeing: readonly number[];
+  /** Data-parallel dense and sketch steps: this rank's gradient against the other ranks' (the step's cross-rank Gram). */
+  readonly acrossRanks?: RankAgreement;
+}
+
+/** How one rank's gradient agrees with the other ranks' at one step (rankAgreement in src/stats/gradient-diversity.ts). */
+export interface RankAgreement {
+  /** By rank: cosine of this rank's accumulated gradient with that rank's (1 at its own). */
+  readonly cosines: readonly number[];
+  /** Mean cosine of this rank's micro-batch gradients with every other rank's micro-batch gradients. */
+  readonly meanCosine: number;
+  /** Mean cosine among the other ranks' micro-batch gradients (pairs without this rank): what agreement looks like. */
+  readonly othersCosine: number;
+  /** This rank's gradient disagrees with the rest (the DISAGREEMENT rule, over ranks). */
+  readonly disagrees: boolean;
 }
 
 /** The optimizer's temperature lr/B moved beyond tolerance between two measured steps of a run. */

@@ -111,18 +111,8 @@ export class DenseRankStep {
     if (declaredMicroBatches !== k) return excluded(`StepEnd declares ${declaredMicroBatches} micro-batches, its dense chunks ${k}`);
     const silent = [...this.microExamples.keys()].filter((i) => this.microExamples[i] === undefined);
     if (silent.length > 0) return excluded(`micro-batch(es) ${silent.join(', ')} of ${k} sent no dense chunk`);
-    if (!this.gram.isComplete()) return excluded(`dense chunks are missing: ${this.gaps()}`);
-    const grams = this.layout.layers.map((_, l) => this.gram.gram(l));
-    for (let l = 0; l < grams.length; l++) {
-      for (let i = 0; i < k; i++) {
-        if (!Number.isFinite(grams[l]![i * k + i]!)) {
-          return new NoiseScopeError(
-            'invalid-message',
-            `step ${step}: micro-batch ${i} sent non-finite values in layer '${this.layout.layers[l]?.name}' (report a non-finite gradient as StepEnd.skipped): the step is excluded`,
-          );
-        }
-      }
-    }
+    const grams = this.grams(step);
+    if (grams instanceof NoiseScopeError) return grams;
     const figures: DenseStepFigures = {
       microSqNorms: Array.from({ length: k }, (_, i) => grams.map((g) => g[i * k + i] as number)),
       microExamples: this.microExamples as number[],
@@ -131,6 +121,30 @@ export class DenseRankStep {
     };
     this.release();
     return figures;
+  }
+
+  /** Examples behind each gradient so far (undefined: none of its chunks came). */
+  get examples(): readonly (number | undefined)[] {
+    return this.microExamples;
+  }
+
+  /** The layers' K×K Grams once every chunk is reduced, or why the step cannot count; `name(i)` names gradient i. */
+  grams(step: number, name = (i: number) => `micro-batch ${i}`): Float64Array[] | NoiseScopeError {
+    if (this.failure) return this.failure;
+    const k = this.microBatches;
+    if (!this.gram.isComplete()) return new NoiseScopeError('incomplete-step', `step ${step}: dense chunks are missing: ${this.gaps()}: the step is excluded`);
+    const grams = this.layout.layers.map((_, l) => this.gram.gram(l));
+    for (let l = 0; l < grams.length; l++) {
+      for (let i = 0; i < k; i++) {
+        if (!Number.isFinite(grams[l]![i * k + i]!)) {
+          return new NoiseScopeError(
+            'invalid-message',
+            `step ${step}: ${name(i)} sent non-finite values in layer '${this.layout.layers[l]?.name}' (report a non-finite gradient as StepEnd.skipped): the step is excluded`,
+          );
+        }
+      }
+    }
+    return grams;
   }
 
   /** Which layers are not fully reduced, e.g. "layer 'fc1.weight' has 4096 of 8192 elements from every micro-batch". */

@@ -5,6 +5,7 @@ import type { DenseChunk__Output } from '../transport/generated/noisescope/v1/De
 import type { GradientShard__Output } from '../transport/generated/noisescope/v1/GradientShard.js';
 import type { StepEnd__Output } from '../transport/generated/noisescope/v1/StepEnd.js';
 import type { CompletedStep, RankStep } from './completed-step.js';
+import { CrossRankSteps, type RankDenseStep } from './cross-rank-step.js';
 import { DenseRankStep, type ByteBudget, type DenseStepFigures } from './dense-rank-step.js';
 import type { RunLayout } from './run-layout.js';
 
@@ -31,7 +32,7 @@ export interface DenseContext {
 /** One rank's shards of one step, before its StepEnd. */
 interface OpenStep {
   readonly micro: Map<number, MicroBatch>;
-  dense: DenseRankStep | null;
+  dense: RankDenseStep | null;
   /** A dense chunk was refused: the step is excluded at its end (its later chunks are dropped quietly). */
   denseFailure: NoiseScopeError | null;
 }
@@ -83,11 +84,15 @@ export class StepAssembler {
   private readonly gone = new Map<number, number>();
   /** Gone ranks whose declaration a step note has not carried yet. */
   private readonly unannounced = new Set<number>();
+  /** Data-parallel dense runs: each step's Gram over every rank's micro-batches (src/ingest/cross-rank-step.ts). */
+  private readonly crossRank: CrossRankSteps | null;
 
   constructor(
     readonly layout: RunLayout,
     private readonly dense: DenseContext | null = null,
-  ) {}
+  ) {
+    this.crossRank = dense && layout.worldSize > 1 ? new CrossRankSteps(dense.backend, layout, dense.budget, STEP_LIMITS.openStepsPerRank) : null;
+  }
 
   /** Bytes of dense data held for this run's incomplete steps. */
   get denseBytesHeld(): number {
@@ -102,6 +107,7 @@ export class StepAssembler {
   /** Frees every open step's dense memory (the sidecar is closing). */
   releaseAll(): void {
     for (const state of this.ranks.values()) for (const open of state.open.values()) open.dense?.release();
+    this.crossRank?.releaseAll();
   }
 
   /** Steps given up (missing shards, evicted by a limit) since the last call. */
@@ -121,6 +127,7 @@ export class StepAssembler {
     for (const [step, pending] of [...this.pending]) {
       if (pending.endedBy.has(rank)) {
         this.pending.delete(step);
+        this.crossRank?.drop(step);
         this.abandoned++;
       }
     }
@@ -192,7 +199,9 @@ export class StepAssembler {
     try {
       const values = this.denseValues(shard, chunk, existing?.dense ?? null, context, where);
       const open = this.openStep(state, shard.step);
-      open.dense ??= new DenseRankStep(context.backend, shard.microBatches, this.layout, context.budget, where);
+      open.dense ??= this.crossRank
+        ? this.crossRank.view(rank, shard.step, shard.microBatches, where)
+        : new DenseRankStep(context.backend, shard.microBatches, this.layout, context.budget, where);
       open.dense.add(shard.microBatch, shard.examples, shard.layer, chunk.offset, values, where);
     } catch (error) {
       const open = this.openStep(state, shard.step);
@@ -212,7 +221,7 @@ export class StepAssembler {
   }
 
   /** Checks the chunk against the run's layout and the step's earlier chunks; its values as float32. */
-  private denseValues(shard: GradientShard__Output, chunk: DenseChunk__Output, dense: DenseRankStep | null, context: DenseContext, where: string): Float32Array {
+  private denseValues(shard: GradientShard__Output, chunk: DenseChunk__Output, dense: RankDenseStep | null, context: DenseContext, where: string): Float32Array {
     const invalid = (why: string) => new NoiseScopeError('invalid-message', `${where}: ${why}`);
     const layer = this.layout.layers[shard.layer];
     if (layer === undefined) throw new NoiseScopeError('unknown-layer', `${where}: layer ${shard.layer} is not one of run '${this.layout.run}''s ${this.layout.layers.length} layers`);
@@ -297,6 +306,7 @@ export class StepAssembler {
     }
     if (failure) {
       this.pending.delete(end.step);
+      this.crossRank?.drop(end.step);
       this.abandoned++;
       return { kind: 'incomplete', error: failure };
     }
@@ -318,10 +328,16 @@ export class StepAssembler {
     if (pending.endedBy.size < this.layout.worldSize) return { kind: 'waiting-for-ranks' };
 
     this.pending.delete(end.step);
+    const joined = this.crossRank?.join(end.step) ?? null;
     if (pending.inconsistent) {
       this.abandoned++;
       return { kind: 'excluded' };
     }
+    if (joined instanceof NoiseScopeError) {
+      this.abandoned++;
+      return { kind: 'incomplete', error: joined };
+    }
+    if (joined) for (const rankStep of joined) pending.ranks.set(rankStep.rank, rankStep);
     return {
       kind: 'completed',
       step: {
@@ -361,6 +377,7 @@ export class StepAssembler {
       const onlyGone = missing.every((r) => (this.gone.get(r) ?? Infinity) <= pending.firstEndedMs);
       if (!onlyGone && nowMs - pending.firstEndedMs < timeoutMs) continue;
       this.pending.delete(step);
+      this.crossRank?.drop(step);
       this.abandoned++;
       const ranks = `rank${missing.length === 1 ? '' : 's'} ${missing.join(', ')} of ${world}`;
       const declared = onlyGone ? missing.filter((r) => this.unannounced.delete(r)) : [];
@@ -396,6 +413,7 @@ export class StepAssembler {
         // A rank that never ends its steps must not grow memory without bound.
         const oldest = Math.min(...this.pending.keys());
         this.pending.delete(oldest);
+        this.crossRank?.drop(oldest);
         this.abandoned++;
       }
       pending = { endedBy: new Set(), ranks: new Map(), lr: null, loss: null, skipReason: null, globalExamples: 0, unixMs: 0, inconsistent: false, firstEndedMs: Date.now() };
@@ -518,7 +536,7 @@ export class StepAssembler {
     if (open.micro.size > 0) {
       return new NoiseScopeError('invalid-message', `step ${end.step} mixes sq_norms and dense shards on rank ${rank}: the step is excluded`);
     }
-    return (open.dense as DenseRankStep).finish(rank, end.step, end.microBatches);
+    return (open.dense as RankDenseStep).finish(rank, end.step, end.microBatches);
   }
 
   private toDenseRankStep(rank: number, figures: DenseStepFigures, end: StepEnd__Output): RankStep {

@@ -1,6 +1,6 @@
 // Gradient diversity from one rank's per-layer Gram matrices of its K micro-batch gradients:
 // cos(g_i, g_j) = G_ij / √(G_ii·G_jj), summing the layers' Grams for the whole model.
-import type { GradientDiversity } from '../types.js';
+import type { GradientDiversity, RankAgreement } from '../types.js';
 
 /**
  * When is one micro-batch's gradient said to disagree with the rest? With K ≥ 3, take its mean cosine
@@ -25,6 +25,35 @@ export function gradientDiversity(rank: number, grams: readonly Float64Array[], 
     }
   }
   return { rank, microBatches: k, cosines, layerCosines: grams.map((g) => cosinesOf(g, k)), meanCosine, disagreeing };
+}
+
+/**
+ * Ranks, from the step's cross-rank Gram over N = world·k gradients (gradient rank·k + j): rank r's mean cosine
+ * to the other ranks' micro-batches (m_r) against the mean cosine among the other ranks' micro-batches (o_r),
+ * flagged by the DISAGREEMENT rule. With k ≥ 2 even 2 ranks can tell which one disagrees when it is noise
+ * (the healthy rank's reference is the noisy rank's own pairs, which agree about nothing, so it is not
+ * flagged); a rank whose gradient is the other's negation is symmetric with 2 ranks (both are flagged), not with 3.
+ */
+export function rankAgreement(grams: readonly Float64Array[], world: number, k: number): RankAgreement[] {
+  const n = world * k;
+  const total = new Float64Array(n * n);
+  for (const gram of grams) for (let q = 0; q < n * n; q++) total[q] = (total[q] as number) + (gram[q] as number);
+  const cosines = cosinesOf(total, n);
+  const rankOf = (g: number) => Math.floor(g / k);
+  const accumulated = new Float64Array(world * world); // ⟨Σ_j h_rj, Σ_j h_sj⟩
+  for (let a = 0; a < n; a++) for (let b = 0; b < n; b++) accumulated[rankOf(a) * world + rankOf(b)]! += total[a * n + b] as number;
+  const rankCosines = cosinesOf(accumulated, world);
+  return Array.from({ length: world }, (_, r) => {
+    const meanCosine = meanOver(cosines, n, (a, b) => (rankOf(a) === r) !== (rankOf(b) === r));
+    const othersCosine = meanOver(cosines, n, (a, b) => a !== b && rankOf(a) !== r && rankOf(b) !== r);
+    const disagrees = othersCosine >= DISAGREEMENT.minAgreement && meanCosine < DISAGREEMENT.ratio * othersCosine;
+    return { cosines: rankCosines.slice(r * world, (r + 1) * world), meanCosine, othersCosine, disagrees };
+  });
+}
+
+/** "rank 1 disagrees (cos -0.70)" for each flagged rank of a data-parallel dense step; empty when none is. */
+export function rankDisagreements(diversity: readonly GradientDiversity[] | undefined): string[] {
+  return (diversity ?? []).flatMap((d) => (d.acrossRanks?.disagrees ? [`rank ${d.rank} disagrees (cos ${d.acrossRanks.meanCosine.toFixed(2)})`] : []));
 }
 
 /** K×K cosines, row-major; NaN where a gradient is zero (no direction). */
