@@ -86,3 +86,28 @@ def _learning_rate(optimizer: Any) -> Any:
         return optimizer.param_groups[0]["lr"]
     except Exception:
         return "unknown"
+
+
+class CallbackBase:
+    """The callbacks' common state: their arguments, the Watch while training, and the one after."""
+
+    owner = "noisescope callback"
+
+    def __init__(self, *, on_recommendation: Callable[[Any], None] | None = None, **watch_kwargs: Any) -> None:
+        check_callback_arguments(self.owner, on_recommendation, watch_kwargs)
+        self._on_recommendation = on_recommendation
+        self._watch_kwargs = watch_kwargs
+        self.watch: Any = None  # the noisescope.Watch while training
+        self.last_watch: Any = None  # after training: the removed Watch (stats, last recommendation)
+
+    @property
+    def recommendation(self) -> Any:
+        """The sidecar's latest recommendation for this run (None before the first, or when never watched)."""
+        watch = self.watch or self.last_watch
+        return watch.recommendation if watch is not None else None
+
+    def _stop(self) -> None:
+        watch, self.watch = self.watch, None
+        if watch is not None:
+            watch.remove()
+            self.last_watch = watch

@@ -13,12 +13,12 @@ from typing import Any, Callable
 
 import lightning.pytorch as pl
 
-from ._common import check_callback_arguments, dataset_size_of, logger, start_watch
+from ._common import CallbackBase, dataset_size_of, logger, start_watch
 
 OWNER = "noisescope.integrations.lightning.NoiseScopeCallback"
 
 
-class NoiseScopeCallback(pl.Callback):
+class NoiseScopeCallback(CallbackBase, pl.Callback):
     """Watches the LightningModule and its optimizer for the length of `fit`.
 
     Args:
@@ -27,20 +27,12 @@ class NoiseScopeCallback(pl.Callback):
         **watch_kwargs: passed on to noisescope.watch (address, run, every, mode, policy, source, ...).
     """
 
+    owner = OWNER
+
     def __init__(self, *, on_recommendation: Callable[[Any], None] | None = None, **watch_kwargs: Any) -> None:
-        check_callback_arguments(OWNER, on_recommendation, watch_kwargs)
-        self._on_recommendation = on_recommendation
-        self._watch_kwargs = watch_kwargs
-        self.watch: Any = None  # the noisescope.Watch while fit runs
+        super().__init__(on_recommendation=on_recommendation, **watch_kwargs)
         self._mark_step: Callable[[], None] | None = None
         self._fed: Callable[[Any], None] | None = None
-        self.last_watch: Any = None  # after fit: the removed Watch (stats, last recommendation)
-
-    @property
-    def recommendation(self) -> Any:
-        """The sidecar's latest recommendation for this run (None before the first, or when not watching)."""
-        watch = self.watch or self.last_watch
-        return watch.recommendation if watch is not None else None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.watch is not None:
@@ -88,11 +80,8 @@ class NoiseScopeCallback(pl.Callback):
         self._stop()
 
     def _stop(self) -> None:
-        watch, self.watch, self._mark_step, self._fed = self.watch, None, None, None
-        if watch is not None:
-            watch.remove()
-            self.last_watch = watch  # stats and the last recommendation stay readable after fit
-
+        self._mark_step, self._fed = None, None
+        super()._stop()
 
 def _watched_module(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
     """The DDP wrapper under DDP (its communication hook gives the all-reduced norms), else the LightningModule."""

@@ -7,16 +7,16 @@ the model's forward (`model(**inputs)`: dim 0 of the first tensor).
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 from transformers import TrainerCallback
 
-from ._common import check_callback_arguments, dataset_size_of, logger, start_watch
+from ._common import CallbackBase, dataset_size_of, logger, start_watch
 
 OWNER = "noisescope.integrations.transformers.NoiseScopeCallback"
 
 
-class NoiseScopeCallback(TrainerCallback):
+class NoiseScopeCallback(CallbackBase, TrainerCallback):
     """Watches the Trainer's model and optimizer from on_train_begin to on_train_end.
 
     Args:
@@ -25,18 +25,7 @@ class NoiseScopeCallback(TrainerCallback):
         **watch_kwargs: passed on to noisescope.watch (address, run, every, mode, policy, source, ...).
     """
 
-    def __init__(self, *, on_recommendation: Callable[[Any], None] | None = None, **watch_kwargs: Any) -> None:
-        check_callback_arguments(OWNER, on_recommendation, watch_kwargs)
-        self._on_recommendation = on_recommendation
-        self._watch_kwargs = watch_kwargs
-        self.watch: Any = None  # the noisescope.Watch while training
-        self.last_watch: Any = None  # after training: the removed Watch (stats, last recommendation)
-
-    @property
-    def recommendation(self) -> Any:
-        """The sidecar's latest recommendation for this run (None before the first, or when not watching)."""
-        watch = self.watch or self.last_watch
-        return watch.recommendation if watch is not None else None
+    owner = OWNER
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.watch is not None:
@@ -66,7 +55,4 @@ class NoiseScopeCallback(TrainerCallback):
         )
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        watch, self.watch = self.watch, None
-        if watch is not None:
-            watch.remove()
-            self.last_watch = watch
+        self._stop()
