@@ -158,3 +158,30 @@ def test_recommendations_reach_on_recommendation_and_are_not_applied(sidecar: Si
     # Each epoch: 56 steps of 16 × 2, then Lightning steps on the last batch alone (1797 = 56 · 32 + 5).
     sizes = {(e["microBatches"], e["globalBatch"]) for e in sidecar.of_type("step") if e["run"] == "lightning-advice"}
     assert sizes == {(ACCUMULATION, MICRO_BATCH * ACCUMULATION), (1, len(y) % (MICRO_BATCH * ACCUMULATION))}
+
+
+def test_asked_to_apply_the_advice_changes_accumulation_at_epoch_starts(sidecar: Sidecar, tmp_path) -> None:
+    callback = NoiseScopeCallback(address=sidecar.address, run="lightning-apply", apply=True)
+    digits = load_digits()
+    x, y = torch.tensor(digits.data / 16.0, dtype=torch.float32), torch.tensor(digits.target, dtype=torch.long)
+    loader = DataLoader(TensorDataset(x, y), batch_size=MICRO_BATCH, shuffle=True, generator=torch.Generator().manual_seed(3))
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1, max_epochs=3, accumulate_grad_batches=ACCUMULATION, callbacks=[callback],
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(Digits(), loader)
+
+    assert callback.changes, "no advice applied in 3 epochs"
+    made = {(e["step"], e["recommendedGlobalBatch"]) for e in sidecar.of_type("recommendation") if e["run"] == "lightning-apply"}
+    assert all(any(after * MICRO_BATCH == batch for _, batch in made) for _, _, after in callback.changes)
+    assert trainer.accumulate_grad_batches == callback.changes[-1][2]
+    steps = {e["step"]: e for e in sidecar.of_type("step") if e["run"] == "lightning-apply"}
+    for first, before, after in callback.changes:  # the first step of the epoch runs the new count
+        assert steps[first]["microBatches"] == after and steps[first - 1]["microBatches"] in (before, 1)
+        assert steps[first]["globalBatch"] == after * MICRO_BATCH
+
+
+def test_apply_must_be_a_bool() -> None:
+    with pytest.raises(TypeError, match="apply must be a bool, got str"):
+        NoiseScopeCallback(apply="yes")

@@ -23,14 +23,23 @@ class NoiseScopeCallback(CallbackBase, pl.Callback):
 
     Args:
         on_recommendation: called (on a background thread) with each new noisescope.Recommendation.
-            Nothing is applied to the trainer: the batch size stays the user's decision.
+        apply: False (default): nothing is applied, the batch size stays the user's decision. True: at the
+            start of each epoch the latest increase/decrease advice made for the batch now running sets
+            `trainer.accumulate_grad_batches` (the loader's micro-batch is kept; at least 2 on one process
+            without per-example norms, so the noise scale stays measurable). Each change is in `.changes`.
         **watch_kwargs: passed on to noisescope.watch (address, run, every, mode, policy, source, ...).
     """
 
     owner = OWNER
 
-    def __init__(self, *, on_recommendation: Callable[[Any], None] | None = None, **watch_kwargs: Any) -> None:
+    def __init__(
+        self, *, on_recommendation: Callable[[Any], None] | None = None, apply: bool = False, **watch_kwargs: Any
+    ) -> None:
         super().__init__(on_recommendation=on_recommendation, **watch_kwargs)
+        if not isinstance(apply, bool):
+            raise TypeError(f"{OWNER}: apply must be a bool, got {type(apply).__name__}")
+        self._apply = apply
+        self.changes: list[tuple[int, int, int]] = []  # (first step with it, accumulation before, after)
         self._mark_step: Callable[[], None] | None = None
         self._fed: Callable[[Any], None] | None = None
 
@@ -64,6 +73,31 @@ class NoiseScopeCallback(CallbackBase, pl.Callback):
         tap, self.watch._skip_tap = self.watch._skip_tap, None
         if tap is not None:
             tap.detach()  # step ends no longer come from optimizer.step(): the non-finite norms mark a skip
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning counts accumulation from the epoch's first batch: changing it mid-epoch would misalign steps.
+        watch = self.watch
+        if not self._apply or watch is None or watch._meter is None:
+            return
+        advice = watch.recommendation
+        micro = getattr(trainer.train_dataloader, "batch_size", None)
+        if advice is None or advice.action == "hold" or not micro:
+            return
+        world, before = int(trainer.world_size), int(trainer.accumulate_grad_batches)
+        if advice.current_global_batch != micro * before * world:
+            return  # made for another batch (an epoch's short tail, or before the last change)
+        from .._adaptive import fewest_steps
+
+        after = max(fewest_steps(world, watch._meter.has_per_example), round(advice.recommended_global_batch / (micro * world)))
+        if after == before:
+            return
+        trainer.accumulate_grad_batches = after
+        watch._meter.expect_micro_batches(after)
+        self.changes.append((watch._meter.steps_seen, before, after))
+        logger.info(
+            "noisescope: %s: accumulate_grad_batches %d → %d (global batch %d → %d) from the sidecar's advice at step %d",
+            OWNER, before, after, micro * before * world, micro * after * world, advice.step,
+        )
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         if self._fed is not None:
