@@ -135,18 +135,24 @@ def test_a_bad_keyword_is_refused_by_name() -> None:
         NoiseScopeCallback(on_recommendation=3)
 
 
-def test_recommendations_reach_on_recommendation_and_are_not_applied(sidecar: Sidecar, tmp_path) -> None:
-    received: list = []
-    callback = NoiseScopeCallback(address=sidecar.address, run="lightning-advice", on_recommendation=received.append)
+def _fit_all_digits(tmp_path, callback: NoiseScopeCallback, epochs: int) -> tuple[pl.Trainer, DataLoader]:
+    """All 1797 digits, long enough for the sidecar's advice to come."""
     digits = load_digits()
     x, y = torch.tensor(digits.data / 16.0, dtype=torch.float32), torch.tensor(digits.target, dtype=torch.long)
     loader = DataLoader(TensorDataset(x, y), batch_size=MICRO_BATCH, shuffle=True, generator=torch.Generator().manual_seed(3))
     trainer = pl.Trainer(
-        accelerator="cpu", devices=1, max_epochs=2, accumulate_grad_batches=ACCUMULATION, callbacks=[callback],
+        accelerator="cpu", devices=1, max_epochs=epochs, accumulate_grad_batches=ACCUMULATION, callbacks=[callback],
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         default_root_dir=tmp_path,
     )
     trainer.fit(Digits(), loader)
+    return trainer, loader
+
+
+def test_recommendations_reach_on_recommendation_and_are_not_applied(sidecar: Sidecar, tmp_path) -> None:
+    received: list = []
+    callback = NoiseScopeCallback(address=sidecar.address, run="lightning-advice", on_recommendation=received.append)
+    trainer, loader = _fit_all_digits(tmp_path, callback, epochs=2)
 
     made = [e for e in sidecar.of_type("recommendation") if e["run"] == "lightning-advice"]
     assert made, "the sidecar made no recommendation in 2 epochs"
@@ -157,20 +163,12 @@ def test_recommendations_reach_on_recommendation_and_are_not_applied(sidecar: Si
     assert trainer.accumulate_grad_batches == ACCUMULATION and loader.batch_size == MICRO_BATCH  # not applied
     # Each epoch: 56 steps of 16 × 2, then Lightning steps on the last batch alone (1797 = 56 · 32 + 5).
     sizes = {(e["microBatches"], e["globalBatch"]) for e in sidecar.of_type("step") if e["run"] == "lightning-advice"}
-    assert sizes == {(ACCUMULATION, MICRO_BATCH * ACCUMULATION), (1, len(y) % (MICRO_BATCH * ACCUMULATION))}
+    assert sizes == {(ACCUMULATION, MICRO_BATCH * ACCUMULATION), (1, len(loader.dataset) % (MICRO_BATCH * ACCUMULATION))}
 
 
 def test_asked_to_apply_the_advice_changes_accumulation_at_epoch_starts(sidecar: Sidecar, tmp_path) -> None:
     callback = NoiseScopeCallback(address=sidecar.address, run="lightning-apply", apply=True)
-    digits = load_digits()
-    x, y = torch.tensor(digits.data / 16.0, dtype=torch.float32), torch.tensor(digits.target, dtype=torch.long)
-    loader = DataLoader(TensorDataset(x, y), batch_size=MICRO_BATCH, shuffle=True, generator=torch.Generator().manual_seed(3))
-    trainer = pl.Trainer(
-        accelerator="cpu", devices=1, max_epochs=3, accumulate_grad_batches=ACCUMULATION, callbacks=[callback],
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
-    trainer.fit(Digits(), loader)
+    trainer, loader = _fit_all_digits(tmp_path, callback, epochs=3)
 
     assert callback.changes, "no advice applied in 3 epochs"
     made = {(e["step"], e["recommendedGlobalBatch"]) for e in sidecar.of_type("recommendation") if e["run"] == "lightning-apply"}
