@@ -10,16 +10,14 @@ step 0 rank 0's two micro-batches agree only 0.085, under DISAGREEMENT.minAgreem
 """
 from __future__ import annotations
 
-import logging
 import os
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from conftest import Sidecar
-from ddp_support import K, LR, _Lines, spawn, steps_of, train
+from ddp_support import K, LR, _join, spawn, steps_of, train
 
 STEPS = 6
 NOISE = 0.05  # the corrupted rank's added gradient noise: ~20× its micro-batch gradient's own size here
@@ -55,13 +53,11 @@ def _fit(rank: int, world: int, address: str, run: str | None, mode: str, corrup
 def worker(rank: int, world: int, port: int, address: str, out: str, _scenario: str, _steps: int) -> None:
     """One rank: dense, norms and unwatched training of the same batches, then dense with rank world−1 noisy."""
     import torch.distributed as dist
+    from noisescope import _wire
 
-    torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=30))
-    lines = _Lines()
-    logging.getLogger("noisescope").addHandler(lines)
-    logging.getLogger("noisescope").setLevel(logging.INFO)
+    step_messages = _wire.step_messages
+    lines, _ = _join(rank, world, port)
+    _wire.step_messages = step_messages  # _join's recorder reads norms shards; dense steps have none
     result: dict[str, Any] = {"rank": rank}
     try:
         dense = _fit(rank, world, address, f"dense-{world}", "dense")
