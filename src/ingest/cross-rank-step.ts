@@ -74,6 +74,10 @@ export class CrossRankStep {
     return null;
   }
 
+  hasChunksOf(rank: number): boolean {
+    return this.examplesOf(rank).some((e) => e !== undefined);
+  }
+
   /** Examples behind each of the rank's micro-batches (after checkRank: all known). */
   examplesOf(rank: number): number[] {
     return this.dense.examples.slice(rank * this.microBatches, (rank + 1) * this.microBatches) as number[];
@@ -200,6 +204,13 @@ export class CrossRankSteps {
     this.steps.delete(step);
     this.givenUp.set(step, why);
     if (this.givenUp.size > GIVEN_UP_REMEMBERED) this.givenUp.delete(this.givenUp.keys().next().value as number);
+  }
+
+  /** A new process took the rank over, numbering its steps from 0: the steps its old one had chunks in are given
+   *  up, and steps given up before are forgotten (their numbers are new steps now). */
+  restarted(rank: number): void {
+    for (const [step, shared] of [...this.steps]) if (shared.hasChunksOf(rank)) this.drop(step);
+    this.givenUp.clear();
   }
 
   releaseAll(): void {

@@ -131,6 +131,7 @@ export class StepAssembler {
         this.abandoned++;
       }
     }
+    this.crossRank?.restarted(rank);
     const state = this.ranks.get(rank);
     if (!state) return;
     this.abandoned += state.open.size;

@@ -171,6 +171,22 @@ describe('data-parallel dense steps: one Gram over every rank', () => {
     expect(a.denseBytesHeld).toBe(0);
   });
 
+  it('give up the steps a restarted rank had chunks in, and count the new session\'s steps of the same numbers', async () => {
+    const world = 2;
+    const a = assembler(world, backends.reference!);
+    const old = gradients(world, 7);
+    shardsOf(0, old[1]!).forEach((s) => a.addShard(1, s));
+    shardsOf(0, old[0]!).slice(0, 2).forEach((s) => a.addShard(0, s));
+    a.expirePartial(Date.now(), 1000); // nothing pending: no rank ended step 0
+    expect(a.denseBytesHeld).toBeGreaterThan(0);
+    a.restartRank(1);
+    expect(a.denseBytesHeld).toBe(0);
+    // Both ranks' new sessions number from 0 again (rank 0 restarted too, as torchrun elastic does).
+    a.restartRank(0);
+    const step = await run(a, 0, gradients(world, 8));
+    expect(step.ranks.map((r) => r.rank)).toEqual([0, 1]);
+  });
+
   it('exclude a step whose ranks disagree on k, or one rank of which left a range out, saying which', async () => {
     const world = 2;
     const g = gradients(world, 5);
