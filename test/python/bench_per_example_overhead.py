@@ -5,12 +5,15 @@ Run: .venv/bin/python test/python/bench_per_example_overhead.py [--quick]
 For an MLP, a small CNN and a small transformer block (hand-written attention, so every
 parameter is covered), each configuration trains the same model, torch on one thread, the
 real sidecar in its own process. One micro-batch per step: no hook; source="accumulation"
-every=1 (the norms alone, for reference); source="per-example" at every=10 and every=1.
+every=1 (the norms alone, for reference); source="per-example" at every=10 and every=1, and at every=1
+with the per-example terms computed inline in the backward ("inline"; by default they go to a worker
+thread beside the backward when torch's threads leave a core free, as here: torch on 1 of 2 cores).
 The same batch as 4 micro-batches of accumulation ("×4"): no hook; the norms alone; "auto"
 every=1 (which should cost what the norms do: it skips the per-example work on steps that
 accumulate); "per-example" every=1. Rounds interleave the configurations; a configuration's
 figure in a round is its mean step time, and the table gives the median over rounds of its
-ratio to "no hook" with the same micro-batches in the same round.
+ratio to "no hook" with the same micro-batches in the same round; a second line gives the same ratios
+of process CPU time (every thread of the training process).
 """
 from __future__ import annotations
 
@@ -27,16 +30,17 @@ from torch import nn
 import noisescope
 from bench_overhead import QuietSidecar
 
-# label → (source or None for no hook, every, micro-batches per step)
-CONFIGS: dict[str, tuple[str | None, int, int]] = {
-    "no hook": (None, 1, 1),
-    "norms every=1": ("accumulation", 1, 1),
-    "per-ex every=10": ("per-example", 10, 1),
-    "per-ex every=1": ("per-example", 1, 1),
-    "no hook ×4": (None, 1, 4),
-    "×4 norms": ("accumulation", 1, 4),
-    "×4 auto": ("auto", 1, 4),
-    "×4 per-ex": ("per-example", 1, 4),
+# label → (source or None for no hook, every, micro-batches per step, per-example worker: None auto / False inline)
+CONFIGS: dict[str, tuple[str | None, int, int, bool | None]] = {
+    "no hook": (None, 1, 1, None),
+    "norms every=1": ("accumulation", 1, 1, None),
+    "per-ex every=10": ("per-example", 10, 1, None),
+    "per-ex every=1": ("per-example", 1, 1, None),
+    "per-ex=1 inline": ("per-example", 1, 1, False),
+    "no hook ×4": (None, 1, 4, None),
+    "×4 norms": ("accumulation", 1, 4, None),
+    "×4 auto": ("auto", 1, 4, None),
+    "×4 per-ex": ("per-example", 1, 4, None),
 }
 
 
@@ -61,8 +65,8 @@ class Block(nn.Module):
         return self.head(h)
 
 
-def mlp() -> nn.Module:
-    return nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
+def mlp(width: int = 512) -> nn.Module:
+    return nn.Sequential(nn.Linear(784, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 10))
 
 
 def cnn() -> nn.Module:
@@ -78,6 +82,12 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 WORKLOADS: dict[str, tuple[Callable[[], nn.Module], Callable[[torch.Generator], Batch], Callable]] = {
     "MLP 784-512-512-10 (b=64)": (
         mlp, lambda g: (torch.randn(64, 784, generator=g), torch.randint(0, 10, (64,), generator=g)), F.cross_entropy
+    ),
+    # Larger: the hook's fixed per-step Python and gRPC cost (~0.5 ms) is most of the small MLP's overhead.
+    "MLP 784-1024-1024-10 (b=128)": (
+        lambda: mlp(1024),
+        lambda g: (torch.randn(128, 784, generator=g), torch.randint(0, 10, (128,), generator=g)),
+        F.cross_entropy,
     ),
     "CNN 3 conv, 32x32 (b=32)": (
         cnn, lambda g: (torch.randn(32, 3, 32, 32, generator=g), torch.randint(0, 10, (32,), generator=g)), F.cross_entropy
@@ -108,30 +118,44 @@ def bench(name: str, address: str, rounds: int, steps: int) -> str:
     make, data, loss_fn = WORKLOADS[name]
     batch = data(torch.Generator().manual_seed(1))
     means: dict[str, list[float]] = {label: [] for label in CONFIGS}
+    cpu: dict[str, list[float]] = {label: [] for label in CONFIGS}  # process CPU per step: every thread's work
     for r in range(rounds):
-        for label, (source, every, k) in CONFIGS.items():
+        for label, (source, every, k, overlap) in CONFIGS.items():
             torch.manual_seed(0)
             model = make()
             opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
             if source is None:
                 mean_step_time(model, opt, batch, loss_fn, 10, k)  # warm-up
+                started = time.process_time()
                 means[label].append(mean_step_time(model, opt, batch, loss_fn, steps, k))
+                cpu[label].append((time.process_time() - started) / steps)
                 continue
-            with noisescope.watch(model, opt, address=address, every=every, source=source, run=f"bench-{name}-{label}-{r}"):
+            with noisescope.watch(model, opt, address=address, every=every, source=source, run=f"bench-{name}-{label}-{r}") as ns:
+                if ns._meter is not None and ns._meter._per_example is not None:
+                    ns._meter._per_example.overlap.enabled = overlap
                 mean_step_time(model, opt, batch, loss_fn, 10, k)  # warm-up, connected, one measured step in it
+                started = time.process_time()
                 means[label].append(mean_step_time(model, opt, batch, loss_fn, steps, k))
-    base = {k: statistics.median(means[_no_hook(k)]) for k in (1, 4)}
-    cells = [f"{name:<30} {base[1] * 1e3:>8.2f} ms {base[4] * 1e3:>8.2f} ms"]
-    for label, (source, _, k) in CONFIGS.items():
+                cpu[label].append((time.process_time() - started) / steps)
+    # Wall time is what training feels; process CPU (training, sender, gRPC and per-example worker threads) is the
+    # hook's whole cost, steadier on a loaded machine, and an upper bound on the wall overhead when no core is free.
+    return _row(name, means) + "\n" + _row("  process CPU (all threads)", cpu)
+
+
+def _row(title: str, times: dict[str, list[float]]) -> str:
+    """Per hooked configuration: the median over rounds of its ratio to no hook with the same micro-batches."""
+    base = {k: statistics.median(times[_no_hook(k)]) for k in (1, 4)}
+    cells = [f"{title:<30} {base[1] * 1e3:>8.2f} ms {base[4] * 1e3:>8.2f} ms"]
+    for label, (source, _, k, _) in CONFIGS.items():
         if source is None:
             continue
-        ratios = [hooked / plain for hooked, plain in zip(means[label], means[_no_hook(k)])]
+        ratios = [hooked / plain for hooked, plain in zip(times[label], times[_no_hook(k)])]
         cells.append(f"{(statistics.median(ratios) - 1) * 100:>+15.1f}%")
     return " ".join(cells)
 
 
 def _no_hook(k: int) -> str:
-    return next(label for label, (source, _, kk) in CONFIGS.items() if source is None and kk == k)
+    return next(label for label, (source, _, kk, _) in CONFIGS.items() if source is None and kk == k)
 
 
 def main() -> None:
@@ -148,7 +172,7 @@ def main() -> None:
             f"micro-batches; torch {torch.__version__}, 1 thread; median over rounds of mean-step-time ratios to "
             "no hook with the same micro-batches)"
         )
-        hooked = [label for label, (source, _, _) in CONFIGS.items() if source is not None]
+        hooked = [label for label, (source, _, _, _) in CONFIGS.items() if source is not None]
         print(f"{'model':<30} {'no hook':>11} {'no hook ×4':>11} " + " ".join(f"{label:>16}" for label in hooked))
         for name in WORKLOADS:
             print(bench(name, sidecar.address, rounds=rounds, steps=40))
