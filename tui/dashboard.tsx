@@ -156,6 +156,7 @@ export function Dashboard(props: DashboardProps) {
         connection={model.connection}
         paused={paused}
         nowMs={Date.now()}
+        width={width}
       />
       {help ? (
         <Help />

@@ -1,4 +1,5 @@
 // Plain-text and NDJSON renderings of the public values, for `serve` and `demo`.
+import { modeSummary } from '../../tui/mode-summary.js';
 import type { Estimate, Health, Recommendation, RunInfo, StepStats } from '../types.js';
 
 /** 3 significant digits, compact for large and small magnitudes. */
@@ -36,7 +37,9 @@ export function formatRun(r: RunInfo): string {
   const n = r.datasetSize ? `, N=${r.datasetSize}` : '';
   const left = r.uncoveredLayers.reduce((sum, l) => sum + l.numel, 0);
   const uncovered = r.uncoveredLayers.length ? ` (${r.uncoveredLayers.length} more layers, ${left.toLocaleString('en-US')} parameters, not covered)` : '';
-  return `run ${r.run}: ${r.layers.length} layers, ${r.parameters.toLocaleString('en-US')} parameters${uncovered}, ${state}, every ${r.every} step(s)${n}`;
+  // The source is known from the first step on; 'none' before it would read as "one batch scale only".
+  const source = r.source === 'none' ? 'source none so far' : `source ${r.source}`;
+  return `run ${r.run}: ${r.layers.length} layers, ${r.parameters.toLocaleString('en-US')} parameters${uncovered}, mode ${modeSummary(r)}, ${source}, ${state}, every ${r.every} step(s)${n}`;
 }
 
 /** One line: what to do, how to get there, how sure, then the policy's own reason (which has the evidence). */
@@ -52,6 +55,11 @@ export function formatProblems(h: Health): string {
   if (!h.refused && !h.stepsIncomplete && !h.droppedByHooks && !h.ranksGone) return '';
   const gone = h.ranksGone ? `, ${h.ranksGone} rank${h.ranksGone === 1 ? '' : 's'} gone` : '';
   return `ingest: ${h.stepsIncomplete} incomplete steps, ${h.refused} refused messages, ${h.droppedByHooks} measurements dropped by hooks${gone}`;
+}
+
+/** A run's NDJSON line, with its mode in words beside the fields (e.g. "modeSummary":"sketch m=4096"). */
+export function ndjsonRun(r: RunInfo): string {
+  return ndjson('run', { ...r, modeSummary: modeSummary(r) });
 }
 
 /** One NDJSON line; non-finite numbers become null (JSON has no Infinity). */

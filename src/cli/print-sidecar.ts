@@ -1,13 +1,13 @@
 import { distinctUntilChanged, map, merge, type Subscription } from 'rxjs';
 import type { Sidecar } from '../sidecar.js';
 import { summarizeSelection } from '../compute/backend-summary.js';
-import { formatProblems, formatRecommendation, formatRun, formatStep, ndjson } from './format.js';
+import { formatProblems, formatRecommendation, formatRun, formatStep, ndjson, ndjsonRun } from './format.js';
 
 /** Subscribes to a sidecar and prints one line per event (plain or NDJSON). */
 export function printSidecar(sidecar: Sidecar, json: boolean, write: (line: string) => void): Subscription {
   if (json) {
     return merge(
-      sidecar.runs$.pipe(map((runs) => runs.map((r) => ndjson('run', r)).join('\n'))),
+      sidecar.runs$.pipe(map((runs) => runs.map(ndjsonRun).join('\n'))),
       sidecar.stats$.pipe(map((s) => ndjson('step', s))),
       sidecar.layers$.pipe(map((l) => ndjson('layers', l))),
       sidecar.recommendations$.pipe(map((r) => ndjson('recommendation', r))),

@@ -10,7 +10,7 @@ import { runLogFileName } from '../runlog/run-log-file-name.js';
 import type { RunLogRecord } from '../runlog/schema.js';
 import type { Health, LayerStats, Recommendation, RunInfo, StepStats } from '../types.js';
 import { UsageError } from './flags.js';
-import { formatRecommendation, formatRun, formatStep, ndjson } from './format.js';
+import { formatRecommendation, formatRun, formatStep, ndjson, ndjsonRun } from './format.js';
 
 /** A wait between two records longer than this (the run paused, a sidecar restarted) is cut to it. */
 export const MAX_REPLAY_GAP_MS = 1000;
@@ -196,7 +196,7 @@ export async function replay(args: string[], context: ReplayContext): Promise<vo
   const shown = new Map<string, string>();
   const subscriptions = values.json
     ? [
-        played.runs$.subscribe((runs) => runs.forEach((r) => showRun(r, (run) => ndjson('run', run)))),
+        played.runs$.subscribe((runs) => runs.forEach((r) => showRun(r, ndjsonRun))),
         played.stats$.subscribe((s) => write(ndjson('step', s))),
         played.layers$.subscribe((l) => write(ndjson('layers', l))),
         played.recommendations$.subscribe((r) => write(ndjson('recommendation', r))),

@@ -1,10 +1,12 @@
 import { Box } from 'ink';
+import { modeSummary } from '../mode-summary.js';
 import type { Health, StepStats } from '../../src/types.js';
 import { short } from '../chart.js';
 import type { RunView } from '../model.js';
 import type { ConnectionState } from '../sources.js';
 import { statusTone, type Status } from '../theme.js';
-import { Line, Toned } from './toned.js';
+import { columns, fitSpans, type Span } from '../fit.js';
+import { Line, Spans, Toned } from './toned.js';
 
 export interface HeaderProps {
   readonly run: RunView | null;
@@ -15,6 +17,8 @@ export interface HeaderProps {
   readonly connection: ConnectionState | null;
   readonly paused: boolean;
   readonly nowMs: number;
+  /** Columns the run line is fitted to (least important parts give way first); unbounded when absent. */
+  readonly width?: number;
 }
 
 function uptime(ms: number): string {
@@ -36,7 +40,7 @@ export function runStatus(run: RunView | null, connection: ConnectionState | nul
   return e.trusted ? 'trusted' : 'warming-up';
 }
 
-/** Run, ranks, step, throughput, backend, uptime. */
+/** Run, mode, ranks, step, throughput, backend, uptime. */
 export function Header(props: HeaderProps) {
   const { run, connection } = props;
   const status = runStatus(run, connection);
@@ -66,23 +70,24 @@ export function Header(props: HeaderProps) {
   const info = run.info;
   const ranks = info.ended ? 'ended' : `ranks ${info.ranksConnected}/${info.worldSize}`;
   const end = info.ended ? (run.latest?.unixMs ?? props.nowMs) : props.nowMs;
+  // What gives way first where the line is too long: uptime, the backend (cut, then gone), throughput;
+  // the mode names the run, so it stays.
+  const backend = props.health ? `  · ${props.health.computeBackend}` : '';
+  const line: Span[] = [
+    { forms: ['noisescope '], tone: 'accent', bold: true, keep: 9 },
+    { forms: [info.run], tone: 'plain', bold: true, keep: 9 },
+    ...(props.runCount > 1 ? [{ forms: [` (${props.runIndex + 1}/${props.runCount} [ ])`, ''], tone: 'muted', keep: 5 } as const] : []),
+    { forms: [`  ${modeSummary(info, { brief: true })}`, `  ${info.mode}`], tone: 'plain', keep: 6 },
+    { forms: [`  ${ranks}`], tone: status === 'rank-missing' ? 'warn' : info.ended ? 'muted' : 'ok', keep: 9 },
+    { forms: [`  step ${run.latest?.step ?? '–'}`], tone: 'plain', keep: 9 },
+    { forms: [`  ${short(props.examplesPerSecond)} ex/s`, ''], tone: 'plain', keep: 4 },
+    { forms: [`  up ${uptime(end - info.startedUnixMs)}`, ''], tone: 'muted', keep: 1 },
+    ...(props.paused ? [{ forms: ['  PAUSED'], tone: 'warn', keep: 9 } as const] : []),
+    { forms: [backend, columns(backend) > 25 ? `${[...backend].slice(0, 24).join('')}…` : backend, ''], tone: 'muted', keep: 3 },
+  ];
   return (
     <Box flexDirection="column">
-      <Line>
-        <Toned tone="accent" bold>
-          noisescope{' '}
-        </Toned>
-        <Toned tone="plain" bold>
-          {info.run}
-        </Toned>
-        {props.runCount > 1 ? <Toned tone="muted">{` (${props.runIndex + 1}/${props.runCount} [ ])`}</Toned> : null}
-        <Toned tone={status === 'rank-missing' ? 'warn' : info.ended ? 'muted' : 'ok'}>{`  ${ranks}`}</Toned>
-        <Toned tone="plain">{`  step ${run.latest?.step ?? '–'}`}</Toned>
-        <Toned tone="plain">{`  ${short(props.examplesPerSecond)} ex/s`}</Toned>
-        <Toned tone="muted">{`  up ${uptime(end - info.startedUnixMs)}`}</Toned>
-        {props.paused ? <Toned tone="warn">{'  PAUSED'}</Toned> : null}
-        {props.health ? <Toned tone="muted">{`  · ${props.health.computeBackend}`}</Toned> : null}
-      </Line>
+      <Spans spans={fitSpans(line, props.width ?? Infinity)} />
       {conn ? (
         <Line>
           <Toned tone={statusTone(status)}>{conn}</Toned>
