@@ -329,7 +329,9 @@ export class StepAssembler {
     if (pending.endedBy.size < this.layout.worldSize) return { kind: 'waiting-for-ranks' };
 
     this.pending.delete(end.step);
-    const joined = this.crossRank?.join(end.step) ?? null;
+    // A step some rank skipped (non-finite gradients) is reported as skipped, its Gram unread.
+    if (pending.skipReason !== null) this.crossRank?.drop(end.step);
+    const joined = pending.skipReason === null ? (this.crossRank?.join(end.step) ?? null) : null;
     if (pending.inconsistent) {
       this.abandoned++;
       return { kind: 'excluded' };

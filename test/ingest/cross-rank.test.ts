@@ -171,6 +171,16 @@ describe('data-parallel dense steps: one Gram over every rank', () => {
     expect(a.denseBytesHeld).toBe(0);
   });
 
+  it('report a step one rank skipped (non-finite gradients) as skipped, holding nothing', async () => {
+    const a = assembler(2, backends.reference!);
+    shardsOf(0, gradients(2, 9)[0]!).forEach((s) => a.addShard(0, s));
+    await a.settling(0, 0);
+    expect(a.endStep(0, stepEnd(0)).kind).toBe('waiting-for-ranks');
+    const outcome = a.endStep(1, end(0, K, { skipped: true, skipReason: 'non-finite gradient', accumulatedSqNorms: [], localExamples: 0 }));
+    expect(outcome.kind === 'completed' && outcome.step.skipReason).toBe('non-finite gradient');
+    expect(a.denseBytesHeld).toBe(0);
+  });
+
   it('give up the steps a restarted rank had chunks in, and count the new session\'s steps of the same numbers', async () => {
     const world = 2;
     const a = assembler(world, backends.reference!);
