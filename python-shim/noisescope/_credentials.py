@@ -1,8 +1,8 @@
 """How the hook proves itself to the sidecar: a bearer token in each call's metadata, TLS on the channel.
 
 Resolved once at `watch()` (arguments first, then $NOISESCOPE_TOKEN, $NOISESCOPE_TLS_CA, $NOISESCOPE_TLS_CERT,
-$NOISESCOPE_TLS_KEY), so a wrong path or a half-given pair is a clear error before training starts. The token
-is never logged and never shown in a repr.
+$NOISESCOPE_TLS_KEY, $NOISESCOPE_TLS_SERVER_NAME), so a wrong path or a half-given pair is a clear error before
+training starts. The token is never logged and never shown in a repr.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ PathOrPem = Union[str, bytes, "os.PathLike[str]"]
 
 MIN_TOKEN_LENGTH = 16  # as the sidecar requires
 _TOKEN = re.compile(r"[\x21-\x7e]+")  # it travels in an HTTP/2 header
+_SERVER_NAME = re.compile(r"[A-Za-z0-9._:\[\]-]+")  # a DNS name or an IP address
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class Credentials:
     certificate_chain: bytes | None = field(default=None, repr=False)
     private_key: bytes | None = field(default=None, repr=False)
     tls: bool = False
+    server_name: str | None = None  # checked against the server certificate instead of the address's host
 
     def __repr__(self) -> str:
         return f"Credentials(token={'set' if self.token else 'none'}, tls={self.tls})"
@@ -40,6 +42,8 @@ class Credentials:
 
         if not self.tls:
             return grpc.insecure_channel(address, options=options)
+        if self.server_name is not None:
+            options = [*(options or ()), ("grpc.ssl_target_name_override", self.server_name)]
         credentials = grpc.ssl_channel_credentials(
             root_certificates=self.root_certificates,
             private_key=self.private_key,
@@ -53,6 +57,7 @@ def resolve(
     tls_ca: PathOrPem | None = None,
     tls_cert: PathOrPem | None = None,
     tls_key: PathOrPem | None = None,
+    tls_server_name: str | None = None,
 ) -> Credentials:
     """watch()'s arguments, else the environment; raises TypeError/ValueError naming the bad one."""
     token = _token(token)
@@ -61,13 +66,35 @@ def resolve(
     key = _pem(tls_key, "tls_key", "NOISESCOPE_TLS_KEY")
     if (cert is None) != (key is None):
         raise ValueError("noisescope.watch: tls_cert and tls_key go together (a client certificate and its key): give both")
+    tls = ca is not None or cert is not None
+    server_name = _server_name(tls_server_name, tls)
     return Credentials(
         token=token,
         root_certificates=ca,
         certificate_chain=cert,
         private_key=key,
-        tls=ca is not None or cert is not None,
+        tls=tls,
+        server_name=server_name,
     )
+
+
+def _server_name(name: str | None, tls: bool) -> str | None:
+    what = "tls_server_name"
+    if name is None:
+        name = os.environ.get("NOISESCOPE_TLS_SERVER_NAME") or None
+        what = "$NOISESCOPE_TLS_SERVER_NAME"
+        if name is None:
+            return None
+    if not isinstance(name, str):
+        raise TypeError(f"noisescope.watch: tls_server_name must be a str or None, got {type(name).__name__}")
+    if not _SERVER_NAME.fullmatch(name):
+        raise ValueError(f"noisescope.watch: {what} {name!r} is not a host name (letters, digits, '.', '-', ':')")
+    if not tls:
+        raise ValueError(
+            f"noisescope.watch: {what} is the name checked against the sidecar's TLS certificate, but TLS is off: "
+            "give tls_ca (or $NOISESCOPE_TLS_CA) too"
+        )
+    return name
 
 
 def _token(token: str | None) -> str | None:

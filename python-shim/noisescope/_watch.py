@@ -69,6 +69,7 @@ def watch(
     tls_ca: PathOrPem | None = None,
     tls_cert: PathOrPem | None = None,
     tls_key: PathOrPem | None = None,
+    tls_server_name: str | None = None,
     sketch_size: int = 4096,
     scaler: Any = None,
 ) -> Watch:
@@ -126,6 +127,8 @@ def watch(
             over TLS; default $NOISESCOPE_TLS_CA.
         tls_cert, tls_key: this process's client certificate and key (paths or PEM bytes), for a sidecar
             that requires client certificates; default $NOISESCOPE_TLS_CERT, $NOISESCOPE_TLS_KEY.
+        tls_server_name: the name checked against the sidecar's certificate instead of the address's
+            host (when connecting by IP, a tunnel or an alias); TLS only; default $NOISESCOPE_TLS_SERVER_NAME.
         scaler: the AMP `torch.amp.GradScaler` scaling this training's loss: its scale S is divided out of
             every measured norm (squared norms by S²), and a step it skips (inf/NaN gradients) is sent as
             skipped with that reason. Without it, norms under a GradScaler are S² too large (B_simple, a
@@ -188,7 +191,7 @@ def watch(
     if enabled and model in _watched:
         raise ValueError("noisescope.watch: this model is already watched; call .remove() on that watch first")
 
-    credentials = resolve_credentials(token, tls_ca, tls_cert, tls_key)
+    credentials = resolve_credentials(token, tls_ca, tls_cert, tls_key, tls_server_name)
     rank, world_size = _rank_and_world_size()
     run = run or os.environ.get("NOISESCOPE_RUN") or _default_run_name(world_size)
     handle = Watch(
