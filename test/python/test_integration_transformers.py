@@ -28,7 +28,7 @@ class RandomTokens(torch.utils.data.Dataset):
         return {"input_ids": self.tokens[i], "labels": self.tokens[i]}
 
 
-def _train(tmp_path, callbacks: list) -> tuple[GPT2LMHeadModel, list[dict]]:
+def _train(tmp_path, callbacks: list, **options) -> tuple[GPT2LMHeadModel, list[dict]]:
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=2, resid_pdrop=0.0,
                         embd_pdrop=0.0, attn_pdrop=0.0)
@@ -36,15 +36,16 @@ def _train(tmp_path, callbacks: list) -> tuple[GPT2LMHeadModel, list[dict]]:
     args = TrainingArguments(
         output_dir=str(tmp_path), per_device_train_batch_size=MICRO_BATCH, gradient_accumulation_steps=ACCUMULATION,
         max_steps=STEPS, learning_rate=1e-3, max_grad_norm=CLIP, logging_steps=1, save_strategy="no",
-        report_to=[], use_cpu=True, seed=0, disable_tqdm=True, dataloader_num_workers=0,
+        report_to=[], use_cpu=True, seed=0, disable_tqdm=True, dataloader_num_workers=0, **options,
     )
     trainer = Trainer(model=model, args=args, train_dataset=RandomTokens(), callbacks=callbacks)
     trainer.train()
     return model, [entry for entry in trainer.state.log_history if "grad_norm" in entry]
 
 
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "torch_compile"])
 def test_trainer_steps_are_measured_before_clipping_and_the_sidecar_gets_micro_batch_times_accumulation(
-    sidecar: Sidecar, tmp_path
+    sidecar: Sidecar, tmp_path, compiled: bool
 ) -> None:
     callback = NoiseScopeCallback(address=sidecar.address, run="hf")
     records: list = []
@@ -55,7 +56,8 @@ def test_trainer_steps_are_measured_before_clipping_and_the_sidecar_gets_micro_b
         callback.watch._sender.tap = records.append
 
     callback.on_train_begin = tapped  # type: ignore[method-assign]
-    model, logged = _train(tmp_path, [callback])
+    options = {"torch_compile": True, "torch_compile_backend": "aot_eager"} if compiled else {}
+    model, logged = _train(tmp_path, [callback], **options)
 
     assert callback.watch is None and callback.last_watch is not None  # removed when training ended
     assert [r.step for r in records] == list(range(STEPS))
@@ -63,7 +65,7 @@ def test_trainer_steps_are_measured_before_clipping_and_the_sidecar_gets_micro_b
         assert not record.skipped, record.skip_reason
         assert record.micro_examples == (MICRO_BATCH,) * ACCUMULATION
         # The Trainer's logged grad_norm is clip_grad_norm_'s total norm before clipping.
-        assert math.isclose(math.sqrt(sum(record.accumulated_sq_norms)), log["grad_norm"], rel_tol=1e-5)
+        assert math.isclose(math.sqrt(sum(record.accumulated_sq_norms)), log["grad_norm"], rel_tol=1e-5), log
         assert log["grad_norm"] > 100 * CLIP
 
     ended = sidecar.wait_for(lambda e: e["type"] == "run" and e["run"] == "hf" and e["ended"])

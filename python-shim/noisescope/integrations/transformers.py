@@ -35,12 +35,7 @@ class NoiseScopeCallback(CallbackBase, TrainerCallback):
             logger.warning("noisescope: %s: the Trainer passed no model or optimizer; nothing is watched", OWNER)
             return
         if getattr(args, "torch_compile", False):
-            logger.warning(
-                "noisescope: %s: with torch_compile the Trainer runs a compiled wrapper the callback is not given, "
-                "where the model's forward hook cannot run: steps are sent as skipped (examples unknown). "
-                "Call noisescope.watch(trainer.model_wrapped, ...) yourself after the wrapper exists.",
-                OWNER,
-            )
+            model = _compiled_wrapper(model)
         self.watch = start_watch(
             OWNER,
             model,
@@ -56,3 +51,19 @@ class NoiseScopeCallback(CallbackBase, TrainerCallback):
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._stop()
+
+
+def _compiled_wrapper(model: Any) -> Any:
+    """With torch_compile the Trainer trains through a torch.compile wrapper callbacks are not given; the
+    model's own forward hook would run inside compiled code (where ours do nothing): watch the wrapper."""
+    import gc
+
+    for obj in gc.get_objects():  # once, at train begin (as _ddp.find_ddp finds DDP's wrapper)
+        if type(obj).__name__ == "OptimizedModule" and getattr(obj, "_orig_mod", None) is model:
+            return obj
+    logger.warning(
+        "noisescope: %s: torch_compile is set but no torch.compile wrapper of the model was found; steps are "
+        "sent as skipped if the forward runs compiled (examples unknown)",
+        OWNER,
+    )
+    return model
