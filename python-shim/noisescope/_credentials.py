@@ -78,13 +78,15 @@ def resolve(
     )
 
 
+def _or_env(value: Any, name: str, env: str) -> tuple[Any, str]:
+    """The argument, else the environment variable (None when neither), and how an error names it."""
+    return (value, name) if value is not None else (os.environ.get(env) or None, f"${env}")
+
+
 def _server_name(name: str | None, tls: bool) -> str | None:
-    what = "tls_server_name"
+    name, what = _or_env(name, "tls_server_name", "NOISESCOPE_TLS_SERVER_NAME")
     if name is None:
-        name = os.environ.get("NOISESCOPE_TLS_SERVER_NAME") or None
-        what = "$NOISESCOPE_TLS_SERVER_NAME"
-        if name is None:
-            return None
+        return None
     if not isinstance(name, str):
         raise TypeError(f"noisescope.watch: tls_server_name must be a str or None, got {type(name).__name__}")
     if not _SERVER_NAME.fullmatch(name):
@@ -98,12 +100,9 @@ def _server_name(name: str | None, tls: bool) -> str | None:
 
 
 def _token(token: str | None) -> str | None:
-    what = "token"
+    token, what = _or_env(token, "token", "NOISESCOPE_TOKEN")
     if token is None:
-        token = os.environ.get("NOISESCOPE_TOKEN") or None
-        what = "$NOISESCOPE_TOKEN"
-        if token is None:
-            return None
+        return None
     if not isinstance(token, str):
         raise TypeError(f"noisescope.watch: token must be a str or None, got {type(token).__name__}")
     if len(token) < MIN_TOKEN_LENGTH:

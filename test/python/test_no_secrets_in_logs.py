@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import subprocess
 import time
 from pathlib import Path
 
@@ -22,15 +21,12 @@ from torch import nn
 
 import noisescope
 from conftest import Sidecar
+from test_hook_security import _openssl
 from test_hook_support import make_model, micro_batch, wait_connected, wait_for_events
 
 TOKEN = "no-secrets-token-0123456789abcdef"
 SERVER_NAME = "sidecar.internal"
 PLANTED = torch.tensor([3141.5926, -2718.2818, 1414.2135, -1732.0508, 2236.0679, -2645.7513, 1618.0339, -1234.5678])
-
-
-def _openssl(cwd: Path, *args: str) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
 @pytest.fixture(scope="module")
