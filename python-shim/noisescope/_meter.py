@@ -415,7 +415,9 @@ class Meter:
                         micro = self._micro_index(buffer, index, param)
                         buffer = self._buffer or buffer  # _micro_index starts a fresh buffer after a reset
                     if self._dense is not None:
-                        self._dense.take(micro, index, grad)
+                        # AMP: the scale divided out (a power of two: exact) before the gradient leaves.
+                        scale = self._loss_scale() if self._loss_scale is not None else None
+                        self._dense.take(micro, index, grad if scale is None else grad / scale)
                     if micro == 0 and buffer.fresh:
                         return None  # S_1 = h_1: the end of this backward reads it from .grad
                     if grad.numel() <= _SMALL:

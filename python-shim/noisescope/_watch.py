@@ -130,9 +130,9 @@ def watch(
         tls_server_name: the name checked against the sidecar's certificate instead of the address's
             host (when connecting by IP, a tunnel or an alias); TLS only; default $NOISESCOPE_TLS_SERVER_NAME.
         scaler: the AMP `torch.amp.GradScaler` scaling this training's loss: its scale S is divided out of
-            every measured norm (squared norms by S²), and a step it skips (inf/NaN gradients) is sent as
-            skipped with that reason. Without it, norms under a GradScaler are S² too large (B_simple, a
-            ratio within a step, is not) and skipped steps are discarded unsent.
+            every measured norm (squared norms by S²) and of dense and sketch gradients, and a step it skips
+            (inf/NaN gradients) is sent as skipped with that reason. Without it, norms under a GradScaler are
+            S² too large (B_simple, a ratio within a step, is not) and skipped steps are discarded unsent.
 
     Returns:
         A `Watch`: a context manager; `.remove()` restores the model and optimizer.
@@ -373,15 +373,9 @@ class Watch:
             ddp=ddp_source,
             reduced_at_step=reduced_at_step,
             fsdp=fsdp,
-            loss_scale=_grad_scaler.loss_scale(scaler) if scaler is not None and mode == "norms" else None,
+            loss_scale=_grad_scaler.loss_scale(scaler) if scaler is not None else None,
         )
         skip_tap = _grad_scaler.SkipTap(scaler, optimizer, meter, self._guard) if scaler is not None else None
-        if scaler is not None and mode != "norms":
-            logger.warning(
-                "noisescope: mode %s with an AMP GradScaler: the gradients are sent as scaled (the sidecar's norms "
-                "are S² too large; B_simple, a ratio within a step, is not affected); skipped steps are sent as such",
-                mode,
-            )
         try:
             meter.attach()
             if skip_tap is not None:

@@ -115,3 +115,21 @@ def test_a_scaler_that_is_not_one_is_refused_by_name(free_address: str) -> None:
     model = make_model()
     with pytest.raises(TypeError, match="scaler must be a torch.amp.GradScaler or None, got dict"):
         noisescope.watch(model, make_optimizer(model), address=free_address, scaler={})
+
+
+@pytest.mark.parametrize("mode", ["dense", "sketch"])
+def test_dense_and_sketch_gradients_leave_with_the_scale_divided_out(sidecar: Sidecar, mode: str) -> None:
+    """The sidecar's own figures from the gradients it was sent equal those from the (exact) norms mode."""
+    for run, kwargs in ((mode, {"mode": mode}), (f"norms-{mode}", {"source": "accumulation"})):
+        model = make_model()
+        optimizer = make_optimizer(model)
+        scaler = _scaler()
+        with noisescope.watch(model, optimizer, address=sidecar.address, run=run, scaler=scaler, **kwargs):
+            # One step at a time: no dense step is dropped for want of free buffers.
+            _train(model, optimizer, scaler, on_step_start=lambda step: step == 0 or wait_for_events(sidecar, "step", run, step))
+    ours, exact = wait_for_events(sidecar, "step", mode, STEPS), wait_for_events(sidecar, "step", f"norms-{mode}", STEPS)
+    for a, b in zip(ours, exact, strict=True):
+        assert a["step"] == b["step"] and bool(a.get("skipped")) == bool(b.get("skipped")) == (a["step"] == POISONED)
+        if a["step"] != POISONED:
+            for field in ("gradSqNorm", "traceSigma"):
+                assert_close(a["raw"][field], b["raw"][field], 1e-5, f"{mode} step {a['step']} {field}")
