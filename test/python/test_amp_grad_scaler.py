@@ -32,7 +32,9 @@ def _loss(model: nn.Module, step: int, j: int) -> torch.Tensor:
     return loss * math.inf if step == POISONED else loss
 
 
-def _train(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, on_step_start=None) -> list[float]:
+def _train(
+    model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, on_step_start=None, clip: float = CLIP
+) -> list[float]:
     """The AMP recipe: scale, backward per micro-batch, unscale_, clip, scaler.step, update; the scales used."""
     scales = []
     for step in range(STEPS):
@@ -42,7 +44,7 @@ def _train(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp
         for j in range(len(SIZES)):
             scaler.scale(_loss(model, step, j)).backward()
         scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad()
@@ -133,3 +135,19 @@ def test_dense_and_sketch_gradients_leave_with_the_scale_divided_out(sidecar: Si
         if a["step"] != POISONED:
             for field in ("gradSqNorm", "traceSigma"):
                 assert_close(a["raw"][field], b["raw"][field], 1e-5, f"{mode} step {a['step']} {field}")
+
+
+def test_clipping_to_a_tiny_norm_leaves_the_sidecars_statistics_unchanged(sidecar: Sidecar) -> None:
+    """With lr 0 the parameters cannot tell the runs apart; only .grad is clipped (to 1e-9) in one of them."""
+    runs = {"clipped": 1e-9, "unclipped": math.inf}
+    for run, clip in runs.items():
+        model = make_model()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        scaler = _scaler()
+        with noisescope.watch(model, optimizer, address=sidecar.address, run=run, scaler=scaler):
+            _train(model, optimizer, scaler, clip=clip)
+    clipped, unclipped = (wait_for_events(sidecar, "step", run, STEPS) for run in runs)
+    for a, b in zip(clipped, unclipped, strict=True):
+        assert a["step"] == b["step"] and bool(a.get("skipped")) == bool(b.get("skipped"))
+        if not a.get("skipped"):
+            assert a["raw"] == b["raw"] and a["raw"]["traceSigma"] > 1e-6  # and not the clipped .grad's
