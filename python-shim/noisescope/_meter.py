@@ -307,8 +307,10 @@ class Meter:
         reduced_at_step: str = "",
         fsdp: FsdpSource | None = None,
         loss_scale: Callable[[], Norm | None] | None = None,
+        first_step: int = 0,
     ) -> None:
         self._model = model
+        self._first_step = first_step  # a resumed training's step numbers continue from its checkpoint
         self._loss_scale = loss_scale  # AMP: the GradScaler's current scale (None: not scaling)
         # DDP: the rank-local and all-reduced norms from our communication hook; or, where the
         # model has a hook of the user's, `reduced_at_step`: "grad" reads the reduced one from .grad at
@@ -563,7 +565,7 @@ class Meter:
 
     def _on_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         try:
-            step = self.steps_seen
+            step = self._first_step + self.steps_seen
             self.steps_seen += 1
             buffer = self._buffer
             if self._measuring and buffer is not None:
@@ -598,7 +600,7 @@ class Meter:
                 self._guard.trip("the accumulation count update", error)
 
     def _begin_step(self) -> None:
-        measuring = self._active and self.steps_seen % self._every == 0
+        measuring = self._active and (self._first_step + self.steps_seen) % self._every == 0
         if measuring and not self._handles:
             self._arm()
         elif not measuring and self._handles:
@@ -632,7 +634,7 @@ class Meter:
     def skip_step(self, reason: str) -> None:
         """A step the optimizer did not take (AMP's GradScaler found inf/NaN): counted, and sent as skipped."""
         try:
-            step = self.steps_seen
+            step = self._first_step + self.steps_seen
             self.steps_seen += 1
             buffer = self._buffer
             if self._measuring and buffer is not None:

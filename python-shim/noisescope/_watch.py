@@ -37,6 +37,7 @@ SOURCES = ("auto", "accumulation", "per-example")
 EXIT_FLUSH_S = 1.0  # at interpreter exit: a short, bounded flush
 RUN_NAME_LIMIT = 1024  # the sidecar's limit
 MAX_SKETCH_SIZE = 1 << 18  # one layer's fp32 sketch per 1 MiB message (_sketch.MAX_SKETCH_SIZE)
+MAX_STEP = (1 << 53) - 1  # the sidecar reads step numbers as doubles: exact up to here
 
 _watched: weakref.WeakSet[Any] = weakref.WeakSet()  # models with a live Watch
 _live: weakref.WeakSet[Watch] = weakref.WeakSet()  # watches to flush at interpreter exit
@@ -72,6 +73,7 @@ def watch(
     tls_server_name: str | None = None,
     sketch_size: int = 4096,
     scaler: Any = None,
+    first_step: int = 0,
 ) -> Watch:
     """Streams gradient-noise measurements of `model`'s training to the noisescope sidecar.
 
@@ -133,6 +135,10 @@ def watch(
             every measured norm (squared norms by S²) and of dense and sketch gradients, and a step it skips
             (inf/NaN gradients) is sent as skipped with that reason. Without it, norms under a GradScaler are
             S² too large (B_simple, a ratio within a step, is not) and skipped steps are discarded unsent.
+        first_step: the number of the first optimizer step after watch(); default 0. A training resumed from a
+            checkpoint (a torchrun elastic restart included) passes the next step's number, so its steps continue
+            the run's numbering (and `every`'s cadence) instead of starting again at 0, which the sidecar and its
+            run log would take for a new training under the same name.
 
     Returns:
         A `Watch`: a context manager; `.remove()` restores the model and optimizer.
@@ -159,6 +165,10 @@ def watch(
         raise TypeError(f"noisescope.watch: sketch_size must be an int, got {type(sketch_size).__name__}")
     if not 1 <= sketch_size <= MAX_SKETCH_SIZE:
         raise ValueError(f"noisescope.watch: sketch_size must be in 1..{MAX_SKETCH_SIZE}, got {sketch_size}")
+    if isinstance(first_step, bool) or not isinstance(first_step, int):
+        raise TypeError(f"noisescope.watch: first_step must be an int, got {type(first_step).__name__}")
+    if not 0 <= first_step <= MAX_STEP:
+        raise ValueError(f"noisescope.watch: first_step must be in 0..{MAX_STEP} (the next optimizer step's number), got {first_step}")
     if not isinstance(dtype, str) or dtype not in DENSE_DTYPES:
         raise ValueError(f"noisescope.watch: dtype must be one of {', '.join(map(repr, DENSE_DTYPES))}, got {dtype!r}")
     if dataset_size is not None:
@@ -210,6 +220,7 @@ def watch(
             dtype=dtype,
             sketch_size=sketch_size,
             scaler=scaler,
+            first_step=first_step,
         )
     return handle
 
@@ -260,6 +271,7 @@ class Watch:
         dtype: str = "fp32",
         sketch_size: int = 4096,
         scaler: Any = None,
+        first_step: int = 0,
     ) -> None:
         import torch
 
@@ -374,6 +386,7 @@ class Watch:
             reduced_at_step=reduced_at_step,
             fsdp=fsdp,
             loss_scale=_grad_scaler.loss_scale(scaler) if scaler is not None else None,
+            first_step=first_step,
         )
         skip_tap = _grad_scaler.SkipTap(scaler, optimizer, meter, self._guard) if scaler is not None else None
         try:
