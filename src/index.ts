@@ -4,7 +4,10 @@ export type { Sidecar, SidecarOptions } from './sidecar.js';
 export { BACKEND_NAMES } from './compute/backends.js';
 export type { BackendName } from './compute/backends.js';
 export type { CandidateReport, SelectionReport } from './compute/select-backend.js';
-export { DISAGREEMENT } from './stats/gradient-diversity.js';
+export { DISAGREEMENT, rankDisagreements } from './stats/gradient-diversity.js';
+export { DEFAULT_LIMITS } from './transport/limits.js';
+export type { SidecarLimits } from './transport/limits.js';
+export type { WatchStats } from './transport/watch-service.js';
 export { DENSE_BUDGET_BYTES } from './ingest/dense-rank-step.js';
 export { NoiseScopeError, toNoiseScopeError } from './errors.js';
 export type { NoiseScopeErrorCode } from './errors.js';
@@ -30,6 +33,7 @@ export type {
   LearningRateHint,
   Objective,
   Recommendation,
+  RankAgreement,
   RecommendationAction,
   RunInfo,
   Source,

@@ -124,6 +124,8 @@ export async function startSidecar(options: SidecarOptions = {}): Promise<Sideca
     recommendBatchSize(policy, resumer ? (run) => resumer.policy(run) : undefined),
     shareReplay({ bufferSize: 1, refCount: false }),
   );
+  // The Watch service subscribes to health$ itself, so its drop count is read through this once it exists.
+  let watchDropped = (): number => 0;
   const health$ = interval(options.healthIntervalMs ?? 1000).pipe(
     startWith(0),
     map(
@@ -138,6 +140,7 @@ export async function startSidecar(options: SidecarOptions = {}): Promise<Sideca
         droppedByHooks: ingest.counters.droppedByHooks,
         computeBackend: backendSummary,
         ranksGone: ingest.ranksGone(),
+        watchEventsDropped: watchDropped(),
       }),
     ),
     shareReplay({ bufferSize: 1, refCount: true }),
@@ -147,6 +150,7 @@ export async function startSidecar(options: SidecarOptions = {}): Promise<Sideca
   const runLog = options.runLog ? writeRunLog({ runs$, stats$, layers$, recommendations$ }, { onError: warnRunLogFailure, ...options.runLog }) : null;
 
   const watch = new WatchService({ runs$, stats$, layers$, health$, recommendations$ }, limits.watchQueueEvents);
+  watchDropped = () => watch.stats().dropped;
   let bound;
   try {
     bound = await bindServer(options.host ?? '127.0.0.1', options.port ?? DEFAULT_PORT, ingest, watch, recommendations$, undefined, security, limits);

@@ -229,4 +229,6 @@ export interface Health {
   readonly computeBackend: string;
   /** Ranks declared gone (stream ended without Goodbye, not back within the partial-step timeout), over all runs; 0 again once they rejoin. */
   readonly ranksGone: number;
+  /** Events Watch calls dropped because their client did not read them (all calls ever; watchStats().dropped). */
+  readonly watchEventsDropped: number;
 }

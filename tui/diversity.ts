@@ -22,6 +22,8 @@ export interface DiversitySummary {
   readonly minPair: readonly [GradientRef, GradientRef] | null;
   /** Flagged by the sidecar (DISAGREEMENT), with each one's mean cosine to the rest of its rank. */
   readonly disagreeing: readonly (GradientRef & { readonly meanCosine: number })[];
+  /** Data-parallel steps: ranks whose gradient disagrees with the other ranks', with their mean cosine to them. */
+  readonly ranksDisagreeing: readonly { readonly rank: number; readonly meanCosine: number }[];
 }
 
 /** The summary of a step's diversity; null when the step carries none (norms mode). */
@@ -49,6 +51,7 @@ export function summarizeDiversity(diversity: StepStats['diversity']): Diversity
     minCosine,
     minPair,
     disagreeing: diversity.flatMap((d: GradientDiversity) => d.disagreeing.map((i) => ({ rank: d.rank, microBatch: i, meanCosine: d.meanCosine[i] ?? Number.NaN }))),
+    ranksDisagreeing: diversity.flatMap((d) => (d.acrossRanks?.disagrees ? [{ rank: d.rank, meanCosine: d.acrossRanks.meanCosine }] : [])),
   };
 }
 
@@ -70,6 +73,7 @@ export function diversitySpans(s: DiversitySummary): Span[] {
   const spans: Span[] = [{ forms: ['Diversity ', 'Div '], tone: 'plain', bold: true, keep: 3 }];
   if (s.pairs === 0) {
     spans.push({ forms: ['no pairs to compare (one micro-batch per rank)', 'no pairs'], tone: 'muted', keep: 1 });
+    if (s.ranksDisagreeing.length > 0) spans.push(flagSpan(s));
     return spans;
   }
   const pair = s.minPair ? `${name(s.minPair[0], s.ranks, false)}·${name(s.minPair[1], s.ranks, false).replace(/^r\d+ /, '')}` : '';
@@ -81,18 +85,28 @@ export function diversitySpans(s: DiversitySummary): Span[] {
   spans.push({ forms: [` (${pair})`, ''], tone: 'muted', keep: 0 });
   const scope = `${s.microBatches} micro-batches${s.ranks > 1 ? ` × ${s.ranks} ranks` : ''}`;
   spans.push({ forms: [` over ${scope}`, ''], tone: 'muted', keep: 0 });
-  if (s.disagreeing.length === 0) {
+  if (s.disagreeing.length === 0 && s.ranksDisagreeing.length === 0) {
     spans.push({ forms: [s.microBatches >= 3 ? ' · none disagrees' : '', ''], tone: 'muted', keep: 0 });
     return spans;
   }
-  const [first] = s.disagreeing;
-  const more = s.disagreeing.length - 1;
-  const who = `${name(first!, s.ranks, true)} disagrees`, others = more > 0 ? ` +${more} more` : '';
-  const forms = [
-    ` ⚠ ${who} (cos ${cosine(first!.meanCosine)} to the rest)${others}`,
-    ` ⚠ ${who} (cos ${cosine(first!.meanCosine)})${others}`,
-    ` ⚠ ${name(first!, s.ranks, false)} disagrees${more > 0 ? ` +${more}` : ''}`,
-  ];
-  spans.push({ forms, tone: 'warn', bold: true, keep: [1, 4] }); // the wording gives way before the cosines, the flag last
+  spans.push(flagSpan(s));
   return spans;
+}
+
+/** The first flag (a rank against the other ranks before a micro-batch against its rank), and how many more. */
+function flagSpan(s: DiversitySummary): Span {
+  const more = s.ranksDisagreeing.length + s.disagreeing.length - 1;
+  const others = more > 0 ? ` +${more} more` : '';
+  const [rank] = s.ranksDisagreeing;
+  const [first] = s.disagreeing;
+  const [long, short, rest] = rank
+    ? [`rank ${rank.rank}`, `r${rank.rank}`, 'the other ranks']
+    : [name(first!, s.ranks, true), name(first!, s.ranks, false), 'the rest'];
+  const meanCosine = rank ? rank.meanCosine : first!.meanCosine;
+  const forms = [
+    ` ⚠ ${long} disagrees (cos ${cosine(meanCosine)} to ${rest})${others}`,
+    ` ⚠ ${long} disagrees (cos ${cosine(meanCosine)})${others}`,
+    ` ⚠ ${short} disagrees${more > 0 ? ` +${more}` : ''}`,
+  ];
+  return { forms, tone: 'warn', bold: true, keep: [1, 4] }; // the wording gives way before the cosines, the flag last
 }

@@ -86,7 +86,7 @@ export async function measureRenderCost(rate = 20, seconds = 10, layers = 100) {
     layers$.next(s.layers);
     if (step % (rate * 2) === 0) recommendations$.next(syntheticRecommendation(step, step / (rate * 2) + 1));
     if (step % rate === 0) {
-      health$.next({ unixMs: Date.now(), ranksConnected: 1, messages: step * 5, bytes: step * 4000, refused: 0, stepsCompleted: step, stepsIncomplete: 0, droppedByHooks: 0, computeBackend: 'cpu', ranksGone: 0 });
+      health$.next({ unixMs: Date.now(), ranksConnected: 1, messages: step * 5, bytes: step * 4000, refused: 0, stepsCompleted: step, stepsIncomplete: 0, droppedByHooks: 0, computeBackend: 'cpu', ranksGone: 0, watchEventsDropped: 0 });
     }
     await sleep(1000 / rate);
   }

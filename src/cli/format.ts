@@ -1,5 +1,6 @@
 // Plain-text and NDJSON renderings of the public values, for `serve` and `demo`.
 import { modeSummary } from '../../tui/mode-summary.js';
+import { rankDisagreements } from '../stats/gradient-diversity.js';
 import type { Estimate, Health, Recommendation, RunInfo, StepStats } from '../types.js';
 
 /** 3 significant digits, compact for large and small magnitudes. */
@@ -26,9 +27,13 @@ export function formatStep(s: StepStats): string {
   return `${head}  ${estimateText(s.smoothed)}${raw}${trust}${disagreementText(s)}`;
 }
 
-/** Dense steps: the micro-batches whose gradient disagrees with the rest, e.g. "  rank 0 micro-batch 2 disagrees (mean cosine -0.81)". */
+/**
+ * Dense and sketch steps: a rank whose gradient disagrees with the other ranks' ("  rank 1 disagrees (cos -0.02)"),
+ * then the micro-batches that disagree with the rest of their rank ("rank 0 micro-batch 2 disagrees (mean cosine -0.81)").
+ */
 function disagreementText(s: StepStats): string {
-  const parts = (s.diversity ?? []).flatMap((d) => d.disagreeing.map((i) => `rank ${d.rank} micro-batch ${i} disagrees (mean cosine ${num(d.meanCosine[i])})`));
+  const micro = (s.diversity ?? []).flatMap((d) => d.disagreeing.map((i) => `rank ${d.rank} micro-batch ${i} disagrees (mean cosine ${num(d.meanCosine[i])})`));
+  const parts = [...rankDisagreements(s.diversity), ...micro];
   return parts.length > 0 ? `  ${parts.join('; ')}` : '';
 }
 
@@ -52,9 +57,10 @@ export function formatRecommendation(r: Recommendation): string {
 
 /** The problem counters only ('' when there are none), so it changes rarely. */
 export function formatProblems(h: Health): string {
-  if (!h.refused && !h.stepsIncomplete && !h.droppedByHooks && !h.ranksGone) return '';
+  if (!h.refused && !h.stepsIncomplete && !h.droppedByHooks && !h.ranksGone && !h.watchEventsDropped) return '';
   const gone = h.ranksGone ? `, ${h.ranksGone} rank${h.ranksGone === 1 ? '' : 's'} gone` : '';
-  return `ingest: ${h.stepsIncomplete} incomplete steps, ${h.refused} refused messages, ${h.droppedByHooks} measurements dropped by hooks${gone}`;
+  const watch = h.watchEventsDropped ? `, ${h.watchEventsDropped} Watch event${h.watchEventsDropped === 1 ? '' : 's'} dropped (a client not reading)` : '';
+  return `ingest: ${h.stepsIncomplete} incomplete steps, ${h.refused} refused messages, ${h.droppedByHooks} measurements dropped by hooks${gone}${watch}`;
 }
 
 /** A run's NDJSON line, with its mode in words beside the fields (e.g. "modeSummary":"sketch m=4096"). */

@@ -90,6 +90,7 @@ export function replayRunLog(log: RunLog, options: ReplayOptions): ReplayedRun {
           droppedByHooks: 0,
           computeBackend: `replay of ${log.path}`,
           ranksGone: 0,
+          watchEventsDropped: 0,
         });
         return;
       }

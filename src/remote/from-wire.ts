@@ -100,6 +100,7 @@ export function stepStatsFromWire(w: WireStepStats): StepStats {
             layerCosines: d.layers.map((l) => l.cosines),
             meanCosine: d.meanCosine,
             disagreeing: d.disagreeing,
+            ...(d.acrossRanks ? { acrossRanks: { ...d.acrossRanks } } : {}),
           })),
         }
       : {}),
@@ -132,6 +133,7 @@ export function healthFromWire(w: WireHealth): Health {
     droppedByHooks: w.droppedByHooks,
     computeBackend: w.computeBackend,
     ranksGone: w.ranksGone,
+    watchEventsDropped: w.watchEventsDropped,
   };
 }
 

@@ -128,6 +128,7 @@ export function stepStatsToWire(s: StepStats): WireStepStats {
       layers: d.layerCosines.map((c) => ({ cosines: [...c] })),
       meanCosine: [...d.meanCosine],
       disagreeing: [...d.disagreeing],
+      acrossRanks: d.acrossRanks ? { ...d.acrossRanks, cosines: [...d.acrossRanks.cosines] } : null,
     })),
   };
 }

@@ -96,6 +96,7 @@ export function health(overrides: Partial<Health> = {}): Health {
     droppedByHooks: 0,
     computeBackend: 'cpu (norms mode)',
     ranksGone: 0,
+    watchEventsDropped: 0,
     ...overrides,
   };
 }

@@ -19,6 +19,7 @@ import type { LayerStats as _noisescope_v1_LayerStats, LayerStats__Output as _no
 import type { LearningRateHint as _noisescope_v1_LearningRateHint, LearningRateHint__Output as _noisescope_v1_LearningRateHint__Output } from './noisescope/v1/LearningRateHint.js';
 import type { NoiseScopeClient as _noisescope_v1_NoiseScopeClient, NoiseScopeDefinition as _noisescope_v1_NoiseScopeDefinition } from './noisescope/v1/NoiseScope.js';
 import type { PerExampleSqNorms as _noisescope_v1_PerExampleSqNorms, PerExampleSqNorms__Output as _noisescope_v1_PerExampleSqNorms__Output } from './noisescope/v1/PerExampleSqNorms.js';
+import type { RankAgreement as _noisescope_v1_RankAgreement, RankAgreement__Output as _noisescope_v1_RankAgreement__Output } from './noisescope/v1/RankAgreement.js';
 import type { RankMessage as _noisescope_v1_RankMessage, RankMessage__Output as _noisescope_v1_RankMessage__Output } from './noisescope/v1/RankMessage.js';
 import type { Recommendation as _noisescope_v1_Recommendation, Recommendation__Output as _noisescope_v1_Recommendation__Output } from './noisescope/v1/Recommendation.js';
 import type { Refusal as _noisescope_v1_Refusal, Refusal__Output as _noisescope_v1_Refusal__Output } from './noisescope/v1/Refusal.js';
@@ -28,6 +29,7 @@ import type { SidecarMessage as _noisescope_v1_SidecarMessage, SidecarMessage__O
 import type { Sketch as _noisescope_v1_Sketch, Sketch__Output as _noisescope_v1_Sketch__Output } from './noisescope/v1/Sketch.js';
 import type { SketchSpec as _noisescope_v1_SketchSpec, SketchSpec__Output as _noisescope_v1_SketchSpec__Output } from './noisescope/v1/SketchSpec.js';
 import type { SquaredNorms as _noisescope_v1_SquaredNorms, SquaredNorms__Output as _noisescope_v1_SquaredNorms__Output } from './noisescope/v1/SquaredNorms.js';
+import type { StepBundle as _noisescope_v1_StepBundle, StepBundle__Output as _noisescope_v1_StepBundle__Output } from './noisescope/v1/StepBundle.js';
 import type { StepEnd as _noisescope_v1_StepEnd, StepEnd__Output as _noisescope_v1_StepEnd__Output } from './noisescope/v1/StepEnd.js';
 import type { StepStats as _noisescope_v1_StepStats, StepStats__Output as _noisescope_v1_StepStats__Output } from './noisescope/v1/StepStats.js';
 import type { TemperatureChange as _noisescope_v1_TemperatureChange, TemperatureChange__Output as _noisescope_v1_TemperatureChange__Output } from './noisescope/v1/TemperatureChange.js';
@@ -64,6 +66,7 @@ export interface ProtoGrpcType {
       Objective: EnumTypeDefinition
       PerExampleSqNorms: MessageTypeDefinition<_noisescope_v1_PerExampleSqNorms, _noisescope_v1_PerExampleSqNorms__Output>
       ProtocolVersion: EnumTypeDefinition
+      RankAgreement: MessageTypeDefinition<_noisescope_v1_RankAgreement, _noisescope_v1_RankAgreement__Output>
       RankMessage: MessageTypeDefinition<_noisescope_v1_RankMessage, _noisescope_v1_RankMessage__Output>
       Recommendation: MessageTypeDefinition<_noisescope_v1_Recommendation, _noisescope_v1_Recommendation__Output>
       Refusal: MessageTypeDefinition<_noisescope_v1_Refusal, _noisescope_v1_Refusal__Output>
@@ -74,6 +77,7 @@ export interface ProtoGrpcType {
       SketchSpec: MessageTypeDefinition<_noisescope_v1_SketchSpec, _noisescope_v1_SketchSpec__Output>
       Source: EnumTypeDefinition
       SquaredNorms: MessageTypeDefinition<_noisescope_v1_SquaredNorms, _noisescope_v1_SquaredNorms__Output>
+      StepBundle: MessageTypeDefinition<_noisescope_v1_StepBundle, _noisescope_v1_StepBundle__Output>
       StepEnd: MessageTypeDefinition<_noisescope_v1_StepEnd, _noisescope_v1_StepEnd__Output>
       StepStats: MessageTypeDefinition<_noisescope_v1_StepStats, _noisescope_v1_StepStats__Output>
       TemperatureChange: MessageTypeDefinition<_noisescope_v1_TemperatureChange, _noisescope_v1_TemperatureChange__Output>

@@ -1,6 +1,7 @@
 // Original file: proto/noisescope/v1/noisescope.proto
 
 import type { LayerCosines as _noisescope_v1_LayerCosines, LayerCosines__Output as _noisescope_v1_LayerCosines__Output } from '../../noisescope/v1/LayerCosines.js';
+import type { RankAgreement as _noisescope_v1_RankAgreement, RankAgreement__Output as _noisescope_v1_RankAgreement__Output } from '../../noisescope/v1/RankAgreement.js';
 
 export interface GradientDiversity {
   'rank'?: (number);
@@ -9,6 +10,7 @@ export interface GradientDiversity {
   'layers'?: (_noisescope_v1_LayerCosines)[];
   'meanCosine'?: (number | string)[];
   'disagreeing'?: (number)[];
+  'acrossRanks'?: (_noisescope_v1_RankAgreement | null);
 }
 
 export interface GradientDiversity__Output {
@@ -18,4 +20,5 @@ export interface GradientDiversity__Output {
   'layers': (_noisescope_v1_LayerCosines__Output)[];
   'meanCosine': (number)[];
   'disagreeing': (number)[];
+  'acrossRanks': (_noisescope_v1_RankAgreement__Output | null);
 }

@@ -13,6 +13,7 @@ export interface Health {
   'droppedByHooks'?: (number | string | Long);
   'computeBackend'?: (string);
   'ranksGone'?: (number);
+  'watchEventsDropped'?: (number | string | Long);
 }
 
 export interface Health__Output {
@@ -26,4 +27,5 @@ export interface Health__Output {
   'droppedByHooks': (number);
   'computeBackend': (string);
   'ranksGone': (number);
+  'watchEventsDropped': (number);
 }
