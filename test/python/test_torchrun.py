@@ -3,11 +3,13 @@
 torchrun_train.py is an ordinary DDP script with the one-line watch. The sidecar sees the job's world size, every
 step joined from all ranks into three batch scales, and an estimate that agrees with one process training the same
 global batches. Under elastic (--max-restarts 1) a rank that crashes once is restarted with the whole group: the
-steps it left are reported partial and excluded, the new processes (new sessions, the same run name) count again,
-and the parameters are bitwise those of the same crash and restart without noisescope.
+steps it left are reported partial and excluded, the new processes (new sessions, the same run name) resume from the
+checkpoint with watch(first_step=...), so the run's step numbers continue (in the sidecar and its run log: one training)
+and count again, and the parameters are bitwise those of the same crash and restart without noisescope.
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -77,8 +79,8 @@ def test_torchrun_ranks_join_into_three_scales_and_agree_with_one_process(sideca
     assert_within_each_others_interval(ddp_estimate, one_estimate)
 
 
-def test_torchrun_elastic_restart_rejoins_the_run_and_keeps_numerics(tmp_path: Path) -> None:
-    sidecar = Sidecar("--partial-step-timeout", "1")
+def test_torchrun_elastic_restart_rejoins_the_run_continues_its_steps_and_keeps_numerics(tmp_path: Path) -> None:
+    sidecar = Sidecar("--partial-step-timeout", "1", "--log-dir", str(tmp_path / "log"))
     try:
         crash = ("--steps", str(ELASTIC_STEPS), "--crash-step", str(CRASH_STEP))
         done = torchrun(2, sidecar.address, tmp_path / "watched", *crash, "--checkpoint", str(tmp_path / "watched.pt"), max_restarts=1)
@@ -95,16 +97,19 @@ def test_torchrun_elastic_restart_rejoins_the_run_and_keeps_numerics(tmp_path: P
         for got, want in zip(watched[0]["params"], ref_model.parameters()):
             torch.testing.assert_close(got, want.detach(), rtol=1e-5, atol=1e-6)
 
-        # One run: the restarted processes derive the same name and attach with new sessions, numbering steps from 0.
+        # One run: the restarted processes derive the same name and attach with new sessions, continuing its steps.
         run = watched[0]["run"]
         assert {r["run"] for r in watched} == {run} and {e["run"] for e in sidecar.of_type("run")} == {run}
         resumed = ELASTIC_STEPS - CRASH_STEP - 1
+        for r in watched:  # the hook numbered the restarted group's steps from the checkpoint on
+            assert (r["stats"].steps_seen, r["stats"].steps_measured, r["stats"].dropped) == (resumed, resumed, 0)
         sidecar.wait_for(lambda e: e["type"] == "step" and e["run"] == run and e["stepsMeasured"] == CRASH_STEP + resumed, timeout=60)
         steps = [e for e in sidecar.of_type("step") if e["run"] == run]
         # Step 3: rank 0 ended it, rank 1 crashed first; the restart takes seconds (new processes import torch),
-        # longer than the 1 s timeout, so it is reported partial before the new group attaches.
+        # longer than the 1 s timeout, so it is reported partial before the new group attaches. Then 4..7: no
+        # step number repeats.
         assert [(e["step"], e["skipped"]) for e in steps] == [
-            *((s, False) for s in range(CRASH_STEP)), (CRASH_STEP, True), *((s, False) for s in range(resumed))
+            *((s, False) for s in range(CRASH_STEP)), (CRASH_STEP, True), *((s, False) for s in range(CRASH_STEP + 1, ELASTIC_STEPS))
         ]
         assert steps[CRASH_STEP]["note"] == f"skipped: partial: rank 1 of 2 never ended step {CRASH_STEP} within 1 s — excluded"
         # The restarted group's steps count again: the estimate continues (stepsMeasured), all ranks joined.
@@ -115,3 +120,9 @@ def test_torchrun_elastic_restart_rejoins_the_run_and_keeps_numerics(tmp_path: P
         assert (health["stepsIncomplete"], health["ranksGone"], health["droppedByHooks"]) == (1, 0, 0)
     finally:
         sidecar.stop()
+    # The run log holds one training: its steps only ever go forward (a step not after the one before it would
+    # make a restarted sidecar resume only what follows, as a new training under the same name).
+    [log] = (tmp_path / "log").glob("*.ndjson")
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert {r["info"]["run"] for r in records if r["type"] == "run"} == {run}
+    assert [r["stats"]["step"] for r in records if r["type"] == "step"] == list(range(ELASTIC_STEPS))

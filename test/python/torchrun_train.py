@@ -9,7 +9,8 @@ name is the hook's default, which every rank of one torchrun job (restarts inclu
 all-reduce, before its optimizer step, once rank 0 has ended step S and sent it (a marker file); rank 0 then
 fails in step S + 1's all-reduce. With
 --checkpoint, rank 0 saves the parameters after every step (atomically) and a restarted group resumes after
-the last one saved, so the crash and restart change nothing in the numerics.
+the last one saved, so the crash and restart change nothing in the numerics, and tells the watch its first step
+(first_step), so the run's step numbers continue.
 
 Each rank writes what it saw to <out>/attempt<a>-rank<r>.pt.
 """
@@ -58,7 +59,8 @@ def main() -> None:
         first = int(saved["step"]) + 1
     ddp = DDP(model)
     opt = torch.optim.SGD(ddp.parameters(), lr=LR)
-    handle = None if args.no_watch else noisescope.watch(ddp, opt)
+    # Resumed: the steps continue the run's numbering (the sidecar sees one training, not a new one at step 0).
+    handle = None if args.no_watch else noisescope.watch(ddp, opt, first_step=first)
 
     crashing = attempt == 0 and args.crash_step is not None
     sent = args.out / "rank0-sent-crash-step"
