@@ -86,6 +86,10 @@ export async function startSidecar(options: SidecarOptions = {}): Promise<Sideca
   validateBatchPolicy(policy);
   const partial = options.partialStepTimeoutMs;
   if (partial !== undefined && !(partial > 0)) throw new RangeError(`partialStepTimeoutMs must be > 0, got ${partial}`);
+  const denseBudget = options.denseBudgetBytes;
+  if (denseBudget !== undefined && !(Number.isSafeInteger(denseBudget) && denseBudget >= 1)) {
+    throw new RangeError(`denseBudgetBytes must be a whole number of bytes ≥ 1, got ${denseBudget}`);
+  }
   const limits = resolveLimits(options.limits);
   // Bad tokens or TLS files reject here too; bindServer refuses a non-loopback host without a token.
   const security = {

@@ -8,25 +8,39 @@ import { gradientDiversity } from '../stats/gradient-diversity.js';
 import type { GradientDiversity } from '../types.js';
 import type { RunLayout } from './run-layout.js';
 
-/** Default bytes of dense data one run may hold for steps not yet complete (blocks and Gram matrices). */
+/** Default bytes of dense data the sidecar may hold for steps not yet complete (blocks and Gram matrices), over all runs. */
 export const DENSE_BUDGET_BYTES = 1024 ** 3;
 
-/** A run's bytes held for incomplete dense steps, against its limit. */
+/**
+ * Bytes held for incomplete dense steps against the sidecar's one limit over all runs. Each run holds a share()
+ * that counts its own bytes and reserves against the whole, so one run's steps can crowd out another's, never the host.
+ */
 export class ByteBudget implements BlockAccounting {
   held = 0;
-  constructor(readonly limit: number) {}
+  constructor(
+    readonly limit: number,
+    private readonly whole: ByteBudget | null = null,
+  ) {}
+  /** A run's part of this budget: its own bytes, counted in this one too. */
+  share(): ByteBudget {
+    return new ByteBudget(this.limit, this);
+  }
   allocated(bytes: number): void {
     this.held += bytes;
+    this.whole?.allocated(bytes);
   }
   released(bytes: number): void {
     this.held -= bytes;
+    this.whole?.released(bytes);
   }
-  /** Throws a limit-exceeded error naming the limit unless `bytes` more fit. */
+  /** Throws a limit-exceeded error naming the limit unless `bytes` more fit in the whole budget. */
   reserve(bytes: number, where: string): void {
-    if (this.held + bytes <= this.limit) return;
+    const whole = this.whole ?? this;
+    if (whole.held + bytes <= whole.limit) return;
     throw new NoiseScopeError(
       'limit-exceeded',
-      `${where}: would hold ${formatBytes(this.held + bytes)} of dense data for incomplete steps, over this run's limit of ${formatBytes(this.limit)} (startSidecar denseBudgetBytes): the step is excluded`,
+      `${where}: would hold ${formatBytes(whole.held + bytes)} of dense data for incomplete steps, over the limit of ${formatBytes(whole.limit)} shared by all runs ` +
+        `(this run holds ${formatBytes(this.held)}; raise it with startSidecar({ denseBudgetBytes })): the step is excluded`,
     );
   }
 }

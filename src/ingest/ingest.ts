@@ -123,6 +123,8 @@ export class Ingest {
 
   /** One reused aligned buffer: dense payloads are converted synchronously, one message at a time. */
   private readonly payloads = new AlignedPayloads();
+  /** Dense bytes held for incomplete steps, over all runs: each run reserves against it through its share. */
+  private readonly denseBudget: ByteBudget;
 
   private readonly partialStepTimeoutMs: number;
   private readonly partialTimer: ReturnType<typeof setInterval>;
@@ -132,6 +134,7 @@ export class Ingest {
     const timeout = options.partialStepTimeoutMs ?? DEFAULT_PARTIAL_STEP_TIMEOUT_MS;
     if (!(timeout > 0)) throw new NoiseScopeError('invalid-message', `partialStepTimeoutMs must be > 0, got ${timeout}`);
     this.partialStepTimeoutMs = timeout;
+    this.denseBudget = new ByteBudget(options.denseBudgetBytes ?? DENSE_BUDGET_BYTES);
     // Coarse: a step is given up between timeout and ~1.5× timeout (or timeout + 5 s) after its first end.
     const period = Math.min(Math.max(timeout / 2, 10), 5_000);
     this.partialTimer = setInterval(() => {
@@ -276,11 +279,11 @@ export class Ingest {
     return true;
   }
 
-  /** Per run: its own byte budget, the shared backend and buffer; null without a backend (dense refused). */
+  /** Per run: its share of the one dense byte budget, the shared backend and buffer; null without a backend (dense refused). */
   private denseContext() {
     const backend = this.options.backend;
     if (!backend) return null;
-    return { backend, budget: new ByteBudget(this.options.denseBudgetBytes ?? DENSE_BUDGET_BYTES), payloads: this.payloads };
+    return { backend, budget: this.denseBudget.share(), payloads: this.payloads };
   }
 
   /** Reports each step of the run that waited for ranks past the timeout as skipped (partial), and forgets it. */

@@ -92,7 +92,7 @@ describe('the dense byte budget', () => {
       await expect.poll(() => rank.refusals().length).toBe(2);
       expect(rank.refusals()[0]!.code).toBe(status.RESOURCE_EXHAUSTED);
       expect(rank.refusals()[0]!.message).toBe(
-        "step 0 micro-batch 0 layer 0 offset 4096: would hold 65632 bytes of dense data for incomplete steps, over this run's limit of 40960 bytes (startSidecar denseBudgetBytes): the step is excluded",
+        "step 0 micro-batch 0 layer 0 offset 4096: would hold 65632 bytes of dense data for incomplete steps, over the limit of 40960 bytes shared by all runs (this run holds 32864 bytes; raise it with startSidecar({ denseBudgetBytes })): the step is excluded",
       );
       expect(rank.refusals()[1]!.message).toMatch(/^step 0 is excluded: a dense chunk was refused/);
       // Range by range (both micro-batches of a range before the next), one block is open at a time: it fits.

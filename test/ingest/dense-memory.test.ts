@@ -94,7 +94,7 @@ describe('dense memory held for incomplete steps', () => {
 
   it('refuses what would pass the budget, naming the limit, and holds nothing for that step', () => {
     const a = assembler(GRAM_BYTES + BLOCK_A - 1);
-    expect(() => a.addShard(0, chunk(0, 0, 0, ones(10)))).toThrow(`would hold ${GRAM_BYTES + BLOCK_A} bytes of dense data for incomplete steps, over this run's limit of ${GRAM_BYTES + BLOCK_A - 1} bytes`);
+    expect(() => a.addShard(0, chunk(0, 0, 0, ones(10)))).toThrow(`would hold ${GRAM_BYTES + BLOCK_A} bytes of dense data for incomplete steps, over the limit of ${GRAM_BYTES + BLOCK_A - 1} bytes shared by all runs`);
     expect(a.denseBytesHeld).toBe(0);
   });
 
