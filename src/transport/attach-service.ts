@@ -5,7 +5,9 @@ import { PROTOCOL_VERSION } from '../ingest/run-layout.js';
 import type { Ingest, RankSession } from '../ingest/ingest.js';
 import type { StepOutcome } from '../ingest/step-assembler.js';
 import type { Recommendation } from '../types.js';
+import type { GradientShard__Output } from './generated/noisescope/v1/GradientShard.js';
 import type { RankMessage__Output } from './generated/noisescope/v1/RankMessage.js';
+import type { StepEnd__Output } from './generated/noisescope/v1/StepEnd.js';
 import type { SidecarMessage } from './generated/noisescope/v1/SidecarMessage.js';
 import type { Recommendation as WireRecommendation } from './generated/noisescope/v1/Recommendation.js';
 import { recommendationToWire } from './to-wire.js';
@@ -134,8 +136,34 @@ function handleAttach(ingest: Ingest, call: AttachCall, outbox: RankOutbox): voi
       stop();
       if (!wasEnded) call.end();
     };
-    const stepEnded = (outcome: StepOutcome, step: number) => {
-      if (outcome.kind === 'incomplete') refuse(outcome.error, step);
+
+    const named = (error: unknown, where: string): NoiseScopeError => {
+      const e = toNoiseScopeError(error);
+      return where ? new NoiseScopeError(e.code, where + e.message) : e;
+    };
+    const shard = (session: RankSession, message: GradientShard__Output, where: string): void => {
+      try {
+        session.shard(message);
+      } catch (error) {
+        refuse(named(error, where), message.step);
+      }
+    };
+    const stepEnd = (session: RankSession, end: StepEnd__Output, where: string): Promise<void> | null => {
+      const step = end.step;
+      const ended = (outcome: StepOutcome) => {
+        if (outcome.kind === 'incomplete') refuse(named(outcome.error, where), step);
+      };
+      try {
+        const outcome = session.stepEnd(end);
+        if (!(outcome instanceof Promise)) {
+          ended(outcome);
+          return null;
+        }
+        return outcome.then(ended, (error: unknown) => refuse(named(error, where), step));
+      } catch (error) {
+        refuse(named(error, where), step);
+        return null;
+      }
     };
 
     /** Handles one message; a promise when it must finish before the next is read. */
@@ -161,26 +189,16 @@ function handleAttach(ingest: Ingest, call: AttachCall, outbox: RankOutbox): voi
           throw new NoiseScopeError('no-hello', `${message.kind ?? 'an empty message'} before Hello: send Hello first`);
         }
         if (message.kind === 'shard' && message.shard) {
-          try {
-            session.shard(message.shard);
-          } catch (error) {
-            refuse(toNoiseScopeError(error), message.shard.step);
-          }
+          shard(session, message.shard, '');
         } else if (message.kind === 'stepEnd' && message.stepEnd) {
-          const step = message.stepEnd.step;
-          try {
-            const outcome = session.stepEnd(message.stepEnd);
-            if (!(outcome instanceof Promise)) {
-              stepEnded(outcome, step);
-              return null;
-            }
-            return outcome.then(
-              (o) => stepEnded(o, step),
-              (error: unknown) => refuse(toNoiseScopeError(error), step),
-            );
-          } catch (error) {
-            refuse(toNoiseScopeError(error), step);
-          }
+          return stepEnd(session, message.stepEnd, '');
+        } else if (message.kind === 'bundle' && message.bundle) {
+          // As its parts sent one by one; a refusal says which part it is about.
+          const { shards, end } = message.bundle;
+          ingest.counters.messages += shards.length;
+          shards.forEach((s, i) => shard(session as RankSession, s, `bundle shards[${i}] (step ${s.step} micro-batch ${s.microBatch}): `));
+          if (end) return stepEnd(session, end, 'bundle end: ');
+          refuse(new NoiseScopeError('invalid-message', `bundle without an end (step ${shards[0]?.step ?? 0}): a StepBundle must carry its StepEnd`), shards[0]?.step ?? 0);
         } else if (message.kind === 'goodbye' && message.goodbye) {
           session.goodbye(message.goodbye.dropped);
         } else {

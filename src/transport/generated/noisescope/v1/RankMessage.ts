@@ -4,13 +4,15 @@ import type { Hello as _noisescope_v1_Hello, Hello__Output as _noisescope_v1_Hel
 import type { GradientShard as _noisescope_v1_GradientShard, GradientShard__Output as _noisescope_v1_GradientShard__Output } from '../../noisescope/v1/GradientShard.js';
 import type { StepEnd as _noisescope_v1_StepEnd, StepEnd__Output as _noisescope_v1_StepEnd__Output } from '../../noisescope/v1/StepEnd.js';
 import type { Goodbye as _noisescope_v1_Goodbye, Goodbye__Output as _noisescope_v1_Goodbye__Output } from '../../noisescope/v1/Goodbye.js';
+import type { StepBundle as _noisescope_v1_StepBundle, StepBundle__Output as _noisescope_v1_StepBundle__Output } from '../../noisescope/v1/StepBundle.js';
 
 export interface RankMessage {
   'hello'?: (_noisescope_v1_Hello | null);
   'shard'?: (_noisescope_v1_GradientShard | null);
   'stepEnd'?: (_noisescope_v1_StepEnd | null);
   'goodbye'?: (_noisescope_v1_Goodbye | null);
-  'kind'?: "hello"|"shard"|"stepEnd"|"goodbye";
+  'bundle'?: (_noisescope_v1_StepBundle | null);
+  'kind'?: "hello"|"shard"|"stepEnd"|"goodbye"|"bundle";
 }
 
 export interface RankMessage__Output {
@@ -18,5 +20,6 @@ export interface RankMessage__Output {
   'shard'?: (_noisescope_v1_GradientShard__Output | null);
   'stepEnd'?: (_noisescope_v1_StepEnd__Output | null);
   'goodbye'?: (_noisescope_v1_Goodbye__Output | null);
-  'kind'?: "hello"|"shard"|"stepEnd"|"goodbye";
+  'bundle'?: (_noisescope_v1_StepBundle__Output | null);
+  'kind'?: "hello"|"shard"|"stepEnd"|"goodbye"|"bundle";
 }
