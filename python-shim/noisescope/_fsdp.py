@@ -16,7 +16,9 @@ We wrap `post_backward` on each group instance (FSDP calls it through the attrib
 unsharded parameters from a forward post-hook (they exist once FSDP has all-gathered): the
 numerics are FSDP's own. Not supported, and said at watch(): FSDP1 (FullyShardedDataParallel),
 HSDP or FSDP over tensor parallelism (a 2-D mesh: shards would be counted once per replica),
-parameters FSDP does not manage (no reduce), and a torch without graph-task ids.
+parameters FSDP does not manage (no reduce), and a torch without graph-task ids. Dense and sketch
+mode and the per-example source fall back to norms mode (said at watch()): dense shards of a sharded
+gradient are not implemented.
 """
 from __future__ import annotations
 
@@ -264,22 +266,44 @@ class FsdpSource:
         return rows, list(local), reduced, ""
 
 
-def fsdp_source(
-    model: torch.nn.Module, params: Sequence[torch.nn.Parameter], guard: Guard, *, mode: str, per_example: bool
-) -> tuple[FsdpSource | None, bool]:
+def norms_under_fsdp(model: torch.nn.Module, params: Sequence[torch.nn.Parameter], mode: str, source: str) -> tuple[str, str]:
+    """(mode, source) to watch with: for a model FSDP2 shards in a way it measures, dense and sketch mode
+    become norms and the per-example source accumulation, said in one log line; otherwise unchanged."""
+    try:
+        modules, why = find_fsdp(model)
+        if not modules or why or FsdpSource(modules, params, Guard()).unsupported():
+            return mode, source  # not FSDP, or fsdp_source says why it is not measured
+    except Exception:
+        return mode, source  # fsdp_source meets the same error and says so
+    if mode != "norms":
+        logger.warning(
+            "noisescope: FSDP2 with mode %r: %s of a sharded gradient are not implemented (each rank holds only its shard "
+            "of the reduced gradient, and whole micro-batch gradients exist only inside FSDP's backward); falling back to "
+            "mode 'norms' (each layer's micro-batch, rank-local and reduced-shard squared norms)",
+            mode,
+            "dense shards" if mode == "dense" else "sketches",
+        )
+        return "norms", source  # watch() refuses the per-example source outside norms mode
+    if source == "per-example":
+        logger.warning(
+            "noisescope: FSDP2 with source='per-example': per-example norms of a sharded model are not implemented (FSDP "
+            "runs its modules on unsharded copies of the weights); falling back to norms from accumulation micro-batches "
+            "and ranks (source='accumulation')"
+        )
+        return mode, "accumulation"
+    return mode, source
+
+
+def fsdp_source(model: torch.nn.Module, params: Sequence[torch.nn.Parameter], guard: Guard) -> tuple[FsdpSource | None, bool]:
     """(the FSDP source, or None when the model is not FSDP; off): off is True when the model is sharded
-    in a way noisescope cannot measure; it then says exactly which and why, and hooks nothing."""
+    in a way noisescope cannot measure; it then says exactly which and why, and hooks nothing. Call
+    norms_under_fsdp first: dense, sketch and per-example hooks would see no gradient under FSDP."""
     try:
         modules, why = find_fsdp(model)
         source = None
         if modules and not why:
-            if mode != "norms":
-                why = f"mode {mode!r}: FSDP's gradients never exist whole as the sharded parameters' .grad; use mode='norms'"
-            elif per_example:
-                why = "the per-example source: FSDP runs its modules on unsharded copies of the weights; use source='auto'"
-            else:
-                source = FsdpSource(modules, params, guard)
-                why = source.unsupported()
+            source = FsdpSource(modules, params, guard)
+            why = source.unsupported()
         if why:
             logger.warning("noisescope: this FSDP configuration is not supported (%s); training continues unwatched", why)
             return None, True

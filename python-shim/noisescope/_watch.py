@@ -90,8 +90,9 @@ def watch(
             a third batch scale. A model with a communication hook of the user's keeps it, and the reduced
             gradient is read from `.grad` at the optimizer step instead (logged). Under FSDP2 (`fully_shard`,
             root included), each layer's micro-batch and rank-local gradient before the reduce-scatter (accumulate
-            with `set_requires_gradient_sync(False)`) and this rank's shard of the reduced one; FSDP1, HSDP and
-            other configurations it cannot measure are named in the log and left unwatched.
+            with `set_requires_gradient_sync(False)`) and this rank's shard of the reduced one, in norms mode (dense,
+            sketch and per-example fall back to it, logged); FSDP1, HSDP and other configurations it cannot measure
+            are named in the log and left unwatched.
         optimizer: the optimizer stepping it.
         address: the sidecar's host:port; default $NOISESCOPE_ADDRESS or 127.0.0.1:50051.
         run: the run's name in the sidecar; default $NOISESCOPE_RUN or `<script>-<time>-<hex>`.
@@ -297,6 +298,9 @@ class Watch:
             return
         if not {id(p) for group in optimizer.param_groups for p in group["params"]} & {id(p) for p in params}:
             logger.warning("noisescope: the optimizer holds none of the model's parameters; is it the right one?")
+        from ._fsdp import fsdp_source, norms_under_fsdp
+
+        mode, source = norms_under_fsdp(model, params, mode, source)  # dense shards of a sharded gradient: not yet
         per_example = None
         uncovered: list[Any] = []
         if mode == "dense":
@@ -361,9 +365,7 @@ class Watch:
             dense = _sketch.SketchCapture(
                 params, layers, run=self._run, size=sketch_size, dtype=dtype, count_dropped=sender._count_dropped
             )
-        from ._fsdp import fsdp_source
-
-        fsdp, fsdp_off = fsdp_source(model, params, self._guard, mode=mode, per_example=per_example is not None)
+        fsdp, fsdp_off = fsdp_source(model, params, self._guard)
         if fsdp_off:
             return  # said why (an FSDP configuration it cannot measure); nothing was hooked
         ddp_source, reduced_at_step = None, ""
