@@ -84,6 +84,12 @@ export class StepAssembler {
   private readonly gone = new Map<number, number>();
   /** Gone ranks whose declaration a step note has not carried yet. */
   private readonly unannounced = new Set<number>();
+  /**
+   * Steps given up because a rank that ended them restarted. Reported partial (by expirePartial) once the rank's new
+   * process ends a later step (a resumed training continuing the numbering); forgotten if it ends one not after
+   * (it numbers from 0 again, or rewound: a step of that number is coming), so no step number is reported twice.
+   */
+  private restartedSteps: { readonly rank: number; readonly report: CompletedStep; continued: boolean | null }[] = [];
   /** Data-parallel dense runs: each step's Gram over every rank's micro-batches (src/ingest/cross-rank-step.ts). */
   private readonly crossRank: CrossRankSteps | null;
 
@@ -118,17 +124,20 @@ export class StepAssembler {
   }
 
   /**
-   * A new process took the rank over (a new hook session): its step count
-   * restarts, so forget what the old one had ended or left open.
+   * A new process took the rank over (a new hook session): it numbers its steps from 0 again, or from its
+   * checkpoint (watch(first_step=...)), so forget what the old one had ended or left open.
    */
   restartRank(rank: number): void {
     this.rankBack(rank);
-    // Steps the old process ended can never be joined: the new one numbers its steps from 0 again.
+    // Steps the old process ended can never be joined (the new one may number a different step the same):
+    // if the new one continues after them, each is reported as partial, as the timeout would have.
     for (const [step, pending] of [...this.pending]) {
       if (pending.endedBy.has(rank)) {
         this.pending.delete(step);
         this.crossRank?.drop(step);
         this.abandoned++;
+        const why = `partial: rank ${rank} restarted (a new process) before ${this.rankList(this.missingRanks(pending))} ended step ${step} — excluded`;
+        this.restartedSteps.push({ rank, report: this.givenUp(step, pending, why), continued: null });
       }
     }
     this.crossRank?.restarted(rank);
@@ -299,6 +308,7 @@ export class StepAssembler {
 
     // Accepted: this rank is done with the step and every older open one.
     state.lastEnded = end.step;
+    for (const restarted of this.restartedSteps) if (restarted.rank === rank) restarted.continued ??= end.step > restarted.report.step;
     for (const step of [...state.open.keys()]) {
       if (step <= end.step) {
         this.dropOpen(state, step);
@@ -370,19 +380,18 @@ export class StepAssembler {
       this.gone.set(rank, nowMs);
       this.unannounced.add(rank);
     }
-    const expired: CompletedStep[] = [];
+    const expired = this.restartedSteps.filter((r) => r.continued === true).map((r) => r.report);
+    this.restartedSteps = this.restartedSteps.filter((r) => r.continued === null);
     const steps = [...this.pending.keys()].sort((a, b) => a - b);
-    const world = this.layout.worldSize;
     for (const step of steps) {
       const pending = this.pending.get(step) as PendingStep;
-      const missing: number[] = [];
-      for (let r = 0; r < world; r++) if (!pending.endedBy.has(r)) missing.push(r);
+      const missing = this.missingRanks(pending);
       const onlyGone = missing.every((r) => (this.gone.get(r) ?? Infinity) <= pending.firstEndedMs);
       if (!onlyGone && nowMs - pending.firstEndedMs < timeoutMs) continue;
       this.pending.delete(step);
       this.crossRank?.drop(step);
       this.abandoned++;
-      const ranks = `rank${missing.length === 1 ? '' : 's'} ${missing.join(', ')} of ${world}`;
+      const ranks = this.rankList(missing);
       const declared = onlyGone ? missing.filter((r) => this.unannounced.delete(r)) : [];
       const skipReason = !onlyGone
         ? `partial: ${ranks} never ended step ${step} within ${seconds} s — excluded`
@@ -390,23 +399,38 @@ export class StepAssembler {
           ? `partial: ${ranks} declared gone (the stream ended without Goodbye and did not come back within ${seconds} s): ` +
             `step ${step} and later steps without ${missing.length === 1 ? 'it' : 'them'} are excluded at once until ${missing.length === 1 ? 'it rejoins' : 'they rejoin'}`
           : `partial: ${ranks} gone — step ${step} excluded`;
-      expired.push({
-        run: this.layout.run,
-        step,
-        ranks: [],
-        globalExamples: pending.globalExamples,
-        lr: pending.lr,
-        loss: pending.loss,
-        skipReason,
-        unixMs: pending.unixMs,
-      });
+      expired.push(this.givenUp(step, pending, skipReason));
     }
-    return expired;
+    return expired.sort((a, b) => a.step - b.step);
   }
 
   /** Whether a step waits for ranks or a rank may be declared gone (the partial-step timer has something to check). */
   get hasPending(): boolean {
     return this.pending.size > 0 || this.lost.size > 0;
+  }
+
+  private missingRanks(pending: PendingStep): number[] {
+    const missing: number[] = [];
+    for (let r = 0; r < this.layout.worldSize; r++) if (!pending.endedBy.has(r)) missing.push(r);
+    return missing;
+  }
+
+  private rankList(ranks: readonly number[]): string {
+    return `rank${ranks.length === 1 ? '' : 's'} ${ranks.join(', ')} of ${this.layout.worldSize}`;
+  }
+
+  /** A step given up, as the skipped CompletedStep that reports it partial. */
+  private givenUp(step: number, pending: PendingStep, skipReason: string): CompletedStep {
+    return {
+      run: this.layout.run,
+      step,
+      ranks: [],
+      globalExamples: pending.globalExamples,
+      lr: pending.lr,
+      loss: pending.loss,
+      skipReason,
+      unixMs: pending.unixMs,
+    };
   }
 
   private pendingStep(step: number): PendingStep {
