@@ -162,6 +162,8 @@ export class CrossRankSteps {
     private readonly layout: RunLayout,
     private readonly budget: ByteBudget,
     private readonly maxSteps: number,
+    /** Told of each step given up because maxSteps were open (it is counted and reported there). */
+    private readonly onEvicted: (step: number) => void = () => {},
   ) {}
 
   /** The rank's handle on the step's Gram (opened at the step's first chunk from any rank). */
@@ -172,7 +174,11 @@ export class CrossRankSteps {
     if (gone) return new GivenUpView(microBatches, gone);
     let shared = this.steps.get(step);
     if (shared === undefined) {
-      if (this.steps.size >= this.maxSteps) this.drop(Math.min(...this.steps.keys()));
+      if (this.steps.size >= this.maxSteps) {
+        const oldest = Math.min(...this.steps.keys());
+        this.drop(oldest);
+        this.onEvicted(oldest);
+      }
       shared = new CrossRankStep(this.backend, microBatches, world, this.layout, this.budget, where);
       this.steps.set(step, shared);
     } else if (shared.microBatches !== microBatches) {

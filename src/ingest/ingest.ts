@@ -9,7 +9,7 @@ import { sourceOf, type CompletedStep } from './completed-step.js';
 import { checkSameLayout, layoutFromHello, type RunLayout } from './run-layout.js';
 import { AlignedPayloads } from '../transport/aligned-copy.js';
 import { ByteBudget, DENSE_BUDGET_BYTES } from './dense-rank-step.js';
-import { StepAssembler, type StepOutcome } from './step-assembler.js';
+import { StepAssembler, type StepLimits, type StepOutcome } from './step-assembler.js';
 import { refuseSketchOutsideSketchMode, SketchShards, sketchReductionLayout } from './sketch-shards.js';
 import { DEFAULT_LIMITS, limitExceeded, type SidecarLimits } from '../transport/limits.js';
 
@@ -27,8 +27,8 @@ export interface IngestOptions {
    * of the run ends a step, and on a coarse timer so a run whose every rank went quiet does not stall.
    */
   readonly partialStepTimeoutMs?: number;
-  /** Runs held at once, layers and ranks per run (DEFAULT_LIMITS). */
-  readonly limits?: Pick<SidecarLimits, 'runs' | 'layersPerRun' | 'ranksPerRun'>;
+  /** Runs held at once, layers and ranks per run, and each run's step bounds (DEFAULT_LIMITS). */
+  readonly limits?: Pick<SidecarLimits, 'runs' | 'layersPerRun' | 'ranksPerRun'> & Partial<StepLimits>;
 }
 
 /** A completed step with the layout of its run, as the stats stage needs it. */
@@ -178,7 +178,7 @@ export class Ingest {
       }
       entry = {
         layout,
-        assembler: new StepAssembler(sketchReductionLayout(layout), this.denseContext()),
+        assembler: new StepAssembler(sketchReductionLayout(layout), this.denseContext(), { ...DEFAULT_LIMITS, ...limits }),
         sketches: layout.sketch ? new SketchShards(layout, layout.sketch) : null,
         sessions: new Map(),
         goodbyes: new Set(),
@@ -205,6 +205,7 @@ export class Ingest {
     const finishStep = (end: StepEnd__Output): StepOutcome => {
       const outcome = run.assembler.endStep(rank, end);
       this.counters.stepsIncomplete += run.assembler.takeAbandoned();
+      this.reportEvictions(run);
       // Later activity of the run: give up any older step a rank never ended.
       this.expirePartial(run);
       if (outcome.kind === 'completed') {
@@ -220,11 +221,16 @@ export class Ingest {
     };
     const session = new RankSession(layout.run, rank, {
       shard: (shard) => {
-        if (run.sketches) {
-          for (const chunk of run.sketches.toChunks(rank, shard)) run.assembler.addShard(rank, chunk);
-        } else {
-          refuseSketchOutsideSketchMode(run.layout, shard);
-          run.assembler.addShard(rank, shard);
+        try {
+          if (run.sketches) {
+            for (const chunk of run.sketches.toChunks(rank, shard)) run.assembler.addShard(rank, chunk);
+          } else {
+            refuseSketchOutsideSketchMode(run.layout, shard);
+            run.assembler.addShard(rank, shard);
+          }
+        } finally {
+          // A new step past the open-step limit gave up the oldest, refused shard or not.
+          this.reportEvictions(run);
         }
         this.counters.payloadBytes += ((shard.sqNorms?.values.length ?? 0) + (shard.perExample?.sums.length ?? 0)) * 8 + (shard.dense?.data.byteLength ?? 0) + (shard.sketch?.data.byteLength ?? 0);
       },
@@ -293,6 +299,12 @@ export class Ingest {
     if (expired.length === 0) return;
     this.counters.stepsIncomplete += run.assembler.takeAbandoned();
     for (const step of expired) this.steps.next({ layout: run.layout, step });
+  }
+
+  /** The run's first step given up by each step limit, reported once as a skipped step naming the limit. */
+  private reportEvictions(run: RunEntry): void {
+    if (this.closed) return;
+    for (const step of run.assembler.takeEvictionReports()) this.steps.next({ layout: run.layout, step });
   }
 
   private noteDropped(run: RunEntry, rank: number, dropped: number): void {

@@ -8,9 +8,20 @@ import type { CompletedStep, RankStep } from './completed-step.js';
 import { CrossRankSteps, type RankDenseStep } from './cross-rank-step.js';
 import { DenseRankStep, type ByteBudget, type DenseStepFigures } from './dense-rank-step.js';
 import type { RunLayout } from './run-layout.js';
+import { DEFAULT_LIMITS, limitExceeded, limitHint, type SidecarLimits } from '../transport/limits.js';
 
-/** Bounds on what a run may hold open; the oldest is given up first. */
-export const STEP_LIMITS = { openStepsPerRank: 16, pendingSteps: 64, microBatches: 65_536 } as const;
+/** What one run's assembler bounds (startSidecar's limits): open steps and steps waiting for ranks give up their oldest. */
+export type StepLimits = Pick<SidecarLimits, 'openStepsPerRank' | 'pendingSteps' | 'microBatchesPerStep'>;
+
+/** The default bounds (DEFAULT_LIMITS), by their older names. */
+export const STEP_LIMITS = {
+  openStepsPerRank: DEFAULT_LIMITS.openStepsPerRank,
+  pendingSteps: DEFAULT_LIMITS.pendingSteps,
+  microBatches: DEFAULT_LIMITS.microBatchesPerStep,
+} as const;
+
+/** The limits whose hit gives a step up (rather than refusing a message). */
+export type EvictingLimit = 'openStepsPerRank' | 'pendingSteps';
 
 // |Σh_e|² ≤ b·Σ|h_e|² holds exactly; this much relative excess is float32 rounding, more is a units error.
 export const CAUCHY_SCHWARZ_SLACK = 1e-3;
@@ -92,12 +103,51 @@ export class StepAssembler {
   private restartedSteps: { readonly rank: number; readonly report: CompletedStep; continued: boolean | null }[] = [];
   /** Data-parallel dense runs: each step's Gram over every rank's micro-batches (src/ingest/cross-rank-step.ts). */
   private readonly crossRank: CrossRankSteps | null;
+  /** Steps given up by each limit since the run began. */
+  private readonly evictions: Record<EvictingLimit, number> = { openStepsPerRank: 0, pendingSteps: 0 };
+  /** The first eviction by each limit, as a skipped step saying which limit and how to raise it, until taken. */
+  private evictionReports: CompletedStep[] = [];
 
   constructor(
     readonly layout: RunLayout,
     private readonly dense: DenseContext | null = null,
+    private readonly limits: StepLimits = DEFAULT_LIMITS,
   ) {
-    this.crossRank = dense && layout.worldSize > 1 ? new CrossRankSteps(dense.backend, layout, dense.budget, STEP_LIMITS.openStepsPerRank) : null;
+    this.crossRank =
+      dense && layout.worldSize > 1
+        ? new CrossRankSteps(dense.backend, layout, dense.budget, limits.openStepsPerRank, (step) =>
+            this.noteEviction('openStepsPerRank', step, `run '${layout.run}' had ${limits.openStepsPerRank} dense steps open across its ranks`, null),
+          )
+        : null;
+  }
+
+  /** Steps given up by each limit since the run began (each also counted as abandoned). */
+  get evictionCounts(): Readonly<Record<EvictingLimit, number>> {
+    return { ...this.evictions };
+  }
+
+  /** Counts a step `limit` gave up; the run's first by that limit is also reported, as a skipped step saying why. */
+  private noteEviction(limit: EvictingLimit, step: number, why: string, pending: PendingStep | null): void {
+    if (this.evictions[limit]++ > 0) return;
+    this.evictionReports.push({
+      run: this.layout.run,
+      step,
+      ranks: [],
+      globalExamples: pending?.globalExamples ?? 0,
+      lr: pending?.lr ?? null,
+      loss: pending?.loss ?? null,
+      skipReason:
+        `evicted: ${why}, so step ${step}, the oldest, was given up ${limitHint(limit, this.limits[limit])}. ` +
+        'Reported once per run: later evictions are counted in health\'s incomplete steps',
+      unixMs: pending?.unixMs || Date.now(),
+    });
+  }
+
+  /** Once per run and limit: the first step that limit gave up, as a skipped step naming the limit (then []). */
+  takeEvictionReports(): CompletedStep[] {
+    const reports = this.evictionReports;
+    this.evictionReports = [];
+    return reports;
   }
 
   /** Bytes of dense data held for this run's incomplete steps. */
@@ -177,9 +227,8 @@ export class StepAssembler {
     const state = this.rankState(rank);
     this.checkStepIsNew(state, rank, shard.step, where);
     if (shard.examples < 1) throw new NoiseScopeError('invalid-message', `${where}: examples must be ≥ 1, got ${shard.examples}`);
-    if (shard.microBatch >= STEP_LIMITS.microBatches) {
-      throw new NoiseScopeError('limit-exceeded', `${where}: micro-batch index exceeds the limit of ${STEP_LIMITS.microBatches}`);
-    }
+    const maxMicro = this.limits.microBatchesPerStep;
+    if (shard.microBatch >= maxMicro) throw limitExceeded('microBatchesPerStep', maxMicro, `${where}: micro-batch index ${shard.microBatch} is beyond the micro-batches one step may have`);
     const values = shard.sqNorms.values;
     this.checkNorms(values, `${where}: sq_norms`);
     const exampleSqNormSums = shard.perExample ? shard.perExample.sums : null;
@@ -190,7 +239,7 @@ export class StepAssembler {
     if (state.open.get(shard.step)?.micro.has(shard.microBatch)) {
       throw new NoiseScopeError('duplicate', `${where}: already received from rank ${rank}`);
     }
-    this.openStep(state, shard.step).micro.set(shard.microBatch, { examples: shard.examples, sqNorms: values, exampleSqNormSums });
+    this.openStep(state, rank, shard.step).micro.set(shard.microBatch, { examples: shard.examples, sqNorms: values, exampleSqNormSums });
   }
 
   /**
@@ -208,13 +257,13 @@ export class StepAssembler {
     if (existing?.denseFailure) return;
     try {
       const values = this.denseValues(shard, chunk, existing?.dense ?? null, context, where);
-      const open = this.openStep(state, shard.step);
+      const open = this.openStep(state, rank, shard.step);
       open.dense ??= this.crossRank
         ? this.crossRank.view(rank, shard.step, shard.microBatches, where)
         : new DenseRankStep(context.backend, shard.microBatches, this.layout, context.budget, where);
       open.dense.add(shard.microBatch, shard.examples, shard.layer, chunk.offset, values, where);
     } catch (error) {
-      const open = this.openStep(state, shard.step);
+      const open = this.openStep(state, rank, shard.step);
       const failure = error instanceof NoiseScopeError ? error : new NoiseScopeError('invalid-message', `${where}: ${(error as Error).message}`);
       open.denseFailure = failure;
       open.dense?.fail(failure);
@@ -237,7 +286,7 @@ export class StepAssembler {
     if (layer === undefined) throw new NoiseScopeError('unknown-layer', `${where}: layer ${shard.layer} is not one of run '${this.layout.run}''s ${this.layout.layers.length} layers`);
     const k = shard.microBatches;
     if (k < 1) throw invalid('micro_batches (K, the micro-batches in this step on this rank) is required for dense shards');
-    if (k > STEP_LIMITS.microBatches) throw new NoiseScopeError('limit-exceeded', `${where}: micro_batches ${k} exceeds the limit of ${STEP_LIMITS.microBatches}`);
+    if (k > this.limits.microBatchesPerStep) throw limitExceeded('microBatchesPerStep', this.limits.microBatchesPerStep, `${where}: micro_batches ${k} is too many for one step`);
     if (dense && dense.microBatches !== k) throw invalid(`micro_batches ${k}, but earlier chunks of this step said ${dense.microBatches}`);
     if (shard.microBatch >= k) throw invalid(`micro-batch index ${shard.microBatch} is not below micro_batches ${k}`);
     if (shard.examples < 1) throw invalid(`examples must be ≥ 1, got ${shard.examples}`);
@@ -252,13 +301,16 @@ export class StepAssembler {
   }
 
   /** The rank's open entry for `step`, created (evicting the oldest past the limit) when new. */
-  private openStep(state: RankState, step: number): OpenStep {
+  private openStep(state: RankState, rank: number, step: number): OpenStep {
     let open = state.open.get(step);
     if (open) return open;
-    if (state.open.size >= STEP_LIMITS.openStepsPerRank) {
+    const limit = this.limits.openStepsPerRank;
+    if (state.open.size >= limit) {
       // The oldest open step cannot be waited for forever (and its dense memory is freed).
-      this.dropOpen(state, Math.min(...state.open.keys()));
+      const oldest = Math.min(...state.open.keys());
+      this.dropOpen(state, oldest);
       this.abandoned++;
+      this.noteEviction('openStepsPerRank', oldest, `rank ${rank} had ${limit} steps open (shards sent, no StepEnd yet)`, null);
     }
     open = { micro: new Map(), dense: null, denseFailure: null };
     state.open.set(step, open);
@@ -436,12 +488,15 @@ export class StepAssembler {
   private pendingStep(step: number): PendingStep {
     let pending = this.pending.get(step);
     if (!pending) {
-      if (this.pending.size >= STEP_LIMITS.pendingSteps) {
+      const limit = this.limits.pendingSteps;
+      if (this.pending.size >= limit) {
         // A rank that never ends its steps must not grow memory without bound.
         const oldest = Math.min(...this.pending.keys());
+        const evicted = this.pending.get(oldest) as PendingStep;
         this.pending.delete(oldest);
         this.crossRank?.drop(oldest);
         this.abandoned++;
+        this.noteEviction('pendingSteps', oldest, `run '${this.layout.run}' had ${limit} steps that some but not all ranks ended`, evicted);
       }
       pending = { endedBy: new Set(), ranks: new Map(), lr: null, loss: null, skipReason: null, globalExamples: 0, unixMs: 0, inconsistent: false, firstEndedMs: Date.now() };
       this.pending.set(step, pending);

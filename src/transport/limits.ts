@@ -16,6 +16,12 @@ export interface SidecarLimits {
   readonly runs: number;
   /** Events a Watch call may have queued while its client does not read; past it the oldest step/layer/health events are dropped and counted. */
   readonly watchQueueEvents: number;
+  /** Steps one rank may have open (shards sent, no StepEnd yet); past it the oldest is given up, counted and reported. */
+  readonly openStepsPerRank: number;
+  /** Steps of one run that some but not all ranks ended; past it the oldest is given up, counted and reported. */
+  readonly pendingSteps: number;
+  /** Micro-batches (norms shards, or K of dense chunks) one rank may send for one step; a shard beyond it is refused. */
+  readonly microBatchesPerStep: number;
 }
 
 /** Refusals a rank's stream may hold unread; past it further refusals are counted (health's refused) but not sent. */
@@ -31,6 +37,11 @@ export const DEFAULT_LIMITS: SidecarLimits = {
   runs: 1_024,
   // A 50-layer run's step and layer events are ~3 KB each in memory: 1024 of them is a few MB per stalled watcher.
   watchQueueEvents: 1_024,
+  // A rank's steps end in order: more than a few open at once means StepEnds are lost, not that it is busy.
+  openStepsPerRank: 16,
+  // Ranks a minute apart at 1 step/s stay within it; the partial-step timeout (30 s) gives most up before it.
+  pendingSteps: 64,
+  microBatchesPerStep: 65_536,
 };
 
 /** How a user raises each limit: the startSidecar option and, where a user would need one, the serve flag. */
@@ -40,6 +51,9 @@ const RAISE: Readonly<Record<LimitName, { readonly what: string; readonly flag: 
   ranksPerRun: { what: 'ranks per run', flag: null },
   runs: { what: 'runs at once', flag: '--max-runs' },
   watchQueueEvents: { what: 'events queued per Watch call', flag: null },
+  openStepsPerRank: { what: 'open steps per rank', flag: null },
+  pendingSteps: { what: 'steps waiting for ranks', flag: null },
+  microBatchesPerStep: { what: 'micro-batches per step', flag: null },
 };
 
 /** "(limit runs at once = 1024: raise it with `serve --max-runs` or startSidecar({ limits: { runs } }))" */
