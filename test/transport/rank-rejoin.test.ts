@@ -124,6 +124,38 @@ describe('ranks that leave and rejoin', () => {
     new0.end();
     rank1.end();
   });
+
+  it('a step the old processes left half-ended is reported partial once the new ones continue the numbering (resumed: first_step)', async () => {
+    sidecar = await startSidecar({ port: 0, partialStepTimeoutMs: 600_000 }); // only the restart can give step 2 up
+    client = connect(sidecar.address);
+    const seen: StepStats[] = [];
+    const sub = sidecar.stats$.subscribe((s) => s.run === RUN && seen.push(s));
+    const old0 = attach(0, 'a0');
+    const old1 = attach(1, 'a1');
+    for (const n of [0, 1]) {
+      step(old0, n);
+      step(old1, n);
+    }
+    step(old0, 2); // rank 1 crashes before ending step 2
+    await expect.poll(() => seen.length).toBe(2);
+    old1.end();
+    old0.end();
+    // The new processes resume after rank 0's checkpoint of step 2: steps 3 and 4.
+    const new0 = attach(0, 'b0');
+    const new1 = attach(1, 'b1');
+    for (const n of [3, 4]) {
+      step(new0, n);
+      step(new1, n);
+    }
+    await stepStats(4);
+    expect(seen.map((s) => [s.step, s.skipped, s.stepsMeasured])).toEqual([[0, false, 1], [1, false, 2], [2, true, 2], [3, false, 3], [4, false, 4]]);
+    expect(seen[2]?.note).toBe('skipped: partial: rank 0 restarted (a new process) before rank 1 of 2 ended step 2 — excluded');
+    const health = await firstValueFrom(sidecar.health$.pipe(filter((h) => h.stepsCompleted >= 4)));
+    expect([health.stepsCompleted, health.stepsIncomplete]).toEqual([4, 1]);
+    sub.unsubscribe();
+    new0.end();
+    new1.end();
+  });
 });
 
 describe('serve --partial-step-timeout', () => {
