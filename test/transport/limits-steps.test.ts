@@ -8,13 +8,15 @@ import { describe, expect, it } from 'vitest';
 import type { Sidecar, StepStats } from '../../src/index.js';
 import { resolveLimits } from '../../src/transport/limits.js';
 import { limitedSidecars } from '../support/limited-sidecar.js';
-import { accumulationStep, hello, RankStream } from '../support/rank-client.js';
+import { microGradients } from '../support/dense-gradients.js';
+import { accumulationStep, denseStep, hello, LAYERS, RankStream } from '../support/rank-client.js';
 
 const MICRO = [
   [4, 1, 2],
   [5, 1.2, 2.5],
 ];
 const ACCUMULATED = [16, 4, 8];
+const SIZES = LAYERS.map((l) => l.numel);
 const REPORTED = "Reported once per run: later evictions are counted in health's incomplete steps";
 
 const { start } = limitedSidecars();
@@ -68,6 +70,30 @@ describe('step limits over gRPC', () => {
     ]);
     expect(await incomplete(sidecar)).toBe(2);
     for (const s of ranks) expect(s.refusals()).toEqual([]);
+    for (const s of ranks) s.end();
+  });
+
+  it('gives up the oldest dense step a data-parallel run has open across its ranks past openStepsPerRank, reported once', async () => {
+    const { sidecar, client } = await start({ openStepsPerRank: 2 }, { backend: 'reference' });
+    const seen = stepsOf(sidecar, 'dp', 2);
+    const ranks = [0, 1].map((rank) => {
+      const s = new RankStream(client);
+      s.send(hello({ run: 'dp', rank, worldSize: 2, mode: 'MODE_DENSE' }));
+      return s;
+    });
+    const gradients = (step: number) => microGradients(step + 1, 2, SIZES);
+    // Rank 0 is at step 0, rank 1 at steps 1 and 2: no rank has more than 2 open, the run has 3.
+    ranks[0]!.send(denseStep(0, gradients(0))[0]!);
+    for (const step of [1, 2]) ranks[1]!.send(denseStep(step, gradients(step))[0]!);
+    const [evicted] = await firstValueFrom(sidecar.stats$.pipe(filter((s) => s.run === 'dp'), take(1), toArray()));
+    expect(evicted).toMatchObject({ step: 0, skipped: true });
+    expect(evicted!.note).toBe(
+      "skipped: evicted: run 'dp' had 2 dense steps open across its ranks, so step 0, the oldest, was given up " +
+        `(limit open steps per rank = 2: raise it with startSidecar({ limits: { openStepsPerRank } })). ${REPORTED}`,
+    );
+    // Step 1 completes whole on both ranks.
+    for (const s of ranks) for (const m of denseStep(1, gradients(1)).slice(s === ranks[1] ? 1 : 0)) s.send(m);
+    expect((await seen)[1]).toMatchObject({ step: 1, skipped: false, ranks: 2, levels: 3 });
     for (const s of ranks) s.end();
   });
 
