@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from conftest import Sidecar
-from ddp_support import K, MICRO, assert_within_each_others_interval, reference, steps_of, watch_one_process
+from ddp_support import K, LR, MICRO, assert_within_each_others_interval, batch, reference, steps_of, watch_one_process
 
 SCRIPT = Path(__file__).resolve().parent / "torchrun_train.py"
 STEPS = 30  # enough for both smoothed estimates to leave warm-up with bounded intervals
@@ -126,3 +126,27 @@ def test_torchrun_elastic_restart_rejoins_the_run_continues_its_steps_and_keeps_
     records = [json.loads(line) for line in log.read_text().splitlines()]
     assert {r["info"]["run"] for r in records if r["type"] == "run"} == {run}
     assert [r["stats"]["step"] for r in records if r["type"] == "step"] == list(range(ELASTIC_STEPS))
+
+
+def test_first_step_continues_the_numbering_and_the_every_cadence_and_bad_values_are_named(sidecar: Sidecar) -> None:
+    import torch.nn.functional as F
+
+    import noisescope
+    from noisescope.demo import make_model
+
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    for bad, error in ((-1, ValueError), (2**53, ValueError), (1.0, TypeError), (True, TypeError), ("5", TypeError)):
+        with pytest.raises(error, match="first_step"):
+            noisescope.watch(model, opt, address=sidecar.address, first_step=bad)
+    # Resumed after step 4's checkpoint, measuring every 2nd step: steps 5..8 run, 6 and 8 are measured.
+    handle = noisescope.watch(model, opt, address=sidecar.address, run="resumed-at-5", every=2, first_step=5)
+    for step in range(5, 9):
+        for j in range(K):
+            x, y = batch(step, j, 1)
+            (F.cross_entropy(model(x), y) / K).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    handle.remove(timeout=10)
+    assert (handle.stats.steps_seen, handle.stats.steps_measured, handle.stats.dropped) == (4, 2, 0)
+    assert [(e["step"], e["skipped"], e["stepsMeasured"]) for e in steps_of(sidecar, "resumed-at-5", 9)] == [(6, False, 1), (8, False, 2)]
