@@ -103,7 +103,7 @@ export class StepAssembler {
   private restartedSteps: { readonly rank: number; readonly report: CompletedStep; continued: boolean | null }[] = [];
   /** Data-parallel dense runs: each step's Gram over every rank's micro-batches (src/ingest/cross-rank-step.ts). */
   private readonly crossRank: CrossRankSteps | null;
-  /** Steps given up by each limit since the run began. */
+  /** Steps given up by each limit since the run began (health counts them among incomplete steps); the first is reported. */
   private readonly evictions: Record<EvictingLimit, number> = { openStepsPerRank: 0, pendingSteps: 0 };
   /** The first eviction by each limit, as a skipped step saying which limit and how to raise it, until taken. */
   private evictionReports: CompletedStep[] = [];
@@ -119,11 +119,6 @@ export class StepAssembler {
             this.noteEviction('openStepsPerRank', step, `run '${layout.run}' had ${limits.openStepsPerRank} dense steps open across its ranks`, null),
           )
         : null;
-  }
-
-  /** Steps given up by each limit since the run began (each also counted as abandoned). */
-  get evictionCounts(): Readonly<Record<EvictingLimit, number>> {
-    return { ...this.evictions };
   }
 
   /** Counts a step `limit` gave up; the run's first by that limit is also reported, as a skipped step saying why. */
