@@ -308,9 +308,15 @@ class Meter:
         fsdp: FsdpSource | None = None,
         loss_scale: Callable[[], Norm | None] | None = None,
         first_step: int = 0,
+        wanted: Callable[[], bool] | None = None,
+        count_dropped: Callable[[int], None] | None = None,
     ) -> None:
         self._model = model
         self._first_step = first_step  # a resumed training's step numbers continue from its checkpoint
+        # The sender knows no sidecar is there: a due step is then not measured at all, only counted dropped.
+        self._wanted = wanted
+        self._count_dropped = count_dropped
+        self._unwanted = False  # this step was due but nobody listens
         self._loss_scale = loss_scale  # AMP: the GradScaler's current scale (None: not scaling)
         # DDP: the rank-local and all-reduced norms from our communication hook; or, where the
         # model has a hook of the user's, `reduced_at_step`: "grad" reads the reduced one from .grad at
@@ -335,6 +341,10 @@ class Meter:
         self._step_handle: RemovableHandle | None = None
         self._grad_hooks: list[Callable[[torch.Tensor], None]] = []
         self._forward_hook = _ModuleHook(self._on_forward)
+        # Registered alone on due steps nobody listened for: the sidecar may be back by the step's first forward.
+        self._retry_hook = _ModuleHook(self._retry_at_forward)
+        self._retry_handle: Any = None
+        self._retry_open = False  # the step's first grad-enabled forward has not run yet
         self._hook_dicts_created: list[nn.Parameter] = []  # their _backward_hooks was None before us
         self._lock = threading.Lock()
         self._zeros: dict[torch.device, torch.Tensor] = {}
@@ -367,6 +377,10 @@ class Meter:
         self._measuring = False
         self._buffer = None
         self._disarm()
+        self._unwanted = False
+        if self._retry_handle is not None:
+            self._retry_handle.remove()
+            self._retry_handle = None
         if self._ddp is not None:
             self._ddp.detach()
         if self._fsdp is not None:
@@ -402,6 +416,7 @@ class Meter:
     def _switch_off(self) -> None:
         self._active = False
         self._measuring = False
+        self._unwanted = False
 
     # ------------------------------------------------------------ hooks
 
@@ -537,6 +552,20 @@ class Meter:
             self._count_examples(args, kwargs)
         return None
 
+    def _retry_at_forward(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """A due step begun while no sidecar was there: measured after all if one is back by its first forward."""
+        if not (self._unwanted and self._retry_open) or module is not self._model or not torch.is_grad_enabled():
+            return None
+        self._retry_open = False
+        try:
+            if self.examples_fed or self._wanted is None or not self._wanted():
+                return None  # (an integration feeding examples fed this micro-batch's already)
+            self._begin_step()  # every hook armed before this first forward runs
+            self._on_forward(module, args, kwargs)  # the forward hook just registered misses this call
+        except Exception as error:
+            self._guard.trip("the forward pre-hook", error)
+        return None
+
     def feed_examples(self, batch: Any) -> None:
         """An integration's micro-batch, just before its forward: examples from it (dim 0 of its first tensor),
         instead of the model's forward (a LightningModule's training_step need not call its own forward)."""
@@ -573,6 +602,8 @@ class Meter:
                     # DDP with the user's communication hook: .grad is the reduced gradient now (after any clipping).
                     buffer.reduced = _grad_sq_norms([p.grad for p in self._params])
                 self._close(step, buffer)
+            elif self._unwanted and self._count_dropped is not None:
+                self._count_dropped(1)
             self._begin_step()
         except Exception as error:
             self._guard.trip("the optimizer step hook", error)
@@ -600,7 +631,15 @@ class Meter:
                 self._guard.trip("the accumulation count update", error)
 
     def _begin_step(self) -> None:
-        measuring = self._active and (self._first_step + self.steps_seen) % self._every == 0
+        due = self._active and (self._first_step + self.steps_seen) % self._every == 0
+        measuring = due and (self._wanted is None or self._wanted())
+        self._unwanted = due and not measuring
+        self._retry_open = self._unwanted
+        if self._unwanted and self._retry_handle is None:
+            self._retry_handle = register_forward_pre_hook(self._model, self._retry_hook)
+        elif not self._unwanted and self._retry_handle is not None:
+            self._retry_handle.remove()  # before _arm: a compiled module's wrappers come off in reverse order
+            self._retry_handle = None
         if measuring and not self._handles:
             self._arm()
         elif not measuring and self._handles:
@@ -639,6 +678,8 @@ class Meter:
             buffer = self._buffer
             if self._measuring and buffer is not None:
                 self._close(step, buffer, reason)
+            elif self._unwanted and self._count_dropped is not None:
+                self._count_dropped(1)
             self._begin_step()
         except Exception as error:
             self._guard.trip("the skipped-step hook", error)

@@ -73,6 +73,7 @@ class Sender:
         self._warned_outage = False
         self._warned_statuses: set[tuple[str, str]] = set()
         self.protocol_mismatch: str | None = None  # the sidecar's words: no retry can succeed
+        self.bundle_steps = True  # one StepBundle per measured step; off for a sidecar that predates it
         self._fresh_runtime()
         _restart_after_fork(self)
 
@@ -88,6 +89,9 @@ class Sender:
         self._threads: list[threading.Thread] = []
         self._needs_start = True
         self._closing = False
+        # From a failed or lost stream until the next Welcome: the meter measures nothing meanwhile.
+        # True only once an attempt failed, so a run's first steps are measured while it first connects.
+        self._unreachable = False
 
     # ------------------------------------------------------------ training-thread side
 
@@ -121,6 +125,10 @@ class Sender:
             self._queue.put_nowait(pending)
         except queue.Full:
             self._count_dropped(1)
+
+    def wanted(self) -> bool:
+        """Whether a measurement could be delivered now (read by the training thread: no lock, no wait)."""
+        return self.tap is not None or not (self._unreachable or self._closing or self.protocol_mismatch is not None)
 
     @property
     def queued(self) -> int:
@@ -178,6 +186,8 @@ class Sender:
         if tap is not None:
             tap(record)
         messages = _wire.step_messages(record, self._info.world_size)
+        if self.bundle_steps:
+            messages = _wire.bundled(messages)
         if not self._offer(messages):
             self._count_dropped(1)
             if record.dense is not None:
@@ -260,6 +270,7 @@ class Sender:
                 self._call = None
                 stream.over.set()
             self.connected = False
+            self._unreachable = True
             self._count_dropped(_steps_left(stream))
             channel.close()
         if failure is not None and failure.code() == grpc.StatusCode.FAILED_PRECONDITION:
@@ -293,6 +304,7 @@ class Sender:
         kind = reply.WhichOneof("kind")
         if kind == "welcome":
             self.connected = True
+            self._unreachable = False
             with self._counters_lock:
                 dropped = self.dropped - self._dropped_at_welcome
                 self._dropped_at_welcome = self.dropped
@@ -312,6 +324,10 @@ class Sender:
         if kind == "refusal":
             if reply.refusal.code == 9:  # FAILED_PRECONDITION
                 self._check_protocol(f"FAILED_PRECONDITION: {reply.refusal.message}")
+            if self.bundle_steps and "RankMessage with no kind set" in reply.refusal.message:
+                # A sidecar older than StepBundle: it reads our bundles as empty messages.
+                self.bundle_steps = False
+                logger.info("noisescope: the sidecar at %s predates step bundles; sending each step as separate messages", self._address)
             with self._counters_lock:
                 self.refusals += 1
                 refusals = self.refusals
@@ -414,7 +430,7 @@ def _steps_left(stream: _Stream) -> int:
             return left
         if isinstance(message, DenseStep):
             message.release()
-        elif message is not _END and message.WhichOneof("kind") == "step_end":
+        elif message is not _END and message.WhichOneof("kind") in ("step_end", "bundle"):
             left += 1
 
 

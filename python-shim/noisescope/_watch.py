@@ -379,6 +379,8 @@ class Watch:
             world_size=self._world_size,
             guard=self._guard,
             submit=sender.submit,
+            wanted=sender.wanted,
+            count_dropped=sender._count_dropped,
             per_example=per_example,
             per_example_auto=source == "auto",
             names=[layer.name for layer in layers],

@@ -125,6 +125,14 @@ def step_messages(record: StepRecord, world_size: int) -> list[Any]:
     return messages
 
 
+def bundled(messages: list[Any]) -> list[Any]:
+    """A step's norms shards and StepEnd as one StepBundle: gRPC's per-message cost is most of the hook's
+    send cost on small models. Dense steps and a lone StepEnd go as they are."""
+    if len(messages) < 2 or not all(isinstance(m, pb.RankMessage) for m in messages):
+        return messages
+    return [pb.RankMessage(bundle=pb.StepBundle(shards=[m.shard for m in messages[:-1]], end=messages[-1].step_end))]
+
+
 def goodbye(reason: str, dropped: int) -> pb.RankMessage:
     return pb.RankMessage(goodbye=pb.Goodbye(reason=reason, dropped=dropped))
 

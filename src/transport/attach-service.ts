@@ -195,7 +195,6 @@ function handleAttach(ingest: Ingest, call: AttachCall, outbox: RankOutbox): voi
         } else if (message.kind === 'bundle' && message.bundle) {
           // As its parts sent one by one; a refusal says which part it is about.
           const { shards, end } = message.bundle;
-          ingest.counters.messages += shards.length;
           shards.forEach((s, i) => shard(session as RankSession, s, `bundle shards[${i}] (step ${s.step} micro-batch ${s.microBatch}): `));
           if (end) return stepEnd(session, end, 'bundle end: ');
           refuse(new NoiseScopeError('invalid-message', `bundle without an end (step ${shards[0]?.step ?? 0}): a StepBundle must carry its StepEnd`), shards[0]?.step ?? 0);

@@ -62,8 +62,8 @@ describe('a StepBundle over gRPC', () => {
     expect(one.at(-1)?.smoothed?.bSimple).toBeGreaterThan(0);
     await settled(separate, bundle);
     expect([separate.refusals(), bundle.refusals()]).toEqual([[], []]);
-    // Health counts a bundle's parts as the messages they replace: per run a Hello, 3 × 4 and 3 × 2 parts.
-    await expect.poll(async () => (await firstValueFrom(t.sidecar.health$)).messages).toBe(2 * (1 + 12 + 6));
+    // Health counts wire messages, as the hook does: per run a Hello and 6 steps, each 4 or 2 messages or 1 bundle.
+    await expect.poll(async () => (await firstValueFrom(t.sidecar.health$)).messages).toBe(1 + 12 + 6 + 1 + 6);
   });
 
   it('refuses a bad shard inside a bundle by its place, and handles the rest of the step as separate messages would', async () => {

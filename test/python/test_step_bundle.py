@@ -1,0 +1,118 @@
+"""The hook's send cost: one StepBundle per measured step, and no measuring while no sidecar is there.
+
+Real training, real sidecar over gRPC: bundled and separate messages give the sidecar the same statistics; an
+outage arms no hook and counts the due steps dropped; the sidecar coming back is measured from the next step.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import pytest
+import torch
+
+import noisescope
+from conftest import Sidecar
+from test_hook_support import Loop, make_model, make_optimizer, parameters_of, wait_connected, wait_for_events
+
+STEPS = 5
+# Wall-clock and naming fields: everything else of a step event must be equal between the two runs.
+_DIFFERENT = {"run", "unixMs", "ts", "latencyMs"}
+
+
+def _comparable(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in e.items() if k not in _DIFFERENT} for e in events]
+
+
+def _train_watched(sidecar: Sidecar, run: str, bundle: bool, loop: Loop, **kwargs: Any) -> tuple[torch.nn.Module, Any]:
+    model = make_model()
+    optimizer = make_optimizer(model)
+    # Not waiting for the connection: the steps taken while the first one is made must reach the sidecar too.
+    ns = noisescope.watch(model, optimizer, address=sidecar.address, run=run, **kwargs)
+    ns._sender.bundle_steps = bundle  # private switch: the separate messages of before (old sidecars get them)
+    loop.run(model, optimizer)
+    ns.remove()  # flushes: every step sent, then Goodbye
+    return model, ns.stats
+
+
+@pytest.mark.parametrize(
+    ("source", "sizes"),
+    [("accumulation", (8, 8, 8)), ("per-example", (16,))],
+)
+def test_bundled_steps_give_the_sidecar_the_statistics_separate_messages_give(
+    sidecar: Sidecar, source: str, sizes: tuple[int, ...]
+) -> None:
+    loop = Loop(steps=STEPS, sizes=sizes)
+    plain = make_model()
+    loop.run(plain, make_optimizer(plain))
+    results = {}
+    for bundle in (True, False):
+        run = f"{source}-{'bundled' if bundle else 'separate'}"
+        model, stats = _train_watched(sidecar, run, bundle, loop, source=source)
+        for a, b in zip(parameters_of(plain), parameters_of(model)):
+            assert torch.equal(a, b)  # training bitwise unchanged by the hook, either way
+        events = wait_for_events(sidecar, "step", run, STEPS)
+        results[bundle] = (events, stats)
+    (bundled, bundled_stats), (separate, separate_stats) = results[True], results[False]
+    assert [e["step"] for e in bundled] == list(range(STEPS))
+    assert not any(e["skipped"] for e in bundled)
+    assert _comparable(bundled) == _comparable(separate)
+    # One message per measured step instead of one per micro-batch plus the StepEnd (and Hello, Goodbye on both).
+    k = len(sizes)
+    assert (bundled_stats.messages_sent, separate_stats.messages_sent) == (2 + STEPS, 2 + STEPS * (k + 1))
+    assert bundled_stats.refusals == separate_stats.refusals == 0
+
+
+def _armed(model: torch.nn.Module) -> int:
+    """Gradient hooks on the model's parameters right now."""
+    return sum(len(p._backward_hooks or {}) for p in model.parameters())
+
+
+def test_no_hook_is_armed_while_no_sidecar_is_there_and_the_next_step_after_it_returns_is_measured(
+    free_address: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="noisescope")
+    loop = Loop(steps=4)
+    plain = make_model()
+    plain_opt = make_optimizer(plain)  # trained alongside, loop for loop: the parameters must stay bitwise equal
+    model = make_model()
+    optimizer = make_optimizer(model)
+    ns = noisescope.watch(model, optimizer, address=free_address, run="outage")
+    armed_during: list[int] = []
+    loop.run(model, optimizer)
+    loop.run(plain, plain_opt)
+    deadline = time.monotonic() + 10
+    while "no sidecar reachable" not in caplog.text:
+        assert time.monotonic() < deadline, "the outage was never noticed"
+        time.sleep(0.02)
+    before = ns.stats
+    # While the outage is known: every step due, none measured, no gradient hook armed, each counted dropped.
+    loop.run(model, optimizer, on_step_start=lambda step: armed_during.append(_armed(model)))
+    loop.run(plain, plain_opt)
+    during = ns.stats
+    assert armed_during == [0] * loop.steps
+    assert during.steps_measured == before.steps_measured
+    assert (during.steps_seen - before.steps_seen, during.dropped - before.dropped) == (loop.steps, loop.steps)
+
+    port = free_address.rsplit(":", 1)[1]
+    back = Sidecar("--port", port)
+    try:
+        wait_connected(ns)
+        # The step in progress when the Welcome came was begun unmeasured: it is measured from its first forward.
+        loop.run(model, optimizer)
+        loop.run(plain, plain_opt)
+        after = ns.stats
+        ns.remove()
+        assert after.steps_measured - during.steps_measured == loop.steps
+        first_back = during.steps_seen
+        steps = wait_for_events(back, "step", "outage", loop.steps)
+        assert [e["step"] for e in steps] == list(range(first_back, first_back + loop.steps))
+        assert not any(e["skipped"] for e in steps)
+        # Hello told the sidecar what the outage cost: every step due before it came back.
+        health = back.wait_for(lambda e: e["type"] == "health" and e["stepsCompleted"] == loop.steps)
+        assert health["droppedByHooks"] == after.dropped == first_back
+    finally:
+        back.stop()
+    for a, b in zip(parameters_of(plain), parameters_of(model)):
+        assert torch.equal(a, b)
