@@ -1,6 +1,6 @@
 """Benchmark: hook overhead per optimizer step (norms mode, or --mode dense), against a real sidecar.
 
-Run: .venv/bin/python test/python/bench_overhead.py [--quick] [--mode dense]
+Run: .venv/bin/python test/python/bench_overhead.py [--quick] [--mode dense] [--separate]
 
 Each configuration (no hook, every=10, every=1) trains the same model with gradient
 accumulation. Rounds interleave the configurations so machine noise hits them alike; in
@@ -27,6 +27,8 @@ import noisescope
 ROOT = Path(__file__).resolve().parents[2]
 ACCUMULATION = 4
 CONFIGS: dict[str, int | None] = {"no hook": None, "every=10": 10, "every=1": 1}
+# --separate: the same with each micro-batch's shard and the StepEnd as separate messages (before StepBundle).
+SEPARATE: dict[str, int | None] = {"every=10 separate": 10, "every=1 separate": 1}
 
 
 class QuietSidecar:
@@ -83,26 +85,37 @@ def mean_step_time(model: nn.Module, opt: torch.optim.Optimizer, micro: int, inp
 
 
 def bench(
-    name: str, width: int, depth: int, micro: int, inputs: int, address: str, rounds: int, steps: int, mode: str = "norms"
+    name: str, width: int, depth: int, micro: int, inputs: int, address: str, rounds: int, steps: int, mode: str = "norms",
+    separate: bool = False,
 ) -> str:
     assert steps % 10 == 0, "every=10 must measure exactly one step in ten"
-    means: dict[str, list[float]] = {label: [] for label in CONFIGS}
+    configs = {**CONFIGS, **(SEPARATE if separate else {})}
+    means: dict[str, list[float]] = {label: [] for label in configs}
+    cpu: dict[str, list[float]] = {label: [] for label in configs}
+
+    def timed(label: str, model: nn.Module, opt: torch.optim.Optimizer) -> None:
+        started = time.process_time()  # every thread of this process: training and the hook's sender
+        means[label].append(mean_step_time(model, opt, micro, inputs, steps))
+        cpu[label].append((time.process_time() - started) / steps)
+
     for r in range(rounds):
-        for label, every in CONFIGS.items():
+        for label, every in configs.items():
             model, opt = make(width, depth, inputs)
             if every is None:
                 mean_step_time(model, opt, micro, inputs, 10)  # warm-up
-                means[label].append(mean_step_time(model, opt, micro, inputs, steps))
+                timed(label, model, opt)
                 continue
-            with noisescope.watch(model, opt, address=address, every=every, run=f"bench-{name}-{label}-{r}", mode=mode):
+            with noisescope.watch(model, opt, address=address, every=every, run=f"bench-{name}-{label}-{r}", mode=mode) as ns:
+                ns._sender.bundle_steps = label not in SEPARATE  # private switch
                 mean_step_time(model, opt, micro, inputs, 10)  # warm-up, connected, one measured step in it
-                means[label].append(mean_step_time(model, opt, micro, inputs, steps))
+                timed(label, model, opt)
     params = sum(p.numel() for p in make(width, depth, inputs)[0].parameters())
     base = statistics.median(means["no hook"])
     cells = [f"{name:<26} {params:>10,} {base * 1e3:>9.2f} ms"]
-    for label in ("every=10", "every=1"):
-        ratios = [hooked / plain for hooked, plain in zip(means[label], means["no hook"])]
-        cells.append(f"{(statistics.median(ratios) - 1) * 100:>+8.1f}%")
+    for label in list(configs)[1:]:
+        wall = statistics.median(hooked / plain for hooked, plain in zip(means[label], means["no hook"]))
+        process = statistics.median(hooked / plain for hooked, plain in zip(cpu[label], cpu["no hook"]))
+        cells.append(f"{f'{(wall - 1) * 100:+.1f}% ({(process - 1) * 100:+.1f}%)':>{max(18, len(label))}}")
     return " ".join(cells)
 
 
@@ -110,6 +123,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run, noisier)")
     parser.add_argument("--mode", choices=("norms", "dense"), default="norms", help="the hook's mode (default norms)")
+    parser.add_argument("--separate", action="store_true", help="also every=10/every=1 sending separate messages per step (no StepBundle)")
     args = parser.parse_args()
     scale = 3 if args.quick else 1
     torch.set_num_threads(1)  # one core for training, the other for the sidecar
@@ -119,10 +133,15 @@ def main() -> None:
             f"hook overhead per optimizer step ({args.mode} mode, {ACCUMULATION} micro-batches, "
             f"torch {torch.__version__}, 1 thread; median over rounds of mean-step-time ratios)"
         )
-        print(f"{'model':<26} {'parameters':>10} {'no hook':>12} {'every=10':>9} {'every=1':>8}")
-        print(bench("MLP 64-128-128-10 (b=16)", 128, 2, 16, 64, sidecar.address, rounds=15 // scale, steps=200, mode=args.mode))
-        print(bench("MLP 512x4 (b=64)", 512, 4, 64, 512, sidecar.address, rounds=9 // scale, steps=30, mode=args.mode))
-        print(bench("MLP 2048x4 (b=128)", 2048, 4, 128, 1024, sidecar.address, rounds=6 // scale, steps=10, mode=args.mode))
+        print("wall time per step vs no hook (process CPU per step vs no hook, all of the process's threads)")
+        labels = [*list(CONFIGS)[1:], *(SEPARATE if args.separate else ())]
+        print(f"{'model':<26} {'parameters':>10} {'no hook':>12} " + " ".join(f"{label:>{max(18, len(label))}}" for label in labels))
+        for name, width, depth, micro, inputs, rounds, steps in (
+            ("MLP 64-128-128-10 (b=16)", 128, 2, 16, 64, 15, 200),
+            ("MLP 512x4 (b=64)", 512, 4, 64, 512, 9, 30),
+            ("MLP 2048x4 (b=128)", 2048, 4, 128, 1024, 6, 10),
+        ):
+            print(bench(name, width, depth, micro, inputs, sidecar.address, rounds // scale, steps, args.mode, args.separate))
     finally:
         sidecar.stop()
 
