@@ -1,16 +1,16 @@
 """What the framework callbacks share: keyword checks, the watch's wiring, and the plan they log."""
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any, Callable
 
+from .._watch import watch
+
 logger = logging.getLogger("noisescope")
 
-# watch() keywords a callback passes on; model, optimizer, dataset_size and scaler come from the framework.
-WATCH_KEYWORDS = frozenset(
-    {"address", "run", "every", "mode", "policy", "source", "enabled", "dtype", "token", "tls_ca", "tls_cert",
-     "tls_key", "sketch_size"}
-)
+# watch() keywords a callback passes on (all but what the framework supplies), read from watch itself.
+WATCH_KEYWORDS = frozenset(inspect.signature(watch).parameters) - {"model", "optimizer", "dataset_size", "scaler"}
 
 
 def check_callback_arguments(
