@@ -284,6 +284,10 @@ def worker(rank: int, world: int, port: int, address: str, out: str, scenario: s
         result["log"] = lines.lines
         torch.save(result, os.path.join(out, f"rank{rank}.pt"))
     if scenario != "kill":
+        # Both ranks' gloo work done before either tears its pairs down: a rank destroying its group
+        # while the peer's last collective was still in flight once died with SIGABRT in CI
+        # ("terminate called without an active exception", after its results were written).
+        dist.barrier()
         dist.destroy_process_group()
 
 
