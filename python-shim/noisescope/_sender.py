@@ -303,8 +303,8 @@ class Sender:
     def _on_reply(self, reply: pb.SidecarMessage) -> bool:
         kind = reply.WhichOneof("kind")
         if kind == "welcome":
+            self._unreachable = False  # first: whoever sees `connected` must find measuring wanted
             self.connected = True
-            self._unreachable = False
             with self._counters_lock:
                 dropped = self.dropped - self._dropped_at_welcome
                 self._dropped_at_welcome = self.dropped

@@ -86,6 +86,8 @@ def test_no_hook_is_armed_while_no_sidecar_is_there_and_the_next_step_after_it_r
     while "no sidecar reachable" not in caplog.text:
         assert time.monotonic() < deadline, "the outage was never noticed"
         time.sleep(0.02)
+    Loop(steps=1).run(model, optimizer)  # the step begun before the outage was known
+    Loop(steps=1).run(plain, plain_opt)
     before = ns.stats
     # While the outage is known: every step due, none measured, no gradient hook armed, each counted dropped.
     loop.run(model, optimizer, on_step_start=lambda step: armed_during.append(_armed(model)))
@@ -116,3 +118,31 @@ def test_no_hook_is_armed_while_no_sidecar_is_there_and_the_next_step_after_it_r
         back.stop()
     for a, b in zip(parameters_of(plain), parameters_of(model)):
         assert torch.equal(a, b)
+
+
+def test_a_sidecar_that_reads_bundles_as_empty_messages_gets_separate_messages_from_then_on(
+    sidecar: Sidecar, caplog: pytest.LogCaptureFixture
+) -> None:
+    from noisescope.v1 import noisescope_pb2 as pb
+
+    caplog.set_level(logging.INFO, logger="noisescope")
+    model = make_model()
+    optimizer = make_optimizer(model)
+    ns = noisescope.watch(model, optimizer, address=sidecar.address, run="older-sidecar")
+    wait_connected(ns)
+    loop = Loop(steps=2)
+    loop.run(model, optimizer)
+    wait_for_events(sidecar, "step", "older-sidecar", 2)  # both sent as bundles
+    # A sidecar older than StepBundle skips the unknown field: it sees a RankMessage with no kind set, and says so.
+    assert ns._sender._offer([pb.RankMessage()])
+    deadline = time.monotonic() + 10
+    while ns._sender.bundle_steps:
+        assert time.monotonic() < deadline, "the refusal never switched bundles off"
+        time.sleep(0.01)
+    loop.run(model, optimizer)
+    ns.remove()
+    assert [e["step"] for e in wait_for_events(sidecar, "step", "older-sidecar", 4)] == [0, 1, 2, 3]
+    k = len(loop.sizes)
+    # Hello, 2 bundles, the empty message, 2 × (k shards + StepEnd), Goodbye.
+    assert (ns.stats.messages_sent, ns.stats.refusals) == (1 + 2 + 1 + 2 * (k + 1) + 1, 1)
+    assert "predates step bundles" in caplog.text
