@@ -106,8 +106,11 @@ def test_training_under_a_watched_grad_scaler_is_bitwise_identical(free_address:
     optimizer = make_optimizer(watched)
     scaler = _scaler()
     with noisescope.watch(watched, optimizer, address=free_address, scaler=scaler) as ns:
+        records: list = []
+        ns._sender.tap = records.append  # measure although no sidecar listens (else the hooks stay off)
         watched_scales = _train(watched, optimizer, scaler)
         assert ns.stats.steps_seen == STEPS  # the skipped step counted too
+    assert len(records) == STEPS  # every step really measured
     assert watched_scales == plain_scales
     for a, b in zip(parameters_of(plain), parameters_of(watched)):
         assert torch.equal(a, b)

@@ -228,10 +228,11 @@ def test_without_advice_training_is_bitwise_identical_to_fixed_accumulation(free
     loop.run(plain, make_optimizer(plain))
     model = make_model()
     optimizer = make_optimizer(model)
-    ns = noisescope.watch(model, optimizer, address=free_address)
+    ns, records = watch_and_record(model, optimizer, free_address)
     acc = ns.adaptive_accumulation(steps=3, micro_batch=MICRO)
     assert train_adaptive(model, optimizer, acc, 5) == [3] * 5
     ns.remove()
+    assert len(records) == 5  # every step really measured
     for a, b in zip(parameters_of(plain), parameters_of(model)):
         assert torch.equal(a, b)
 
