@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from ._guard import Guard
-from .integrations._compiled import register_forward_pre_hook
+from ._compiled import register_forward_pre_hook
 
 if TYPE_CHECKING:
     from ._ddp import DdpSource
@@ -396,7 +396,7 @@ class Meter:
                 if param._backward_hooks is None:
                     self._hook_dicts_created.append(param)
                 self._handles.append(param.register_hook(hook))
-            # Outside the compiled call for a module.compile()d model (integrations/_compiled.py).
+            # Outside the compiled call for a module.compile()d model (_compiled.py).
             self._handles.append(register_forward_pre_hook(self._model, self._forward_hook))
         except Exception:
             self._disarm()

@@ -196,7 +196,7 @@ def watch(
     if policy is not None and not isinstance(policy, BatchPolicy):
         raise TypeError(f"noisescope.watch: policy must be a noisescope.BatchPolicy or None, got {type(policy).__name__}")
     if scaler is not None:
-        from .integrations._grad_scaler import check_scaler
+        from ._grad_scaler import check_scaler
 
         check_scaler(scaler)
     if enabled and model in _watched:
@@ -276,7 +276,7 @@ class Watch:
     ) -> None:
         import torch
 
-        from .integrations._compiled import compiled_form, original_module
+        from ._compiled import compiled_form, original_module
 
         compiled = compiled_form(model)
         params, layers = _layers(original_module(model))  # a wrapper's parameters under their own names
@@ -284,7 +284,7 @@ class Watch:
             raise ValueError("noisescope.watch: the model has no parameters that require gradients")
         try:
             from . import _sketch, _wire
-            from .integrations import _grad_scaler
+            from . import _grad_scaler
             from ._meter import Meter, _ModuleHook
             from ._per_example import PerExample
             from ._sender import Sender
