@@ -25,6 +25,17 @@ ACCUMULATION = 4
 SEED = 0
 
 
+def assert_bitwise_like_unwatched(watched: torch.nn.Module) -> None:
+    """Parameters bitwise those of the same demo training without noisescope."""
+    data = demo.make_data()
+    torch.manual_seed(SEED)
+    plain = demo.make_model(seed=SEED)
+    optimizer = demo.make_optimizer(plain)
+    demo.train(plain, optimizer, data, steps=STEPS, accumulation=ACCUMULATION, seed=SEED)
+    for (name, a), b in zip(watched.named_parameters(), plain.parameters(), strict=True):
+        assert torch.equal(a, b), name
+
+
 def train_watched(sidecar: Sidecar, run: str, *, wait_each_step: bool = True, **kwargs) -> tuple[torch.nn.Module, object]:
     """The demo's training under watch(); with wait_each_step each step's line is awaited before the next
     step (so no dense step is dropped for want of free buffers: equal runs are compared whole)."""
@@ -88,13 +99,7 @@ def test_half_precision_on_the_wire_stays_within_its_precision(sidecar: Sidecar,
 
 def test_training_is_bitwise_unchanged_with_dense_mode_on(sidecar: Sidecar) -> None:
     watched, _ = train_watched(sidecar, "bitwise", mode="dense")
-    data = demo.make_data()
-    torch.manual_seed(SEED)
-    plain = demo.make_model(seed=SEED)
-    optimizer = demo.make_optimizer(plain)
-    demo.train(plain, optimizer, data, steps=STEPS, accumulation=ACCUMULATION, seed=SEED)
-    for (name, a), b in zip(watched.named_parameters(), plain.parameters(), strict=True):
-        assert torch.equal(a, b), name
+    assert_bitwise_like_unwatched(watched)
 
 
 def test_steps_beyond_the_held_buffers_are_dropped_and_counted_without_blocking_training(sidecar: Sidecar) -> None:

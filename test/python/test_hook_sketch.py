@@ -20,7 +20,7 @@ import noisescope
 from conftest import Sidecar
 from noisescope import demo
 from noisescope._sketch import count_sketch, run_seed, step_seed
-from test_hook_dense import ACCUMULATION, SEED, STEPS, step_lines, train_watched
+from test_hook_dense import ACCUMULATION, SEED, STEPS, assert_bitwise_like_unwatched, step_lines, train_watched
 from test_hook_support import wait_connected
 
 SKETCH_SIZE = 1024
@@ -142,13 +142,7 @@ def test_sketch_dense_and_norms_agree_on_the_same_training_within_the_sketch_err
 def test_training_is_bitwise_unchanged_with_sketch_mode_on(sidecar: Sidecar) -> None:
     watched, ns = train_watched(sidecar, "bitwise", mode="sketch", sketch_size=256)
     assert ns.stats.steps_measured == STEPS
-    data = demo.make_data()
-    torch.manual_seed(SEED)
-    plain = demo.make_model(seed=SEED)
-    optimizer = demo.make_optimizer(plain)
-    demo.train(plain, optimizer, data, steps=STEPS, accumulation=ACCUMULATION, seed=SEED)
-    for (name, a), b in zip(watched.named_parameters(), plain.parameters(), strict=True):
-        assert torch.equal(a, b), name
+    assert_bitwise_like_unwatched(watched)
 
 
 def test_sketch_size_is_validated_at_watch(free_address: str) -> None:
