@@ -8,14 +8,14 @@
 // How, against @grpc/grpc-js 1.14.x (checked on 1.14.7): the server reads no option for its own
 // windows. `grpc-node.flow_control_window` is honoured by the client transport only (grpc-node
 // #2864); the server side is grpc-node PR #3058, open at the time of writing. So we pass that option
-// (a grpc-js that honours it applies the window itself) and also wrap the server's private
-// `createHttp2Server(credentials)`, the one place every listener's Node Http2Server is made
-// (bindAsync and createConnectionInjector), to configure it with public Node APIs:
+// (a grpc-js that honours it applies the window itself) and also configure every listener's Node
+// Http2Server as grpc-js creates it (http2-listeners.ts) with public Node APIs:
 // `Http2Server.updateSettings({ initialWindowSize })` and, per session,
 // `Http2Session.setLocalWindowSize()`. test/transport/wire-flow-control.test.ts reads both windows
 // from a real client connection, so an upgrade that stops either path fails there.
 import type * as http2 from 'node:http2';
 import * as grpc from '@grpc/grpc-js';
+import { onEachHttp2Server } from './http2-listeners.js';
 
 /** 16 MiB: the window DESIGN measured at ≈ 1.2 GB/s; it also bounds what one connection may buffer unread. */
 export const DEFAULT_FLOW_CONTROL_WINDOW = 16 * 1024 * 1024;
@@ -34,8 +34,6 @@ export interface WindowedServer {
   configuredListeners(): number;
 }
 
-type CreateHttp2Server = (this: grpc.Server, credentials: grpc.ServerCredentials) => http2.Http2Server;
-
 /**
  * A grpc-js Server whose listeners advertise `window` bytes for each stream and for the connection.
  * `window: null` leaves grpc-js and Node at their defaults (the benchmark's baseline).
@@ -50,16 +48,10 @@ export function createWindowedServer(window: number | null, options: grpc.Server
   }
   const server = new grpc.Server({ ...options, 'grpc-node.flow_control_window': window });
   let configured = 0;
-  const original: unknown = Reflect.get(server, 'createHttp2Server');
-  if (typeof original === 'function') {
-    const create = original as CreateHttp2Server;
-    Reflect.set(server, 'createHttp2Server', function (this: grpc.Server, credentials: grpc.ServerCredentials) {
-      const http2Server = create.call(this, credentials);
-      applyWindow(http2Server, window);
-      configured++;
-      return http2Server;
-    });
-  }
+  onEachHttp2Server(server, (http2Server) => {
+    applyWindow(http2Server, window);
+    configured++;
+  });
   return { server, window, configuredListeners: () => configured };
 }
 

@@ -4,6 +4,7 @@
 import type * as http2 from 'node:http2';
 import type * as grpc from '@grpc/grpc-js';
 import { NoiseScopeError } from '../errors.js';
+import { onEachHttp2Server } from './http2-listeners.js';
 
 export interface SidecarLimits {
   /** Largest gRPC message the server accepts (grpc-js maxReceiveMessageLength), in bytes. */
@@ -88,20 +89,14 @@ export function messageSizeOptions(limits: SidecarLimits): grpc.ServerOptions {
 // larger than M") from inside its own call object, out of reach of server interceptors.
 const GRPC_SIZE_ERROR = /^Received message (larger than max|that decompresses to a size larger than)/;
 
-type CreateHttp2Server = (this: grpc.Server, credentials: grpc.ServerCredentials) => http2.Http2Server;
-
 /**
  * Makes grpc-js's oversize-message status say which limit it was and how to raise it, by appending
- * limitHint to the grpc-message trailer of such calls. Wraps the same private `createHttp2Server` that
- * flow-control.ts wraps; test/transport/limits-message-size.test.ts fails if a grpc-js upgrade bypasses it.
+ * limitHint to the grpc-message trailer of such calls, on every listener grpc-js creates (http2-listeners.ts);
+ * test/transport/limits-message-size.test.ts fails if a grpc-js upgrade bypasses it.
  */
 export function nameMessageSizeLimit(server: grpc.Server, limits: SidecarLimits): void {
-  const original: unknown = Reflect.get(server, 'createHttp2Server');
-  if (typeof original !== 'function') return;
-  const create = original as CreateHttp2Server;
   const hint = limitHint('maxMessageBytes', limits.maxMessageBytes);
-  Reflect.set(server, 'createHttp2Server', function (this: grpc.Server, credentials: grpc.ServerCredentials) {
-    const http2Server = create.call(this, credentials);
+  onEachHttp2Server(server, (http2Server) => {
     http2Server.on('stream', (stream: http2.ServerHttp2Stream) => {
       // The status goes out in trailers, or in the response headers of a trailers-only response.
       const rewrite = (headers: http2.OutgoingHttpHeaders | undefined) => {
@@ -116,6 +111,5 @@ export function nameMessageSizeLimit(server: grpc.Server, limits: SidecarLimits)
       stream.sendTrailers = (headers) => sendTrailers(rewrite(headers) ?? headers);
       stream.respond = (headers, options) => respond(rewrite(headers), options);
     });
-    return http2Server;
   });
 }
