@@ -6,9 +6,15 @@ import { wasm, type WasmMemory } from './wasm-api.js';
 const ALIGN = 64; // a cache line: v128 loads of a row start never straddle one
 
 export class WasmArena {
-  readonly memory: WasmMemory = new wasm.Memory({ initial: 16, maximum: 65536 });
+  readonly memory: WasmMemory;
   private end = ALIGN; // address 0 stays unused
   private readonly free = new Map<number, number[]>(); // size → offsets
+
+  /** `shared`: a shared memory that workers can run the same module over (growing it replaces
+   *  `buffer` with a longer one but leaves earlier views valid over their length). */
+  constructor(options: { readonly shared?: boolean } = {}) {
+    this.memory = new wasm.Memory({ initial: 16, maximum: 65536, ...(options.shared ? { shared: true } : {}) });
+  }
 
   allocate(bytes: number): number {
     const size = Math.ceil(Math.max(bytes, 1) / ALIGN) * ALIGN;

@@ -52,15 +52,17 @@ export interface WasmFunction {
   readonly body: number[];
 }
 
-/** A module importing memory "e"."m" and exporting each function under its name. */
-export function moduleBytes(functions: readonly WasmFunction[]): Uint8Array {
+/** A module importing memory "e"."m" and exporting each function under its name. `shared`: the
+ *  import is a shared memory (threads), which must declare a maximum: 65536 pages, 4 GiB. */
+export function moduleBytes(functions: readonly WasmFunction[], memory: { readonly shared?: boolean } = {}): Uint8Array {
   const signature = (f: WasmFunction): string => `${f.params.join(',')}>${f.results.join(',')}`;
   const signatures = [...new Set(functions.map(signature))];
   const types = vector(signatures.map((s) => {
     const [params, results] = s.split('>').map((list) => (list ? list.split(',').map(Number) : [])) as [number[], number[]];
     return [0x60, ...vector(params.map((p) => [p])), ...vector(results.map((r) => [r]))];
   }));
-  const imports = vector([[1, 0x65, 1, 0x6d, 0x02, 0x00, 0x01]]); // "e"."m": memory, min 1 page
+  const limits = memory.shared ? [0x03, 0x01, ...uleb(65536)] : [0x00, 0x01]; // flags (1: has maximum, 2: shared), min 1 page[, max]
+  const imports = vector([[1, 0x65, 1, 0x6d, 0x02, ...limits]]); // "e"."m": memory
   const indices = vector(functions.map((f) => uleb(signatures.indexOf(signature(f)))));
   const name = (s: string): number[] => [s.length, ...[...s].map((c) => c.charCodeAt(0))];
   const exports = vector(functions.map((f, i) => [...name(f.name), 0x00, ...uleb(i)]));

@@ -46,7 +46,9 @@ export function createWasmSimdBackend(options: WasmSimdOptions = {}): ReductionB
     async addGram(block: GradientBlock, gram: Float64Array): Promise<void> {
       checkGramShapes(block, gram);
       const pairs = new Float64Array((block.gradients * (block.gradients + 1)) / 2);
-      gramPairs(simd, arena, tiles, inArena, block, pairs);
+      const tile = tileLength(block.gradients);
+      tiles.fit(block.gradients, tile); // may grow memory: read block.values after it
+      gramPairs(simd, arena, tiles, block, inArena(block.values), tile, 0, block.length, pairs);
       addPairSums(pairs, block.gradients, gram);
     },
     async sumOfSquares(values: Float32Array): Promise<number> {
@@ -63,13 +65,13 @@ export function createWasmSimdBackend(options: WasmSimdOptions = {}): ReductionB
   };
 }
 
-function sumsqInPlace(simd: SimdExports, address: number, values: Float32Array): number {
+export function sumsqInPlace(simd: SimdExports, address: number, values: Float32Array): number {
   const body = values.length - (values.length % SIMD_STRIDE);
   return simd.sumsq(address, body) + sumOfSquaresUnrolled(values.subarray(body));
 }
 
 /** Scratch in wasm memory for one tile: float32 rows copied in, the float64 rows, a block's sums. */
-class TileScratch {
+export class TileScratch implements TileAreas {
   private narrowBytes = 0;
   private wideBytes = 0;
   narrow = 0;
@@ -91,41 +93,55 @@ class TileScratch {
   }
 }
 
-/** Pair sums (upper triangle, addPairSums order) of a block, tile by tile: each tile's rows are
- *  widened to float64 once, zero-padded to a multiple of 4 columns and to an even row count, then
- *  the pairs (i ≤ j) are covered by 4×2 and 2×2 register blocks and 2-row diagonal blocks. */
-function gramPairs(simd: SimdExports, arena: WasmArena, scratch: TileScratch, inArena: (values: Float32Array) => boolean, block: GradientBlock, pairs: Float64Array): void {
+/** Typed views of wasm memory: an arena on the calling thread, the shared memory in a worker. */
+export interface WasmViews {
+  floats(offset: number, count: number): Float32Array;
+  doubles(offset: number, count: number): Float64Array;
+}
+
+/** One thread's tile scratch addresses (TileScratch, fitted for the block's K and tile). */
+export interface TileAreas {
+  readonly narrow: number;
+  readonly wide: number;
+  readonly out: number;
+}
+
+/** Pair sums (upper triangle, addPairSums order) of columns [begin, end) of a block, added into
+ *  `pairs`, tile by tile: each tile's rows are widened to float64 once, zero-padded to a multiple of
+ *  4 columns and to an even row count, then the pairs (i ≤ j) are covered by 4×2 and 2×2 register
+ *  blocks and 2-row diagonal blocks. `inPlace`: the block lies in the memory the kernels run over.
+ *  Self-contained (it names only its parameters and globals): wasm-simd-threads runs its source in
+ *  workers, which cannot import TypeScript modules. */
+export function gramPairs(simd: SimdExports, views: WasmViews, areas: TileAreas, block: GradientBlock, inPlace: boolean, tile: number, begin: number, end: number, pairs: Float64Array): void {
   const { gradients: k, length: n } = block;
   const even = k + (k % 2);
-  const tile = tileLength(k);
-  scratch.fit(k, tile);
-  const values = block.values; // after fit(): growing memory re-creates an arena block's view
-  const inPlace = inArena(values);
-  const wide = arena.doubles(scratch.wide, even * tile), out = arena.doubles(scratch.out, 8);
-  const narrow = inPlace ? undefined : arena.floats(scratch.narrow, k * tile);
+  const values = block.values;
+  const wide = views.doubles(areas.wide, even * tile), out = views.doubles(areas.out, 8);
+  const narrow = inPlace ? undefined : views.floats(areas.narrow, k * tile);
   const pairAt = (row: number, col: number): number => row * k - (row * (row - 1)) / 2 + col - row;
-  forEachTile(n, tile, (start, width) => {
+  for (let start = begin; start < end; start += tile) {
+    const width = Math.min(tile, end - start);
     const padded = Math.ceil(width / 4) * 4, stride = padded * 8, simdPart = width - (width % 4);
     for (let i = 0; i < k; i++) {
       const from = i * n + start;
       let source = values.byteOffset + from * 4;
       if (narrow) {
         narrow.set(values.subarray(from, from + simdPart), i * tile);
-        source = scratch.narrow + i * tile * 4;
+        source = areas.narrow + i * tile * 4;
       }
-      simd.widen(source, scratch.wide + i * stride, simdPart);
+      simd.widen(source, areas.wide + i * stride, simdPart);
       for (let c = simdPart; c < width; c++) wide[i * padded + c] = values[from + c] as number;
       wide.fill(0, i * padded + width, (i + 1) * padded);
     }
     if (even > k) wide.fill(0, k * padded, even * padded);
     // The next tile's rows, two per kernel call, read ahead while this tile computes.
-    const next = start + width, ahead = inPlace && next + padded <= n ? (i: number) => values.byteOffset + (i * n + next) * 4 : () => scratch.narrow;
+    const next = start + width, ahead = inPlace && next + padded <= end ? (i: number) => values.byteOffset + (i * n + next) * 4 : () => areas.narrow;
     let call = 0;
     const kernel = (rows: number, i: number, j: number): void => {
-      const [first, second] = [2 * call < k ? ahead(2 * call) : scratch.narrow, 2 * call + 1 < k ? ahead(2 * call + 1) : scratch.narrow];
+      const [first, second] = [2 * call < k ? ahead(2 * call) : areas.narrow, 2 * call + 1 < k ? ahead(2 * call + 1) : areas.narrow];
       call++;
       const run = rows === 4 ? simd.gram4x2 : rows === 2 ? simd.gram2x2 : simd.gramDiagonal2;
-      run(scratch.wide + i * stride, stride, scratch.wide + j * stride, padded, scratch.out, first, second);
+      run(areas.wide + i * stride, stride, areas.wide + j * stride, padded, areas.out, first, second);
     };
     const add = (row: number, col: number, sum: number): void => {
       if (col < k) pairs[pairAt(row, col)] = (pairs[pairAt(row, col)] as number) + sum;
@@ -142,5 +158,5 @@ function gramPairs(simd: SimdExports, arena: WasmArena, scratch: TileScratch, in
       add(j, j + 1, out[1] as number);
       add(j + 1, j + 1, out[2] as number);
     }
-  });
+  }
 }

@@ -63,18 +63,33 @@ export interface SimdExports {
 /** Elements sumsq and readsum consume per call must be a multiple of this. */
 export const SIMD_STRIDE = 16;
 
-function simdModule(fused: boolean): Uint8Array {
+function simdModule(fused: boolean, shared: boolean): Uint8Array {
   const grams = [blockGramFunction(4, 2, fused), blockGramFunction(2, 2, fused), blockGramFunction(2, 0, fused)];
-  return moduleBytes([sumOfSquares(), readSum(), widenFunction(), ...grams]);
+  return moduleBytes([sumOfSquares(), readSum(), widenFunction(), ...grams], { shared });
+}
+
+export interface SimdOptions {
+  /** Fused multiply-add where the runtime has relaxed SIMD (default true). */
+  readonly fused?: boolean;
+  /** Import a shared memory (a WebAssembly.Memory made with shared: true, maximum 65536). */
+  readonly shared?: boolean;
+}
+
+/** The compiled module (a WebAssembly.Module, which can be posted to workers), or why this runtime cannot run it. */
+export function compileSimd(options: SimdOptions = {}): { module: object; fused: boolean } | { unsupported: string } {
+  const shared = options.shared === true;
+  let bytes = simdModule(true, shared);
+  const fused = options.fused !== false && wasm.validate(bytes);
+  if (!fused) bytes = simdModule(false, shared);
+  if (!wasm.validate(bytes)) return { unsupported: `this runtime has no WebAssembly SIMD${shared ? ' with shared memory' : ''} (the module does not validate)` };
+  return { module: new wasm.Module(bytes), fused };
 }
 
 /** The module instantiated over `memory`, or the reason this runtime cannot run it. The Gram
  *  kernels use fused multiply-add where the runtime has relaxed SIMD, unless `fused` says otherwise. */
-export function instantiateSimd(memory: WasmMemory, options: { readonly fused?: boolean } = {}): SimdExports | { unsupported: string } {
-  let bytes = simdModule(true);
-  const fused = options.fused !== false && wasm.validate(bytes);
-  if (!fused) bytes = simdModule(false);
-  if (!wasm.validate(bytes)) return { unsupported: 'this runtime has no WebAssembly SIMD (the module does not validate)' };
-  const instance = new wasm.Instance(new wasm.Module(bytes), { e: { m: memory } });
-  return { ...(instance.exports as unknown as Omit<SimdExports, 'fused'>), fused };
+export function instantiateSimd(memory: WasmMemory, options: SimdOptions = {}): SimdExports | { unsupported: string } {
+  const compiled = compileSimd(options);
+  if ('unsupported' in compiled) return compiled;
+  const instance = new wasm.Instance(compiled.module, { e: { m: memory } });
+  return { ...(instance.exports as unknown as Omit<SimdExports, 'fused'>), fused: compiled.fused };
 }
