@@ -49,14 +49,16 @@ def _loader() -> DataLoader:
     return DataLoader(TensorDataset(x, y), batch_size=MICRO_BATCH, shuffle=True, generator=torch.Generator().manual_seed(3))
 
 
-def _fit(tmp_path, callbacks: list, plugins: list | None = None) -> Digits:
+def _fit(tmp_path, callbacks: list, plugins: list | None = None, epochs: int = 1, ckpt_path=None, save=None) -> Digits:
     module = Digits()
     trainer = pl.Trainer(
-        accelerator="cpu", devices=1, max_epochs=1, accumulate_grad_batches=ACCUMULATION, gradient_clip_val=CLIP,
+        accelerator="cpu", devices=1, max_epochs=epochs, accumulate_grad_batches=ACCUMULATION, gradient_clip_val=CLIP,
         plugins=plugins, callbacks=callbacks, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
     )
-    trainer.fit(module, _loader())
+    trainer.fit(module, _loader(), ckpt_path=ckpt_path)
+    if save is not None:
+        trainer.save_checkpoint(save)
     return module
 
 
@@ -97,6 +99,18 @@ def test_lightning_training_is_measured_before_clipping_and_the_sidecar_gets_mic
     for event in events:
         assert (event["microBatches"], event["globalBatch"], event["ranks"]) == (ACCUMULATION, EXAMPLES // STEPS, 1)
         assert event["lr"] == pytest.approx(0.1)
+
+
+def test_a_fit_resumed_from_a_checkpoint_numbers_its_steps_on_from_the_trainers(sidecar: Sidecar, tmp_path) -> None:
+    checkpoint = tmp_path / "epoch1.ckpt"
+    _fit(tmp_path, [], save=checkpoint)
+    callback = NoiseScopeCallback(address=sidecar.address, run="lightning-resumed")
+    records = _records(callback)
+    _fit(tmp_path, [callback], epochs=2, ckpt_path=checkpoint)
+
+    assert [r.step for r in records] == list(range(STEPS, 2 * STEPS))  # trainer.global_step went on from STEPS
+    events = wait_for_events(sidecar, "step", "lightning-resumed", STEPS)
+    assert [e["step"] for e in events] == list(range(STEPS, 2 * STEPS))
 
 
 def test_lightning_training_with_the_callback_is_bitwise_identical(free_address: str, tmp_path) -> None:

@@ -33,13 +33,15 @@ def _train(tmp_path, callbacks: list, **options) -> tuple[GPT2LMHeadModel, list[
     config = GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=2, resid_pdrop=0.0,
                         embd_pdrop=0.0, attn_pdrop=0.0)
     model = GPT2LMHeadModel(config)
-    args = TrainingArguments(
+    resume = options.pop("resume_from_checkpoint", None)
+    settings = dict(
         output_dir=str(tmp_path), per_device_train_batch_size=MICRO_BATCH, gradient_accumulation_steps=ACCUMULATION,
         max_steps=STEPS, learning_rate=1e-3, max_grad_norm=CLIP, logging_steps=1, save_strategy="no",
-        report_to=[], use_cpu=True, seed=0, disable_tqdm=True, dataloader_num_workers=0, **options,
+        report_to=[], use_cpu=True, seed=0, disable_tqdm=True, dataloader_num_workers=0,
     )
+    args = TrainingArguments(**{**settings, **options})
     trainer = Trainer(model=model, args=args, train_dataset=RandomTokens(), callbacks=callbacks)
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume)
     return model, [entry for entry in trainer.state.log_history if "grad_norm" in entry]
 
 
@@ -77,6 +79,16 @@ def test_trainer_steps_are_measured_before_clipping_and_the_sidecar_gets_micro_b
     for event in events:
         assert (event["microBatches"], event["globalBatch"], event["ranks"]) == (ACCUMULATION, 16, 1)
         assert event["lr"] > 0
+
+
+def test_training_resumed_from_a_checkpoint_numbers_its_steps_on_from_the_trainers(sidecar: Sidecar, tmp_path) -> None:
+    _train(tmp_path, [], save_strategy="steps", save_steps=STEPS)
+    callback = NoiseScopeCallback(address=sidecar.address, run="hf-resumed")
+    _train(tmp_path, [callback], max_steps=2 * STEPS, resume_from_checkpoint=True)
+
+    assert callback.last_watch.stats.steps_measured == STEPS
+    events = wait_for_events(sidecar, "step", "hf-resumed", STEPS)
+    assert [e["step"] for e in events] == list(range(STEPS, 2 * STEPS))  # state.global_step went on from STEPS
 
 
 def test_trainer_training_with_the_callback_is_bitwise_identical(sidecar: Sidecar, tmp_path) -> None:

@@ -48,14 +48,20 @@ def start_watch(
     world_size: int,
     on_recommendation: Callable[..., None] | None,
     watch_kwargs: dict[str, Any],
+    first_step: int = 0,
 ) -> Any:
     """noisescope.watch with what the trainer knows; returns the Watch, or None where it could not start.
 
+    `first_step` is the trainer's step count at the start (non-zero when it resumed from a checkpoint): the
+    run's steps go on from it, so a resumed run's log continues, unless the user passed first_step.
     Never raises into training: a failure to start is one warning."""
     import noisescope
 
+    kwargs = dict(watch_kwargs)
+    if "first_step" not in kwargs and isinstance(first_step, int) and first_step > 0:
+        kwargs["first_step"] = first_step
     try:
-        ns = noisescope.watch(model, optimizer, scaler=scaler, dataset_size=dataset_size, **watch_kwargs)
+        ns = noisescope.watch(model, optimizer, scaler=scaler, dataset_size=dataset_size, **kwargs)
     except Exception as error:
         logger.warning("noisescope: %s could not start watching (%s: %s); training continues unwatched", owner,
                        type(error).__name__, error)

@@ -64,6 +64,7 @@ class NoiseScopeCallback(CallbackBase, pl.Callback):
             world_size=int(trainer.world_size),
             on_recommendation=self._on_recommendation,
             watch_kwargs=self._watch_kwargs,
+            first_step=int(trainer.global_step),  # restored from ckpt_path before on_train_start
         )
         meter = self.watch._meter if self.watch is not None else None
         if meter is None:

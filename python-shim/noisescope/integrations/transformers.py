@@ -47,6 +47,7 @@ class NoiseScopeCallback(CallbackBase, TrainerCallback):
             world_size=int(args.world_size),
             on_recommendation=self._on_recommendation,
             watch_kwargs=self._watch_kwargs,
+            first_step=int(getattr(state, "global_step", 0) or 0),  # resume_from_checkpoint restores it first
         )
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
