@@ -4,9 +4,11 @@ import { createJsUnrolledBackend } from './js-unrolled-backend.js';
 import type { ReductionBackend } from './reduction-backend.js';
 import { createReferenceBackend } from './reference-backend.js';
 import { createWasmSimdBackend } from './wasm-simd-backend.js';
+import { createWasmSimdThreadsBackend } from './wasm-simd-threads-backend.js';
 
 export const BACKEND_NAMES = [
   'wasm-simd',
+  'wasm-simd-threads', // the same kernels on every core (at most 4): a worker per core over shared memory
   'js-unrolled',
   'gpujs-webgpu',
   'gpujs-headlessgl',
@@ -33,6 +35,8 @@ export async function createBackend(name: BackendName): Promise<ReductionBackend
   switch (name) {
     case 'wasm-simd':
       return createWasmSimdBackend();
+    case 'wasm-simd-threads':
+      return createWasmSimdThreadsBackend();
     case 'js-unrolled':
       return createJsUnrolledBackend();
     case 'reference':

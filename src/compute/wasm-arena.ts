@@ -1,6 +1,7 @@
 // Byte ranges of one growable WebAssembly.Memory: reuse freed ranges of the same size (blocks of a
 // run come in a few sizes), else take fresh space at the end, growing the memory as needed.
 
+import type { OwnedBlock } from './reduction-backend.js';
 import { wasm, type WasmMemory } from './wasm-api.js';
 
 const ALIGN = 64; // a cache line: v128 loads of a row start never straddle one
@@ -35,6 +36,25 @@ export class WasmArena {
     const list = this.free.get(size) ?? [];
     list.push(offset);
     this.free.set(size, list);
+  }
+
+  /** A gradient block (K rows × length float32) in this memory; its `values` view is re-created on each read. */
+  block(gradients: number, length: number): OwnedBlock {
+    const bytes = gradients * length * 4;
+    const offset = this.allocate(bytes);
+    let released = false;
+    const floats = (): Float32Array => this.floats(offset, gradients * length);
+    return {
+      gradients,
+      length,
+      get values() {
+        return floats();
+      },
+      release: () => {
+        if (!released) this.release(offset, bytes);
+        released = true;
+      },
+    };
   }
 
   /** A float32 view; re-create it after any allocate (growing detaches the old buffer). */

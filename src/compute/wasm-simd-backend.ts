@@ -27,22 +27,7 @@ export function createWasmSimdBackend(options: WasmSimdOptions = {}): ReductionB
   return {
     name: 'wasm-simd',
     mode: `WebAssembly SIMD, tiles widened to f64 once, 4×2 register blocks, ${simd.fused ? 'fused multiply-add (relaxed SIMD)' : 'multiply then add'}`,
-    allocateBlock(gradients: number, length: number): OwnedBlock {
-      const bytes = gradients * length * 4;
-      const offset = arena.allocate(bytes);
-      let released = false;
-      return {
-        gradients,
-        length,
-        get values() {
-          return arena.floats(offset, gradients * length);
-        },
-        release() {
-          if (!released) arena.release(offset, bytes);
-          released = true;
-        },
-      };
-    },
+    allocateBlock: (gradients: number, length: number): OwnedBlock => arena.block(gradients, length),
     async addGram(block: GradientBlock, gram: Float64Array): Promise<void> {
       checkGramShapes(block, gram);
       const pairs = new Float64Array((block.gradients * (block.gradients + 1)) / 2);

@@ -85,7 +85,7 @@ describe('selectBackend', () => {
   });
 
   it('rejects an unknown name, naming the choices', async () => {
-    await expect(selectBackend({ force: 'cuda' })).rejects.toThrow(/unknown compute backend 'cuda': choose one of wasm-simd, js-unrolled, .*reference/);
+    await expect(selectBackend({ force: 'cuda' })).rejects.toThrow(/unknown compute backend 'cuda': choose one of wasm-simd, wasm-simd-threads, js-unrolled, .*reference/);
     expect(() => parseBackendName('cuda')).toThrow(RangeError);
     expect(parseBackendName('gpujs-cpu')).toBe('gpujs-cpu');
   });

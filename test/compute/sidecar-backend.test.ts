@@ -29,6 +29,6 @@ describe('the sidecar’s compute backend', () => {
   });
 
   it('rejects an unknown name before binding, listing the choices', async () => {
-    await expect(startSidecar({ port: 0, backend: 'cuda' as BackendName })).rejects.toThrow(/unknown compute backend 'cuda': choose one of wasm-simd, js-unrolled, .*reference/);
+    await expect(startSidecar({ port: 0, backend: 'cuda' as BackendName })).rejects.toThrow(/unknown compute backend 'cuda': choose one of wasm-simd, wasm-simd-threads, js-unrolled, .*reference/);
   });
 });

@@ -1,0 +1,145 @@
+// The multi-threaded wasm-simd backend against the reference on blocks large enough to be split
+// across threads (≥ SPLIT_BYTES and more than one tile), with 2, 3 and 4 threads so the parts fall
+// at different tiles; deterministic results; memory growth while workers hold views of the shared
+// memory; a worker that throws, traps, dies or hangs; dispose() stopping every worker.
+// Tolerance 1e-10 of √(G_ii G_jj), as for wasm-simd: exact float64 products, only the summation
+// order (per part, then the parts in order) differs from the reference.
+import type { Worker } from 'node:worker_threads';
+import { afterAll, describe, expect, it } from 'vitest';
+import { gramError } from '../../src/compute/probe-data.js';
+import { tileLength } from '../../src/compute/tiles.js';
+import { createWasmSimdThreadsBackend, SPLIT_BYTES, type WasmSimdThreadsBackend } from '../../src/compute/wasm-simd-threads-backend.js';
+import { Command, type WasmThreadPool } from '../../src/compute/wasm-threads-pool.js';
+import { expectedFor, randomBlock } from './check-backend.js';
+
+const TOLERANCE = 1e-10;
+
+/** A row length that splits: the block is ≥ SPLIT_BYTES, spans ≥ 3 tiles and ends mid-tile and mid-SIMD-stride. */
+function splitLength(k: number): number {
+  return Math.max(3 * tileLength(k), Math.ceil(SPLIT_BYTES / 4 / k)) + 7;
+}
+
+async function gramOf(backend: WasmSimdThreadsBackend, values: Float32Array, k: number, length: number): Promise<{ gram: Float64Array; squares: number }> {
+  const block = backend.allocateBlock(k, length);
+  try {
+    block.values.set(values);
+    const gram = new Float64Array(k * k);
+    await backend.addGram(block, gram);
+    return { gram, squares: await backend.sumOfSquares(block.values.subarray(3)) }; // an unaligned start
+  } finally {
+    block.release();
+  }
+}
+
+const exited = (worker: Worker): Promise<number> => new Promise((resolve) => worker.once('exit', resolve));
+
+describe.each([2, 3, 4])('wasm-simd-threads with %i threads', (threads) => {
+  const opened = createWasmSimdThreadsBackend({ threads });
+  afterAll(async () => (await opened).dispose());
+
+  it.each(Array.from({ length: 17 }, (_, i) => i + 1))('matches the reference for K = %i on a block split across threads', async (k) => {
+    const backend = await opened;
+    const length = splitLength(k);
+    const values = randomBlock(k, length, 97 * k + threads);
+    const expected = await expectedFor(values, k, length);
+    const { gram, squares } = await gramOf(backend, values, k, length);
+    expect(gramError(gram, expected.gram, k), `K=${k} n=${length}`).toBeLessThanOrEqual(TOLERANCE);
+    const wantSquares = expected.squares - [0, 1, 2].reduce((s, i) => s + (values[i] as number) ** 2, 0);
+    expect(Math.abs(squares - wantSquares) / wantSquares).toBeLessThanOrEqual(TOLERANCE);
+    const again = await gramOf(backend, values, k, length);
+    expect(Array.from(again.gram)).toEqual(Array.from(gram)); // parts added in a fixed order: bit for bit
+  });
+});
+
+describe('wasm-simd-threads', () => {
+  it('names its threads, and 1 thread means no workers', async () => {
+    const one = await createWasmSimdThreadsBackend({ threads: 1 });
+    expect(one.pool).toBeUndefined();
+    expect(one.mode).toMatch(/^1 thread \(no workers\), WebAssembly SIMD/);
+    const values = randomBlock(5, splitLength(5), 5);
+    const { gram } = await gramOf(one, values, 5, splitLength(5));
+    expect(gramError(gram, (await expectedFor(values, 5, splitLength(5))).gram, 5)).toBeLessThanOrEqual(TOLERANCE);
+    one.dispose();
+    const three = await createWasmSimdThreadsBackend({ threads: 3 });
+    expect(three.mode).toMatch(/^3 threads \(caller \+ 2 workers\) over shared memory/);
+    expect(three.pool?.size).toBe(2);
+    three.dispose();
+    await expect(createWasmSimdThreadsBackend({ threads: 0 })).rejects.toThrow(/threads must be an integer in 1\.\.64, got 0/);
+  });
+
+  it('stays correct while memory grows under calls in flight, and reads blocks in the grown memory', async () => {
+    const backend = await createWasmSimdThreadsBackend({ threads: 2 });
+    try {
+      const k = 4, length = splitLength(k);
+      const values = randomBlock(k, length, 31);
+      const expected = (await expectedFor(values, k, length)).gram;
+      const early = backend.allocateBlock(k, length);
+      early.values.set(values);
+      const grams = [new Float64Array(k * k), new Float64Array(k * k), new Float64Array(k * k)];
+      const inFlight = backend.addGram(early, grams[0] as Float64Array);
+      const late = backend.allocateBlock(k, 16 << 20); // 256 MiB more: the shared memory grows while the call runs
+      late.values.subarray(0, length).set(values.subarray(0, length)); // only the first row matters below
+      const lateBlock = backend.allocateBlock(k, length); // beyond the memory the workers first saw
+      lateBlock.values.set(values);
+      await Promise.all([inFlight, backend.addGram(lateBlock, grams[1] as Float64Array), backend.addGram(early, grams[2] as Float64Array)]);
+      for (const gram of grams) expect(gramError(gram, expected, k)).toBeLessThanOrEqual(TOLERANCE);
+      [early, late, lateBlock].forEach((b) => b.release());
+    } finally {
+      backend.dispose();
+    }
+  });
+
+  it('rejects a call whose worker throws or traps, naming the worker and the cause, and stays usable', async () => {
+    const backend = await createWasmSimdThreadsBackend({ threads: 2 });
+    const pool = backend.pool as WasmThreadPool;
+    try {
+      await expect(pool.run(0, 99, [])).rejects.toThrow('wasm-simd-threads: worker 0 failed: RangeError: unknown command 99');
+      await expect(pool.run(0, Command.sumsq, [0xf0000000, 1024])).rejects.toThrow(/worker 0 failed: RuntimeError: memory access out of bounds/);
+      const values = randomBlock(3, splitLength(3), 3);
+      const { gram } = await gramOf(backend, values, 3, splitLength(3));
+      expect(gramError(gram, (await expectedFor(values, 3, splitLength(3))).gram, 3)).toBeLessThanOrEqual(TOLERANCE);
+    } finally {
+      backend.dispose();
+    }
+  });
+
+  it('rejects a call whose worker dies or hangs, never waits forever, and replaces the worker', async () => {
+    const backend = await createWasmSimdThreadsBackend({ threads: 2, timeoutMs: 30 });
+    const pool = backend.pool as WasmThreadPool;
+    try {
+      // A long command for worker 0 alone: K = 32 rows of 512 Ki floats (≈ 0.1 s of products on one core).
+      const k = 32, length = 1 << 19, tile = tileLength(k);
+      const block = backend.allocateBlock(k, length);
+      block.values.fill(0.5);
+      const scratch = backend.allocateBlock(1, (k + 1) * tile * 2 + k * tile + 16 + (k * (k + 1)) / 2 * 2);
+      const base = scratch.values.byteOffset, wide = base, narrow = wide + (k + 1) * tile * 8, out = narrow + k * tile * 4, pairs = out + 64;
+      const long = (): Promise<void> => pool.run(0, Command.gram, [k, length, block.values.byteOffset, 0, length, tile, narrow, wide, out, pairs]);
+
+      await expect(long()).rejects.toThrow('wasm-simd-threads: worker 0 did not finish within 30 ms; it was stopped');
+      await pool.run(0, Command.noop, []); // a fresh worker
+
+      const [worker] = pool.workers as [Worker];
+      const dying = long();
+      await new Promise((resolve) => setTimeout(resolve, 5));
+      await worker.terminate();
+      await expect(dying).rejects.toThrow(/wasm-simd-threads: worker 0 exited/);
+      await pool.run(0, Command.noop, []);
+      expect(pool.workers[0]).not.toBe(worker);
+      [block, scratch].forEach((b) => b.release());
+    } finally {
+      backend.dispose();
+    }
+  });
+
+  it('dispose() stops every worker', async () => {
+    const backend = await createWasmSimdThreadsBackend({ threads: 4 });
+    const workers = (backend.pool as WasmThreadPool).workers;
+    expect(workers).toHaveLength(3);
+    const exits = workers.map(exited);
+    backend.dispose();
+    expect(await Promise.all(exits)).toHaveLength(3);
+    expect(workers.every((w) => w.threadId === -1)).toBe(true);
+    const block = backend.allocateBlock(2, SPLIT_BYTES);
+    await expect(backend.addGram(block, new Float64Array(4))).rejects.toThrow('wasm-simd-threads: the backend was disposed');
+  });
+});
