@@ -1,7 +1,7 @@
 """Per-example sums for the layers beyond `_per_example_math`'s, and for parameters computed jointly.
 
 - Conv3d and ConvTranspose1d/2d/3d: each example's weight gradient from the convolution's own
-  backward kernel (vmap'd convolution_backward, transposed for ConvTranspose), chunked.
+  backward kernel (one grouped convolution_backward over the chunk, transposed for ConvTranspose), chunked.
 - GroupNorm: Σ over positions of δ ⊙ x̂ (x̂ recomputed from the input), and of δ.
 - MultiheadAttention runs F.multi_head_attention_forward, so its children are never called: its
   parameters' per-example gradients come from vmap over a vjp of the module's own forward given
@@ -40,17 +40,17 @@ def convolution(module: nn.Conv3d | nn.ConvTranspose1d | nn.ConvTranspose2d | nn
     batch = calls[0][0].shape[0]
     weight = torch.zeros((), dtype=torch.float64, device=calls[0][0].device)
     bias = weight
-    for part in pem._chunks(batch, module.weight.numel()):
+    for part in pem._chunks(batch, module.weight.numel(), pem.CACHED_ELEMENTS):
         grads = [_per_example_weight_grads(module, pem._wide(x[part]), pem._wide(d[part])) for x, d in calls]
         total = grads[0] if len(grads) == 1 else torch.stack(grads).sum(0)
         weight = weight + pem._dot(total, total)
         bias_grad = sum(pem._wide(d[part]).flatten(2).sum(2) for _, d in calls)
-        bias = bias + bias_grad.square().sum(dtype=torch.float64)  # type: ignore[union-attr]
+        bias = bias + pem._sq(bias_grad)  # type: ignore[arg-type]
     return weight, (bias if module.bias is not None else None)
 
 
 def _per_example_weight_grads(module: nn.Module, x: Tensor, delta: Tensor) -> Tensor:
-    """[B, *weight.shape] from convolution_backward, vmap'd (one grouped convolution for the chunk)."""
+    """[B, *weight.shape] from convolution_backward as one grouped convolution for the chunk."""
     transposed = isinstance(module, _CONV_TRANSPOSE)
     dims = len(module.kernel_size)
     padding = module.padding
@@ -62,15 +62,9 @@ def _per_example_weight_grads(module: nn.Module, x: Tensor, delta: Tensor) -> Te
         for i in range(dims):
             natural = (x.shape[2 + i] - 1) * module.stride[i] - 2 * padding[i] + module.dilation[i] * (module.kernel_size[i] - 1) + 1
             output_padding[i] = delta.shape[2 + i] - natural
-    weight = module.weight.detach().to(x.dtype)  # only its shape is read
-
-    def one(d: Tensor, xi: Tensor) -> Tensor:
-        return torch.ops.aten.convolution_backward(
-            d[None], xi[None], weight, None, module.stride, padding, module.dilation, transposed, output_padding,
-            module.groups, [False, True, False],
-        )[1]
-
-    return vmap(one)(delta, x)
+    return pem.grouped_weight_grads(
+        x, delta, tuple(module.weight.shape), module.stride, padding, module.dilation, transposed, output_padding, module.groups
+    )
 
 
 # ------------------------------------------------------------------ GroupNorm
