@@ -1,9 +1,10 @@
 // wasm-simd on several cores: the same module and tile/kernel code (gramPairs) over one shared
-// WebAssembly.Memory, a block's columns split into contiguous tile-aligned parts, one per thread
-// (the calling thread computes part 0 while workers compute the rest, each into its own pair sums),
-// the parts added in a fixed order so the result does not depend on which thread finished first.
+// WebAssembly.Memory. A block's columns are cut into at most CHUNKS runs of whole tiles; the calling
+// thread and the workers each claim chunks until none is left (wasm-threads-chunks.ts), each chunk's
+// pair sums land in a slot of their own, and the slots are added in chunk order: the result is the
+// same bit for bit whoever computed what, and a thread slowed by other processes just takes fewer.
 // From K ≈ 8 one core's arithmetic, not memory, bounds the Gram (bench compute's ceiling line).
-// Blocks under SPLIT_BYTES stay on the calling thread: there a dispatch would cost more than it saves.
+// Calls under SPLIT_PRODUCTS stay on the calling thread: there waking the workers costs more than it saves.
 import { availableParallelism } from 'node:os';
 import { addPairSums, checkGramShapes, type GradientBlock, type OwnedBlock, type ReductionBackend } from './reduction-backend.js';
 import { tileLength } from './tiles.js';
@@ -11,11 +12,18 @@ import { wasm } from './wasm-api.js';
 import { WasmArena } from './wasm-arena.js';
 import { compileSimd, SIMD_STRIDE, type SimdExports } from './wasm-simd-module.js';
 import { gramPairs, sumsqInPlace, TileScratch } from './wasm-simd-backend.js';
+import { chunkStart, claimGramChunks, claimSquareChunks } from './wasm-threads-chunks.js';
 import { Command, CONTROL_BYTES, WasmThreadPool } from './wasm-threads-pool.js';
 import { sumOfSquaresUnrolled } from './js-unrolled-backend.js';
 
-/** Blocks (Gram) and arrays (Σx²) smaller than this are computed on the calling thread alone. */
-export const SPLIT_BYTES = 256 << 10;
+/** Calls with fewer products than this (K(K+1)/2 × length for a Gram, the length for Σx²) run on the
+ *  calling thread alone: measured on 2 shared cores, splitting broke even at ≈ 100–150 µs of work
+ *  (a worker's wake-up and round trip cost 20–80 µs), e.g. K = 8 × 32 Ki floats or Σx² of 512 Ki. */
+export const SPLIT_PRODUCTS = 1 << 19;
+const SCRATCH_BYTES = 256 << 10; // Σx² of an array outside the shared memory is copied in through this
+/** Most chunks a call is cut into, whatever the thread count: the result depends only on the block. */
+const CHUNKS = 64;
+const SQUARES_CHUNK_BYTES = 256 << 10;
 const DEFAULT_TIMEOUT_MS = 120_000;
 
 export interface WasmSimdThreadsOptions {
@@ -44,12 +52,12 @@ export async function createWasmSimdThreadsBackend(options: WasmSimdThreadsOptio
   if ('unsupported' in compiled) throw new Error(compiled.unsupported);
   const simd = { ...(new wasm.Instance(compiled.module, { e: { m: arena.memory } }).exports as unknown as Omit<SimdExports, 'fused'>), fused: compiled.fused };
   const scratches = Array.from({ length: threads }, () => new TileScratch(arena));
-  const pairAreas = scratches.map(() => ({ offset: 0, bytes: 0 }));
   const controls = Array.from({ length: threads - 1 }, () => arena.allocate(CONTROL_BYTES));
   const pool = threads > 1 ? await WasmThreadPool.start(compiled.module, arena.memory, controls, options.timeoutMs ?? DEFAULT_TIMEOUT_MS) : undefined;
-  const squaresScratch = arena.allocate(SPLIT_BYTES);
+  const counter = arena.allocate(64), squareSlots = arena.allocate(CHUNKS * 8), squaresScratch = arena.allocate(SCRATCH_BYTES);
+  const gramSlots = { offset: 0, bytes: 0 };
   const inArena = (values: Float32Array): boolean => values.buffer === arena.memory.buffer;
-  // Calls that use the workers run one at a time (their scratch and pair areas are per worker).
+  // Calls that use the workers run one at a time (they share the counter, the slots and the workers' scratch).
   let queue: Promise<unknown> = Promise.resolve();
   const serially = <T>(job: () => Promise<T>): Promise<T> => {
     const result = queue.then(job);
@@ -57,47 +65,50 @@ export async function createWasmSimdThreadsBackend(options: WasmSimdThreadsOptio
     return result;
   };
 
-  /** Worker w's pair-sum area, grown to hold `count` float64. */
-  const pairArea = (w: number, count: number): number => {
-    const area = pairAreas[w] as { offset: number; bytes: number };
-    if (count * 8 > area.bytes) {
-      if (area.bytes > 0) arena.release(area.offset, area.bytes);
-      [area.offset, area.bytes] = [arena.allocate(count * 8), count * 8];
+  /** Posts a command to every worker, runs `own` here meanwhile, and waits for every worker, also
+   *  when one fails: none may still be at work (on this call's counter and slots) when the next starts. */
+  const onAllThreads = async (command: number, argsFor: (thread: number) => readonly number[], own: (counter: Int32Array) => void): Promise<void> => {
+    const claims = new Int32Array(arena.memory.buffer, counter, 1);
+    Atomics.store(claims, 0, 0);
+    const work = Array.from({ length: threads - 1 }, (_, w) => (pool as WasmThreadPool).run(w, command, argsFor(w + 1)));
+    const firstFailure = Promise.allSettled(work).then((results) => results.find((r) => r.status === 'rejected'));
+    try {
+      own(claims);
+    } finally {
+      await firstFailure; // also when `own` threw: no worker may still be at work
     }
-    return area.offset;
+    const failed = await firstFailure;
+    if (failed) throw failed.reason;
   };
 
-  const gramOnWorkers = async (block: GradientBlock, pairs: Float64Array): Promise<void> => {
+  const gramOnAllThreads = async (block: GradientBlock, pairs: Float64Array): Promise<void> => {
     const { gradients: k, length: n } = block;
-    const tile = tileLength(k), tiles = Math.ceil(n / tile);
-    const parts = Math.min(threads, tiles);
-    for (const scratch of scratches.slice(0, parts)) scratch.fit(k, tile);
-    const areas = Array.from({ length: parts }, (_, p) => pairArea(p, pairs.length)); // all growing done: views stay current
-    const values = block.values;
-    const bound = (p: number): number => Math.min(n, Math.floor((p * tiles) / parts) * tile);
-    const work = [];
-    for (let p = 1; p < parts; p++) {
-      const s = scratches[p] as TileScratch;
-      work.push((pool as WasmThreadPool).run(p - 1, Command.gram, [k, n, values.byteOffset, bound(p), bound(p + 1), tile, s.narrow, s.wide, s.out, areas[p] as number]));
+    const tile = tileLength(k), chunks = Math.min(CHUNKS, Math.ceil(n / tile)), count = pairs.length;
+    for (const scratch of scratches) scratch.fit(k, tile);
+    if (chunks * count * 8 > gramSlots.bytes) {
+      if (gramSlots.bytes > 0) arena.release(gramSlots.offset, gramSlots.bytes);
+      [gramSlots.offset, gramSlots.bytes] = [arena.allocate(chunks * count * 8), chunks * count * 8];
     }
-    gramPairs(simd, arena, scratches[0] as TileScratch, block, true, tile, 0, bound(1), pairs);
-    await Promise.all(work);
-    for (let p = 1; p < parts; p++) {
-      const part = arena.doubles(areas[p] as number, pairs.length);
-      for (let q = 0; q < pairs.length; q++) pairs[q] = (pairs[q] as number) + (part[q] as number);
-    }
+    const values = block.values; // all growing is done: this view stays current
+    const work = { block, tile, chunks, slots: gramSlots.offset };
+    const argsFor = (thread: number): number[] => {
+      const own = scratches[thread] as TileScratch;
+      return [k, n, values.byteOffset, tile, chunks, work.slots, counter, own.narrow, own.wide, own.out];
+    };
+    await onAllThreads(Command.gram, argsFor, (claims) =>
+      claimGramChunks(gramPairs, chunkStart, simd, arena, scratches[0] as TileScratch, claims, work));
+    const slots = arena.doubles(work.slots, chunks * count);
+    for (let c = 0; c < chunks; c++) for (let q = 0; q < count; q++) pairs[q] = (pairs[q] as number) + (slots[c * count + q] as number);
   };
 
-  const squaresOnWorkers = async (values: Float32Array): Promise<number> => {
-    // Parts of whole SIMD strides; the tail (length mod 16) is the calling thread's, added last.
-    const body = values.length - (values.length % SIMD_STRIDE);
-    const bound = (p: number): number => Math.floor((p * (body / SIMD_STRIDE)) / threads) * SIMD_STRIDE;
-    const work = [];
-    for (let p = 1; p < threads; p++) work.push((pool as WasmThreadPool).run(p - 1, Command.sumsq, [values.byteOffset + bound(p) * 4, bound(p + 1) - bound(p)]));
-    let sum = simd.sumsq(values.byteOffset, bound(1));
-    await Promise.all(work);
-    for (let p = 1; p < threads; p++) sum += (pool as WasmThreadPool).result(p - 1);
-    return sum + sumOfSquaresUnrolled(values.subarray(body));
+  const squaresOnAllThreads = async (values: Float32Array): Promise<number> => {
+    const strides = Math.floor(values.length / SIMD_STRIDE), chunks = Math.min(CHUNKS, Math.ceil((strides * SIMD_STRIDE * 4) / SQUARES_CHUNK_BYTES));
+    const args = [values.byteOffset, strides, chunks, squareSlots, counter];
+    await onAllThreads(Command.sumsq, () => args, (claims) => claimSquareChunks(simd, arena, claims, values.byteOffset, strides, chunks, squareSlots));
+    const slots = arena.doubles(squareSlots, chunks);
+    let sum = 0;
+    for (let c = 0; c < chunks; c++) sum += slots[c] as number;
+    return sum + sumOfSquaresUnrolled(values.subarray(strides * SIMD_STRIDE)); // the tail, length mod 16
   };
 
   return {
@@ -110,9 +121,9 @@ export async function createWasmSimdThreadsBackend(options: WasmSimdThreadsOptio
       checkGramShapes(block, gram);
       const { gradients: k, length: n } = block;
       const pairs = new Float64Array((k * (k + 1)) / 2);
-      const split = pool !== undefined && k * n * 4 >= SPLIT_BYTES && n > tileLength(k) && inArena(block.values);
+      const split = pool !== undefined && ((k * (k + 1)) / 2) * n >= SPLIT_PRODUCTS && n > tileLength(k) && inArena(block.values);
       if (split) {
-        await serially(() => gramOnWorkers(block, pairs));
+        await serially(() => gramOnAllThreads(block, pairs));
       } else {
         const tile = tileLength(k), scratch = scratches[0] as TileScratch;
         scratch.fit(k, tile); // may grow memory: read block.values after it
@@ -121,10 +132,10 @@ export async function createWasmSimdThreadsBackend(options: WasmSimdThreadsOptio
       addPairSums(pairs, k, gram);
     },
     async sumOfSquares(values: Float32Array): Promise<number> {
-      if (inArena(values) && pool !== undefined && values.length * 4 >= SPLIT_BYTES) return serially(() => squaresOnWorkers(values));
+      if (inArena(values) && pool !== undefined && values.length >= SPLIT_PRODUCTS) return serially(() => squaresOnAllThreads(values));
       if (inArena(values)) return sumsqInPlace(simd, values.byteOffset, values);
       let sum = 0;
-      const chunk = SPLIT_BYTES / 4;
+      const chunk = SCRATCH_BYTES / 4;
       for (let start = 0; start < values.length; start += chunk) {
         const part = values.subarray(start, Math.min(values.length, start + chunk));
         arena.floats(squaresScratch, part.length).set(part);

@@ -6,23 +6,29 @@
 // built from self-contained functions' source, so it runs the same under vitest (TypeScript
 // sources) and from dist/.
 import { Worker } from 'node:worker_threads';
-import { gramPairs } from './wasm-simd-backend.js';
 import type { WasmMemory } from './wasm-api.js';
+import { gramPairs } from './wasm-simd-backend.js';
+import type { SimdExports } from './wasm-simd-module.js';
+import { chunkStart, claimGramChunks, claimSquareChunks } from './wasm-threads-chunks.js';
 
 /** Bytes of one worker's control block (allocate them 8-aligned in the shared memory). */
 export const CONTROL_BYTES = 512;
 const SEQ = 0, DONE = 1, STATUS = 2, COMMAND = 3, ARGS = 4, MESSAGE_LENGTH = 15; // Int32 indices
-const RESULT_BYTE = 64, MESSAGE_BYTE = 128; // a float64 result; an error message (UTF-8)
+const MESSAGE_BYTE = 128; // an error message (UTF-8)
+const START_TIMEOUT_MS = 10_000;
 
 export const Command = { noop: 0, gram: 1, sumsq: 2 } as const;
 
-// Runs in the worker. Arguments are unsigned 32-bit (addresses reach 4 GiB).
-function workerMain(gramPairsSource: string, layout: { SEQ: number; DONE: number; STATUS: number; COMMAND: number; ARGS: number; MESSAGE_LENGTH: number; RESULT_BYTE: number; MESSAGE_BYTE: number; CONTROL_BYTES: number }): void {
+// Runs in the worker: `sources` are the self-contained functions it calls. Arguments are unsigned
+// 32-bit (addresses reach 4 GiB).
+function workerMain(sources: { gramPairs: string; chunkStart: string; claimGramChunks: string; claimSquareChunks: string }, layout: { SEQ: number; DONE: number; STATUS: number; COMMAND: number; ARGS: number; MESSAGE_LENGTH: number; MESSAGE_BYTE: number; CONTROL_BYTES: number }): void {
   const { workerData } = require('node:worker_threads') as { workerData: { module: object; memory: WasmMemory; control: number } };
   const { module, memory, control } = workerData;
-  const wasmApi = (globalThis as unknown as { WebAssembly: { Instance: new (m: object, i: object) => { exports: Record<string, (...args: number[]) => number> } } }).WebAssembly;
-  const simd = new wasmApi.Instance(module, { e: { m: memory } }).exports;
-  const pairsOf = new Function(`return (${gramPairsSource});`)() as typeof gramPairs;
+  const wasmApi = (globalThis as unknown as { WebAssembly: { Instance: new (m: object, i: object) => { exports: object } } }).WebAssembly;
+  const simd = new wasmApi.Instance(module, { e: { m: memory } }).exports as SimdExports;
+  const compile = <F>(source: string): F => new Function(`return (${source});`)() as F;
+  const pairsOf = compile<typeof gramPairs>(sources.gramPairs), start = compile<typeof chunkStart>(sources.chunkStart);
+  const gramChunks = compile<typeof claimGramChunks>(sources.claimGramChunks), squareChunks = compile<typeof claimSquareChunks>(sources.claimSquareChunks);
   const ctl = new Int32Array(memory.buffer, control, layout.MESSAGE_BYTE / 4); // never moves: growing keeps old views valid
   const views = {
     floats: (offset: number, count: number) => new Float32Array(memory.buffer, offset, count),
@@ -33,13 +39,13 @@ function workerMain(gramPairsSource: string, layout: { SEQ: number; DONE: number
     if (command === 0) return;
     if (command === 1) {
       const k = arg(0), n = arg(1);
-      const pairs = views.doubles(arg(9), (k * (k + 1)) / 2).fill(0);
       const block = { gradients: k, length: n, values: views.floats(arg(2), k * n) };
-      pairsOf(simd as never, views, { narrow: arg(6), wide: arg(7), out: arg(8) }, block, true, arg(5), arg(3), arg(4), pairs);
+      const areas = { narrow: arg(7), wide: arg(8), out: arg(9) };
+      gramChunks(pairsOf, start, simd, views, areas, new Int32Array(memory.buffer, arg(6), 1), { block, tile: arg(3), chunks: arg(4), slots: arg(5) });
       return;
     }
     if (command === 2) {
-      views.doubles(control + layout.RESULT_BYTE, 1)[0] = (simd.sumsq as (a: number, n: number) => number)(arg(0), arg(1));
+      squareChunks(simd, views, new Int32Array(memory.buffer, arg(4), 1), arg(0), arg(1), arg(2), arg(3));
       return;
     }
     throw new RangeError(`unknown command ${command}`);
@@ -66,7 +72,8 @@ function workerMain(gramPairsSource: string, layout: { SEQ: number; DONE: number
   }
 }
 
-const WORKER_SOURCE = `(${workerMain.toString()})(${JSON.stringify(gramPairs.toString())}, ${JSON.stringify({ SEQ, DONE, STATUS, COMMAND, ARGS, MESSAGE_LENGTH, RESULT_BYTE, MESSAGE_BYTE, CONTROL_BYTES })});`;
+const SOURCES = { gramPairs: gramPairs.toString(), chunkStart: chunkStart.toString(), claimGramChunks: claimGramChunks.toString(), claimSquareChunks: claimSquareChunks.toString() };
+const WORKER_SOURCE = `(${workerMain.toString()})(${JSON.stringify(SOURCES)}, ${JSON.stringify({ SEQ, DONE, STATUS, COMMAND, ARGS, MESSAGE_LENGTH, MESSAGE_BYTE, CONTROL_BYTES })});`;
 
 type WaitAsync = (array: Int32Array, index: number, value: number, timeout?: number) => { async: false; value: string } | { async: true; value: Promise<string> };
 const waitAsync = (Atomics as unknown as { waitAsync?: WaitAsync }).waitAsync;
@@ -124,6 +131,7 @@ export class WasmThreadPool {
     if (slot.dead) {
       slot = this.spawn(index);
       this.slots[index] = slot;
+      await this.online(slot, index); // the call's timeout should not count the start-up
     }
     const ctl = this.control(index);
     for (const [i, value] of args.entries()) ctl[ARGS + i] = value | 0;
@@ -140,7 +148,7 @@ export class WasmThreadPool {
     clearTimeout(timer);
     if (outcome instanceof Error) throw this.abandon(index, outcome);
     if (outcome === 'timed-out') {
-      void slot.worker.terminate();
+      await slot.worker.terminate(); // stopped before the call settles: it must not claim the next call's chunks
       throw this.abandon(index, new Error(`wasm-simd-threads: worker ${index} did not finish within ${this.timeoutMs} ms; it was stopped`));
     }
     if (Atomics.load(ctl, STATUS) !== 0) {
@@ -148,11 +156,6 @@ export class WasmThreadPool {
       const text = new TextDecoder().decode(new Uint8Array(this.memory.buffer, this.controls[index] as number + MESSAGE_BYTE, length).slice());
       throw new Error(`wasm-simd-threads: worker ${index} failed: ${text}`);
     }
-  }
-
-  /** The float64 a sumsq command left in worker `index`'s control block. */
-  result(index: number): number {
-    return new Float64Array(this.memory.buffer, (this.controls[index] as number) + RESULT_BYTE, 1)[0] as number;
   }
 
   /** Terminates every worker (idempotent). */
@@ -186,7 +189,7 @@ export class WasmThreadPool {
   private online(slot: Slot, index: number): Promise<void> {
     return new Promise((resolve, reject) => {
       // Ref'd: the workers are unref()'d, so without it a process waiting only for them would exit.
-      const timer = setTimeout(() => reject(new Error(`wasm-simd-threads: worker ${index} did not start within ${this.timeoutMs} ms`)), this.timeoutMs);
+      const timer = setTimeout(() => reject(new Error(`wasm-simd-threads: worker ${index} did not start within ${START_TIMEOUT_MS} ms`)), START_TIMEOUT_MS);
       slot.worker.once('online', () => {
         clearTimeout(timer);
         resolve();

@@ -1,5 +1,5 @@
 // The multi-threaded wasm-simd backend against the reference on blocks large enough to be split
-// across threads (≥ SPLIT_BYTES and more than one tile), with 2, 3 and 4 threads so the parts fall
+// across threads (≥ SPLIT_PRODUCTS and more than one tile), with 2, 3 and 4 threads so the parts fall
 // at different tiles; deterministic results; memory growth while workers hold views of the shared
 // memory; a worker that throws, traps, dies or hangs; dispose() stopping every worker.
 // Tolerance 1e-10 of √(G_ii G_jj), as for wasm-simd: exact float64 products, only the summation
@@ -8,15 +8,15 @@ import type { Worker } from 'node:worker_threads';
 import { afterAll, describe, expect, it } from 'vitest';
 import { gramError } from '../../src/compute/probe-data.js';
 import { tileLength } from '../../src/compute/tiles.js';
-import { createWasmSimdThreadsBackend, SPLIT_BYTES, type WasmSimdThreadsBackend } from '../../src/compute/wasm-simd-threads-backend.js';
+import { createWasmSimdThreadsBackend, SPLIT_PRODUCTS, type WasmSimdThreadsBackend } from '../../src/compute/wasm-simd-threads-backend.js';
 import { Command, type WasmThreadPool } from '../../src/compute/wasm-threads-pool.js';
 import { expectedFor, randomBlock } from './check-backend.js';
 
 const TOLERANCE = 1e-10;
 
-/** A row length that splits: the block is ≥ SPLIT_BYTES, spans ≥ 3 tiles and ends mid-tile and mid-SIMD-stride. */
+/** A row length that splits: ≥ SPLIT_PRODUCTS products, ≥ 3 tiles, ending mid-tile and mid-SIMD-stride. */
 function splitLength(k: number): number {
-  return Math.max(3 * tileLength(k), Math.ceil(SPLIT_BYTES / 4 / k)) + 7;
+  return Math.max(3 * tileLength(k), Math.ceil(SPLIT_PRODUCTS / ((k * (k + 1)) / 2))) + 7;
 }
 
 async function gramOf(backend: WasmSimdThreadsBackend, values: Float32Array, k: number, length: number): Promise<{ gram: Float64Array; squares: number }> {
@@ -94,7 +94,11 @@ describe('wasm-simd-threads', () => {
     const pool = backend.pool as WasmThreadPool;
     try {
       await expect(pool.run(0, 99, [])).rejects.toThrow('wasm-simd-threads: worker 0 failed: RangeError: unknown command 99');
-      await expect(pool.run(0, Command.sumsq, [0xf0000000, 1024])).rejects.toThrow(/worker 0 failed: RuntimeError: memory access out of bounds/);
+      const claims = backend.allocateBlock(1, 32); // a chunk counter (zero) and one result slot
+      claims.values.fill(0);
+      const [counter, slot] = [claims.values.byteOffset, claims.values.byteOffset + 64];
+      await expect(pool.run(0, Command.sumsq, [0xf0000000, 64, 1, slot, counter])).rejects.toThrow(/worker 0 failed: RuntimeError: memory access out of bounds/);
+      claims.release();
       const values = randomBlock(3, splitLength(3), 3);
       const { gram } = await gramOf(backend, values, 3, splitLength(3));
       expect(gramError(gram, (await expectedFor(values, 3, splitLength(3))).gram, 3)).toBeLessThanOrEqual(TOLERANCE);
@@ -111,9 +115,12 @@ describe('wasm-simd-threads', () => {
       const k = 32, length = 1 << 19, tile = tileLength(k);
       const block = backend.allocateBlock(k, length);
       block.values.fill(0.5);
-      const scratch = backend.allocateBlock(1, (k + 1) * tile * 2 + k * tile + 16 + (k * (k + 1)) / 2 * 2);
-      const base = scratch.values.byteOffset, wide = base, narrow = wide + (k + 1) * tile * 8, out = narrow + k * tile * 4, pairs = out + 64;
-      const long = (): Promise<void> => pool.run(0, Command.gram, [k, length, block.values.byteOffset, 0, length, tile, narrow, wide, out, pairs]);
+      const scratch = backend.allocateBlock(1, (k + 1) * tile * 2 + k * tile + 32 + (k * (k + 1)) / 2 * 2);
+      const base = scratch.values.byteOffset, wide = base, narrow = wide + (k + 1) * tile * 8, out = narrow + k * tile * 4, counter = out + 64, slots = counter + 64;
+      const long = (): Promise<void> => {
+        new Int32Array(scratch.values.buffer, counter, 1)[0] = 0; // one chunk, the whole block, for worker 0
+        return pool.run(0, Command.gram, [k, length, block.values.byteOffset, tile, 1, slots, counter, narrow, wide, out]);
+      };
 
       await expect(long()).rejects.toThrow('wasm-simd-threads: worker 0 did not finish within 30 ms; it was stopped');
       await pool.run(0, Command.noop, []); // a fresh worker
@@ -139,7 +146,7 @@ describe('wasm-simd-threads', () => {
     backend.dispose();
     expect(await Promise.all(exits)).toHaveLength(3);
     expect(workers.every((w) => w.threadId === -1)).toBe(true);
-    const block = backend.allocateBlock(2, SPLIT_BYTES);
+    const block = backend.allocateBlock(2, SPLIT_PRODUCTS);
     await expect(backend.addGram(block, new Float64Array(4))).rejects.toThrow('wasm-simd-threads: the backend was disposed');
   });
 });
