@@ -6,6 +6,7 @@ import { BACKEND_NAMES, createBackend } from './backends.js';
 import { fillUniform } from './probe-data.js';
 import { formatSelection, selectBackend } from './select-backend.js';
 import { WasmArena } from './wasm-arena.js';
+import { createWasmSimdThreadsBackend } from './wasm-simd-threads-backend.js';
 import { instantiateSimd, type SimdExports } from './wasm-simd-module.js';
 
 const BANDWIDTH_FLOATS = 64 << 20; // 256 MiB
@@ -39,6 +40,8 @@ interface Bandwidth {
   readonly evict: () => void;
   /** float64 products per second of the 4×2 Gram kernel on rows already in cache (null without SIMD). */
   readonly kernelProducts: number | null;
+  /** The same streaming read on all of wasm-simd-threads' threads (null with one thread). */
+  readonly threaded: { readonly threads: number; readonly gbps: number } | null;
 }
 
 async function memoryBandwidth(): Promise<Bandwidth> {
@@ -52,7 +55,23 @@ async function memoryBandwidth(): Promise<Bandwidth> {
   const target = new Float32Array(BANDWIDTH_FLOATS);
   const copy = gbps(bytes, await bestSeconds(REPEATS, () => target.set(source)));
   const evict = 'unsupported' in simd ? () => void target.set(source) : () => void simd.readsum(at, BANDWIDTH_FLOATS);
-  return { wasmRead, copy, evict, kernelProducts: 'unsupported' in simd ? null : await kernelProducts(arena, simd) };
+  return { wasmRead, copy, evict, kernelProducts: 'unsupported' in simd ? null : await kernelProducts(arena, simd), threaded: await threadedRead() };
+}
+
+/** A multi-threaded backend reads with every core: its fair bandwidth is the read on as many threads. */
+async function threadedRead(): Promise<Bandwidth['threaded']> {
+  const backend = await createWasmSimdThreadsBackend().catch(() => null);
+  if (backend === null) return null;
+  if (backend.threads === 1) {
+    backend.dispose();
+    return null;
+  }
+  const block = backend.allocateBlock(1, BANDWIDTH_FLOATS);
+  fillUniform(block.values, 1);
+  const seconds = await bestSeconds(REPEATS, () => backend.streamingRead(block.values));
+  block.release();
+  backend.dispose();
+  return { threads: backend.threads, gbps: gbps(BANDWIDTH_FLOATS * 4, seconds) };
 }
 
 /** The Gram's arithmetic ceiling: the 4×2 kernel alone on six cached float64 rows. */
@@ -70,7 +89,8 @@ export async function runComputeBench(): Promise<string> {
   const lines: string[] = [];
   const bandwidth = await memoryBandwidth();
   const memory = Math.max(bandwidth.wasmRead, bandwidth.copy);
-  lines.push(`memory bandwidth: ${memory.toFixed(1)} GB/s (wasm SIMD streaming read ${bandwidth.wasmRead.toFixed(1)}, Float32Array copy ${bandwidth.copy.toFixed(1)} GB/s read, 256 MiB)`);
+  const threaded = bandwidth.threaded;
+  lines.push(`memory bandwidth: ${memory.toFixed(1)} GB/s (wasm SIMD streaming read ${bandwidth.wasmRead.toFixed(1)}, Float32Array copy ${bandwidth.copy.toFixed(1)} GB/s read, 256 MiB)${threaded ? `; the streaming read on ${threaded.threads} threads ${threaded.gbps.toFixed(1)} GB/s` : ''}`);
   const { backend: chosen, report } = await selectBackend();
   chosen.dispose();
   lines.push(formatSelection(report));
@@ -100,13 +120,17 @@ export async function runComputeBench(): Promise<string> {
     lines.push(`  ${name.padEnd(17)}${figures.map((f) => f.toFixed(2).padStart(10)).join('')}  ${backend.mode}${name === report.chosen ? '  ← chosen' : ''}`);
     backend.dispose();
   }
-  const ratio = (f: number | undefined) => (f ? (memory / f).toFixed(1) : '?');
-  lines.push(`target: chosen backend within 2× of memory bandwidth — ${report.chosen}: Σx² ${ratio(chosenFigures.at(-1))}×, ${GRAM_SHAPES.map((s, i) => `Gram K=${s.gradients} ${ratio(chosenFigures[i])}×`).join(', ')} below`);
+  const ratios = (bandwidthGBps: number) => {
+    const ratio = (f: number | undefined) => (f ? (bandwidthGBps / f).toFixed(1) : '?');
+    return `Σx² ${ratio(chosenFigures.at(-1))}×, ${GRAM_SHAPES.map((s, i) => `Gram K=${s.gradients} ${ratio(chosenFigures[i])}×`).join(', ')} below`;
+  };
+  const onThreads = threaded && report.chosen === 'wasm-simd-threads' ? `; below the ${threaded.threads}-thread read (${threaded.gbps.toFixed(1)} GB/s): ${ratios(threaded.gbps)}` : '';
+  lines.push(`target: chosen backend within 2× of memory bandwidth — ${report.chosen}: ${ratios(memory)}${onThreads}`);
   const products = bandwidth.kernelProducts;
   if (products !== null) {
     // A K-row block needs (K + 1)/2 products per element read (K(K+1)/2 pairs over K rows): past a few rows the Gram is bound by arithmetic, not memory.
     const bound = (k: number): string => Math.min(memory, (4 * products) / ((k + 1) / 2) / 1e9).toFixed(1);
-    lines.push(`Gram arithmetic ceiling: the 4×2 kernel alone does ${(products / 1e9).toFixed(2)} G float64 products/s on cached rows; a K-row block needs (K+1)/2 per float read, so at most ${GRAM_SHAPES.map((s) => `K=${s.gradients} ${bound(s.gradients)}`).join(', ')} GB/s (capped at the bandwidth) on one core`);
+    lines.push(`Gram arithmetic ceiling: the 4×2 kernel alone does ${(products / 1e9).toFixed(2)} G float64 products/s on cached rows; a K-row block needs (K+1)/2 per float read, so at most ${GRAM_SHAPES.map((s) => `K=${s.gradients} ${bound(s.gradients)}`).join(', ')} GB/s (capped at the bandwidth) on one core${threaded ? `, ${threaded.threads}× that on ${threaded.threads} threads` : ''}`);
   }
   return lines.join('\n');
 }

@@ -38,6 +38,9 @@ export interface WasmSimdThreadsOptions {
 export interface WasmSimdThreadsBackend extends ReductionBackend {
   readonly threads: number;
   readonly pool: WasmThreadPool | undefined;
+  /** Σ values in float32 lanes (wasm-simd-module's readsum) on every thread: bench compute's
+   *  memory bandwidth with this many threads. `values`: from allocateBlock, length a multiple of 16. */
+  streamingRead(values: Float32Array): Promise<number>;
 }
 
 export function defaultThreads(): number {
@@ -101,10 +104,11 @@ export async function createWasmSimdThreadsBackend(options: WasmSimdThreadsOptio
     for (let c = 0; c < chunks; c++) for (let q = 0; q < count; q++) pairs[q] = (pairs[q] as number) + (slots[c * count + q] as number);
   };
 
-  const squaresOnAllThreads = async (values: Float32Array): Promise<number> => {
+  /** The chunk sums of the whole SIMD strides of `values` (kernel: see claimSquareChunks), in order, and the tail left (length mod 16). */
+  const squaresOnAllThreads = async (values: Float32Array, kernel = 0): Promise<number> => {
     const strides = Math.floor(values.length / SIMD_STRIDE), chunks = Math.min(CHUNKS, Math.ceil((strides * SIMD_STRIDE * 4) / SQUARES_CHUNK_BYTES));
-    const args = [values.byteOffset, strides, chunks, squareSlots, counter];
-    await onAllThreads(Command.sumsq, () => args, (claims) => claimSquareChunks(simd, arena, claims, values.byteOffset, strides, chunks, squareSlots));
+    const args = [values.byteOffset, strides, chunks, squareSlots, counter, kernel];
+    await onAllThreads(Command.sumsq, () => args, (claims) => claimSquareChunks(simd, arena, claims, values.byteOffset, strides, chunks, squareSlots, kernel));
     const slots = arena.doubles(squareSlots, chunks);
     let sum = 0;
     for (let c = 0; c < chunks; c++) sum += slots[c] as number;
@@ -142,6 +146,10 @@ export async function createWasmSimdThreadsBackend(options: WasmSimdThreadsOptio
         sum += sumsqInPlace(simd, squaresScratch, arena.floats(squaresScratch, part.length));
       }
       return sum;
+    },
+    async streamingRead(values: Float32Array): Promise<number> {
+      if (!inArena(values) || values.length % SIMD_STRIDE !== 0) throw new RangeError('streamingRead needs an allocateBlock view whose length is a multiple of 16');
+      return pool === undefined ? simd.readsum(values.byteOffset, values.length) : serially(() => squaresOnAllThreads(values, 1));
     },
     dispose: () => pool?.dispose(),
   };

@@ -5,7 +5,7 @@
 // the result is the same bit for bit whichever thread computed which chunk, and for any thread count.
 // Self-contained functions (parameters and globals only): the workers run their source.
 import type { GradientBlock } from './reduction-backend.js';
-import type { SimdExports, } from './wasm-simd-module.js';
+import type { SimdExports } from './wasm-simd-module.js';
 import type { gramPairs, TileAreas, WasmViews } from './wasm-simd-backend.js';
 
 /** A Gram pass split in chunks of whole tiles: chunk c covers columns [bound(c), bound(c + 1)). */
@@ -31,10 +31,12 @@ export function claimGramChunks(pairsOf: typeof gramPairs, start: typeof chunkSt
   }
 }
 
-/** Σx² of `strides` × 16 floats at `values` in chunks; chunk c's sum goes to the float64 at slots + 8c. */
-export function claimSquareChunks(simd: SimdExports, views: WasmViews, counter: Int32Array, values: number, strides: number, chunks: number, slots: number): void {
+/** Σx² (kernel 0: sumsq) or the float32-lane Σx (kernel 1: readsum, the bandwidth probe) of
+ *  `strides` × 16 floats at `values` in chunks; chunk c's sum goes to the float64 at slots + 8c. */
+export function claimSquareChunks(simd: SimdExports, views: WasmViews, counter: Int32Array, values: number, strides: number, chunks: number, slots: number, kernel: number): void {
+  const sum = kernel === 1 ? simd.readsum : simd.sumsq;
   for (let c = Atomics.add(counter, 0, 1); c < chunks; c = Atomics.add(counter, 0, 1)) {
     const from = Math.floor((c * strides) / chunks) * 16, to = Math.floor(((c + 1) * strides) / chunks) * 16;
-    views.doubles(slots + c * 8, 1)[0] = simd.sumsq(values + from * 4, to - from);
+    views.doubles(slots + c * 8, 1)[0] = sum(values + from * 4, to - from);
   }
 }

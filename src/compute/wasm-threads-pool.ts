@@ -45,7 +45,7 @@ function workerMain(sources: { gramPairs: string; chunkStart: string; claimGramC
       return;
     }
     if (command === 2) {
-      squareChunks(simd, views, new Int32Array(memory.buffer, arg(4), 1), arg(0), arg(1), arg(2), arg(3));
+      squareChunks(simd, views, new Int32Array(memory.buffer, arg(4), 1), arg(0), arg(1), arg(2), arg(3), arg(5));
       return;
     }
     throw new RangeError(`unknown command ${command}`);

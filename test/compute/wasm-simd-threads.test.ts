@@ -142,6 +142,19 @@ describe('wasm-simd-threads', () => {
     }
   });
 
+  it('streamingRead (bench compute\'s multi-threaded bandwidth probe) reads every value once', async () => {
+    const backend = await createWasmSimdThreadsBackend({ threads: 3 });
+    try {
+      const block = backend.allocateBlock(1, SPLIT_PRODUCTS * 2);
+      block.values.fill(0.25); // float32 lane sums of 0.25s stay exact
+      expect(await backend.streamingRead(block.values)).toBe(SPLIT_PRODUCTS / 2);
+      await expect(backend.streamingRead(new Float32Array(16))).rejects.toThrow(/allocateBlock view whose length is a multiple of 16/);
+      block.release();
+    } finally {
+      backend.dispose();
+    }
+  });
+
   it('dispose() stops every worker', async () => {
     const backend = await createWasmSimdThreadsBackend({ threads: 4 });
     const workers = (backend.pool as WasmThreadPool).workers;
