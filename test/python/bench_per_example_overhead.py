@@ -1,6 +1,6 @@
 """Benchmark: overhead per optimizer step of the per-example source, and of source="auto", on CPU.
 
-Run: .venv/bin/python test/python/bench_per_example_overhead.py [--quick]
+Run: .venv/bin/python test/python/bench_per_example_overhead.py [--quick] [model substring ...]
 
 For an MLP, a small CNN and a small transformer block (hand-written attention, so every
 parameter is covered), each configuration trains the same model, torch on one thread, the
@@ -161,6 +161,7 @@ def _no_hook(k: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run, noisier)")
+    parser.add_argument("models", nargs="*", help="substrings of the models to run (default: all)")
     args = parser.parse_args()
     rounds = 3 if args.quick else 9
     logging.getLogger("noisescope").setLevel(logging.ERROR)  # the source line and one-scale warning, once per watch
@@ -175,7 +176,8 @@ def main() -> None:
         hooked = [label for label, (source, _, _, _) in CONFIGS.items() if source is not None]
         print(f"{'model':<30} {'no hook':>11} {'no hook ×4':>11} " + " ".join(f"{label:>16}" for label in hooked))
         for name in WORKLOADS:
-            print(bench(name, sidecar.address, rounds=rounds, steps=40))
+            if not args.models or any(m in name for m in args.models):
+                print(bench(name, sidecar.address, rounds=rounds, steps=40))
     finally:
         sidecar.stop()
 
