@@ -11,7 +11,8 @@ and returns a float64 0-dim tensor on the inputs' device, without a host sync.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+import time
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -137,23 +138,36 @@ def _sequence(parts: Sequence[Tensor]) -> Tensor:
 _PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}
 
 
-def _columns(conv: nn.Conv1d | nn.Conv2d, x: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
-    """A convolution as a Linear over output positions: a [B·g, C/g·k, L], δ [B·g, O/g, L] (views, no copies).
+def _columns(conv: nn.Conv1d | nn.Conv2d, x: Tensor, delta: Tensor, padded: bool = False) -> tuple[Tensor, Tensor]:
+    """A convolution as a Linear over output positions: a [B·g, C/g·k, L] (a copy), δ [B·g, O/g, L] (a view).
 
-    The input is padded as the module pads it (its padding mode, 'same' included), then unfolded.
+    The input is padded as the module pads it (its padding mode, 'same' included) unless `padded`, then unfolded.
     """
     two_d = isinstance(conv, nn.Conv2d)
     pad = list(conv._reversed_padding_repeated_twice)
-    if any(pad):
+    if any(pad) and not padded:
         x = F.pad(x, pad, mode=_PAD_MODES[conv.padding_mode])
     if not two_d:  # Conv1d as a 2-D convolution of height 1
         x, delta = x.unsqueeze(2), delta.unsqueeze(2)
     kernel, stride, dilation = (
         (tuple(v) if two_d else (1, v[0])) for v in (conv.kernel_size, conv.stride, conv.dilation)
     )
-    cols = F.unfold(x, kernel, dilation=dilation, stride=stride)  # [B, C·k, L]
+    cols = _unfold(x, kernel, dilation, stride, (delta.shape[2], delta.shape[3]))  # [B, C·k, L]
     batch, groups, positions = x.shape[0], conv.groups, cols.shape[-1]
     return cols.view(batch * groups, -1, positions), delta.reshape(batch * groups, -1, positions)
+
+
+def _unfold(x: Tensor, kernel: tuple[int, ...], dilation: tuple[int, ...], stride: tuple[int, ...], out: tuple[int, int]) -> Tensor:
+    """F.unfold of [B, C, H, W] with no padding as one copy of a strided window view (F.unfold: 1.4–6× slower
+    on the benchmark CNN's inputs). `out`: the output positions (H', W'), as δ has them."""
+    b, c = x.shape[:2]
+    sb, sc, sh, sw = x.stride()
+    windows = x.as_strided(
+        (b, c, kernel[0], kernel[1], out[0], out[1]),
+        (sb, sc, sh * dilation[0], sw * dilation[1], sh * stride[0], sw * stride[1]),
+        x.storage_offset(),
+    )
+    return windows.reshape(b, c * kernel[0] * kernel[1], out[0] * out[1])
 
 
 def conv(module: nn.Conv1d | nn.Conv2d, calls: Sequence[Call], form: str = "auto") -> tuple[Tensor, Tensor]:
@@ -197,14 +211,53 @@ def _conv_form(module: nn.Conv1d | nn.Conv2d, calls: Sequence[Call]) -> str:
 
 
 def _per_example_conv_grads(conv: nn.Conv1d | nn.Conv2d, x: Tensor, delta: Tensor) -> Tensor:
-    """[B, *weight.shape]: each example's weight gradient, from the convolution's own backward kernel."""
+    """[B, *weight.shape]: each example's weight gradient, the faster way for this shape (both exact).
+
+    One grouped convolution_backward (the layer's own kernel), or unfold + bmm: on one CPU thread the
+    first is ~1.5× faster on the benchmark CNN's wide layers, the second ~1.6× on its 3-channel input
+    layer, and no operation count predicts oneDNN's grouped kernels: the first use of a shape times both.
+    """
     zeros = [0] * len(conv.kernel_size)
     padding = conv.padding
     if conv.padding_mode != "zeros" or isinstance(padding, str):
         # Other modes (and 'same', possibly uneven) pad a copy; zeros inside the kernel is ~1.5× faster.
         x = F.pad(x, list(conv._reversed_padding_repeated_twice), mode=_PAD_MODES[conv.padding_mode])
         padding = zeros
-    return grouped_weight_grads(x, delta, tuple(conv.weight.shape), conv.stride, padding, conv.dilation, False, zeros, conv.groups)
+    shape = tuple(conv.weight.shape)
+
+    def grouped() -> Tensor:
+        return grouped_weight_grads(x, delta, shape, conv.stride, padding, conv.dilation, False, zeros, conv.groups)
+
+    def columns() -> Tensor:
+        a, d = _columns(conv, x, delta, padded=padding is zeros)
+        return torch.bmm(d, a.transpose(1, 2)).view(x.shape[0], *shape)
+
+    unfolded = x.shape[0] * conv.in_channels * math.prod(conv.kernel_size) * delta[0, 0].numel()
+    if not x.is_cpu or unfolded > CHUNK_ELEMENTS:  # timing a GPU needs a sync; a large unfold is never cheap
+        return grouped()
+    key = ("conv", tuple(x.shape), tuple(delta.shape), x.dtype, shape, conv.stride, tuple(padding), conv.dilation, conv.groups)
+    return fastest(key, {"grouped": grouped, "columns": columns})
+
+
+# The faster of exact alternatives per shape, timed at its first use (see `fastest`).
+_FASTEST: dict[tuple, str] = {}
+
+
+def fastest(key: tuple, candidates: dict[str, Callable[[], Tensor]]) -> Tensor:
+    """The result of the candidate that ran fastest for `key`: at its first use each runs twice (the second timed)."""
+    chosen = _FASTEST.get(key)
+    if chosen is not None:
+        return candidates[chosen]()
+    timings: dict[str, float] = {}
+    result: Tensor | None = None
+    for name, run in candidates.items():
+        run()  # warm-up: oneDNN builds its primitive, the allocator its pages
+        started = time.perf_counter()
+        result = run()
+        timings[name] = time.perf_counter() - started
+    _FASTEST[key] = min(timings, key=timings.__getitem__)
+    assert result is not None
+    return result
 
 
 def grouped_weight_grads(

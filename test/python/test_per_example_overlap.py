@@ -97,3 +97,22 @@ def test_attention_terms_on_the_worker_match_exact(free_address: str) -> None:
     exact = exact_sums(model, x, y, 1 / 5)
     measured, records = measure_one_step(model, x, y, free_address, overlap=True, source="per-example")
     assert_sums_match(measured, exact)
+
+
+def test_a_linear_on_rows_is_computed_inline_and_a_sequence_linear_on_the_worker(free_address: str) -> None:
+    """A row Linear's terms are a few row norms, cheaper than the hand-off: only the sequence layer goes to the worker."""
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Unflatten(1, (3, 2)), nn.Linear(2, 3)).double()
+    x, y = torch.randn(5, 4, dtype=torch.float64), torch.randn(5, 3, 3, dtype=torch.float64)
+    exact = exact_sums(model, x, y, 1 / 5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    ns, records = watch_and_record(model, optimizer, free_address, source="per-example")
+    overlap = ns._meter._per_example.overlap
+    overlap.enabled = True
+    out = model(x)
+    torch.stack([(o - t).square().sum() for o, t in zip(out, y)]).mean().backward()
+    optimizer.step()
+    names = [layer.name for layer in ns._sender._info.layers]
+    ns.remove()
+    assert overlap.submitted == 1  # the [5, 3, 2] Linear's terms; the [5, 4] one's ran in the backward
+    assert_sums_match(dict(zip(names, records[0].per_example_sums[0])), exact)
