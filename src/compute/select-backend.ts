@@ -61,14 +61,17 @@ export async function selectBackend(options: SelectOptions = {}): Promise<{ back
   const candidates = forced ? all.filter((c) => c.name === options.force) : all;
   if (forced && candidates.length === 0) throw new RangeError(`unknown compute backend '${options.force}': choose one of ${all.map((c) => c.name).join(', ')}`);
 
+  // Created all at once: wasm-simd-threads boots its workers while the candidates before it are measured.
+  const creating = candidates.map((c) => Promise.resolve().then(() => c.create()));
+  for (const created of creating) created.catch(() => {}); // each is awaited (and its error reported) below
   const expected = await expectedProbe();
   const reports: CandidateReport[] = [];
   const correct: { report: CandidateReport; backend: ReductionBackend }[] = [];
   const executes = new Map<string, string>(); // what runs underneath → first candidate measuring it
-  for (const candidate of candidates) {
+  for (const [index, candidate] of candidates.entries()) {
     let backend: ReductionBackend;
     try {
-      backend = await candidate.create();
+      backend = await (creating[index] as Promise<ReductionBackend>);
     } catch (error) {
       reports.push({ name: candidate.name, verdict: 'unavailable', reason: (error as Error).message ?? String(error) });
       continue;
