@@ -140,7 +140,7 @@ export class WasmThreadPool {
     slot.seq = (previous + 1) | 0;
     Atomics.store(ctl, SEQ, slot.seq);
     Atomics.notify(ctl, SEQ);
-    const waited = (waitAsync as WaitAsync)(ctl, DONE, previous);
+    const waited = (waitAsync as WaitAsync)(ctl, DONE, previous, this.timeoutMs); // its own timeout too: no wait left pending forever after a death
     // A ref'd timer: it bounds the wait, and keeps the process alive while only waitAsync is pending.
     let timer: NodeJS.Timeout | undefined;
     const timedOut = new Promise<'timed-out'>((resolve) => (timer = setTimeout(() => resolve('timed-out'), this.timeoutMs)));
