@@ -123,18 +123,20 @@ def finish(pending: PendingStep, layers: Sequence[LayerInfo]) -> StepRecord:
     )
     after = (k + 1 + (k if pending.per_example else 0)) * n_layers
     reduced = tuple(flat[after : after + n_layers]) if pending.reduced else ()
-    if not all(math.isfinite(v) for row in per_example for v in row):
+    if per_example and not all(map(math.isfinite, flat[(k + 1) * n_layers : after])):
         per_example = ()  # an overflow that did not reach the norms; the step keeps its other figures
     examples = tuple(pending.micro_examples or ())
     skip_reason = ""
-    for i in range(n_layers):
-        if not (
-            math.isfinite(accumulated[i])
-            and all(math.isfinite(row[i]) for row in micro)
-            and (not reduced or math.isfinite(reduced[i]))
-        ):
-            skip_reason = f"non-finite gradient norm in layer '{layers[i].name}' (e.g. an AMP overflow)"
-            break
+    # One pass in C over every norm; the layer-by-layer search only when one is not finite.
+    if not (all(map(math.isfinite, flat[: (k + 1) * n_layers])) and all(map(math.isfinite, reduced))):
+        for i in range(n_layers):
+            if not (
+                math.isfinite(accumulated[i])
+                and all(math.isfinite(row[i]) for row in micro)
+                and (not reduced or math.isfinite(reduced[i]))
+            ):
+                skip_reason = f"non-finite gradient norm in layer '{layers[i].name}' (e.g. an AMP overflow)"
+                break
     if not skip_reason and pending.micro_examples is None:
         skip_reason = "examples per micro-batch unknown: the model's forward received no tensor argument"
     return StepRecord(
