@@ -12,6 +12,7 @@ output discarded, so nothing in the training process reads it.
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import statistics
 import subprocess
@@ -127,6 +128,7 @@ def main() -> None:
     args = parser.parse_args()
     scale = 3 if args.quick else 1
     torch.set_num_threads(1)  # one core for training, the other for the sidecar
+    load = os.getloadavg()  # other work on the machine skews every ratio: say how much there was
     sidecar = QuietSidecar()
     try:
         print(
@@ -142,6 +144,8 @@ def main() -> None:
             ("MLP 2048x4 (b=128)", 2048, 4, 128, 1024, 6, 10),
         ):
             print(bench(name, width, depth, micro, inputs, sidecar.address, rounds // scale, steps, args.mode, args.separate))
+        print(f"load average (1/5/15 min) at the start {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}, at the end "
+              f"{'/'.join(f'{v:.2f}' for v in os.getloadavg())}")
     finally:
         sidecar.stop()
 

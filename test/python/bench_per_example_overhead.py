@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import statistics
 import time
 from typing import Callable
@@ -166,6 +167,7 @@ def main() -> None:
     rounds = 3 if args.quick else 9
     logging.getLogger("noisescope").setLevel(logging.ERROR)  # the source line and one-scale warning, once per watch
     torch.set_num_threads(1)  # one core for training, the other for the sidecar
+    load = os.getloadavg()  # other work on the machine skews every ratio: say how much there was
     sidecar = QuietSidecar()
     try:
         print(
@@ -178,6 +180,8 @@ def main() -> None:
         for name in WORKLOADS:
             if not args.models or any(m in name for m in args.models):
                 print(bench(name, sidecar.address, rounds=rounds, steps=40))
+        print(f"load average (1/5/15 min) at the start {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}, at the end "
+              f"{'/'.join(f'{v:.2f}' for v in os.getloadavg())}")
     finally:
         sidecar.stop()
 
