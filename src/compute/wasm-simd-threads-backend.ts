@@ -1,8 +1,11 @@
 // wasm-simd on several cores: the same module and tile/kernel code (gramPairs) over one shared
 // WebAssembly.Memory. A block's columns are cut into at most CHUNKS runs of whole tiles; the calling
-// thread and the workers each claim chunks until none is left (wasm-threads-chunks.ts), each chunk's
-// pair sums land in a slot of their own, and the slots are added in chunk order: the result is the
-// same bit for bit whoever computed what, and a thread slowed by other processes just takes fewer.
+// thread and the idle workers each claim chunks until none is left, and the calling thread then
+// computes itself any chunk a worker has not finished (wasm-threads-chunks.ts): a worker pushed off
+// its core by another process never holds a call up. Each thread's result for a chunk has a slot of
+// its own in a per-call area, the first one finished is published, and the chunks are added in order:
+// the result is the same bit for bit whoever computed what, and for any thread count. A call area is
+// reused only once every worker given it is done, so a late worker never writes into a later call's.
 // From K ≈ 8 one core's arithmetic, not memory, bounds the Gram (bench compute's ceiling line).
 // Calls under SPLIT_PRODUCTS stay on the calling thread: there waking the workers costs more than it saves.
 import { availableParallelism } from 'node:os';
@@ -12,8 +15,8 @@ import { wasm } from './wasm-api.js';
 import { WasmArena } from './wasm-arena.js';
 import { compileSimd, SIMD_STRIDE, type SimdExports } from './wasm-simd-module.js';
 import { gramPairs, sumsqInPlace, TileScratch } from './wasm-simd-backend.js';
-import { chunkStart, claimGramChunks, claimSquareChunks } from './wasm-threads-chunks.js';
-import { Command, CONTROL_BYTES, WasmThreadPool } from './wasm-threads-pool.js';
+import { chunkAreaBytes, chunkStart, claimChunks, gramChunkWork, resultsOffset, squareChunkWork, type ChunkArea, type ChunkWork } from './wasm-threads-chunks.js';
+import { Command, CONTROL_BYTES, type Job, WasmThreadPool } from './wasm-threads-pool.js';
 import { sumOfSquaresUnrolled } from './js-unrolled-backend.js';
 
 /** Calls with fewer products than this (K(K+1)/2 × length for a Gram, the length for Σx²) run on the
@@ -31,7 +34,7 @@ export interface WasmSimdThreadsOptions {
   readonly threads?: number;
   /** As wasm-simd's: fused multiply-add where the runtime has relaxed SIMD. */
   readonly fused?: boolean;
-  /** A worker call that takes longer is abandoned (rejected, the worker replaced). */
+  /** A worker still on one command after this long is stopped and replaced (calls never wait for it). */
   readonly timeoutMs?: number;
 }
 
@@ -57,62 +60,54 @@ export async function createWasmSimdThreadsBackend(options: WasmSimdThreadsOptio
   const scratches = Array.from({ length: threads }, () => new TileScratch(arena));
   const controls = Array.from({ length: threads - 1 }, () => arena.allocate(CONTROL_BYTES));
   const pool = threads > 1 ? await WasmThreadPool.start(compiled.module, arena.memory, controls, options.timeoutMs ?? DEFAULT_TIMEOUT_MS) : undefined;
-  const counter = arena.allocate(64), squareSlots = arena.allocate(CHUNKS * 8), squaresScratch = arena.allocate(SCRATCH_BYTES);
-  const gramSlots = { offset: 0, bytes: 0 };
+  const squaresScratch = arena.allocate(SCRATCH_BYTES);
+  const areas = new CallAreas(arena);
   const inArena = (values: Float32Array): boolean => values.buffer === arena.memory.buffer;
-  // Calls that use the workers run one at a time (they share the counter, the slots and the workers' scratch).
-  let queue: Promise<unknown> = Promise.resolve();
-  const serially = <T>(job: () => Promise<T>): Promise<T> => {
-    const result = queue.then(job);
-    queue = result.catch(() => {});
-    return result;
+  let disposed = false;
+  const checkOpen = (): void => {
+    if (disposed) throw new Error('wasm-simd-threads: the backend was disposed');
   };
 
-  /** Posts a command to every worker, runs `own` here meanwhile, and waits for every worker, also
-   *  when one fails: none may still be at work (on this call's counter and slots) when the next starts. */
-  const onAllThreads = async (command: number, argsFor: (thread: number) => readonly number[], own: (counter: Int32Array) => void): Promise<void> => {
-    const claims = new Int32Array(arena.memory.buffer, counter, 1);
-    Atomics.store(claims, 0, 0);
-    const work = Array.from({ length: threads - 1 }, (_, w) => (pool as WasmThreadPool).run(w, command, argsFor(w + 1)));
-    const firstFailure = Promise.allSettled(work).then((results) => results.find((r) => r.status === 'rejected'));
-    try {
-      own(claims);
-    } finally {
-      await firstFailure; // also when `own` threw: no worker may still be at work
+  /** Posts `command` to every idle worker and computes on this thread meanwhile, finishing every chunk
+   *  they have not: returns as soon as each chunk has a result, never waiting for a worker. `prepare`
+   *  readies a thread's scratch (it may allocate: `args` and `work` are called after every allocation).
+   *  The result: the chunks' `count` float64 sums added in chunk order. */
+  const onAllThreads = (command: number, chunks: number, count: number, prepare: (thread: number) => void, args: (thread: number) => readonly number[], work: () => ChunkWork): Float64Array => {
+    const helpers = Array.from({ length: threads - 1 }, (_, w) => w).filter((w) => (pool as WasmThreadPool).idle(w));
+    for (const thread of [0, ...helpers.map((w) => w + 1)]) prepare(thread);
+    const area = areas.take(chunkAreaBytes(chunks, threads, count));
+    const words = new Int32Array(arena.memory.buffer, area.offset, 1 + chunks).fill(0); // published to the workers by post's Atomics.store
+    const shared: ChunkArea = { words, chunks, threads, count, results: area.offset + resultsOffset(chunks) };
+    for (const w of helpers) {
+      const job = (pool as WasmThreadPool).post(w, command, [area.offset, chunks, w + 1, threads, ...args(w + 1)]);
+      job?.settled.catch(() => {}); // recorded in pool.failures; this call does not need the worker
+      if (job) area.jobs.push(job);
     }
-    const failed = await firstFailure;
-    if (failed) throw failed.reason;
+    claimChunks(shared, 0, arena, work(), () => {}, true);
+    const sums = new Float64Array(count);
+    for (let c = 0; c < chunks; c++) {
+      const result = arena.doubles(shared.results + (c * threads + Atomics.load(words, 1 + c) - 1) * count * 8, count);
+      for (let q = 0; q < count; q++) sums[q] = (sums[q] as number) + (result[q] as number);
+    }
+    return sums;
   };
 
-  const gramOnAllThreads = async (block: GradientBlock, pairs: Float64Array): Promise<void> => {
+  const gramOnAllThreads = (block: GradientBlock): Float64Array => {
     const { gradients: k, length: n } = block;
-    const tile = tileLength(k), chunks = Math.min(CHUNKS, Math.ceil(n / tile)), count = pairs.length;
-    for (const scratch of scratches) scratch.fit(k, tile);
-    if (chunks * count * 8 > gramSlots.bytes) {
-      if (gramSlots.bytes > 0) arena.release(gramSlots.offset, gramSlots.bytes);
-      [gramSlots.offset, gramSlots.bytes] = [arena.allocate(chunks * count * 8), chunks * count * 8];
-    }
-    const values = block.values; // all growing is done: this view stays current
-    const work = { block, tile, chunks, slots: gramSlots.offset };
-    const argsFor = (thread: number): number[] => {
-      const own = scratches[thread] as TileScratch;
-      return [k, n, values.byteOffset, tile, chunks, work.slots, counter, own.narrow, own.wide, own.out];
-    };
-    await onAllThreads(Command.gram, argsFor, (claims) =>
-      claimGramChunks(gramPairs, chunkStart, simd, arena, scratches[0] as TileScratch, claims, work));
-    const slots = arena.doubles(work.slots, chunks * count);
-    for (let c = 0; c < chunks; c++) for (let q = 0; q < count; q++) pairs[q] = (pairs[q] as number) + (slots[c * count + q] as number);
+    const tile = tileLength(k), chunks = Math.min(CHUNKS, Math.ceil(n / tile));
+    const scratchOf = (thread: number): TileScratch => scratches[thread] as TileScratch;
+    return onAllThreads(Command.gram, chunks, (k * (k + 1)) / 2, (thread) => scratchOf(thread).fit(k, tile), (thread) => {
+      const own = scratchOf(thread);
+      return [k, n, block.values.byteOffset, tile, own.narrow, own.wide, own.out];
+    }, () => gramChunkWork(gramPairs, chunkStart, simd, arena, scratchOf(0), { gradients: k, length: n, values: block.values }, tile, chunks));
   };
 
-  /** The chunk sums of the whole SIMD strides of `values` (kernel: see claimSquareChunks), in order, and the tail left (length mod 16). */
-  const squaresOnAllThreads = async (values: Float32Array, kernel = 0): Promise<number> => {
+  /** Σx² (kernel 0) or the float32-lane Σx (kernel 1) of the whole SIMD strides of `values` in chunks, plus the tail's Σx² (length mod 16). */
+  const squaresOnAllThreads = (values: Float32Array, kernel = 0): number => {
     const strides = Math.floor(values.length / SIMD_STRIDE), chunks = Math.min(CHUNKS, Math.ceil((strides * SIMD_STRIDE * 4) / SQUARES_CHUNK_BYTES));
-    const args = [values.byteOffset, strides, chunks, squareSlots, counter, kernel];
-    await onAllThreads(Command.sumsq, () => args, (claims) => claimSquareChunks(simd, arena, claims, values.byteOffset, strides, chunks, squareSlots, kernel));
-    const slots = arena.doubles(squareSlots, chunks);
-    let sum = 0;
-    for (let c = 0; c < chunks; c++) sum += slots[c] as number;
-    return sum + sumOfSquaresUnrolled(values.subarray(strides * SIMD_STRIDE)); // the tail, length mod 16
+    const at = values.byteOffset;
+    const [sum] = onAllThreads(Command.sumsq, chunks, 1, () => {}, () => [at, strides, kernel], () => squareChunkWork(simd, at, strides, chunks, kernel));
+    return (sum as number) + sumOfSquaresUnrolled(values.subarray(strides * SIMD_STRIDE));
   };
 
   return {
@@ -122,12 +117,13 @@ export async function createWasmSimdThreadsBackend(options: WasmSimdThreadsOptio
     pool,
     allocateBlock: (gradients: number, length: number): OwnedBlock => arena.block(gradients, length),
     async addGram(block: GradientBlock, gram: Float64Array): Promise<void> {
+      checkOpen();
       checkGramShapes(block, gram);
       const { gradients: k, length: n } = block;
       const pairs = new Float64Array((k * (k + 1)) / 2);
       const split = pool !== undefined && ((k * (k + 1)) / 2) * n >= SPLIT_PRODUCTS && n > tileLength(k) && inArena(block.values);
       if (split) {
-        await serially(() => gramOnAllThreads(block, pairs));
+        pairs.set(gramOnAllThreads(block));
       } else {
         const tile = tileLength(k), scratch = scratches[0] as TileScratch;
         scratch.fit(k, tile); // may grow memory: read block.values after it
@@ -136,7 +132,8 @@ export async function createWasmSimdThreadsBackend(options: WasmSimdThreadsOptio
       addPairSums(pairs, k, gram);
     },
     async sumOfSquares(values: Float32Array): Promise<number> {
-      if (inArena(values) && pool !== undefined && values.length >= SPLIT_PRODUCTS) return serially(() => squaresOnAllThreads(values));
+      checkOpen();
+      if (inArena(values) && pool !== undefined && values.length >= SPLIT_PRODUCTS) return squaresOnAllThreads(values);
       if (inArena(values)) return sumsqInPlace(simd, values.byteOffset, values);
       let sum = 0;
       const chunk = SCRATCH_BYTES / 4;
@@ -148,9 +145,36 @@ export async function createWasmSimdThreadsBackend(options: WasmSimdThreadsOptio
       return sum;
     },
     async streamingRead(values: Float32Array): Promise<number> {
+      checkOpen();
       if (!inArena(values) || values.length % SIMD_STRIDE !== 0) throw new RangeError('streamingRead needs an allocateBlock view whose length is a multiple of 16');
-      return pool === undefined ? simd.readsum(values.byteOffset, values.length) : serially(() => squaresOnAllThreads(values, 1));
+      return pool === undefined ? simd.readsum(values.byteOffset, values.length) : squaresOnAllThreads(values, 1);
     },
-    dispose: () => pool?.dispose(),
+    dispose: () => {
+      disposed = true;
+      pool?.dispose();
+    },
   };
+}
+
+/** Per-call areas (claims, chunk states, results) kept for reuse: one is taken again only once every
+ *  worker given it is done or stopped. At most one per thread is ever held: a busy worker gets no command. */
+class CallAreas {
+  private readonly areas: { offset: number; bytes: number; jobs: Job[] }[] = [];
+  constructor(private readonly arena: WasmArena) {}
+
+  take(bytes: number): { readonly offset: number; readonly jobs: Job[] } {
+    const free = (area: { jobs: Job[] }): boolean => area.jobs.every((job) => job.finished());
+    let area = this.areas.find((a) => a.bytes >= bytes && free(a));
+    if (area === undefined) {
+      const small = this.areas.findIndex(free);
+      if (small >= 0) {
+        const old = this.areas.splice(small, 1)[0] as { offset: number; bytes: number };
+        this.arena.release(old.offset, old.bytes);
+      }
+      area = { offset: this.arena.allocate(bytes), bytes, jobs: [] };
+      this.areas.push(area);
+    }
+    area.jobs = [];
+    return area;
+  }
 }

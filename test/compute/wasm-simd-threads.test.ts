@@ -98,10 +98,10 @@ describe('wasm-simd-threads', () => {
     const pool = backend.pool as WasmThreadPool;
     try {
       await expect(pool.run(0, 99, [])).rejects.toThrow('wasm-simd-threads: worker 0 failed: RangeError: unknown command 99');
-      const claims = backend.allocateBlock(1, 32); // a chunk counter (zero) and one result slot
+      const claims = backend.allocateBlock(1, 32); // a call area: claim counter and chunk state (zero), then result slots
       claims.values.fill(0);
-      const [counter, slot] = [claims.values.byteOffset, claims.values.byteOffset + 64];
-      await expect(pool.run(0, Command.sumsq, [0xf0000000, 64, 1, slot, counter])).rejects.toThrow(/worker 0 failed: RuntimeError: memory access out of bounds/);
+      // One chunk (area, chunks, thread 1 of 2), Σx² of 64 strides at an address beyond the memory.
+      await expect(pool.run(0, Command.sumsq, [claims.values.byteOffset, 1, 1, 2, 0xf0000000, 64, 0])).rejects.toThrow(/worker 0 failed: RuntimeError: memory access out of bounds/);
       claims.release();
       const values = randomBlock(3, splitLength(3), 3);
       const { gram } = await gramOf(backend, values, 3, splitLength(3));
@@ -120,10 +120,10 @@ describe('wasm-simd-threads', () => {
       const block = backend.allocateBlock(k, length);
       block.values.fill(0.5);
       const scratch = backend.allocateBlock(1, (k + 1) * tile * 2 + k * tile + 32 + (k * (k + 1)) / 2 * 2);
-      const base = scratch.values.byteOffset, wide = base, narrow = wide + (k + 1) * tile * 8, out = narrow + k * tile * 4, counter = out + 64, slots = counter + 64;
+      const base = scratch.values.byteOffset, wide = base, narrow = wide + (k + 1) * tile * 8, out = narrow + k * tile * 4, area = out + 64;
       const long = (): Promise<void> => {
-        new Int32Array(scratch.values.buffer, counter, 1)[0] = 0; // one chunk, the whole block, for worker 0
-        return pool.run(0, Command.gram, [k, length, block.values.byteOffset, tile, 1, slots, counter, narrow, wide, out]);
+        new Int32Array(scratch.values.buffer, area, 2).fill(0); // one chunk, the whole block, for worker 0 as thread 0 of 1
+        return pool.run(0, Command.gram, [area, 1, 0, 1, k, length, block.values.byteOffset, tile, narrow, wide, out]);
       };
 
       await expect(long()).rejects.toThrow('wasm-simd-threads: worker 0 did not finish within 30 ms; it was stopped');
@@ -140,6 +140,76 @@ describe('wasm-simd-threads', () => {
     } finally {
       backend.dispose();
     }
+  });
+
+  describe('a worker pushed off its core', () => {
+    // 64 chunks of 4 tiles (K = 8, 8 MiB): a few ms of work, so the woken worker claims a chunk.
+    const k = 8, length = 64 * 4 * tileLength(k);
+    const stalledCall = async (backend: WasmSimdThreadsBackend, block: { values: Float32Array }, ms: number): Promise<number[]> => {
+      const pool = backend.pool as WasmThreadPool;
+      for (let attempt = 0; attempt < 5; attempt++) {
+        await expect.poll(() => pool.idle(0)).toBe(true);
+        pool.stall(0, ms); // worker 0 sleeps after claiming its first chunk, before computing it
+        const gram = new Float64Array(k * k);
+        await backend.addGram({ gradients: k, length, values: block.values }, gram);
+        if (pool.stalled(0) === 1) return Array.from(gram); // the call finished while the worker slept on its chunk
+      }
+      throw new Error('worker 0 never claimed a chunk in 5 calls');
+    };
+
+    it('does not hold a call up, and its late write leaves later calls bit-identical', async () => {
+      const backend = await createWasmSimdThreadsBackend({ threads: 2 });
+      const pool = backend.pool as WasmThreadPool;
+      try {
+        const [first, second] = [backend.allocateBlock(k, length), backend.allocateBlock(k, length)];
+        first.values.set(randomBlock(k, length, 81));
+        second.values.set(randomBlock(k, length, 82));
+        const gramOf = async (block: typeof first): Promise<number[]> => {
+          const gram = new Float64Array(k * k);
+          await backend.addGram(block, gram);
+          return Array.from(gram);
+        };
+        const [wantFirst, wantSecond] = [await gramOf(first), await gramOf(second)];
+        expect(gramError(Float64Array.from(wantSecond), (await expectedFor(second.values.slice(), k, length)).gram, k)).toBeLessThanOrEqual(TOLERANCE);
+
+        expect(await stalledCall(backend, first, 700)).toEqual(wantFirst); // its chunk was computed by the caller
+        let calls = 0;
+        while (pool.stalled(0) !== 2 || !pool.idle(0) || calls < 5) {
+          // Calls while it sleeps, computes its stale chunk and looks for another: none may see its writes.
+          expect(await gramOf(calls % 2 === 0 ? second : first)).toEqual(calls % 2 === 0 ? wantSecond : wantFirst);
+          calls++;
+        }
+        expect(pool.failures).toEqual([]);
+        [first, second].forEach((b) => b.release());
+      } finally {
+        backend.dispose();
+      }
+    });
+
+    it('that dies mid-call is replaced in the background, and calls go on meanwhile', async () => {
+      const backend = await createWasmSimdThreadsBackend({ threads: 2 });
+      const pool = backend.pool as WasmThreadPool;
+      try {
+        const block = backend.allocateBlock(k, length);
+        block.values.set(randomBlock(k, length, 83));
+        const want = new Float64Array(k * k);
+        await backend.addGram(block, want);
+        expect(await stalledCall(backend, block, 60_000)).toEqual(Array.from(want));
+        const [worker] = pool.workers as [Worker];
+        await worker.terminate();
+        const again = new Float64Array(k * k);
+        await backend.addGram(block, again);
+        expect(Array.from(again)).toEqual(Array.from(want));
+        await expect.poll(() => pool.workers[0] !== worker && pool.idle(0)).toBe(true);
+        expect(pool.failures.map((e) => e.message)).toEqual(['wasm-simd-threads: worker 0 exited (code 1)']);
+        const last = new Float64Array(k * k);
+        await backend.addGram(block, last);
+        expect(Array.from(last)).toEqual(Array.from(want));
+        block.release();
+      } finally {
+        backend.dispose();
+      }
+    });
   });
 
   it('streamingRead (bench compute\'s multi-threaded bandwidth probe) reads every value once', async () => {
