@@ -7,13 +7,16 @@ The earlier `_per_example_math` and `_per_example_more` come from `git show REVI
 working tree's for the "before" configurations (the rest of the hook is the working tree's), with
 every layer's terms eligible for the worker thread as before. Per round, each configuration trains
 the overhead benchmark's model (torch on one thread, the real sidecar in its own process); the table
-gives the median over rounds of its mean step time (and process CPU) relative to no hook in that round.
+gives the median over rounds of its mean step time (and process CPU) relative to no hook in that round,
+the median thread CPU per step spent computing the terms (`_compute_terms`, on whichever thread), and
+the process's minor page faults per step.
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util
 import logging
+import resource
 import statistics
 import subprocess
 import sys
@@ -31,6 +34,20 @@ from bench_per_example_overhead import WORKLOADS, mean_step_time
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ("norms", "before worker", "after worker", "before inline", "after inline")
+_terms_ns = [0]  # thread CPU inside _compute_terms, whichever thread ran it: the arithmetic alone, steadiest under load
+
+
+def _count_terms() -> None:
+    compute = pe.PerExample._compute_terms
+
+    def timed(self: pe.PerExample, *args: object) -> None:
+        started = time.thread_time_ns()
+        try:
+            compute(self, *args)  # type: ignore[arg-type]
+        finally:
+            _terms_ns[0] += time.thread_time_ns() - started
+
+    pe.PerExample._compute_terms = timed  # type: ignore[method-assign]
 
 
 def _module_at(revision: str, name: str, folder: Path) -> ModuleType:
@@ -58,6 +75,8 @@ def bench(name: str, address: str, rounds: int, steps: int, before: dict, after:
     batch = data(torch.Generator().manual_seed(1))
     wall: dict[str, list[float]] = {c: [] for c in ("no hook", *CONFIGS)}
     cpu: dict[str, list[float]] = {c: [] for c in wall}
+    terms: dict[str, list[float]] = {c: [] for c in wall}
+    faults: dict[str, list[float]] = {c: [] for c in wall}
     for r in range(rounds):
         for label in wall:
             torch.manual_seed(0)
@@ -77,8 +96,13 @@ def bench(name: str, address: str, rounds: int, steps: int, before: dict, after:
                     ns._meter._per_example.overlap.enabled = mode == "worker"
                 mean_step_time(model, opt, batch, loss_fn, 5)
                 started = time.process_time()
+                faulted = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                _terms_ns[0] = 0
                 wall[label].append(mean_step_time(model, opt, batch, loss_fn, steps))
+                ns._meter._per_example.overlap.wait() if ns._meter and ns._meter._per_example else None
                 cpu[label].append((time.process_time() - started) / steps)
+                terms[label].append(_terms_ns[0] / steps / 1e6)
+                faults[label].append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faulted) / steps)
     _use("after", before, after, row_linear)
     lines = []
     for title, times in ((name, wall), ("  process CPU (all threads)", cpu)):
@@ -87,6 +111,8 @@ def bench(name: str, address: str, rounds: int, steps: int, before: dict, after:
             ratios = [t / base for t, base in zip(times[label], times["no hook"])]
             cells.append(f"{(statistics.median(ratios) - 1) * 100:>+15.1f}%")
         lines.append(" ".join(cells))
+    lines.append(f"{'  terms CPU per step':<30} {'':>11} " + " ".join(f"{statistics.median(terms[c]):>13.2f} ms" for c in CONFIGS))
+    lines.append(f"{'  page faults per step':<30} {'':>11} " + " ".join(f"{statistics.median(faults[c]):>16.0f}" for c in CONFIGS))
     return lines
 
 
@@ -106,6 +132,7 @@ def main() -> None:
         before = {"math": math_before, "more": more_before}
         after = {"math": pe.pem, "more": pe.pmore}
         row_linear = pe._row_linear
+        _count_terms()
         sidecar = QuietSidecar()
         try:
             print(f"per-example overhead, {args.revision} vs working tree, one process, interleaved; torch {torch.__version__}, 1 thread")
