@@ -116,3 +116,28 @@ def test_a_linear_on_rows_is_computed_inline_and_a_sequence_linear_on_the_worker
     ns.remove()
     assert overlap.submitted == 1  # the [5, 3, 2] Linear's terms; the [5, 4] one's ran in the backward
     assert_sums_match(dict(zip(names, records[0].per_example_sums[0])), exact)
+
+
+def test_waiting_for_the_worker_runs_the_queued_work_on_the_waiting_thread() -> None:
+    """At the step's end the training thread takes queued terms itself instead of idling behind the worker."""
+    import threading
+
+    from noisescope._per_example import _Overlap
+
+    overlap = _Overlap()
+    started, released = threading.Event(), threading.Event()
+    ran_on: list[int] = []
+
+    def first() -> None:  # keeps the worker busy until the second has run
+        started.set()
+        released.wait(timeout=5)
+
+    def second() -> None:
+        ran_on.append(threading.get_ident())
+        released.set()
+
+    overlap.submit(first)
+    assert started.wait(timeout=5)
+    overlap.submit(second)
+    overlap.wait()
+    assert ran_on == [threading.get_ident()] and overlap.submitted == 2 and released.is_set()
