@@ -6,6 +6,7 @@
 // its own in a per-call area, the first one finished is published, and the chunks are added in order:
 // the result is the same bit for bit whoever computed what, and for any thread count. A call area is
 // reused only once every worker given it is done, so a late worker never writes into a later call's.
+// Where other processes keep every core busy the workers are left out (WorkerUse), measured per call.
 // From K ≈ 8 one core's arithmetic, not memory, bounds the Gram (bench compute's ceiling line).
 // Calls under SPLIT_PRODUCTS stay on the calling thread: there waking the workers costs more than it saves.
 import { availableParallelism } from 'node:os';
@@ -24,8 +25,13 @@ import { sumOfSquaresUnrolled } from './js-unrolled-backend.js';
  *  (a worker's wake-up and round trip cost 20–80 µs), e.g. K = 8 × 32 Ki floats or Σx² of 512 Ki. */
 export const SPLIT_PRODUCTS = 1 << 19;
 const SCRATCH_BYTES = 256 << 10; // Σx² of an array outside the shared memory is copied in through this
-/** Most chunks a call is cut into, whatever the thread count: the result depends only on the block. */
-const CHUNKS = 64;
+/** Most chunks a call is cut into, whatever the thread count: the result depends only on the block.
+ *  Each chunk's last tile goes without gramPairs' read-ahead: at 4 tiles a chunk (64 chunks of a 32 MiB
+ *  K=2 block) that cost 13% on one thread, at 16 tiles (16 chunks) ≈ 2% (interleaved runs, 2 shared cores). */
+const CHUNKS = 16;
+/** One split call in this many uses the workers if they have been slower lately, or leaves them out if faster. */
+const EXPLORE = 8;
+const RATE_WEIGHT = 0.3;
 const SQUARES_CHUNK_BYTES = 256 << 10;
 const DEFAULT_TIMEOUT_MS = 120_000;
 
@@ -36,6 +42,8 @@ export interface WasmSimdThreadsOptions {
   readonly fused?: boolean;
   /** A worker still on one command after this long is stopped and replaced (calls never wait for it). */
   readonly timeoutMs?: number;
+  /** Wake the workers only where recent calls of the kind ran faster with them (default true; false: always). */
+  readonly adaptive?: boolean;
 }
 
 export interface WasmSimdThreadsBackend extends ReductionBackend {
@@ -62,18 +70,23 @@ export async function createWasmSimdThreadsBackend(options: WasmSimdThreadsOptio
   const pool = threads > 1 ? await WasmThreadPool.start(compiled.module, arena.memory, controls, options.timeoutMs ?? DEFAULT_TIMEOUT_MS) : undefined;
   const squaresScratch = arena.allocate(SCRATCH_BYTES);
   const areas = new CallAreas(arena);
+  const workerUse = new WorkerUse();
   const inArena = (values: Float32Array): boolean => values.buffer === arena.memory.buffer;
   let disposed = false;
   const checkOpen = (): void => {
     if (disposed) throw new Error('wasm-simd-threads: the backend was disposed');
   };
 
-  /** Posts `command` to every idle worker and computes on this thread meanwhile, finishing every chunk
-   *  they have not: returns as soon as each chunk has a result, never waiting for a worker. `prepare`
-   *  readies a thread's scratch (it may allocate: `args` and `work` are called after every allocation).
-   *  The result: the chunks' `count` float64 sums added in chunk order. */
-  const onAllThreads = (command: number, chunks: number, count: number, prepare: (thread: number) => void, args: (thread: number) => readonly number[], work: () => ChunkWork): Float64Array => {
-    const helpers = Array.from({ length: threads - 1 }, (_, w) => w).filter((w) => (pool as WasmThreadPool).idle(w));
+  /** Posts the kind's command to every idle worker and computes on this thread meanwhile, finishing
+   *  every chunk they have not: returns as soon as each chunk has a result, never waiting for a worker.
+   *  Leaves the workers out where WorkerUse finds calls of the kind faster without them; `size`: the
+   *  call's work, in a unit of its kind. `prepare` readies a thread's scratch (it may allocate: `args`
+   *  and `work` are called after every allocation). The result: the chunks' `count` float64 sums added in chunk order. */
+  const onAllThreads = (kind: string, size: number, chunks: number, count: number, prepare: (thread: number) => void, args: (thread: number) => readonly number[], work: () => ChunkWork): Float64Array => {
+    const started = performance.now();
+    const command = kind.startsWith('gram') ? Command.gram : Command.sumsq;
+    const wanted = options.adaptive === false || kind === 'read' || workerUse.use(kind);
+    const helpers = wanted ? Array.from({ length: threads - 1 }, (_, w) => w).filter((w) => (pool as WasmThreadPool).idle(w)) : [];
     for (const thread of [0, ...helpers.map((w) => w + 1)]) prepare(thread);
     const area = areas.take(chunkAreaBytes(chunks, threads, count));
     const words = new Int32Array(arena.memory.buffer, area.offset, 1 + chunks).fill(0); // published to the workers by post's Atomics.store
@@ -84,6 +97,7 @@ export async function createWasmSimdThreadsBackend(options: WasmSimdThreadsOptio
       if (job) area.jobs.push(job);
     }
     claimChunks(shared, 0, arena, work(), () => {}, true);
+    workerUse.record(kind, area.jobs.length > 0, size / Math.max(performance.now() - started, 1e-3));
     const sums = new Float64Array(count);
     for (let c = 0; c < chunks; c++) {
       const result = arena.doubles(shared.results + (c * threads + Atomics.load(words, 1 + c) - 1) * count * 8, count);
@@ -96,7 +110,7 @@ export async function createWasmSimdThreadsBackend(options: WasmSimdThreadsOptio
     const { gradients: k, length: n } = block;
     const tile = tileLength(k), chunks = Math.min(CHUNKS, Math.ceil(n / tile));
     const scratchOf = (thread: number): TileScratch => scratches[thread] as TileScratch;
-    return onAllThreads(Command.gram, chunks, (k * (k + 1)) / 2, (thread) => scratchOf(thread).fit(k, tile), (thread) => {
+    return onAllThreads(`gram K=${k}`, n, chunks, (k * (k + 1)) / 2, (thread) => scratchOf(thread).fit(k, tile), (thread) => {
       const own = scratchOf(thread);
       return [k, n, block.values.byteOffset, tile, own.narrow, own.wide, own.out];
     }, () => gramChunkWork(gramPairs, chunkStart, simd, arena, scratchOf(0), { gradients: k, length: n, values: block.values }, tile, chunks));
@@ -106,7 +120,7 @@ export async function createWasmSimdThreadsBackend(options: WasmSimdThreadsOptio
   const squaresOnAllThreads = (values: Float32Array, kernel = 0): number => {
     const strides = Math.floor(values.length / SIMD_STRIDE), chunks = Math.min(CHUNKS, Math.ceil((strides * SIMD_STRIDE * 4) / SQUARES_CHUNK_BYTES));
     const at = values.byteOffset;
-    const [sum] = onAllThreads(Command.sumsq, chunks, 1, () => {}, () => [at, strides, kernel], () => squareChunkWork(simd, at, strides, chunks, kernel));
+    const [sum] = onAllThreads(kernel === 1 ? 'read' : 'squares', strides, chunks, 1, () => {}, () => [at, strides, kernel], () => squareChunkWork(simd, at, strides, chunks, kernel));
     return (sum as number) + sumOfSquaresUnrolled(values.subarray(strides * SIMD_STRIDE));
   };
 
@@ -154,6 +168,33 @@ export async function createWasmSimdThreadsBackend(options: WasmSimdThreadsOptio
       pool?.dispose();
     },
   };
+}
+
+/** Whether a split call wakes the workers. Where other processes keep every core busy, a woken worker
+ *  takes the caller's core about as often as a free one, and the call ran 4–8% slower than on the caller
+ *  alone (interleaved runs, 2 shared cores, load ≈ 2); with a core free it runs up to 1.8× faster. So
+ *  each kind of call keeps its recent speed with and without workers (exponentially weighted, per unit
+ *  of work: calls of a kind are alike) and takes the faster; one call in EXPLORE tries the other. */
+export class WorkerUse {
+  private readonly kinds = new Map<string, { withWorkers: number | undefined; alone: number | undefined; calls: number }>();
+
+  use(kind: string): boolean {
+    const seen = this.kinds.get(kind);
+    if (seen?.withWorkers === undefined) return true;
+    if (seen.alone === undefined) return false;
+    const faster = seen.withWorkers >= seen.alone;
+    return seen.calls % EXPLORE === 0 ? !faster : faster;
+  }
+
+  /** `speed`: work per millisecond of the call (any unit, the same for the kind). */
+  record(kind: string, withWorkers: boolean, speed: number): void {
+    const seen = this.kinds.get(kind) ?? { withWorkers: undefined, alone: undefined, calls: 0 };
+    this.kinds.set(kind, seen);
+    seen.calls++;
+    const key = withWorkers ? 'withWorkers' : 'alone';
+    const last = seen[key];
+    seen[key] = last === undefined ? speed : last + RATE_WEIGHT * (speed - last);
+  }
 }
 
 /** Per-call areas (claims, chunk states, results) kept for reuse: one is taken again only once every

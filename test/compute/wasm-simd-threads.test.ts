@@ -8,7 +8,7 @@ import type { Worker } from 'node:worker_threads';
 import { afterAll, describe, expect, it } from 'vitest';
 import { gramError } from '../../src/compute/probe-data.js';
 import { tileLength } from '../../src/compute/tiles.js';
-import { createWasmSimdThreadsBackend, SPLIT_PRODUCTS, type WasmSimdThreadsBackend } from '../../src/compute/wasm-simd-threads-backend.js';
+import { createWasmSimdThreadsBackend, SPLIT_PRODUCTS, WorkerUse, type WasmSimdThreadsBackend } from '../../src/compute/wasm-simd-threads-backend.js';
 import { Command, type WasmThreadPool } from '../../src/compute/wasm-threads-pool.js';
 import { expectedFor, randomBlock } from './check-backend.js';
 
@@ -36,7 +36,7 @@ const exited = (worker: Worker): Promise<number> => new Promise((resolve) => wor
 const byK = new Map<number, number[]>(); // the first thread count's Gram per K (the data depends on K only)
 
 describe.each([2, 3, 4])('wasm-simd-threads with %i threads', (threads) => {
-  const opened = createWasmSimdThreadsBackend({ threads });
+  const opened = createWasmSimdThreadsBackend({ threads, adaptive: false }); // the workers take part in every split call
   afterAll(async () => (await opened).dispose());
 
   it.each(Array.from({ length: 17 }, (_, i) => i + 1))('matches the reference for K = %i on a block split across threads', async (k) => {
@@ -72,7 +72,7 @@ describe('wasm-simd-threads', () => {
   });
 
   it('stays correct while memory grows under calls in flight, and reads blocks in the grown memory', async () => {
-    const backend = await createWasmSimdThreadsBackend({ threads: 2 });
+    const backend = await createWasmSimdThreadsBackend({ threads: 2, adaptive: false });
     try {
       const k = 4, length = splitLength(k);
       const values = randomBlock(k, length, 31);
@@ -158,7 +158,7 @@ describe('wasm-simd-threads', () => {
     };
 
     it('does not hold a call up, and its late write leaves later calls bit-identical', async () => {
-      const backend = await createWasmSimdThreadsBackend({ threads: 2 });
+      const backend = await createWasmSimdThreadsBackend({ threads: 2, adaptive: false });
       const pool = backend.pool as WasmThreadPool;
       try {
         const [first, second] = [backend.allocateBlock(k, length), backend.allocateBlock(k, length)];
@@ -187,7 +187,7 @@ describe('wasm-simd-threads', () => {
     });
 
     it('that dies mid-call is replaced in the background, and calls go on meanwhile', async () => {
-      const backend = await createWasmSimdThreadsBackend({ threads: 2 });
+      const backend = await createWasmSimdThreadsBackend({ threads: 2, adaptive: false });
       const pool = backend.pool as WasmThreadPool;
       try {
         const block = backend.allocateBlock(k, length);
@@ -210,6 +210,24 @@ describe('wasm-simd-threads', () => {
         backend.dispose();
       }
     });
+  });
+
+  it('wakes the workers only for kinds of call that ran faster with them lately, trying the other way one call in 8', () => {
+    const use = new WorkerUse();
+    const run = (calls: number, speed: { withWorkers: number; alone: number }): number => {
+      let woken = 0;
+      for (let i = 0; i < calls; i++) {
+        const withWorkers = use.use('gram K=8');
+        woken += withWorkers ? 1 : 0;
+        use.record('gram K=8', withWorkers, withWorkers ? speed.withWorkers : speed.alone);
+      }
+      return woken;
+    };
+    expect(run(2, { withWorkers: 10, alone: 12 })).toBe(1); // each way once first
+    expect(run(16, { withWorkers: 10, alone: 12 })).toBe(2); // alone is faster: the workers only on the tries
+    expect(use.use('squares')).toBe(true); // kinds are kept apart
+    expect(run(8, { withWorkers: 20, alone: 12 })).toBeGreaterThanOrEqual(1); // a core came free: the next try finds it,
+    expect(run(16, { withWorkers: 20, alone: 12 })).toBe(14); // and the workers are woken but for the tries
   });
 
   it('streamingRead (bench compute\'s multi-threaded bandwidth probe) reads every value once', async () => {
