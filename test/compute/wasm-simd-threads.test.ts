@@ -143,18 +143,18 @@ describe('wasm-simd-threads', () => {
   });
 
   describe('a worker pushed off its core', () => {
-    // 64 chunks of 4 tiles (K = 8, 8 MiB): a few ms of work, so the woken worker claims a chunk.
-    const k = 8, length = 64 * 4 * tileLength(k);
+    // 16 chunks of 8 tiles (K = 8, 16 MiB): a few ms of work, so the woken worker claims a chunk.
+    const k = 8, length = 16 * 8 * tileLength(k);
     const stalledCall = async (backend: WasmSimdThreadsBackend, block: { values: Float32Array }, ms: number): Promise<number[]> => {
       const pool = backend.pool as WasmThreadPool;
-      for (let attempt = 0; attempt < 5; attempt++) {
+      for (let attempt = 0; attempt < 10; attempt++) {
         await expect.poll(() => pool.idle(0)).toBe(true);
         pool.stall(0, ms); // worker 0 sleeps after claiming its first chunk, before computing it
         const gram = new Float64Array(k * k);
         await backend.addGram({ gradients: k, length, values: block.values }, gram);
         if (pool.stalled(0) === 1) return Array.from(gram); // the call finished while the worker slept on its chunk
       }
-      throw new Error('worker 0 never claimed a chunk in 5 calls');
+      throw new Error('worker 0 never claimed a chunk in 10 calls');
     };
 
     it('does not hold a call up, and its late write leaves later calls bit-identical', async () => {
