@@ -29,9 +29,13 @@ const SCRATCH_BYTES = 256 << 10; // Σx² of an array outside the shared memory 
  *  Each chunk's last tile goes without gramPairs' read-ahead: at 4 tiles a chunk (64 chunks of a 32 MiB
  *  K=2 block) that cost 13% on one thread, at 16 tiles (16 chunks) ≈ 2% (interleaved runs, 2 shared cores). */
 const CHUNKS = 16;
+/** Fewest tiles a chunk has (for the same reason): at the probe's 2 MiB K=8 block (16 tiles), 4 chunks
+ *  of 4 tiles ran 1.1–1.5× faster than 16 of one (median of 200 interleaved calls, workers always on). */
+const MIN_CHUNK_TILES = 4;
 /** One split call in this many uses the workers if they have been slower lately, or leaves them out if faster. */
 const EXPLORE = 8;
-const RATE_WEIGHT = 0.3;
+const SAMPLES = 5; // speeds kept per kind of call and way (with or without workers)
+const SAMPLES_FIRST = 3; // each way is taken this often first
 const SQUARES_CHUNK_BYTES = 256 << 10;
 const DEFAULT_TIMEOUT_MS = 120_000;
 
@@ -108,7 +112,7 @@ export async function createWasmSimdThreadsBackend(options: WasmSimdThreadsOptio
 
   const gramOnAllThreads = (block: GradientBlock): Float64Array => {
     const { gradients: k, length: n } = block;
-    const tile = tileLength(k), chunks = Math.min(CHUNKS, Math.ceil(n / tile));
+    const tile = tileLength(k), chunks = Math.min(CHUNKS, Math.ceil(n / tile / MIN_CHUNK_TILES));
     const scratchOf = (thread: number): TileScratch => scratches[thread] as TileScratch;
     return onAllThreads(`gram K=${k}`, n, chunks, (k * (k + 1)) / 2, (thread) => scratchOf(thread).fit(k, tile), (thread) => {
       const own = scratchOf(thread);
@@ -173,28 +177,33 @@ export async function createWasmSimdThreadsBackend(options: WasmSimdThreadsOptio
 /** Whether a split call wakes the workers. Where other processes keep every core busy, a woken worker
  *  takes the caller's core about as often as a free one, and the call ran 4–8% slower than on the caller
  *  alone (interleaved runs, 2 shared cores, load ≈ 2); with a core free it runs up to 1.8× faster. So
- *  each kind of call keeps its recent speed with and without workers (exponentially weighted, per unit
- *  of work: calls of a kind are alike) and takes the faster; one call in EXPLORE tries the other. */
+ *  each kind of call keeps its last SAMPLES speeds with and without workers and takes the way with the
+ *  higher median (a preempted call is many times slower: a mean would follow those); one call in
+ *  EXPLORE tries the other way, so the choice follows the load. */
 export class WorkerUse {
-  private readonly kinds = new Map<string, { withWorkers: number | undefined; alone: number | undefined; calls: number }>();
+  private readonly kinds = new Map<string, { withWorkers: number[]; alone: number[]; calls: number }>();
 
   use(kind: string): boolean {
     const seen = this.kinds.get(kind);
-    if (seen?.withWorkers === undefined) return true;
-    if (seen.alone === undefined) return false;
-    const faster = seen.withWorkers >= seen.alone;
+    if (seen === undefined || seen.withWorkers.length < SAMPLES_FIRST) return true;
+    if (seen.alone.length < SAMPLES_FIRST) return false;
+    const faster = median(seen.withWorkers) >= median(seen.alone);
     return seen.calls % EXPLORE === 0 ? !faster : faster;
   }
 
   /** `speed`: work per millisecond of the call (any unit, the same for the kind). */
   record(kind: string, withWorkers: boolean, speed: number): void {
-    const seen = this.kinds.get(kind) ?? { withWorkers: undefined, alone: undefined, calls: 0 };
+    const seen = this.kinds.get(kind) ?? { withWorkers: [], alone: [], calls: 0 };
     this.kinds.set(kind, seen);
     seen.calls++;
-    const key = withWorkers ? 'withWorkers' : 'alone';
-    const last = seen[key];
-    seen[key] = last === undefined ? speed : last + RATE_WEIGHT * (speed - last);
+    const speeds = withWorkers ? seen.withWorkers : seen.alone;
+    speeds.push(speed);
+    if (speeds.length > SAMPLES) speeds.shift();
   }
+}
+
+function median(values: readonly number[]): number {
+  return [...values].sort((a, b) => a - b)[values.length >> 1] as number;
 }
 
 /** Per-call areas (claims, chunk states, results) kept for reuse: one is taken again only once every

@@ -14,9 +14,9 @@ import { expectedFor, randomBlock } from './check-backend.js';
 
 const TOLERANCE = 1e-10;
 
-/** A row length that splits: ≥ SPLIT_PRODUCTS products, ≥ 3 tiles, ending mid-tile and mid-SIMD-stride. */
+/** A row length that splits: ≥ SPLIT_PRODUCTS products, ≥ 12 tiles (3 chunks of 4 and a part), ending mid-tile and mid-SIMD-stride. */
 function splitLength(k: number): number {
-  return Math.max(3 * tileLength(k), Math.ceil(SPLIT_PRODUCTS / ((k * (k + 1)) / 2))) + 7;
+  return Math.max(12 * tileLength(k), Math.ceil(SPLIT_PRODUCTS / ((k * (k + 1)) / 2))) + 7;
 }
 
 async function gramOf(backend: WasmSimdThreadsBackend, values: Float32Array, k: number, length: number): Promise<{ gram: Float64Array; squares: number }> {
@@ -212,7 +212,7 @@ describe('wasm-simd-threads', () => {
     });
   });
 
-  it('wakes the workers only for kinds of call that ran faster with them lately, trying the other way one call in 8', () => {
+  it('wakes the workers only for kinds of call whose recent median speed was higher with them, trying the other way one call in 8', () => {
     const use = new WorkerUse();
     const run = (calls: number, speed: { withWorkers: number; alone: number }): number => {
       let woken = 0;
@@ -223,11 +223,13 @@ describe('wasm-simd-threads', () => {
       }
       return woken;
     };
-    expect(run(2, { withWorkers: 10, alone: 12 })).toBe(1); // each way once first
+    expect(run(6, { withWorkers: 10, alone: 12 })).toBe(3); // each way three times first
     expect(run(16, { withWorkers: 10, alone: 12 })).toBe(2); // alone is faster: the workers only on the tries
     expect(use.use('squares')).toBe(true); // kinds are kept apart
-    expect(run(8, { withWorkers: 20, alone: 12 })).toBeGreaterThanOrEqual(1); // a core came free: the next try finds it,
-    expect(run(16, { withWorkers: 20, alone: 12 })).toBe(14); // and the workers are woken but for the tries
+    expect(run(1, { withWorkers: 10, alone: 0.1 })).toBe(0); // one preempted call does not flip it,
+    expect(run(8, { withWorkers: 1000, alone: 12 })).toBe(1); // nor one lucky try,
+    expect(run(16, { withWorkers: 20, alone: 12 })).toBeGreaterThanOrEqual(3); // a core that stays free does,
+    expect(run(16, { withWorkers: 20, alone: 12 })).toBe(14); // and then the workers are woken but for the tries
   });
 
   it('streamingRead (bench compute\'s multi-threaded bandwidth probe) reads every value once', async () => {
