@@ -65,6 +65,8 @@ ${REPORT_USAGE}
       N simulated ranks of one run over real gRPC, from --workers client processes, into a sidecar in its own process (norms mode):
       steps completed, refusals and drops, sidecar CPU and RSS over time, step end → step line p50/p99;
       --profile writes the sidecar's V8 CPU profile into DIR.
+  noisescope bench sidecar-cpu [--layers 6,100] [--steps 3000] [--rate 300] [--micro-batches 1] [--profile DIR] [--json]
+      The sidecar's CPU µs per measured step (norms mode, one rank's StepBundles over real gRPC into serve --json --no-log).
   noisescope bench wire [--sizes 1,2,4] [--mib 256] [--repeats 5] [--clients python,node] [--json]
       Raw gRPC loopback MB/s into grpc-js for 1–4 MiB messages, 64 KiB vs the sidecar's 16 MiB
       HTTP/2 window, from Python grpcio and Node grpc-js clients; payload → aligned float32 GB/s.
@@ -237,12 +239,17 @@ async function bench(args: string[]): Promise<void> {
     process.stdout.write(`${await runFuzzCommand(args.slice(1))}\n`);
     return;
   }
+  if (which === 'sidecar-cpu') {
+    const { runSidecarCpuCommand } = await import('./cli/bench-sidecar-cpu.js');
+    process.stdout.write(`${await runSidecarCpuCommand(args.slice(1))}\n`);
+    return;
+  }
   if (which === 'wire') {
     const { runWireBenchCommand } = await import('./bench/wire-bench-cli.js');
     process.stdout.write(`${await runWireBenchCommand(args.slice(1))}\n`);
     return;
   }
-  throw new UsageError(`unknown benchmark '${which ?? ''}': try 'noisescope bench accuracy', 'latency', 'dashboard', 'ranks', 'soak', 'fuzz', 'wire' or 'compute'`);
+  throw new UsageError(`unknown benchmark '${which ?? ''}': try 'noisescope bench accuracy', 'latency', 'dashboard', 'ranks', 'sidecar-cpu', 'soak', 'fuzz', 'wire' or 'compute'`);
 }
 
 async function main(argv: string[]): Promise<void> {
