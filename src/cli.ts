@@ -65,7 +65,7 @@ ${REPORT_USAGE}
       N simulated ranks of one run over real gRPC, from --workers client processes, into a sidecar in its own process (norms mode):
       steps completed, refusals and drops, sidecar CPU and RSS over time, step end → step line p50/p99;
       --profile writes the sidecar's V8 CPU profile into DIR.
-  noisescope bench sidecar-cpu [--layers 6,100] [--steps 3000] [--rate 300] [--micro-batches 1] [--profile DIR] [--json]
+  noisescope bench sidecar-cpu [--layers 6,100] [--steps 12000] [--rate 300] [--micro-batches 1] [--profile DIR] [--json]
       The sidecar's CPU µs per measured step (norms mode, one rank's StepBundles over real gRPC into serve --json --no-log).
   noisescope bench wire [--sizes 1,2,4] [--mib 256] [--repeats 5] [--clients python,node] [--json]
       Raw gRPC loopback MB/s into grpc-js for 1–4 MiB messages, 64 KiB vs the sidecar's 16 MiB

@@ -29,6 +29,8 @@ export interface SidecarCpuReport extends SidecarCpuOptions {
   readonly cpuUsPerStep: number;
   /** The part of it on the JavaScript thread (the rest: GC helpers, libuv, compute workers). */
   readonly mainThreadUsPerStep: number;
+  /** CPU µs per step over each quarter of the steps (JIT warm-up shows as a falling series). */
+  readonly quartersUsPerStep: readonly number[];
   /** The sidecar's CPU while idle (before the first step), in µs per second: its timers and health lines. */
   readonly idleUsPerSecond: number;
   readonly seconds: number;
@@ -123,17 +125,25 @@ export async function runSidecarCpu(o: SidecarCpuOptions): Promise<SidecarCpuRep
     const from = { t: performance.now(), cpu: cpuSeconds(pid), main: cpuSeconds(pid, pid) };
     // Paced in 10 ms slices (timers are coarser than a step).
     const slice = 10;
+    // CPU at each quarter of the steps sent: V8 optimises the hot path for thousands of steps.
+    const quarters: number[] = [from.cpu];
     for (let sent = 0; sent < o.steps; ) {
       const due = Math.min(o.steps, Math.round(((performance.now() - from.t + slice) * o.rate) / 1000));
-      for (; sent < due; sent++) call.write(bundle(warmup + sent, o));
+      for (; sent < due; sent++) {
+        call.write(bundle(warmup + sent, o));
+        if (quarters.length < 4 && sent + 1 === Math.round((quarters.length * o.steps) / 4)) quarters.push(cpuSeconds(pid));
+      }
       await sleep(slice);
     }
     await until(() => stepLines >= warmup + o.steps, 60_000, 'step line for every step');
-    const cpu = cpuSeconds(pid) - from.cpu;
+    // The JS thread's window lies inside the process's (read after it at the start, before it at the end).
     const main = cpuSeconds(pid, pid) - from.main;
+    quarters.push(cpuSeconds(pid));
+    const quartersUsPerStep = quarters.slice(1).map((cpu, i) => ((cpu - quarters[i]!) * 1e6) / (o.steps / 4));
+    const cpu = quarters.at(-1)! - from.cpu;
     const seconds = (performance.now() - from.t) / 1000;
     call.end();
-    return { ...o, stepsCompleted: stepLines - warmup, cpuUsPerStep: (cpu * 1e6) / o.steps, mainThreadUsPerStep: (main * 1e6) / o.steps, idleUsPerSecond, seconds };
+    return { ...o, stepsCompleted: stepLines - warmup, cpuUsPerStep: (cpu * 1e6) / o.steps, mainThreadUsPerStep: (main * 1e6) / o.steps, quartersUsPerStep, idleUsPerSecond, seconds };
   } finally {
     client?.close();
     sidecar.kill('SIGTERM');
@@ -146,18 +156,19 @@ export async function runSidecarCpu(o: SidecarCpuOptions): Promise<SidecarCpuRep
 export function formatSidecarCpu(r: SidecarCpuReport): string {
   return (
     `${r.layers} layers, ${r.microBatches} micro-batch${r.microBatches === 1 ? '' : 'es'}, ${r.stepsCompleted}/${r.steps} steps at ${r.rate}/s: ` +
-    `sidecar CPU ${r.cpuUsPerStep.toFixed(0)} µs per step, ${r.mainThreadUsPerStep.toFixed(0)} µs on its JS thread (idle ${(r.idleUsPerSecond / 1000).toFixed(1)} ms/s, over ${r.seconds.toFixed(1)} s)`
+    `sidecar CPU ${r.cpuUsPerStep.toFixed(0)} µs per step, ${r.mainThreadUsPerStep.toFixed(0)} µs on its JS thread (idle ${(r.idleUsPerSecond / 1000).toFixed(1)} ms/s, over ${r.seconds.toFixed(1)} s); ` +
+    `by quarter of the steps ${r.quartersUsPerStep.map((us) => us.toFixed(0)).join(' → ')} µs`
   );
 }
 
-/** `noisescope bench sidecar-cpu [--layers 6,100] [--steps 3000] [--rate 300] [--micro-batches 1] [--profile DIR] [--json]`. */
+/** `noisescope bench sidecar-cpu [--layers 6,100] [--steps 12000] [--rate 300] [--micro-batches 1] [--profile DIR] [--json]`. */
 export async function runSidecarCpuCommand(args: string[]): Promise<string> {
   const { values } = parseArgs({
     args,
     strict: true,
     options: {
       layers: { type: 'string', default: '6,100' },
-      steps: { type: 'string', default: '3000' },
+      steps: { type: 'string', default: '12000' },
       rate: { type: 'string', default: '300' },
       'micro-batches': { type: 'string', default: '1' },
       profile: { type: 'string' },
