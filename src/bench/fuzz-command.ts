@@ -5,9 +5,9 @@
 import * as grpc from '@grpc/grpc-js';
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { UsageError } from '../cli/flags.js';
+import { cliPath } from './bench-process.js';
 import { loadProto } from '../transport/proto.js';
 import type { NoiseScopeClient } from '../transport/generated/noisescope/v1/NoiseScope.js';
 import type { RankMessage } from '../transport/generated/noisescope/v1/RankMessage.js';
@@ -29,9 +29,6 @@ export interface FuzzCommandReport extends FuzzReport {
   /** Steps of the well-behaved rank whose raw |G|² and tr(Σ) matched the two-batch formulas (of 3). */
   readonly goodSteps: number;
 }
-
-const cliPath = (): string =>
-  fileURLToPath(new URL(import.meta.url.endsWith('.ts') ? '../../dist/src/cli.js' : '../cli.js', import.meta.url));
 
 const close = (a: number, b: number) => Math.abs(a - b) <= 1e-9 * Math.max(1, Math.abs(b));
 

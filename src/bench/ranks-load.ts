@@ -10,6 +10,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { UsageError } from '../cli/flags.js';
+import { cliPath, cpuSeconds } from './bench-process.js';
 import { loadProto } from '../transport/proto.js';
 import type { NoiseScopeClient } from '../transport/generated/noisescope/v1/NoiseScope.js';
 import type { RankMessage } from '../transport/generated/noisescope/v1/RankMessage.js';
@@ -72,7 +73,6 @@ const MICRO_EXAMPLES = 16;
 const TRUE_B_SIMPLE = 2000;
 /** Distinct simulated steps, cycled: drawing fresh gradients for 256 ranks at 10 steps/s would measure the simulator. */
 const POOL = 16;
-const CLOCK_TICKS = 100; // USER_HZ on Linux
 
 function quantiles(values: readonly number[]): Quantiles {
   const sorted = [...values].sort((a, b) => a - b);
@@ -82,16 +82,9 @@ function quantiles(values: readonly number[]): Quantiles {
 
 /** CPU seconds (user + system) and RSS in MiB of a process, from /proc. */
 function sampleProc(pid: number): { cpuSeconds: number; rssMiB: number } {
-  // Fields after the command name (which may hold spaces) start at field 3: utime is 14, stime 15.
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  const cpuSeconds = (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
   const rssKiB = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? Number.NaN);
-  return { cpuSeconds, rssMiB: rssKiB / 1024 };
+  return { cpuSeconds: cpuSeconds(pid), rssMiB: rssKiB / 1024 };
 }
-
-const cliPath = (): string =>
-  fileURLToPath(new URL(import.meta.url.endsWith('.ts') ? '../../dist/src/cli.js' : '../cli.js', import.meta.url));
 
 /** Every rank's messages for POOL simulated steps (step numbers filled in when sent). */
 function simulatedPool(o: RanksLoadOptions) {

@@ -3,11 +3,11 @@
 // `serve --json --no-log` process (bench_overhead.py's sidecar); CPU comes from /proc/<pid>.
 import * as grpc from '@grpc/grpc-js';
 import { spawn } from 'node:child_process';
-import { closeSync, mkdtempSync, openSync, readFileSync, readSync, rmSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { cliPath, cpuSeconds } from '../bench/bench-process.js';
 import { loadProto } from '../transport/proto.js';
 import type { NoiseScopeClient } from '../transport/generated/noisescope/v1/NoiseScope.js';
 import type { RankMessage } from '../transport/generated/noisescope/v1/RankMessage.js';
@@ -38,18 +38,6 @@ export interface SidecarCpuReport extends SidecarCpuOptions {
 
 const RUN = 'bench-sidecar-cpu';
 const EXAMPLES = 64;
-const CLOCK_TICKS = 100; // USER_HZ on Linux
-
-/** CPU seconds (user + system) of a process, or of one of its threads (`/proc/<pid>/task/<tid>`). */
-const cpuSeconds = (pid: number, tid?: number): number => {
-  const stat = readFileSync(tid === undefined ? `/proc/${pid}/stat` : `/proc/${pid}/task/${tid}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
-};
-
-const cliPath = (): string =>
-  fileURLToPath(new URL(import.meta.url.endsWith('.ts') ? '../../dist/src/cli.js' : '../cli.js', import.meta.url));
-
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, Math.max(0, ms)));
 
 /** A step's bundle: one shard per micro-batch and the StepEnd, norms varying a little per step. */
