@@ -243,6 +243,9 @@ def _per_example_conv_grads(conv: nn.Conv1d | nn.Conv2d, x: Tensor, delta: Tenso
 
 # The faster of exact alternatives per shape, timed at its first use (see `fastest`).
 _FASTEST: dict[tuple, str] = {}
+# Shapes timed at most: inputs whose size changes every batch would otherwise be timed (six runs) on
+# most measured steps; past this the first candidate runs untimed.
+_FASTEST_MOST = 64
 
 
 def fastest(key: tuple, candidates: dict[str, Callable[[], Tensor]]) -> Tensor:
@@ -254,6 +257,8 @@ def fastest(key: tuple, candidates: dict[str, Callable[[], Tensor]]) -> Tensor:
     chosen = _FASTEST.get(key)
     if chosen is not None:
         return candidates[chosen]()
+    if len(_FASTEST) >= _FASTEST_MOST:
+        return next(iter(candidates.values()))()
     timings: dict[str, float] = {}
     result: Tensor | None = None
     for name, run in candidates.items():

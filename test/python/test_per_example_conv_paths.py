@@ -51,3 +51,10 @@ def test_the_first_use_of_a_shape_times_both_and_keeps_one() -> None:
     (key,) = set(pem._FASTEST) - before
     assert pem._FASTEST[key] in ("grouped", "columns")
     torch.testing.assert_close(pem._per_example_conv_grads(conv, x, delta), first, rtol=1e-12, atol=0)
+
+
+def test_past_the_shapes_it_times_a_new_shape_runs_the_first_way_untimed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pem, "_FASTEST", {("filler", i): "columns" for i in range(pem._FASTEST_MOST)})
+    runs: list[str] = []
+    result = pem.fastest(("new",), {"grouped": lambda: runs.append("grouped") or torch.zeros(1), "columns": lambda: runs.append("columns") or torch.ones(1)})
+    assert runs == ["grouped"] and result.item() == 0 and ("new",) not in pem._FASTEST
