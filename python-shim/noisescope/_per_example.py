@@ -10,6 +10,10 @@ sequence-shaped layer materialises per-example gradients, chunk by chunk, becaus
 Rows pair with micro-batches the way the meter pairs forwards with backwards: the j-th
 grad-enabled forward of the model is micro-batch j. A row is void (its step is sent without
 per-example sums) when a covered module's input does not have the model's batch as dim 0.
+
+Sampled (watch(per_example_sample=s)): each row draws s of its B examples, the same for every layer,
+from a private generator; the calls' (input, δ, stats) rows are selected before any term is computed
+(cost ∝ s) and each layer's sum is scaled by B/s, an unbiased estimate of the row's exact sum.
 """
 from __future__ import annotations
 
@@ -147,13 +151,51 @@ class _Row:
     sums: list[Any]
     calls: dict[nn.Module, list[_Call]] = field(default_factory=dict)
     void: str = ""  # why this row's sums cannot be used
+    batch: int | None = None  # sampled: the B the sample was drawn from (dim 0 of the first covered input)
+    sample: Tensor | None = None  # sampled: the chosen examples' indices (CPU, sorted); None: every example
+    scale: float = 1.0  # B/s for a sampled row
+
+
+class Sampler:
+    """Draws each micro-batch's sample: s of B examples uniformly without replacement (every example when s ≥ B).
+
+    Its own generator, never torch's or Python's global one (the training's random stream stays untouched),
+    seeded with SEED so that a run's samples are reproducible.
+    """
+
+    SEED = 0x5A3D
+
+    def __init__(self, size: int | float) -> None:
+        self.size = size  # an int s ≥ 1, or a float in (0, 1]: that fraction of B (at least one example)
+        self._generator = torch.Generator().manual_seed(self.SEED)
+
+    def count(self, batch: int) -> int:
+        return self.size if isinstance(self.size, int) else max(1, round(self.size * batch))
+
+    def draw(self, batch: int) -> tuple[Tensor | None, float]:
+        """(sorted indices, B/s), or (None, 1.0): the exact path."""
+        chosen = self.count(batch)
+        if chosen >= batch:
+            return None, 1.0
+        return torch.randperm(batch, generator=self._generator)[:chosen].sort().values, batch / chosen
+
+    def describe(self) -> str:
+        return f"{self.size} examples" if isinstance(self.size, int) else f"{self.size:g} of the examples"
 
 
 class PerExample:
     """Arms per-module hooks on measured steps; hands the meter one row of sums per micro-batch."""
 
-    def __init__(self, modules: dict[Any, tuple[int | None, int | None]], n_layers: int, guard: Guard, hook: Callable) -> None:
+    def __init__(
+        self,
+        modules: dict[Any, tuple[int | None, int | None]],
+        n_layers: int,
+        guard: Guard,
+        hook: Callable,
+        sample: int | float | None = None,
+    ) -> None:
         self._modules = modules
+        self.sampler = Sampler(sample) if sample is not None else None  # None: every example (exact)
         self._units = pmore.units(modules)  # modules whose terms are computed jointly (attention, tied weights)
         self._n_layers = n_layers
         self._guard = guard
@@ -168,6 +210,13 @@ class PerExample:
         # CPU layers' terms on a worker thread while the backward goes on, where torch leaves a core free.
         self.overlap = _Overlap()
         guard.on_trip(self._switch_off)
+        if self.sampler is not None:
+            logger.info(
+                "noisescope: per-example sums sampled: %s of each micro-batch of B at random (each layer's sum × B/s, "
+                "an unbiased estimate; every example when B ≤ s; seed %d)",
+                self.sampler.describe(),
+                Sampler.SEED,
+            )
 
     # ------------------------------------------------------------ meter-facing
 
@@ -248,6 +297,9 @@ class PerExample:
                         names[i],
                     )
                     return None
+        for row, norms in zip(rows, micro_sq_norms):
+            if row.sample is not None:
+                _cauchy_schwarz_floor(row, norms)
         return _host_floats([row.sums for row in rows])
 
     # ------------------------------------------------------------ hooks
@@ -277,13 +329,22 @@ class PerExample:
                 if not self._rows:  # a module called outside the model's forward
                     self._rows.append(_Row(examples=None, sums=[None] * self._n_layers))
                 row = self._rows[-1]
-                if not isinstance(x, Tensor) or x.dim() < 2 or (row.examples is not None and x.shape[0] != row.examples):
+                examples = row.examples if row.examples is not None else row.batch
+                if not isinstance(x, Tensor) or x.dim() < 2 or (examples is not None and x.shape[0] != examples):
                     shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
                     row.void = (
                         f"{type(module).__name__} input {shape} does not have the model's batch "
-                        f"({row.examples}) as dim 0 (the per-example source needs batch-first inputs)"
+                        f"({examples}) as dim 0 (the per-example source needs batch-first inputs)"
                     )
                     return None
+                if self.sampler is not None and row.batch is None:
+                    row.batch = x.shape[0]
+                    row.sample, row.scale = self.sampler.draw(row.batch)
+                    if row.sample is not None:
+                        self._warn_once(
+                            "sampled", "noisescope: per-example source sampled: %d of %d examples per micro-batch",
+                            len(row.sample), row.batch, level=logging.INFO,
+                        )
                 call = _Call(module=module, row=row, x=x.detach() if saved is None else saved, stats=stats)
                 row.calls.setdefault(self._units.get(module, module), []).append(call)
             on_delta = functools.partial(self._on_delta, call)
@@ -357,6 +418,9 @@ class PerExample:
             _computing.on = False
 
     def _compute_terms(self, row: _Row, module: Any, calls: list[_Call]) -> None:
+        scale = 1.0
+        if row.sample is not None and not _row_linear(module, calls):  # a row Linear's exact sum costs less
+            calls, scale = _sampled(calls, row.sample), row.scale
         if isinstance(module, pmore.Unit):
             with torch.no_grad():
                 terms = module.terms(calls, self.sequence_form)
@@ -364,6 +428,7 @@ class PerExample:
                 c.x = None
             with self._lock:
                 for index, term in terms:
+                    term = term * scale if scale != 1.0 else term
                     earlier = row.sums[index]
                     row.sums[index] = term if earlier is None else earlier + term
             return
@@ -380,6 +445,7 @@ class PerExample:
         with self._lock:
             for index, term in ((weight_index, weight), (bias_index, bias)):
                 if index is not None and term is not None:
+                    term = term * scale if scale != 1.0 else term
                     earlier = row.sums[index]
                     row.sums[index] = term if earlier is None else earlier + term
 
@@ -390,6 +456,34 @@ class PerExample:
 
 
 _computing = threading.local()  # .on: this thread is inside _compute
+
+
+def _sampled(calls: list[_Call], index: Tensor) -> list[_Call]:
+    """The calls restricted to the sampled examples (copies of those rows); the originals let their inputs go."""
+    out = []
+    for c in calls:
+        at = index.to(c.delta.device) if c.delta is not None and c.delta.device != index.device else index  # type: ignore[union-attr]
+        batch_dim = c.x.batch_dim if isinstance(c.x, pmore.AttentionInputs) else 0
+        x = c.x.select(at) if isinstance(c.x, pmore.AttentionInputs) else c.x.index_select(0, at)  # type: ignore[union-attr]
+        delta = c.delta.index_select(batch_dim, at) if c.delta is not None else None
+        stats = None if c.stats is None else (c.stats[0].index_select(0, at), c.stats[1].index_select(0, at))
+        out.append(_Call(module=c.module, row=c.row, x=x, delta=delta, stats=stats))
+        c.x = c.stats = None
+    return out
+
+
+def _cauchy_schwarz_floor(row: _Row, norms: Sequence[Any]) -> None:
+    """A sampled sum raised to |h|²/B where it fell below: the exact sum never does (Cauchy–Schwarz), and the
+    sidecar refuses a shard that does. Only when the sample's norms are far below the batch's, with gradients
+    nearly aligned (B_simple ≲ 1): the estimate is then biased upwards by at most that shortfall."""
+    batch = row.batch or 1
+    for i, (term, norm) in enumerate(zip(row.sums, norms)):
+        if term is None or norm is None:
+            continue
+        if isinstance(norm, Tensor):
+            row.sums[i] = torch.maximum(term, norm.to(device=term.device, dtype=term.dtype) / batch)
+        else:
+            row.sums[i] = term.clamp(min=norm / batch)
 
 
 def _row_linear(module: Any, calls: list[_Call]) -> bool:

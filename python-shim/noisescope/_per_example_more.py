@@ -15,7 +15,7 @@ Same conventions as `_per_example_math`: δ carries the loss's scale; float64 0-
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 import torch
@@ -149,6 +149,23 @@ class AttentionInputs:
     weights: Tensor | None = None  # the returned attention weights, where they take part in autograd
     average_weights: bool = True
     weights_delta: Tensor | None = None  # δ at them, when the loss uses them
+
+    def select(self, index: Tensor) -> AttentionInputs:
+        """The inputs of the examples at `index` (the per-example sample), copies of those rows."""
+        b, heads = self.batch_dim, None
+        mask = self.attn_mask
+        if mask is not None and mask.dim() == 3:  # [B·heads, L, S]: per example
+            heads = mask.shape[0] // self.query.shape[b]
+            mask = mask.unflatten(0, (-1, heads)).index_select(0, index).flatten(0, 1)
+        return replace(
+            self,
+            query=self.query.index_select(b, index),
+            key=self.key.index_select(b, index),
+            value=self.value.index_select(b, index),
+            key_padding_mask=self.key_padding_mask.index_select(0, index) if self.key_padding_mask is not None else None,
+            attn_mask=mask,
+            weights_delta=self.weights_delta.index_select(0, index) if self.weights_delta is not None else None,
+        )
 
     def register(self, output: Tensor, on_delta: Callable[[Tensor], None]) -> None:
         """Calls on_delta with δ at the output once the backward has passed both the output and the weights.

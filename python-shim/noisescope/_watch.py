@@ -64,6 +64,7 @@ def watch(
     mode: str = "norms",
     policy: BatchPolicy | None = None,
     source: str = "auto",
+    per_example_sample: int | float | None = None,
     enabled: bool = True,
     dtype: str = "fp32",
     token: str | None = None,
@@ -120,6 +121,12 @@ def watch(
             measured step had one, or there is none yet): once a step accumulates, later steps
             skip the per-example work while the count stays at 2 or more, and a step that turns
             out to accumulate is sent without per-example sums. The log says which source.
+        per_example_sample: None (default): per-example sums over every example. An int s ≥ 1: over a
+            uniformly random s of each micro-batch's B examples (the same for every layer; B ≤ s: all), each
+            layer's sum scaled by B/s, an unbiased estimate that costs about s/B of the exact one (a plain
+            Linear on [B, d] rows stays exact: cheaper than selecting). A float in (0, 1]: that fraction of B.
+            Drawn from noisescope's own seeded generator (training's random stream is untouched). Needs
+            mode="norms" and a source that can be per-example ("auto" or "per-example").
         enabled: False returns an inert handle, so one flag turns noisescope off.
         dtype: dense and sketch mode's wire precision: "fp32" (default), "fp16" or "bf16" (half the bytes).
         sketch_size: sketch mode's buckets per layer, m (a layer of at most m elements is sent exactly);
@@ -193,6 +200,7 @@ def watch(
         raise ValueError(f"noisescope.watch: unknown source {source!r}; expected one of {', '.join(map(repr, SOURCES))}")
     if mode in ("dense", "sketch", "auto") and source == "per-example":
         raise ValueError("noisescope.watch: source='per-example' is a norms-mode source; use mode='norms' with it")
+    _check_per_example_sample(per_example_sample, mode, source)
     if policy is not None and not isinstance(policy, BatchPolicy):
         raise TypeError(f"noisescope.watch: policy must be a noisescope.BatchPolicy or None, got {type(policy).__name__}")
     if scaler is not None:
@@ -222,6 +230,7 @@ def watch(
             sketch_size=sketch_size,
             scaler=scaler,
             first_step=first_step,
+            per_example_sample=per_example_sample,
         )
     return handle
 
@@ -273,6 +282,7 @@ class Watch:
         sketch_size: int = 4096,
         scaler: Any = None,
         first_step: int = 0,
+        per_example_sample: int | float | None = None,
     ) -> None:
         import torch
 
@@ -330,7 +340,9 @@ class Watch:
                 m: (position.get(w) if w is not None else None, position.get(b) if b is not None else None)  # type: ignore[arg-type]
                 for m, (w, b) in cover.modules.items()
             }
-            per_example = PerExample(modules, len(params), self._guard, _ModuleHook)
+            per_example = PerExample(modules, len(params), self._guard, _ModuleHook, sample=per_example_sample)
+        elif per_example_sample is not None:
+            logger.info("noisescope: per_example_sample=%r unused: the per-example source is off (see above)", per_example_sample)
         info = _wire.RankInfo(
             run=self._run,
             rank=rank,
@@ -625,6 +637,22 @@ def _log_sketch_mode(layers: list[Any], size: int, dtype: str) -> None:
         exact,
         len(layers),
     )
+
+
+def _check_per_example_sample(sample: Any, mode: str, source: str) -> None:
+    if sample is None:
+        return
+    if isinstance(sample, bool) or not isinstance(sample, (int, float)):
+        raise TypeError(f"noisescope.watch: per_example_sample must be an int, a float or None, got {type(sample).__name__}")
+    if isinstance(sample, int) and sample < 1:
+        raise ValueError(f"noisescope.watch: per_example_sample must be ≥ 1 examples (or a fraction in (0, 1]), got {sample}")
+    if isinstance(sample, float) and not 0.0 < sample <= 1.0:
+        raise ValueError(f"noisescope.watch: per_example_sample as a float is a fraction of the batch in (0, 1], got {sample}")
+    if mode != "norms" or source == "accumulation":
+        raise ValueError(
+            f"noisescope.watch: per_example_sample needs the per-example source (mode='norms', source 'auto' or "
+            f"'per-example'); got mode={mode!r}, source={source!r}"
+        )
 
 
 def _choose_source(

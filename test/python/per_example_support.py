@@ -24,6 +24,17 @@ def exact_sums(
     loss: Callable[[Tensor, Tensor], Tensor] = regression_loss,
 ) -> dict[str, float]:
     """Σ_e |scale·∇ℓ_e|² per parameter: the contribution of example e to .grad when the loss is scale·Σ_e ℓ_e."""
+    return {n: float(v.sum()) for n, v in exact_per_example(model, inputs, targets, scale, loss).items()}
+
+
+def exact_per_example(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    scale: float,
+    loss: Callable[[Tensor, Tensor], Tensor] = regression_loss,
+) -> dict[str, Tensor]:
+    """|scale·∇ℓ_e|² per parameter and example e ([B] each), from torch.func per-sample gradients."""
     ref = copy.deepcopy(model)
     params = {n: p.detach() for n, p in ref.named_parameters() if p.requires_grad}
     buffers = dict(ref.named_buffers())
@@ -32,7 +43,7 @@ def exact_sums(
         return loss(functional_call(ref, {**p, **buffers}, (x.unsqueeze(0),))[0], y)
 
     grads = vmap(grad(one), in_dims=(None, 0, 0))(params, inputs, targets)
-    return {n: float((scale * g).reshape(g.shape[0], -1).square().sum()) for n, g in grads.items()}
+    return {n: (scale * g).reshape(g.shape[0], -1).square().sum(1) for n, g in grads.items()}
 
 
 def measure_one_step(
