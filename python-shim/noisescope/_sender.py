@@ -6,6 +6,11 @@ no sidecar is there to take a step, the step is dropped and counted. The stream'
 ours sits between the training thread and gRPC, so a measured step wakes one thread fewer, and
 every thread hop costs the training thread a GIL hand-off. Between streams the link thread drains
 the queue (each step tapped, then dropped and counted).
+
+Steps are coalesced: the training thread wakes the iterator only once STEPS_PER_MESSAGE steps wait
+(the iterator otherwise looks every FLUSH_S), and the steps it takes go as one StepBundles message to
+a sidecar that takes them. Each wake-up and each gRPC message costs the training thread GIL hand-offs
+with grpcio's threads; on a small model that, not the arithmetic, was most of the hook's cost.
 """
 from __future__ import annotations
 
@@ -36,6 +41,8 @@ QUEUE_STEPS = 256  # measured steps waiting for the stream
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 10.0
 REFUSALS_LOGGED = 5
+STEPS_PER_MESSAGE = 32  # steps that wake the request iterator at once, and the most in one message
+FLUSH_S = 0.05  # how long a step may wait for others: the dashboard and recommendations see it within this
 
 _WAKE = object()  # queued by close() after every step submitted before it: say goodbye
 
@@ -67,17 +74,34 @@ class _Handoff:
         self._limit = limit
         self._wake = threading.Lock()
         self._wake.acquire()
+        self.wake_at = 1  # items that wake the taker (fewer wait for its next look)
 
-    def put(self, item: Any) -> bool:
+    def put(self, item: Any, urgent: bool = False) -> bool:
         """Never blocks: False when full."""
         if len(self._items) >= self._limit:
             return False
         self._items.append(item)
-        try:
-            self._wake.release()
-        except RuntimeError:
-            pass  # released already: the taker has not looked since
+        if urgent or len(self._items) >= self.wake_at:
+            try:
+                self._wake.release()
+            except RuntimeError:
+                pass  # released already: the taker has not looked since
         return True
+
+    def gather(self, limit: int, timeout: float) -> list[Any]:
+        """Up to `limit` of the oldest items, once `wake_at` of them (or an urgent one) wait or after `timeout`
+        seconds; maybe none."""
+        if len(self._items) >= self.wake_at:
+            self._wake.acquire(False)  # clears the flag: what it said is here
+        else:
+            self._wake.acquire(timeout=timeout)
+        taken: list[Any] = []
+        while len(taken) < limit:
+            try:
+                taken.append(self._items.popleft())
+            except IndexError:
+                break
+        return taken
 
     def get(self, timeout: float) -> Any:
         """The oldest item, waiting at most `timeout` seconds for one; _EMPTY if none came (or, rarely, sooner)."""
@@ -126,12 +150,15 @@ class Sender:
         self._warned_statuses: set[tuple[str, str]] = set()
         self.protocol_mismatch: str | None = None  # the sidecar's words: no retry can succeed
         self.bundle_steps = True  # one StepBundle per measured step; off for a sidecar that predates it
+        self.takes_bundles = False  # the sidecar's Welcome said it reads StepBundles (several steps a message)
+        self.steps_per_message = STEPS_PER_MESSAGE  # private switch: 1 sends (and wakes) one step at a time
         self._fresh_runtime()
         _restart_after_fork(self)
 
     def _fresh_runtime(self) -> None:
         """Everything a forked child must not share with its parent (threads, locks, streams)."""
         self._queue = _Handoff(QUEUE_STEPS)  # PendingStep | _Messages | _WAKE
+        self._queue.wake_at = max(1, self.steps_per_message)  # the request iterator keeps it so
         self._stop = threading.Event()  # close() began: flush, say goodbye, no new connections
         self._done = threading.Event()  # nothing left to say (or close() ran out of time): the link thread ends
         self._lock = threading.Lock()
@@ -188,7 +215,7 @@ class Sender:
         self._closing = True
         self._deadline = time.monotonic() + max(0.0, timeout)
         self._stop.set()
-        self._queue.put(_WAKE)  # when full, whoever drains the queue sees _stop once it is empty
+        self._queue.put(_WAKE, urgent=True)  # when full, whoever drains the queue sees _stop once it is empty
         for thread in self._threads:
             thread.join(max(0.0, self._deadline - time.monotonic()))
         if any(thread.is_alive() for thread in self._threads):
@@ -235,7 +262,7 @@ class Sender:
             stream = self._stream
             if stream is None or stream.over.is_set():
                 return False
-        return self._queue.put(_Messages(messages))
+        return self._queue.put(_Messages(messages), urgent=True)
 
     # ------------------------------------------------------------ link thread
 
@@ -327,38 +354,59 @@ class Sender:
         while not stream.welcomed.wait(0.2):
             if stream.over.is_set() or self._done.is_set():
                 return
+        taken: collections.deque[Any] = collections.deque()  # out of the queue, not yet handed to gRPC
         try:
-            while not stream.over.is_set():
-                item = self._queue.get(timeout=0.2)
-                if item is _EMPTY:
+            goodbye = False
+            while not goodbye and not stream.over.is_set():
+                per_message = max(1, self.steps_per_message)
+                self._queue.wake_at = per_message
+                taken.extend(self._queue.gather(per_message, FLUSH_S if per_message > 1 else 0.2))
+                if not taken:
                     if self._stop.is_set():
                         break  # close() began and every step is out (its wake-up did not fit in the queue)
                     continue
-                if item is _WAKE:
-                    break  # queued after every step submitted before close()
-                if stream.over.is_set() or time.monotonic() > self._deadline:
-                    self._drop(item)  # the stream ended while this waited, or past remove()'s flush budget
-                    continue
-                for message in self._messages(item):
-                    if isinstance(message, DenseStep):
-                        for frame in message.frames():
-                            self._count_sent()
-                            yield frame
+                together: list[Any] = []  # consecutive steps' StepBundles, for one message
+                while taken:
+                    item = taken.popleft()
+                    if item is _WAKE:
+                        goodbye = True  # queued after every step submitted before close()
                         continue
-                    self._count_sent()
-                    yield message
-            else:
+                    if goodbye or stream.over.is_set() or time.monotonic() > self._deadline:
+                        self._drop(item)  # the stream ended while this waited, or past remove()'s flush budget
+                        continue
+                    messages = self._messages(item)
+                    if per_message > 1 and self.takes_bundles and len(messages) == 1:
+                        single = _wire.one_bundle(messages[0])
+                        if single is not None:
+                            together.append(single)
+                            continue
+                    if together:
+                        yield self._sent(_wire.several(together))
+                        together = []
+                    for message in messages:
+                        if isinstance(message, DenseStep):
+                            for frame in message.frames():
+                                yield self._sent(frame)
+                            continue
+                        yield self._sent(message)
+                if together:
+                    yield self._sent(_wire.several(together))
+            if not goodbye and stream.over.is_set():
                 return  # the stream ended: the link thread drains what is left
         except Exception as error:  # our own bug: never grpcio's "Exception iterating requests"
             self._guard.trip("the sender", error)
             self._done.set()
             return
+        finally:
+            while taken:  # gRPC stopped asking (the stream ended) while steps it took waited behind a message
+                self._drop(taken.popleft())
         self._count_sent()
         yield _wire.goodbye("watch removed", self.dropped)
 
     def _on_reply(self, reply: pb.SidecarMessage) -> bool:
         kind = reply.WhichOneof("kind")
         if kind == "welcome":
+            self.takes_bundles = reply.welcome.takes_bundles  # read by the request iterator once it sees `welcomed`
             self._unreachable = False  # first: whoever sees `connected` must find measuring wanted
             self.connected = True
             with self._counters_lock:
@@ -455,6 +503,10 @@ class Sender:
     def _count_sent(self) -> None:
         with self._counters_lock:
             self.messages_sent += 1
+
+    def _sent(self, message: Any) -> Any:
+        self._count_sent()
+        return message
 
     def _count_dropped(self, steps: int) -> None:
         if steps:

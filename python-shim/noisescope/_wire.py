@@ -133,6 +133,24 @@ def bundled(messages: list[Any]) -> list[Any]:
     return [pb.RankMessage(bundle=pb.StepBundle(shards=[m.shard for m in messages[:-1]], end=messages[-1].step_end))]
 
 
+def one_bundle(message: Any) -> pb.StepBundle | None:
+    """A step's single message as a StepBundle (a skipped step's lone StepEnd becomes one without shards), or
+    None when it cannot join a StepBundles (dense frames, shards sent separately, control messages)."""
+    if not isinstance(message, pb.RankMessage):
+        return None
+    kind = message.WhichOneof("kind")
+    if kind == "bundle":
+        return message.bundle
+    if kind == "step_end":
+        return pb.StepBundle(end=message.step_end)
+    return None
+
+
+def several(bundles: list[pb.StepBundle]) -> pb.RankMessage:
+    """Several steps' bundles in one message (a sidecar whose Welcome says takes_bundles reads them one by one)."""
+    return pb.RankMessage(bundles=pb.StepBundles(bundles=bundles))
+
+
 def goodbye(reason: str, dropped: int) -> pb.RankMessage:
     return pb.RankMessage(goodbye=pb.Goodbye(reason=reason, dropped=dropped))
 

@@ -112,6 +112,8 @@ function handleAttach(ingest: Ingest, call: AttachCall, outbox: RankOutbox): voi
     // Messages are handled one at a time, in order. A dense StepEnd may have to wait for its step's
     // reductions: the stream is paused meanwhile and what had already arrived waits in `backlog`.
     const backlog: RankMessage__Output[] = [];
+    /** A StepBundles' bundles, queued as single messages: handled alike, counted as the one message that came. */
+    const parts = new WeakSet<RankMessage__Output>();
     let waiting = false;
     let endedByPeer = false;
     const drain = (): void => {
@@ -169,7 +171,7 @@ function handleAttach(ingest: Ingest, call: AttachCall, outbox: RankOutbox): voi
     /** Handles one message; a promise when it must finish before the next is read. */
     const handle = (message: RankMessage__Output): Promise<void> | null => {
       if (ended) return null;
-      ingest.counters.messages++;
+      if (!parts.has(message)) ingest.counters.messages++;
       try {
         if (message.kind === 'hello' && message.hello) {
           if (session) {
@@ -180,7 +182,13 @@ function handleAttach(ingest: Ingest, call: AttachCall, outbox: RankOutbox): voi
           const attached = session;
           attached.onReplaced(() => fail(new NoiseScopeError('duplicate', `rank ${message.hello?.rank} reconnected on a newer stream`)));
           call.write({
-            welcome: { protocolVersion: PROTOCOL_VERSION, sidecarVersion: SIDECAR_VERSION, run: attached.run, rank: attached.rank },
+            welcome: {
+              protocolVersion: PROTOCOL_VERSION,
+              sidecarVersion: SIDECAR_VERSION,
+              run: attached.run,
+              rank: attached.rank,
+              takesBundles: true,
+            },
           });
           outbox.welcomed(attached.run, call);
           return null;
@@ -198,6 +206,11 @@ function handleAttach(ingest: Ingest, call: AttachCall, outbox: RankOutbox): voi
           shards.forEach((s, i) => shard(session as RankSession, s, `bundle shards[${i}] (step ${s.step} micro-batch ${s.microBatch}): `));
           if (end) return stepEnd(session, end, 'bundle end: ');
           refuse(new NoiseScopeError('invalid-message', `bundle without an end (step ${shards[0]?.step ?? 0}): a StepBundle must carry its StepEnd`), shards[0]?.step ?? 0);
+        } else if (message.kind === 'bundles' && message.bundles) {
+          // Ahead of whatever arrived after it, one by one: a bundle whose end must wait holds back the rest.
+          const singles = message.bundles.bundles.map((bundle): RankMessage__Output => ({ kind: 'bundle', bundle }));
+          for (const single of singles) parts.add(single);
+          backlog.unshift(...singles);
         } else if (message.kind === 'goodbye' && message.goodbye) {
           session.goodbye(message.goodbye.dropped);
         } else {

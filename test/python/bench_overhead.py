@@ -61,6 +61,12 @@ class QuietSidecar:
         self.proc.wait(timeout=10)
 
 
+def load_line(start: tuple[float, float, float]) -> str:
+    """Other work on the machine skews every ratio: how much there was, at the start and now."""
+    return (f"load average (1/5/15 min) at the start {'/'.join(f'{v:.2f}' for v in start)}, at the end "
+            f"{'/'.join(f'{v:.2f}' for v in os.getloadavg())}")
+
+
 def make(width: int, depth: int, inputs: int) -> tuple[nn.Module, torch.optim.Optimizer]:
     torch.manual_seed(0)
     layers: list[nn.Module] = [nn.Linear(inputs, width), nn.ReLU()]
@@ -144,8 +150,7 @@ def main() -> None:
             ("MLP 2048x4 (b=128)", 2048, 4, 128, 1024, 6, 10),
         ):
             print(bench(name, width, depth, micro, inputs, sidecar.address, rounds // scale, steps, args.mode, args.separate))
-        print(f"load average (1/5/15 min) at the start {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}, at the end "
-              f"{'/'.join(f'{v:.2f}' for v in os.getloadavg())}")
+        print(load_line(load))
     finally:
         sidecar.stop()
 

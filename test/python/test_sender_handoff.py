@@ -54,7 +54,8 @@ def test_only_the_link_thread_is_the_hooks_own(sidecar: Sidecar) -> None:
         ours = sorted(t.name for t in threading.enumerate() if t.name.startswith("noisescope") and "per-example" not in t.name)
     assert ours == ["noisescope-link"]
     assert [e["step"] for e in wait_for_events(sidecar, "step", "one-thread", 3)] == [0, 1, 2]
-    assert ns.stats.messages_sent == 1 + 3 + 1 and ns.stats.dropped == 0
+    # Hello, the steps (coalesced: 1 to 3 messages, as the flush clock falls), Goodbye.
+    assert 1 <= ns.stats.messages_sent - 2 <= 3 and ns.stats.dropped == 0
 
 
 def test_steps_measured_while_no_sidecar_listens_are_each_tapped_and_counted_dropped(free_address: str) -> None:
@@ -90,4 +91,4 @@ def test_steps_taken_before_the_welcome_wait_and_all_reach_the_sidecar(sidecar: 
     events = wait_for_events(sidecar, "step", "early", 8)
     assert [e["step"] for e in events] == list(range(8)) and not any(e["skipped"] for e in events)
     assert [r.step for r in records] == list(range(8))
-    assert (ns.stats.messages_sent, ns.stats.dropped) == (1 + 8 + 1, 0)
+    assert 1 <= ns.stats.messages_sent - 2 <= 8 and ns.stats.dropped == 0  # steps coalesced into 1 to 8 messages

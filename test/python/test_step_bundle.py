@@ -1,7 +1,8 @@
-"""The hook's send cost: one StepBundle per measured step, and no measuring while no sidecar is there.
+"""The hook's send cost: steps coalesced into one message, and no measuring while no sidecar is there.
 
-Real training, real sidecar over gRPC: bundled and separate messages give the sidecar the same statistics; an
-outage arms no hook and counts the due steps dropped; the sidecar coming back is measured from the next step.
+Real training, real sidecar over gRPC: several steps in one StepBundles message, one StepBundle per message and
+separate messages give the sidecar the same statistics; an outage arms no hook and counts the due steps dropped;
+the sidecar coming back is measured from the next step.
 """
 from __future__ import annotations
 
@@ -25,12 +26,15 @@ def _comparable(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in e.items() if k not in _DIFFERENT} for e in events]
 
 
-def _train_watched(sidecar: Sidecar, run: str, bundle: bool, loop: Loop, **kwargs: Any) -> tuple[torch.nn.Module, Any]:
+def _train_watched(
+    sidecar: Sidecar, run: str, bundle: bool, loop: Loop, per_message: int, **kwargs: Any
+) -> tuple[torch.nn.Module, Any]:
     model = make_model()
     optimizer = make_optimizer(model)
     # Not waiting for the connection: the steps taken while the first one is made must reach the sidecar too.
     ns = noisescope.watch(model, optimizer, address=sidecar.address, run=run, **kwargs)
     ns._sender.bundle_steps = bundle  # private switch: the separate messages of before (old sidecars get them)
+    ns._sender.steps_per_message = per_message  # private switch: 1 sends each step as it comes
     loop.run(model, optimizer)
     ns.remove()  # flushes: every step sent, then Goodbye
     return model, ns.stats
@@ -40,28 +44,32 @@ def _train_watched(sidecar: Sidecar, run: str, bundle: bool, loop: Loop, **kwarg
     ("source", "sizes"),
     [("accumulation", (8, 8, 8)), ("per-example", (16,))],
 )
-def test_bundled_steps_give_the_sidecar_the_statistics_separate_messages_give(
-    sidecar: Sidecar, source: str, sizes: tuple[int, ...]
+def test_coalesced_and_bundled_steps_give_the_sidecar_the_statistics_separate_messages_give(
+    sidecar: Sidecar, source: str, sizes: tuple[int, ...], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Coalesced: no step wakes the sender before all of them wait, nor does the clock; remove() sends them at once.
+    monkeypatch.setattr(noisescope._sender, "FLUSH_S", 60.0)
     loop = Loop(steps=STEPS, sizes=sizes)
     plain = make_model()
     loop.run(plain, make_optimizer(plain))
     results = {}
-    for bundle in (True, False):
-        run = f"{source}-{'bundled' if bundle else 'separate'}"
-        model, stats = _train_watched(sidecar, run, bundle, loop, source=source)
+    for way, bundle, per_message in (("coalesced", True, STEPS + 1), ("bundled", True, 1), ("separate", False, 1)):
+        run = f"{source}-{way}"
+        model, stats = _train_watched(sidecar, run, bundle, loop, per_message, source=source)
         for a, b in zip(parameters_of(plain), parameters_of(model)):
-            assert torch.equal(a, b)  # training bitwise unchanged by the hook, either way
+            assert torch.equal(a, b)  # training bitwise unchanged by the hook, every way
         events = wait_for_events(sidecar, "step", run, STEPS)
-        results[bundle] = (events, stats)
-    (bundled, bundled_stats), (separate, separate_stats) = results[True], results[False]
-    assert [e["step"] for e in bundled] == list(range(STEPS))
-    assert not any(e["skipped"] for e in bundled)
-    assert _comparable(bundled) == _comparable(separate)
-    # One message per measured step instead of one per micro-batch plus the StepEnd (and Hello, Goodbye on both).
+        results[way] = (events, stats)
+    coalesced, bundled, separate = (results[way][0] for way in ("coalesced", "bundled", "separate"))
+    assert [e["step"] for e in coalesced] == list(range(STEPS))
+    assert not any(e["skipped"] for e in coalesced)
+    assert _comparable(coalesced) == _comparable(bundled) == _comparable(separate)
+    # All steps in one message; one message per measured step; one per micro-batch plus the StepEnd (and Hello,
+    # Goodbye every way).
     k = len(sizes)
-    assert (bundled_stats.messages_sent, separate_stats.messages_sent) == (2 + STEPS, 2 + STEPS * (k + 1))
-    assert bundled_stats.refusals == separate_stats.refusals == 0
+    sent = tuple(results[way][1].messages_sent for way in ("coalesced", "bundled", "separate"))
+    assert sent == (3, 2 + STEPS, 2 + STEPS * (k + 1))
+    assert all(results[way][1].refusals == 0 for way in results)
 
 
 def _armed(model: torch.nn.Module) -> int:
@@ -129,6 +137,7 @@ def test_a_sidecar_that_reads_bundles_as_empty_messages_gets_separate_messages_f
     model = make_model()
     optimizer = make_optimizer(model)
     ns = noisescope.watch(model, optimizer, address=sidecar.address, run="older-sidecar")
+    ns._sender.steps_per_message = 1  # as for a sidecar whose Welcome does not say takes_bundles: one step a message
     wait_connected(ns)
     loop = Loop(steps=2)
     loop.run(model, optimizer)

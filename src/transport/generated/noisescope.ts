@@ -30,6 +30,7 @@ import type { Sketch as _noisescope_v1_Sketch, Sketch__Output as _noisescope_v1_
 import type { SketchSpec as _noisescope_v1_SketchSpec, SketchSpec__Output as _noisescope_v1_SketchSpec__Output } from './noisescope/v1/SketchSpec.js';
 import type { SquaredNorms as _noisescope_v1_SquaredNorms, SquaredNorms__Output as _noisescope_v1_SquaredNorms__Output } from './noisescope/v1/SquaredNorms.js';
 import type { StepBundle as _noisescope_v1_StepBundle, StepBundle__Output as _noisescope_v1_StepBundle__Output } from './noisescope/v1/StepBundle.js';
+import type { StepBundles as _noisescope_v1_StepBundles, StepBundles__Output as _noisescope_v1_StepBundles__Output } from './noisescope/v1/StepBundles.js';
 import type { StepEnd as _noisescope_v1_StepEnd, StepEnd__Output as _noisescope_v1_StepEnd__Output } from './noisescope/v1/StepEnd.js';
 import type { StepStats as _noisescope_v1_StepStats, StepStats__Output as _noisescope_v1_StepStats__Output } from './noisescope/v1/StepStats.js';
 import type { TemperatureChange as _noisescope_v1_TemperatureChange, TemperatureChange__Output as _noisescope_v1_TemperatureChange__Output } from './noisescope/v1/TemperatureChange.js';
@@ -78,6 +79,7 @@ export interface ProtoGrpcType {
       Source: EnumTypeDefinition
       SquaredNorms: MessageTypeDefinition<_noisescope_v1_SquaredNorms, _noisescope_v1_SquaredNorms__Output>
       StepBundle: MessageTypeDefinition<_noisescope_v1_StepBundle, _noisescope_v1_StepBundle__Output>
+      StepBundles: MessageTypeDefinition<_noisescope_v1_StepBundles, _noisescope_v1_StepBundles__Output>
       StepEnd: MessageTypeDefinition<_noisescope_v1_StepEnd, _noisescope_v1_StepEnd__Output>
       StepStats: MessageTypeDefinition<_noisescope_v1_StepStats, _noisescope_v1_StepStats__Output>
       TemperatureChange: MessageTypeDefinition<_noisescope_v1_TemperatureChange, _noisescope_v1_TemperatureChange__Output>

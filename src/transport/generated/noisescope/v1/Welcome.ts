@@ -6,6 +6,7 @@ export interface Welcome {
   'sidecarVersion'?: (string);
   'run'?: (string);
   'rank'?: (number);
+  'takesBundles'?: (boolean);
 }
 
 export interface Welcome__Output {
@@ -13,4 +14,5 @@ export interface Welcome__Output {
   'sidecarVersion': (string);
   'run': (string);
   'rank': (number);
+  'takesBundles': (boolean);
 }
