@@ -62,9 +62,10 @@ def test_the_run_its_steps_and_the_health_counts_match_what_the_hook_sent(sideca
         assert event["lr"] == pytest.approx(0.05) and event["loss"] is None and not event["skipped"]
         assert abs(event["unixMs"] - time.time() * 1000) < 60_000
 
-    # Hello, 2 StepBundles (4 shards + StepEnd each), Goodbye: every one received and none refused.
+    # Hello, 2 StepBundles (4 shards + StepEnd each; coalesced into 1 or 2 messages), Goodbye: every one received
+    # and none refused.
     stats = ns.stats
-    assert stats.messages_sent == 1 + 2 + 1
+    assert 1 + 1 + 1 <= stats.messages_sent <= 1 + 2 + 1
     health = sidecar.wait_for(lambda e: e["type"] == "health" and e["messages"] == stats.messages_sent)
     assert (health["stepsCompleted"], health["stepsIncomplete"], health["refused"], health["droppedByHooks"]) == (
         2,
