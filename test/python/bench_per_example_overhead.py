@@ -10,7 +10,9 @@ with the per-example terms computed inline in the backward ("inline"; by default
 thread beside the backward when torch's threads leave a core free, as here: torch on 1 of 2 cores).
 The same batch as 4 micro-batches of accumulation ("×4"): no hook; the norms alone; "auto"
 every=1 (which should cost what the norms do: it skips the per-example work on steps that
-accumulate); "per-example" every=1. Rounds interleave the configurations; a configuration's
+accumulate); "per-example" every=1. "s=B/4": per_example_sample=0.25, the per-example terms of a random
+quarter of each micro-batch (scaled by 4: unbiased), at every=10, every=1 and every=1 inline.
+Rounds interleave the configurations; a configuration's
 figure in a round is its mean step time, and the table gives the median over rounds of its
 ratio to "no hook" with the same micro-batches in the same round; a second line gives the same ratios
 of process CPU time (every thread of the training process).
@@ -31,17 +33,21 @@ from torch import nn
 import noisescope
 from bench_overhead import QuietSidecar
 
-# label → (source or None for no hook, every, micro-batches per step, per-example worker: None auto / False inline)
-CONFIGS: dict[str, tuple[str | None, int, int, bool | None]] = {
-    "no hook": (None, 1, 1, None),
-    "norms every=1": ("accumulation", 1, 1, None),
-    "per-ex every=10": ("per-example", 10, 1, None),
-    "per-ex every=1": ("per-example", 1, 1, None),
-    "per-ex=1 inline": ("per-example", 1, 1, False),
-    "no hook ×4": (None, 1, 4, None),
-    "×4 norms": ("accumulation", 1, 4, None),
-    "×4 auto": ("auto", 1, 4, None),
-    "×4 per-ex": ("per-example", 1, 4, None),
+# label → (source or None for no hook, every, micro-batches per step, per-example worker: None auto / False inline,
+# per_example_sample)
+CONFIGS: dict[str, tuple[str | None, int, int, bool | None, float | None]] = {
+    "no hook": (None, 1, 1, None, None),
+    "norms every=1": ("accumulation", 1, 1, None, None),
+    "per-ex every=10": ("per-example", 10, 1, None, None),
+    "per-ex every=1": ("per-example", 1, 1, None, None),
+    "per-ex=1 inline": ("per-example", 1, 1, False, None),
+    "s=B/4 every=10": ("per-example", 10, 1, None, 0.25),
+    "s=B/4 every=1": ("per-example", 1, 1, None, 0.25),
+    "s=B/4 =1 inline": ("per-example", 1, 1, False, 0.25),
+    "no hook ×4": (None, 1, 4, None, None),
+    "×4 norms": ("accumulation", 1, 4, None, None),
+    "×4 auto": ("auto", 1, 4, None, None),
+    "×4 per-ex": ("per-example", 1, 4, None, None),
 }
 
 
@@ -121,7 +127,7 @@ def bench(name: str, address: str, rounds: int, steps: int) -> str:
     means: dict[str, list[float]] = {label: [] for label in CONFIGS}
     cpu: dict[str, list[float]] = {label: [] for label in CONFIGS}  # process CPU per step: every thread's work
     for r in range(rounds):
-        for label, (source, every, k, overlap) in CONFIGS.items():
+        for label, (source, every, k, overlap, sample) in CONFIGS.items():
             torch.manual_seed(0)
             model = make()
             opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -131,7 +137,8 @@ def bench(name: str, address: str, rounds: int, steps: int) -> str:
                 means[label].append(mean_step_time(model, opt, batch, loss_fn, steps, k))
                 cpu[label].append((time.process_time() - started) / steps)
                 continue
-            with noisescope.watch(model, opt, address=address, every=every, source=source, run=f"bench-{name}-{label}-{r}") as ns:
+            run = f"bench-{name}-{label}-{r}"
+            with noisescope.watch(model, opt, address=address, every=every, source=source, run=run, per_example_sample=sample) as ns:
                 if ns._meter is not None and ns._meter._per_example is not None:
                     ns._meter._per_example.overlap.enabled = overlap
                 mean_step_time(model, opt, batch, loss_fn, 10, k)  # warm-up, connected, one measured step in it
@@ -147,7 +154,7 @@ def _row(title: str, times: dict[str, list[float]]) -> str:
     """Per hooked configuration: the median over rounds of its ratio to no hook with the same micro-batches."""
     base = {k: statistics.median(times[_no_hook(k)]) for k in (1, 4)}
     cells = [f"{title:<30} {base[1] * 1e3:>8.2f} ms {base[4] * 1e3:>8.2f} ms"]
-    for label, (source, _, k, _) in CONFIGS.items():
+    for label, (source, _, k, _, _) in CONFIGS.items():
         if source is None:
             continue
         ratios = [hooked / plain for hooked, plain in zip(times[label], times[_no_hook(k)])]
@@ -156,7 +163,7 @@ def _row(title: str, times: dict[str, list[float]]) -> str:
 
 
 def _no_hook(k: int) -> str:
-    return next(label for label, (source, _, kk, _) in CONFIGS.items() if source is None and kk == k)
+    return next(label for label, (source, _, kk, _, _) in CONFIGS.items() if source is None and kk == k)
 
 
 def main() -> None:
@@ -175,7 +182,7 @@ def main() -> None:
             f"micro-batches; torch {torch.__version__}, 1 thread; median over rounds of mean-step-time ratios to "
             "no hook with the same micro-batches)"
         )
-        hooked = [label for label, (source, _, _, _) in CONFIGS.items() if source is not None]
+        hooked = [label for label, (source, *_) in CONFIGS.items() if source is not None]
         print(f"{'model':<30} {'no hook':>11} {'no hook ×4':>11} " + " ".join(f"{label:>16}" for label in hooked))
         for name in WORKLOADS:
             if not args.models or any(m in name for m in args.models):

@@ -276,8 +276,9 @@ def test_sampled_b_simple_on_real_training_against_the_exact_value(beta_sidecar)
 
     Measured (300 steps, beta 0.99, median |error| over the second half): B_simple 24.3% with the hook's seed, against
     10.2% for the exact per-example estimator on the same steps. The same training re-sampled offline with 40 other
-    seeds: median 17.1%, p90 28.9%, max 33.4% (s = 32: 12.2% / 21.1% / 25.2%): one sample of 16 doubles the per-step
-    spread of tr(Σ) here (81% vs 40%: a conv net's per-example norms are heavy-tailed), so the bound asserted is 40%."""
+    seeds (test/python/bench_per_example_sampled_accuracy.py): median 17.1%, p90 29.9%, max 33.4% (s = 32: 12.2% /
+    21.1% / 25.2%): one sample of 16 doubles the per-step spread of tr(Σ) here (81% vs 40%: a conv net's per-example
+    norms are heavy-tailed), so the bound asserted is 40%."""
     import copy
     import dataclasses
     import time
