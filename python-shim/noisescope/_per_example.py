@@ -180,7 +180,7 @@ class Sampler:
         return torch.randperm(batch, generator=self._generator)[:chosen].sort().values, batch / chosen
 
     def describe(self) -> str:
-        return f"{self.size} examples" if isinstance(self.size, int) else f"{self.size:g} of the examples"
+        return f"s = {self.size}" if isinstance(self.size, int) else f"{self.size:.0%} (s = {self.size:g}·B)"
 
 
 class PerExample:
@@ -212,8 +212,8 @@ class PerExample:
         guard.on_trip(self._switch_off)
         if self.sampler is not None:
             logger.info(
-                "noisescope: per-example sums sampled: %s of each micro-batch of B at random (each layer's sum × B/s, "
-                "an unbiased estimate; every example when B ≤ s; seed %d)",
+                "noisescope: per-example sums from a random %s of each micro-batch's B examples (each layer's sum × B/s, "
+                "unbiased; Linear layers on [B, d] rows stay exact, it costs less; seed %d)",
                 self.sampler.describe(),
                 Sampler.SEED,
             )
