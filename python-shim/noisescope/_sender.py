@@ -7,10 +7,11 @@ ours sits between the training thread and gRPC, so a measured step wakes one thr
 every thread hop costs the training thread a GIL hand-off. Between streams the link thread drains
 the queue (each step tapped, then dropped and counted).
 
-Steps are coalesced: the training thread wakes the iterator only once STEPS_PER_MESSAGE steps wait
-(the iterator otherwise looks every FLUSH_S), and the steps it takes go as one StepBundles message to
-a sidecar that takes them. Each wake-up and each gRPC message costs the training thread GIL hand-offs
-with grpcio's threads; on a small model that, not the arithmetic, was most of the hook's cost.
+Steps are coalesced: a step wakes the iterator at once only after FLUSH_S without one (a lone or
+slow step goes as it comes); within FLUSH_S of the last, steps wait for the iterator's next look, or
+until STEPS_PER_MESSAGE of them wait. The steps it takes go as one StepBundles message to a sidecar
+that takes them. Each wake-up and each gRPC message costs the training thread GIL hand-offs with
+grpcio's threads; on a small model that, not the arithmetic, was most of the hook's cost.
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 10.0
 REFUSALS_LOGGED = 5
 STEPS_PER_MESSAGE = 32  # steps that wake the request iterator at once, and the most in one message
-FLUSH_S = 0.05  # how long a step may wait for others: the dashboard and recommendations see it within this
+FLUSH_S = 0.05  # the longest a step waits for others: the dashboard and recommendations see it within this
 
 _WAKE = object()  # queued by close() after every step submitted before it: say goodbye
 
@@ -74,14 +75,16 @@ class _Handoff:
         self._limit = limit
         self._wake = threading.Lock()
         self._wake.acquire()
-        self.wake_at = 1  # items that wake the taker (fewer wait for its next look)
+        self.wake_at = 1  # items that wake the taker at once
+        self.interval = 0.0  # after a gather took items, fewer than wake_at wait this long for the next look
+        self._quiet_until = 0.0  # monotonic time: a put after it wakes the taker
 
     def put(self, item: Any, urgent: bool = False) -> bool:
         """Never blocks: False when full."""
         if len(self._items) >= self._limit:
             return False
         self._items.append(item)
-        if urgent or len(self._items) >= self.wake_at:
+        if urgent or len(self._items) >= self.wake_at or time.monotonic() >= self._quiet_until:
             try:
                 self._wake.release()
             except RuntimeError:
@@ -89,18 +92,21 @@ class _Handoff:
         return True
 
     def gather(self, limit: int, timeout: float) -> list[Any]:
-        """Up to `limit` of the oldest items, once `wake_at` of them (or an urgent one) wait or after `timeout`
-        seconds; maybe none."""
+        """Up to `limit` of the oldest items, once woken (see put) or the interval since the last gather that took
+        some is over, else after `timeout` seconds; maybe none."""
         if len(self._items) >= self.wake_at:
             self._wake.acquire(False)  # clears the flag: what it said is here
         else:
-            self._wake.acquire(timeout=timeout)
+            quiet = self._quiet_until - time.monotonic()
+            self._wake.acquire(timeout=quiet if quiet > 0 else timeout)
         taken: list[Any] = []
         while len(taken) < limit:
             try:
                 taken.append(self._items.popleft())
             except IndexError:
                 break
+        if taken:
+            self._quiet_until = time.monotonic() + self.interval
         return taken
 
     def get(self, timeout: float) -> Any:
@@ -359,8 +365,8 @@ class Sender:
             goodbye = False
             while not goodbye and not stream.over.is_set():
                 per_message = max(1, self.steps_per_message)
-                self._queue.wake_at = per_message
-                taken.extend(self._queue.gather(per_message, FLUSH_S if per_message > 1 else 0.2))
+                self._queue.wake_at, self._queue.interval = per_message, FLUSH_S if per_message > 1 else 0.0
+                taken.extend(self._queue.gather(per_message, 0.2))
                 if not taken:
                     if self._stop.is_set():
                         break  # close() began and every step is out (its wake-up did not fit in the queue)

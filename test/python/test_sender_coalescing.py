@@ -1,7 +1,7 @@
 """Coalescing in the sender: steps wake grpcio's thread in groups and go several to a message, never stranded.
 
-The hand-off wakes its taker only once `wake_at` items wait (or an urgent one: close()'s goodbye); the taker
-otherwise looks every flush interval, so a lone step still reaches the sidecar. A sidecar whose Welcome does
+The hand-off wakes its taker for an item after a quiet interval, once `wake_at` items wait, or for an urgent
+one (close()'s goodbye); within the interval the taker looks again when it ends, so no step waits longer. A sidecar whose Welcome does
 not say it takes StepBundles (one older than them) gets one step per message, with the same statistics.
 Real training, the real sidecar over gRPC.
 """
@@ -22,64 +22,73 @@ from test_hook_support import Loop, make_model, make_optimizer, wait_connected, 
 _DIFFERENT = {"run", "unixMs", "ts", "latencyMs"}  # wall-clock and naming fields of a step event
 
 
-def test_the_handoff_wakes_its_taker_at_wake_at_items_or_for_an_urgent_one() -> None:
+def test_the_handoff_wakes_its_taker_for_a_step_after_a_quiet_interval_at_wake_at_items_or_for_an_urgent_one() -> None:
     handoff = _Handoff(limit=100)
-    handoff.wake_at = 3
+    handoff.wake_at, handoff.interval = 3, 60.0
+    assert handoff.put(0) and handoff.gather(10, 60.0) == [0]  # nothing taken for a while: woken at once
     woke: list[list[Any]] = []
     taker = threading.Thread(target=lambda: woke.append(handoff.gather(10, 60.0)))
     taker.start()
-    handoff.put(0)
     handoff.put(1)
-    taker.join(0.3)
-    assert taker.is_alive()  # two items wait for the third (or the 60 s clock)
     handoff.put(2)
-    taker.join(30)
-    assert woke == [[0, 1, 2]]
+    taker.join(0.3)
+    assert taker.is_alive()  # within the interval two items wait for a third (or the interval's end)
     handoff.put(3)
-    assert handoff.gather(10, 0.0) == [3]  # the clock ran out: whatever waits, maybe fewer than wake_at
-    urgent = threading.Thread(target=lambda: woke.append(handoff.gather(10, 60.0)))
+    taker.join(30)
+    assert woke == [[1, 2, 3]]
+    handoff.interval = 0.5
+    urgent = threading.Thread(target=lambda: woke.append(handoff.gather(10, 600.0)))
     urgent.start()
     handoff.put(4, urgent=True)
     urgent.join(30)
     assert woke[1:] == [[4]]
-    assert [handoff.put(i) for i in range(5, 9)] == [True] * 4
-    assert handoff.gather(2, 0.0) == [5, 6] and handoff.gather(5, 0.0) == [7, 8]  # at most `limit`, oldest first
+    # Within the (now 0.5 s) interval a lone item wakes nobody: the taker looks when the interval ends, not at 600 s.
+    later = threading.Thread(target=lambda: woke.append(handoff.gather(10, 600.0)))
+    later.start()
+    assert handoff.put(5)
+    later.join(30)
+    assert not later.is_alive() and woke[2:] == [[5]]
+    handoff.interval = 0.0
+    assert [handoff.put(i) for i in range(6, 10)] == [True] * 4
+    assert handoff.gather(2, 0.0) == [6, 7] and handoff.gather(5, 0.0) == [8, 9]  # at most `limit`, oldest first
 
 
-def test_a_lone_step_reaches_the_sidecar_within_the_flush_interval_and_a_full_group_wakes_the_sender_at_once(
+def test_a_lone_step_goes_at_once_later_ones_wait_for_the_flush_interval_or_a_full_group(
     sidecar: Sidecar, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    model = make_model()
-    optimizer = make_optimizer(model)
-    with noisescope.watch(model, optimizer, address=sidecar.address, run="lone") as ns:
-        wait_connected(ns)
-        Loop(steps=1).run(model, optimizer)
-        # Nothing wakes the sender for one step but its flush clock: the step is not stranded until the next ones.
-        assert [e["step"] for e in wait_for_events(sidecar, "step", "lone", 1, timeout=20)] == [0]
-        assert ns.stats.messages_sent == 2  # Hello, the step
-    assert ns.stats.messages_sent == 3  # and Goodbye
-
-    # The clock stopped (60 s): three steps wait for a fourth, which wakes the sender; all four go as one message.
+    # The interval stopped (60 s): a step after a quiet while goes at once; the next ones wait for a group of four.
     monkeypatch.setattr(sender_module, "FLUSH_S", 60.0)
     model = make_model()
     optimizer = make_optimizer(model)
     with noisescope.watch(model, optimizer, address=sidecar.address, run="group") as ns:
         ns._sender.steps_per_message = 4
         wait_connected(ns)
-        time.sleep(0.3)  # the sender's first look began with the 60 s clock
+        time.sleep(0.3)  # the sender waits for steps
+        Loop(steps=1).run(model, optimizer)
+        assert [e["step"] for e in wait_for_events(sidecar, "step", "group", 1, timeout=20)] == [0]
         Loop(steps=3).run(model, optimizer)
         time.sleep(0.5)
-        assert (ns.stats.messages_sent, ns.stats.queued) == (1, 3)  # Hello only: three steps wait
+        assert (ns.stats.messages_sent, ns.stats.queued) == (2, 3)  # Hello, step 0; three steps wait
         Loop(steps=1).run(model, optimizer)
-        events = wait_for_events(sidecar, "step", "group", 4, timeout=20)
-        assert [e["step"] for e in events] == [0, 1, 2, 3]
-        assert ns.stats.messages_sent == 2
+        events = wait_for_events(sidecar, "step", "group", 5, timeout=20)
+        assert [e["step"] for e in events] == [0, 1, 2, 3, 4]
+        assert ns.stats.messages_sent == 3  # steps 1–4 in one message
+
+
+def test_steps_within_the_flush_interval_reach_the_sidecar_without_a_full_group_or_remove(sidecar: Sidecar) -> None:
+    model = make_model()
+    optimizer = make_optimizer(model)
+    with noisescope.watch(model, optimizer, address=sidecar.address, run="flushed") as ns:
+        wait_connected(ns)
+        Loop(steps=3).run(model, optimizer)  # fewer than a group: only the flush interval sends the later ones
+        assert [e["step"] for e in wait_for_events(sidecar, "step", "flushed", 3, timeout=20)] == [0, 1, 2]
+        assert ns.stats.queued == 0
 
 
 def test_a_sidecar_whose_welcome_does_not_take_bundles_gets_one_step_per_message_and_the_same_statistics(
     sidecar: Sidecar, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sender_module, "FLUSH_S", 60.0)  # coalescing waits for remove(): one group of all steps
+    monkeypatch.setattr(sender_module, "FLUSH_S", 60.0)  # after the first step the rest wait for remove()
     loop = Loop(steps=4)
     events: dict[str, list[dict[str, Any]]] = {}
     sent: dict[str, int] = {}
@@ -98,6 +107,7 @@ def test_a_sidecar_whose_welcome_does_not_take_bundles_gets_one_step_per_message
         ns = noisescope.watch(model, optimizer, address=sidecar.address, run=run)
         ns._sender.steps_per_message = loop.steps + 1
         wait_connected(ns)
+        time.sleep(0.3)  # the sender waits for steps: the first goes alone, at once
         loop.run(model, optimizer)
         ns.remove()
         events[run] = [{k: v for k, v in e.items() if k not in _DIFFERENT} for e in wait_for_events(sidecar, "step", run, loop.steps)]
@@ -105,4 +115,4 @@ def test_a_sidecar_whose_welcome_does_not_take_bundles_gets_one_step_per_message
         assert ns.stats.refusals == 0 and ns.stats.dropped == 0
     assert [e["step"] for e in events["older"]] == list(range(loop.steps))
     assert events["older"] == events["takes-bundles"]
-    assert sent == {"takes-bundles": 3, "older": 2 + loop.steps}  # Hello and Goodbye around the steps
+    assert sent == {"takes-bundles": 2 + 2, "older": 2 + loop.steps}  # Hello and Goodbye around the steps

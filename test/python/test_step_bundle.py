@@ -31,10 +31,11 @@ def _train_watched(
 ) -> tuple[torch.nn.Module, Any]:
     model = make_model()
     optimizer = make_optimizer(model)
-    # Not waiting for the connection: the steps taken while the first one is made must reach the sidecar too.
     ns = noisescope.watch(model, optimizer, address=sidecar.address, run=run, **kwargs)
     ns._sender.bundle_steps = bundle  # private switch: the separate messages of before (old sidecars get them)
     ns._sender.steps_per_message = per_message  # private switch: 1 sends each step as it comes
+    wait_connected(ns)
+    time.sleep(0.3)  # the sender waits for steps
     loop.run(model, optimizer)
     ns.remove()  # flushes: every step sent, then Goodbye
     return model, ns.stats
@@ -47,7 +48,7 @@ def _train_watched(
 def test_coalesced_and_bundled_steps_give_the_sidecar_the_statistics_separate_messages_give(
     sidecar: Sidecar, source: str, sizes: tuple[int, ...], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Coalesced: no step wakes the sender before all of them wait, nor does the clock; remove() sends them at once.
+    # Coalesced: the first step goes at once (none came for a while), the others wait (60 s) for remove().
     monkeypatch.setattr(noisescope._sender, "FLUSH_S", 60.0)
     loop = Loop(steps=STEPS, sizes=sizes)
     plain = make_model()
@@ -64,11 +65,11 @@ def test_coalesced_and_bundled_steps_give_the_sidecar_the_statistics_separate_me
     assert [e["step"] for e in coalesced] == list(range(STEPS))
     assert not any(e["skipped"] for e in coalesced)
     assert _comparable(coalesced) == _comparable(bundled) == _comparable(separate)
-    # All steps in one message; one message per measured step; one per micro-batch plus the StepEnd (and Hello,
-    # Goodbye every way).
+    # The first step, then all others in one message; one message per measured step; one per micro-batch plus the
+    # StepEnd (and Hello, Goodbye every way).
     k = len(sizes)
     sent = tuple(results[way][1].messages_sent for way in ("coalesced", "bundled", "separate"))
-    assert sent == (3, 2 + STEPS, 2 + STEPS * (k + 1))
+    assert sent == (4, 2 + STEPS, 2 + STEPS * (k + 1))
     assert all(results[way][1].refusals == 0 for way in results)
 
 
