@@ -43,7 +43,7 @@ BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 10.0
 REFUSALS_LOGGED = 5
 STEPS_PER_MESSAGE = 32  # steps that wake the request iterator at once, and the most in one message
-FLUSH_S = 0.05  # the longest a step waits for others: the dashboard and recommendations see it within this
+FLUSH_S = 0.025  # the longest a step waits for others: the dashboard and recommendations see it within this
 
 _WAKE = object()  # queued by close() after every step submitted before it: say goodbye
 

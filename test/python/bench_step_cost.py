@@ -6,7 +6,7 @@ The 784-512-512-10 MLP at b=64 (one micro-batch per step, torch on 1 thread, the
 process): its step is short enough (~2.5 ms) that the hook's fixed per-step cost, not the arithmetic, is
 its overhead. Configurations, interleaved per round: no hook; norms every=1 and per-example every=10 and
 every=1, with the sender as it is (steps coalesced: woken and sent STEPS_PER_MESSAGE at a time or every
-FLUSH_S) and with each step woken and sent on its own ("one/msg": the sender before coalescing) or a 25 ms
+FLUSH_S) and with each step woken and sent on its own ("one/msg": the sender before coalescing) or a 50 ms
 flush interval. Per configuration:
 the median over rounds of the wall-time ratio to no hook, and CPU per step in µs, medians over rounds, of the
 training thread (time.thread_time), of the process's other threads (grpcio's, the link thread), and of the
@@ -36,12 +36,12 @@ DEFAULT = {"per_message": sender.STEPS_PER_MESSAGE, "flush": sender.FLUSH_S}
 CONFIGS: dict[str, dict[str, Any]] = {
     "no hook": {"source": None, "every": 1},
     "norms=1 one/msg": {"source": "accumulation", "every": 1, "per_message": 1},
-    "norms=1 25 ms": {"source": "accumulation", "every": 1, "flush": 0.025},
+    "norms=1 50 ms": {"source": "accumulation", "every": 1, "flush": 0.05},
     "norms=1": {"source": "accumulation", "every": 1},
     "norms=10 one/msg": {"source": "accumulation", "every": 10, "per_message": 1},
     "norms=10": {"source": "accumulation", "every": 10},
     "per-ex=10 one/msg": {"source": "per-example", "every": 10, "per_message": 1},
-    "per-ex=10 25 ms": {"source": "per-example", "every": 10, "flush": 0.025},
+    "per-ex=10 50 ms": {"source": "per-example", "every": 10, "flush": 0.05},
     "per-ex=10": {"source": "per-example", "every": 10},
     "per-ex=1 one/msg": {"source": "per-example", "every": 1, "per_message": 1},
     "per-ex=1": {"source": "per-example", "every": 1},
