@@ -7,6 +7,7 @@ import type { StepOutcome } from '../ingest/step-assembler.js';
 import type { Recommendation } from '../types.js';
 import type { GradientShard__Output } from './generated/noisescope/v1/GradientShard.js';
 import type { RankMessage__Output } from './generated/noisescope/v1/RankMessage.js';
+import type { StepBundle__Output } from './generated/noisescope/v1/StepBundle.js';
 import type { StepEnd__Output } from './generated/noisescope/v1/StepEnd.js';
 import type { SidecarMessage } from './generated/noisescope/v1/SidecarMessage.js';
 import type { Recommendation as WireRecommendation } from './generated/noisescope/v1/Recommendation.js';
@@ -112,8 +113,6 @@ function handleAttach(ingest: Ingest, call: AttachCall, outbox: RankOutbox): voi
     // Messages are handled one at a time, in order. A dense StepEnd may have to wait for its step's
     // reductions: the stream is paused meanwhile and what had already arrived waits in `backlog`.
     const backlog: RankMessage__Output[] = [];
-    /** A StepBundles' bundles, queued as single messages: handled alike, counted as the one message that came. */
-    const parts = new WeakSet<RankMessage__Output>();
     let waiting = false;
     let endedByPeer = false;
     const drain = (): void => {
@@ -168,10 +167,27 @@ function handleAttach(ingest: Ingest, call: AttachCall, outbox: RankOutbox): voi
       }
     };
 
+    /** A StepBundle as its parts sent one by one; a refusal says which part it is about. */
+    const bundle = (session: RankSession, message: StepBundle__Output): Promise<void> | null => {
+      const { shards, end } = message;
+      shards.forEach((s, i) => shard(session, s, `bundle shards[${i}] (step ${s.step} micro-batch ${s.microBatch}): `));
+      if (end) return stepEnd(session, end, 'bundle end: ');
+      refuse(new NoiseScopeError('invalid-message', `bundle without an end (step ${shards[0]?.step ?? 0}): a StepBundle must carry its StepEnd`), shards[0]?.step ?? 0);
+      return null;
+    };
+    /** A StepBundles' bundles from `from` on, each as if sent alone: one whose end must wait holds back the rest. */
+    const bundlesFrom = (session: RankSession, bundles: readonly StepBundle__Output[], from: number): Promise<void> | null => {
+      for (let i = from; i < bundles.length && !ended; i++) {
+        const pending = bundle(session, bundles[i] as StepBundle__Output);
+        if (pending) return pending.then(() => bundlesFrom(session, bundles, i + 1) ?? undefined);
+      }
+      return null;
+    };
+
     /** Handles one message; a promise when it must finish before the next is read. */
     const handle = (message: RankMessage__Output): Promise<void> | null => {
       if (ended) return null;
-      if (!parts.has(message)) ingest.counters.messages++;
+      ingest.counters.messages++;
       try {
         if (message.kind === 'hello' && message.hello) {
           if (session) {
@@ -201,16 +217,9 @@ function handleAttach(ingest: Ingest, call: AttachCall, outbox: RankOutbox): voi
         } else if (message.kind === 'stepEnd' && message.stepEnd) {
           return stepEnd(session, message.stepEnd, '');
         } else if (message.kind === 'bundle' && message.bundle) {
-          // As its parts sent one by one; a refusal says which part it is about.
-          const { shards, end } = message.bundle;
-          shards.forEach((s, i) => shard(session as RankSession, s, `bundle shards[${i}] (step ${s.step} micro-batch ${s.microBatch}): `));
-          if (end) return stepEnd(session, end, 'bundle end: ');
-          refuse(new NoiseScopeError('invalid-message', `bundle without an end (step ${shards[0]?.step ?? 0}): a StepBundle must carry its StepEnd`), shards[0]?.step ?? 0);
+          return bundle(session, message.bundle);
         } else if (message.kind === 'bundles' && message.bundles) {
-          // Ahead of whatever arrived after it, one by one: a bundle whose end must wait holds back the rest.
-          const singles = message.bundles.bundles.map((bundle): RankMessage__Output => ({ kind: 'bundle', bundle }));
-          for (const single of singles) parts.add(single);
-          backlog.unshift(...singles);
+          return bundlesFrom(session, message.bundles.bundles, 0);
         } else if (message.kind === 'goodbye' && message.goodbye) {
           session.goodbye(message.goodbye.dropped);
         } else {

@@ -71,4 +71,18 @@ describe('StepBundles over gRPC', () => {
     expect(several.refusals()).toEqual(one.refusals());
     expect(several.refusals().map((r) => r.step)).toEqual([2, 2]);
   });
+
+  it('refuse each of 300,000 empty bundles in one message, keeping the stream and the step after it', async () => {
+    const stats = t.steps(1, 'several');
+    const [, several] = attached();
+    const empties: StepBundle[] = Array.from({ length: 300_000 }, () => ({}));
+    several.send({ bundles: { bundles: empties } });
+    several.send({ bundles: { bundles: [bundleOf(0)] } });
+    expect((await stats).map((s) => s.step)).toEqual([0]);
+    await settled(several);
+    expect(several.status?.code).toBe(0);
+    const refusals = several.refusals();
+    expect(refusals.length).toBeGreaterThan(0);
+    expect(refusals[0]!.message).toBe('bundle without an end (step 0): a StepBundle must carry its StepEnd');
+  });
 });
