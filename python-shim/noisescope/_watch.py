@@ -357,6 +357,7 @@ class Watch:
             policy=self._policy,
             uncovered_layers=uncovered,
             per_example=per_example is not None,
+            per_example_sampled=per_example is not None and per_example.sampler is not None,
             mode=mode,
             sketch_sizes=_sketch.sketch_sizes(layers, sketch_size) if mode == "sketch" else (),
             sketch_dtype=dtype,

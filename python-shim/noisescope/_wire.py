@@ -30,6 +30,7 @@ class RankInfo:
     # Per-example source on: parameters it cannot cover, left out of `layers`.
     uncovered_layers: Sequence[LayerInfo] = ()
     per_example: bool = False
+    per_example_sampled: bool = False  # its per-example sums are sampled estimates (the sidecar skips Cauchy–Schwarz)
     mode: str = "norms"  # or "dense" / "sketch": Hello says MODE_DENSE / MODE_SKETCH, steps carry chunks / sketches
     sketch_sizes: Sequence[int] = ()  # sketch mode: m per layer
     sketch_dtype: str = "fp32"
@@ -45,6 +46,7 @@ def hello(info: RankInfo, dropped: int) -> pb.RankMessage:
             layers=[pb.Layer(name=layer.name, numel=layer.numel, kind=layer.kind) for layer in info.layers],
             # The sidecar infers the source per step; per-example says which one this rank can add.
             source=pb.SOURCE_PER_EXAMPLE if info.per_example else pb.SOURCE_UNSPECIFIED,
+            per_example_sampled=info.per_example_sampled,
             mode=_MODES.get(info.mode, pb.MODE_NORMS),
             dataset_size=info.dataset_size,
             every=info.every,

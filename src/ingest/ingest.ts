@@ -201,6 +201,7 @@ export class Ingest {
     this.noteDropped(run, rank, hello.dropped);
     run.goodbyes.delete(rank);
     run.assembler.rankBack(rank);
+    run.assembler.declarePerExampleSampled(rank, hello.perExampleSampled);
 
     const finishStep = (end: StepEnd__Output): StepOutcome => {
       const outcome = run.assembler.endStep(rank, end);

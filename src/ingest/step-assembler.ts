@@ -88,6 +88,8 @@ export class StepAssembler {
   private abandoned = 0;
   /** Ranks whose stream ended without Goodbye, and when (sidecar clock); cleared when they attach again. */
   private readonly lost = new Map<number, number>();
+  /** Ranks whose Hello says their per-example sums are sampled estimates: no Cauchy–Schwarz bound on them. */
+  private readonly sampledRanks = new Set<number>();
   /**
    * Lost ranks that stayed away past the partial-step timeout, and since when: a step first ended after that,
    * missing only them, is given up at once (steps already waiting keep their own timeout).
@@ -198,6 +200,12 @@ export class StepAssembler {
     if (!this.gone.has(rank) && !this.lost.has(rank)) this.lost.set(rank, nowMs);
   }
 
+  /** What the rank's (latest) Hello says about its per-example sums: sampled estimates, or exact. */
+  declarePerExampleSampled(rank: number, sampled: boolean): void {
+    if (sampled) this.sampledRanks.add(rank);
+    else this.sampledRanks.delete(rank);
+  }
+
   /** The rank attached again (a reconnection or a new process): its steps count again. */
   rankBack(rank: number): void {
     this.lost.delete(rank);
@@ -229,7 +237,7 @@ export class StepAssembler {
     const exampleSqNormSums = shard.perExample ? shard.perExample.sums : null;
     if (exampleSqNormSums) {
       this.checkNorms(exampleSqNormSums, `${where}: per_example.sums`);
-      this.checkCauchySchwarz(values, exampleSqNormSums, shard.examples, where);
+      if (!this.sampledRanks.has(rank)) this.checkCauchySchwarz(values, exampleSqNormSums, shard.examples, where);
     }
     if (state.open.get(shard.step)?.micro.has(shard.microBatch)) {
       throw new NoiseScopeError('duplicate', `${where}: already received from rank ${rank}`);

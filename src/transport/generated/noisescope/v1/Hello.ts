@@ -25,6 +25,7 @@ export interface Hello {
   'policy'?: (_noisescope_v1_BatchPolicy | null);
   'uncoveredLayers'?: (_noisescope_v1_Layer)[];
   'sketch'?: (_noisescope_v1_SketchSpec | null);
+  'perExampleSampled'?: (boolean);
 }
 
 export interface Hello__Output {
@@ -45,4 +46,5 @@ export interface Hello__Output {
   'policy': (_noisescope_v1_BatchPolicy__Output | null);
   'uncoveredLayers': (_noisescope_v1_Layer__Output)[];
   'sketch': (_noisescope_v1_SketchSpec__Output | null);
+  'perExampleSampled': (boolean);
 }
