@@ -11,9 +11,10 @@ Rows pair with micro-batches the way the meter pairs forwards with backwards: th
 grad-enabled forward of the model is micro-batch j. A row is void (its step is sent without
 per-example sums) when a covered module's input does not have the model's batch as dim 0.
 
-Sampled (watch(per_example_sample=s)): each row draws s of its B examples, the same for every layer,
-from a private generator; the calls' (input, δ, stats) rows are selected before any term is computed
-(cost ∝ s) and each layer's sum is scaled by B/s, an unbiased estimate of the row's exact sum.
+Sampled (watch(per_example_sample=s)): when a row's first δ arrives, it draws s of its B examples by importance
+(`Sampler`), the same for every later layer; those calls' (input, δ, stats) rows are selected before any term is
+computed (cost ∝ s), δ's row k times √w_k, so every term gives Σ_k w_k |g_{i_k}|², an unbiased estimate of the
+row's exact sum (the terms are quadratic in δ). The layer whose δ came first is computed exactly.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import logging
 import os
 import queue
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 import torch
@@ -151,33 +152,67 @@ class _Row:
     sums: list[Any]
     calls: dict[nn.Module, list[_Call]] = field(default_factory=dict)
     void: str = ""  # why this row's sums cannot be used
-    batch: int | None = None  # sampled: the B the sample was drawn from (dim 0 of the first covered input)
-    sample: Tensor | None = None  # sampled: the chosen examples' indices (CPU, sorted); None: every example
-    scale: float = 1.0  # B/s for a sampled row
+    batch: int | None = None  # sampled: B (dim 0 of the first covered input)
+    sample: Draw | None = None  # sampled: drawn at the first δ; None: every example
+    exact_unit: Any = None  # sampled: the unit whose δ came first (before the draw): computed exactly
+
+
+@dataclass(frozen=True)
+class Draw:
+    """One row's importance sample: example indices (with repetition) and √w per drawn example, on δ's device."""
+
+    index: Tensor
+    root_weight: Tensor  # √(1/(s·p_i)): δ's rows times it make every term w-weighted
+    proposal: Tensor  # p over the B examples
 
 
 class Sampler:
-    """Draws each micro-batch's sample: s of B examples uniformly without replacement (every example when s ≥ B).
+    """Draws each micro-batch's sample: s examples i.i.d. with probability p_i (every example when s ≥ B).
 
-    Its own generator, never torch's or Python's global one (the training's random stream stays untouched),
-    seeded with SEED so that a run's samples are reproducible.
+    p_i = (1 − α)·q_i/Σq + α/B, q_i = Σ δ_i² at the first layer's output (× (|x_i|² + 1) for a Linear on [B, d]
+    rows: then q_i is that layer's per-example norm). Each drawn example weighs 1/(s·p_i), so Σ_k w_k |g_{i_k}|²
+    is unbiased for Σ_i |g_i|² whatever q is; q ∝ the norms (a classifier's head δ = softmax − onehot tracks them)
+    makes its variance small, and the α/B share bounds it when q is a poor proxy (and covers q = 0).
+    Its own generators (one per device, so no copy to the host in the backward), never torch's or Python's global
+    one (training's random stream stays untouched), seeded with SEED so that a run's samples are reproducible.
     """
 
     SEED = 0x5A3D
+    MIXTURE = 0.2  # α: see bench_per_example_sampled_accuracy.py
 
     def __init__(self, size: int | float) -> None:
         self.size = size  # an int s ≥ 1, or a float in (0, 1]: that fraction of B (at least one example)
-        self._generator = torch.Generator().manual_seed(self.SEED)
+        self._generators: dict[torch.device, torch.Generator] = {}
+        self.last: Draw | None = None  # the latest draw (tests)
 
     def count(self, batch: int) -> int:
         return self.size if isinstance(self.size, int) else max(1, round(self.size * batch))
 
-    def draw(self, batch: int) -> tuple[Tensor | None, float]:
-        """(sorted indices, B/s), or (None, 1.0): the exact path."""
+    @classmethod
+    def proposal(cls, delta: Tensor, batch_dim: int = 0, rows: Tensor | None = None) -> Tensor:
+        """p over the B examples (float32, δ's device) from δ at the first layer (and its [B, d] input `rows`)."""
+        d = delta.detach().movedim(batch_dim, 0).float()
+        q = d.reshape(d.shape[0], -1).square().sum(1)
+        if rows is not None:
+            q = q * (rows.detach().float().square().sum(1) + 1.0)
+        batch, total = q.shape[0], q.sum()
+        usable = torch.isfinite(total) & (total > 0)  # no host sync: a tensor condition
+        share = torch.where(usable, q / total, torch.full_like(q, 1.0 / batch))
+        return (1.0 - cls.MIXTURE) * share + cls.MIXTURE / batch
+
+    def draw(self, delta: Tensor, batch_dim: int = 0, rows: Tensor | None = None) -> Draw | None:
+        """s examples from the proposal, or None (s ≥ B: the exact path)."""
+        batch = delta.shape[batch_dim]
         chosen = self.count(batch)
         if chosen >= batch:
-            return None, 1.0
-        return torch.randperm(batch, generator=self._generator)[:chosen].sort().values, batch / chosen
+            return None
+        p = self.proposal(delta, batch_dim, rows)
+        generator = self._generators.get(p.device)
+        if generator is None:
+            generator = self._generators[p.device] = torch.Generator(device=p.device).manual_seed(self.SEED)
+        index = torch.multinomial(p, chosen, replacement=True, generator=generator)
+        self.last = Draw(index=index, root_weight=(chosen * p[index]).rsqrt(), proposal=p)
+        return self.last
 
     def describe(self) -> str:
         return f"s = {self.size}" if isinstance(self.size, int) else f"{self.size:.0%} (s = {self.size:g}·B)"
@@ -212,8 +247,8 @@ class PerExample:
         guard.on_trip(self._switch_off)
         if self.sampler is not None:
             logger.info(
-                "noisescope: per-example sums from a random %s of each micro-batch's B examples (each layer's sum × B/s, "
-                "unbiased; Linear layers on [B, d] rows stay exact, it costs less; seed %d)",
+                "noisescope: per-example sums from %s of each micro-batch's B examples, drawn by importance at the "
+                "first layer's δ and reweighted (unbiased; that layer and Linear layers on [B, d] rows stay exact; seed %d)",
                 self.sampler.describe(),
                 Sampler.SEED,
             )
@@ -297,9 +332,6 @@ class PerExample:
                         names[i],
                     )
                     return None
-        for row, norms in zip(rows, micro_sq_norms):
-            if row.sample is not None:
-                _cauchy_schwarz_floor(row, norms)
         return _host_floats([row.sums for row in rows])
 
     # ------------------------------------------------------------ hooks
@@ -339,12 +371,6 @@ class PerExample:
                     return None
                 if self.sampler is not None and row.batch is None:
                     row.batch = x.shape[0]
-                    row.sample, row.scale = self.sampler.draw(row.batch)
-                    if row.sample is not None:
-                        self._warn_once(
-                            "sampled", "noisescope: per-example source sampled: %d of %d examples per micro-batch",
-                            len(row.sample), row.batch, level=logging.INFO,
-                        )
                 call = _Call(module=module, row=row, x=x.detach() if saved is None else saved, stats=stats)
                 row.calls.setdefault(self._units.get(module, module), []).append(call)
             on_delta = functools.partial(self._on_delta, call)
@@ -367,6 +393,9 @@ class PerExample:
                     return None
                 call.delta = delta
                 unit = self._units.get(call.module, call.module)
+                if self.sampler is not None and row.exact_unit is None:
+                    row.exact_unit = unit
+                    row.sample = self._draw(call, delta)
                 calls = row.calls.get(unit, [])
                 complete = all(c.delta is not None for c in calls)
                 if complete:
@@ -381,6 +410,19 @@ class PerExample:
         except Exception as error:
             self._guard.trip("the per-example gradient hook", error)
         return None
+
+    def _draw(self, call: _Call, delta: Tensor) -> Draw | None:
+        """The row's sample, from its first δ (the caller holds the lock)."""
+        x = call.x
+        batch_dim = x.batch_dim if isinstance(x, pmore.AttentionInputs) else 0
+        rows = x if isinstance(call.module, nn.Linear) and isinstance(x, Tensor) and x.dim() == 2 else None
+        drawn = self.sampler.draw(delta, batch_dim, rows)  # type: ignore[union-attr]
+        if drawn is not None:
+            self._warn_once(
+                "sampled", "noisescope: per-example source sampled: %d of %d examples per micro-batch",
+                len(drawn.index), delta.shape[batch_dim], level=logging.INFO,
+            )
+        return drawn
 
     def _flush(self, row: _Row) -> None:
         """End of a backward (or of the step): calls whose δ never came contribute nothing."""
@@ -418,9 +460,8 @@ class PerExample:
             _computing.on = False
 
     def _compute_terms(self, row: _Row, module: Any, calls: list[_Call]) -> None:
-        scale = 1.0
-        if row.sample is not None and not _row_linear(module, calls):  # a row Linear's exact sum costs less
-            calls, scale = _sampled(calls, row.sample), row.scale
+        if row.sample is not None and module is not row.exact_unit and not _row_linear(module, calls):
+            calls = _sampled(calls, row.sample)  # a row Linear's exact sum costs less than selecting
         if isinstance(module, pmore.Unit):
             with torch.no_grad():
                 terms = module.terms(calls, self.sequence_form)
@@ -428,7 +469,6 @@ class PerExample:
                 c.x = None
             with self._lock:
                 for index, term in terms:
-                    term = term * scale if scale != 1.0 else term
                     earlier = row.sums[index]
                     row.sums[index] = term if earlier is None else earlier + term
             return
@@ -445,7 +485,6 @@ class PerExample:
         with self._lock:
             for index, term in ((weight_index, weight), (bias_index, bias)):
                 if index is not None and term is not None:
-                    term = term * scale if scale != 1.0 else term
                     earlier = row.sums[index]
                     row.sums[index] = term if earlier is None else earlier + term
 
@@ -458,32 +497,33 @@ class PerExample:
 _computing = threading.local()  # .on: this thread is inside _compute
 
 
-def _sampled(calls: list[_Call], index: Tensor) -> list[_Call]:
-    """The calls restricted to the sampled examples (copies of those rows); the originals let their inputs go."""
+def _sampled(calls: list[_Call], draw: Draw) -> list[_Call]:
+    """The calls restricted to the drawn examples (copies of those rows, δ's row k × √w_k: every term is quadratic
+    in δ, so it becomes Σ_k w_k |g_{i_k}|²); the originals let their inputs go."""
     out = []
     for c in calls:
-        at = index.to(c.delta.device) if c.delta is not None and c.delta.device != index.device else index  # type: ignore[union-attr]
+        delta = c.delta
+        assert delta is not None
+        at = draw.index if draw.index.device == delta.device else draw.index.to(delta.device)
+        root = draw.root_weight.to(delta.device, delta.dtype)
         batch_dim = c.x.batch_dim if isinstance(c.x, pmore.AttentionInputs) else 0
-        x = c.x.select(at) if isinstance(c.x, pmore.AttentionInputs) else c.x.index_select(0, at)  # type: ignore[union-attr]
-        delta = c.delta.index_select(batch_dim, at) if c.delta is not None else None
+        x: Any
+        if isinstance(c.x, pmore.AttentionInputs):
+            x = c.x.select(at)
+            if x.weights_delta is not None:  # δ at the attention weights: the terms are quadratic in both δ together
+                x = replace(x, weights_delta=x.weights_delta * _along(root.to(x.weights_delta.dtype), 0, x.weights_delta.dim()))
+        else:
+            x = c.x.index_select(0, at)  # type: ignore[union-attr]
+        delta = delta.index_select(batch_dim, at) * _along(root, batch_dim, delta.dim())
         stats = None if c.stats is None else (c.stats[0].index_select(0, at), c.stats[1].index_select(0, at))
         out.append(_Call(module=c.module, row=c.row, x=x, delta=delta, stats=stats))
         c.x = c.stats = None
     return out
 
 
-def _cauchy_schwarz_floor(row: _Row, norms: Sequence[Any]) -> None:
-    """A sampled sum raised to |h|²/B where it fell below: the exact sum never does (Cauchy–Schwarz), and the
-    sidecar refuses a shard that does. Only when the sample's norms are far below the batch's, with gradients
-    nearly aligned (B_simple ≲ 1): the estimate is then biased upwards by at most that shortfall."""
-    batch = row.batch or 1
-    for i, (term, norm) in enumerate(zip(row.sums, norms)):
-        if term is None or norm is None:
-            continue
-        if isinstance(norm, Tensor):
-            row.sums[i] = torch.maximum(term, norm.to(device=term.device, dtype=term.dtype) / batch)
-        else:
-            row.sums[i] = term.clamp(min=norm / batch)
+def _along(values: Tensor, dim: int, ndim: int) -> Tensor:
+    """values [s] shaped to broadcast along `dim` of an ndim-dimensional tensor."""
+    return values.reshape([-1 if d == dim else 1 for d in range(ndim)])
 
 
 def _row_linear(module: Any, calls: list[_Call]) -> bool:

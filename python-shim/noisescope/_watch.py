@@ -121,12 +121,13 @@ def watch(
             measured step had one, or there is none yet): once a step accumulates, later steps
             skip the per-example work while the count stays at 2 or more, and a step that turns
             out to accumulate is sent without per-example sums. The log says which source.
-        per_example_sample: None (default): per-example sums over every example. An int s ≥ 1: over a
-            uniformly random s of each micro-batch's B examples (the same for every layer; B ≤ s: all), each
-            layer's sum scaled by B/s, an unbiased estimate that costs about s/B of the exact one (a plain
-            Linear on [B, d] rows stays exact: cheaper than selecting). A float in (0, 1]: that fraction of B.
-            Drawn from noisescope's own seeded generator (training's random stream is untouched). Needs
-            mode="norms" and a source that can be per-example ("auto" or "per-example").
+        per_example_sample: None (default): per-example sums over every example. An int s ≥ 1: over s of each
+            micro-batch's B examples (B ≤ s: all) drawn by importance when the backward's first δ arrives
+            (probability ∝ that layer's per-example norm, mixed with uniform) and reweighted: Σ_k w_k |g_{i_k}|²,
+            an unbiased estimate that costs about s/B of the exact one (the first layer and a plain Linear on
+            [B, d] rows stay exact). A float in (0, 1]: that fraction of B. Drawn from noisescope's own seeded
+            generator (training's random stream is untouched). Needs mode="norms" and a source that can be
+            per-example ("auto" or "per-example").
         enabled: False returns an inert handle, so one flag turns noisescope off.
         dtype: dense and sketch mode's wire precision: "fp32" (default), "fp16" or "bf16" (half the bytes).
         sketch_size: sketch mode's buckets per layer, m (a layer of at most m elements is sent exactly);

@@ -1,5 +1,6 @@
-"""Sampled per-example sums (watch(per_example_sample=s)): B/s × the exact sums of the drawn examples, unbiased
-over draws, training bitwise untouched, argument checked, and B_simple on real training against the exact value."""
+"""Sampled per-example sums (watch(per_example_sample=s)): importance-weighted sums Σ_k w_k |g_{i_k}|² of the drawn
+examples (drawn from the first δ), unbiased over draws (a poor proposal too), training bitwise untouched, argument
+checked, the sidecar taking a sampled rank's sums below |h|²/B, and B_simple on real training against the exact value."""
 from __future__ import annotations
 
 import math
@@ -12,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import noisescope
-from noisescope._per_example import Sampler
-from per_example_support import exact_per_example, measure_one_step
+from noisescope._per_example import Draw, Sampler
+from per_example_support import exact_per_example, measure_one_step, regression_loss
 from test_hook_support import parameters_of, wait_connected, watch_and_record
 from test_per_example_layers import TokenModel
 from test_accuracy_e2e import beta_sidecar  # noqa: F401 (a fixture)
@@ -53,42 +54,87 @@ def _x(*shape: int) -> torch.Tensor:
 TOKENS = torch.randint(0, 9, (B, 5), generator=torch.Generator().manual_seed(11))
 TOKENS[:, 0] = 0  # the padding row in every example
 
-# id → (model, input, the layers that stay exact (a Linear on [B, d] rows: its row norms cost less than a sample), form)
+def then_sequence_linear(model: nn.Module) -> nn.Module:
+    """model's [B, 4, 8] output through a sequence Linear: its δ comes first, so the model's own layers are sampled."""
+    torch.manual_seed(6)
+    return nn.Sequential(model, nn.Linear(8, 3).double())
+
+
+# id → (model, input, the layer whose δ comes first, the layers that stay exact (that one's, a Linear on [B, d] rows:
+# its row norms cost less than a sample), form)
 CASES = {
-    "sequence-linear-gram": (sequence_mlp, lambda: _x(4, 7), (), "gram"),
-    "sequence-linear-materialise": (sequence_mlp, lambda: _x(2, 3, 7), (), "materialise"),
-    "conv1d-stride-pad": (conv1d, lambda: _x(3, 11), ("3.weight", "3.bias"), "auto"),
-    "conv2d-stride-pad-gram": (conv2d, lambda: _x(3, 7, 6), ("3.weight", "3.bias"), "gram"),
-    "conv2d-stride-pad-materialise": (conv2d, lambda: _x(3, 7, 6), ("3.weight", "3.bias"), "materialise"),
-    "embedding-padding": (lambda: TokenModel(0).double(), lambda: TOKENS, (), "auto"),
-    "layer-norm": (layer_norm, lambda: _x(3, 4), (), "auto"),
+    "sequence-linear-gram": (sequence_mlp, lambda: _x(4, 7), "2", ("2.weight", "2.bias"), "gram"),
+    "sequence-linear-materialise": (sequence_mlp, lambda: _x(2, 3, 7), "2", ("2.weight", "2.bias"), "materialise"),
+    "conv1d-stride-pad": (conv1d, lambda: _x(3, 11), "3", ("3.weight", "3.bias"), "auto"),
+    "conv2d-stride-pad-gram": (conv2d, lambda: _x(3, 7, 6), "3", ("3.weight", "3.bias"), "gram"),
+    "conv2d-stride-pad-materialise": (conv2d, lambda: _x(3, 7, 6), "3", ("3.weight", "3.bias"), "materialise"),
+    "embedding-padding": (lambda: TokenModel(0).double(), lambda: TOKENS, "head", ("head.weight", "head.bias"), "auto"),
+    "layer-norm": (layer_norm, lambda: _x(3, 4), "3", ("3.weight", "3.bias"), "auto"),
     "attention-seq-first-3d-mask": (
-        lambda: Attention(batch_first=False, mask="per-example", cross=True).double(), lambda: _x(4, 8), (), "auto"
+        lambda: then_sequence_linear(Attention(batch_first=False, mask="per-example", cross=True).double()),
+        lambda: _x(4, 8), "1", ("1.weight", "1.bias"), "auto",
     ),
     "attention-padding-bias-kv": (
-        lambda: Attention(batch_first=True, mask="padding", add_bias_kv=True).double(), lambda: _x(4, 8), (), "auto"
+        lambda: then_sequence_linear(Attention(batch_first=True, mask="padding", add_bias_kv=True).double()),
+        lambda: _x(4, 8), "1", ("1.weight", "1.bias"), "auto",
     ),
-    "attention-weights-in-loss": (lambda: WeightsInLoss(average=False).double(), lambda: _x(4, 8), (), "auto"),
-    "embedding-tied-to-head": (lambda: TiedLM(3, True, True).double(), lambda: TOKENS, (), "auto"),
+    "attention-weights-in-loss": (
+        lambda: then_sequence_linear(WeightsInLoss(average=False).double()), lambda: _x(4, 8), "1", ("1.weight", "1.bias"), "auto"
+    ),
+    # The second head's δ comes first (autograd runs the later call's branch first); tied to the embedding and the
+    # head, the three are one unit: all exact.
+    "embedding-tied-to-head": (lambda: TiedLM(3, True, True).double(), lambda: TOKENS, "aux", ("embed.weight", "head.bias"), "auto"),
 }
 
 
+def first_draw(model: nn.Module, x: torch.Tensor, y: torch.Tensor, first: str) -> Draw:
+    """The draw a new watch makes at δ of module `first` (its output's gradient, from autograd here), with its
+    [B, d] input when it is a row Linear."""
+    module = model.get_submodule(first)
+    seen: dict[str, torch.Tensor] = {}
+    handle = module.register_forward_hook(lambda m, args, out: seen.update(x=args[0], out=out))
+    try:
+        out = model(x)
+    finally:
+        handle.remove()
+    loss = torch.stack([regression_loss(o, t) for o, t in zip(out, y)]).mean()  # as measure_one_step
+    (delta,) = torch.autograd.grad(loss, seen["out"])
+    rows = seen["x"] if isinstance(module, nn.Linear) and seen["x"].dim() == 2 else None
+    drawn = Sampler(S).draw(delta, 0, rows)  # a new sampler starts from the hook's seed
+    assert drawn is not None
+    return drawn
+
+
 @pytest.mark.parametrize("case", list(CASES))
-def test_sampled_sums_are_b_over_s_times_the_drawn_examples_exact_sums(free_address: str, case: str) -> None:
-    make, inputs, exact_layers, form = CASES[case]
+def test_sampled_sums_are_the_weighted_exact_sums_of_the_drawn_examples(free_address: str, case: str) -> None:
+    """Every covered layer but the first (and row Linears) gives Σ_k w_k |g_{i_k}|² over the draw the proposal at the
+    first δ makes, w_k = 1/(s·p_{i_k}): torch.func per-example norms, 1e-6."""
+    make, inputs, first, exact_layers, form = CASES[case]
     model, x = make(), inputs()
     y = torch.randn(model(x).shape, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
     per_example = exact_per_example(model, x, y, 1 / B)
-    drawn, scale = Sampler(S).draw(B)  # a new watch's first draw: its sampler starts from the same seed
-    assert drawn is not None and len(drawn) == S and scale == B / S
+    drawn = first_draw(model, x, y, first)
+    assert len(drawn.index) == S
     measured, _ = measure_one_step(model, x, y, free_address, source="per-example", sequence_form=form, per_example_sample=S)
     assert set(measured) == set(per_example)
+    weights = drawn.root_weight.double().square()
     for name, values in per_example.items():
-        expected = float(values.sum()) if name in exact_layers else scale * float(values[drawn].sum())
+        expected = float(values.sum()) if name in exact_layers else float((weights * values[drawn.index]).sum())
         assert math.isclose(measured[name], expected, rel_tol=1e-6), f"{case} {name}: {measured[name]} vs {expected}"
     sampled = [n for n in per_example if n not in exact_layers]
     # The draw matters: the exact sums differ from the sampled estimates.
     assert any(not math.isclose(measured[n], float(per_example[n].sum()), rel_tol=1e-3) for n in sampled)
+
+
+def test_the_proposal_mixes_the_first_delta_with_uniform_and_copes_with_zero_and_non_finite() -> None:
+    delta = torch.tensor([[3.0, 4.0], [0.0, 0.0], [1.0, 0.0], [0.0, 0.0]])
+    a = Sampler.MIXTURE
+    assert torch.allclose(Sampler.proposal(delta), (1 - a) * torch.tensor([25.0, 0, 1, 0]) / 26 + a / 4)
+    rows = torch.tensor([[1.0], [5.0], [2.0], [0.0]])  # a row Linear: q_i = |δ_i|²(|x_i|² + 1), its per-example norm
+    assert torch.allclose(Sampler.proposal(delta, 0, rows), (1 - a) * torch.tensor([50.0, 0, 5, 0]) / 55 + a / 4)
+    assert torch.allclose(Sampler.proposal(delta.T.contiguous(), 1), Sampler.proposal(delta))  # batch at dim 1
+    for bad in (torch.zeros(4, 2), torch.tensor([[1.0], [math.nan], [0.0], [2.0]]), torch.tensor([[math.inf], [1.0], [0.0], [2.0]])):
+        assert torch.allclose(Sampler.proposal(bad), torch.full((4,), 0.25)), bad
 
 
 def test_a_sample_of_at_least_the_batch_is_the_exact_path_bit_for_bit(free_address: str) -> None:
@@ -129,7 +175,7 @@ def stack_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
 def test_many_draws_average_to_the_exact_sums_and_actually_vary(free_address: str) -> None:
     """The same batch at the same parameters (lr 0) measured DRAWS times: each layer's mean sampled sum is within
     4 standard errors (from the draws' own spread) of the exact sum."""
-    draws = 300
+    draws = 200
     model = Stack().double().eval()  # no dropout: every draw sees the same gradients
     x, y = stack_batch(0)
     x = x.double()
@@ -203,25 +249,75 @@ def test_bad_per_example_sample_values_are_refused_at_watch(free_address: str, v
     assert says in str(raised.value)
 
 
-def test_a_sample_far_below_its_batch_is_raised_to_the_cauchy_schwarz_floor_and_the_sidecar_takes_the_step(sidecar) -> None:
-    """Every example's gradient parallel (one input), the drawn ones 100× smaller: B/s × their sum falls below
-    |h|²/B, which no exact sum can (the sidecar refuses such a shard); the hook sends |h|²/B instead."""
-    drawn, _ = Sampler(S).draw(B)
-    weights = torch.full((B,), 100.0, dtype=torch.float64)
-    weights[drawn] = 1.0
-    torch.manual_seed(30)
-    model = nn.Linear(3, 2).double()
-    x = torch.randn(1, 4, 3, dtype=torch.float64).expand(B, 4, 3).contiguous()
+class Saturating(nn.Module):
+    """A proposal that is deliberately poor: half the examples saturate tanh (|h| ≈ 1 per unit, constant over the
+    sequence) and dominate q at the head, yet their first layer's gradient is ~0; the other half carry it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(40)
+        self.inner = nn.Linear(4, 8)  # on [B, T, 4]: sampled
+        self.head = nn.Linear(8, 3)  # on [B, 8] rows: its δ comes first
+        with torch.no_grad():
+            self.inner.weight[:, 0] = 1.0  # an input along dim 0 saturates every unit alike
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.inner(x)).mean(1))
+
+
+def saturating_batch(seed: int = 41) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, 5, 4, generator=g, dtype=torch.float64)
+    x[B // 2 :] = 0.0
+    x[B // 2 :, :, 0] = torch.randn(B // 2, 1, generator=g, dtype=torch.float64).sign() * 1000  # tanh' ≈ 0
+    return x, torch.randint(0, 3, (B,), generator=g)
+
+
+def test_many_draws_are_unbiased_with_a_deliberately_poor_proposal(free_address: str) -> None:
+    draws = 400
+    model = Saturating().double()
+    x, y = saturating_batch()
+    exact = exact_per_example(model, x, y, 1 / B, loss=lambda o, t: F.cross_entropy(o, t))
+    saturated = float(exact["inner.weight"][B // 2 :].sum()) / float(exact["inner.weight"].sum())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    ns, records = watch_and_record(model, optimizer, free_address, source="per-example", per_example_sample=S)
+    sampler = ns._meter._per_example.sampler
+    favoured = []
+    for _ in range(draws):
+        F.cross_entropy(model(x), y).backward()
+        favoured.append(float(sampler.last.proposal[B // 2 :].sum()))
+        optimizer.step()
+        optimizer.zero_grad()
+    ns.remove()
+    # The proposal puts most of its mass where the layer has almost none of its sum.
+    assert saturated < 1e-3 and min(favoured) > 0.7, (saturated, min(favoured))
+    assert len(records) == draws
+    for i, name in enumerate(layer.name for layer in ns._sender._info.layers):
+        values = [r.per_example_sums[0][i] for r in records]
+        true = float(exact[name].sum())
+        if name.startswith("head."):
+            assert all(math.isclose(v, true, rel_tol=1e-9) for v in values), name
+            continue
+        mean, spread = statistics.fmean(values), statistics.stdev(values)
+        assert abs(mean - true) <= 4 * spread / math.sqrt(draws), f"{name}: mean {mean} vs exact {true} (sd {spread})"
+
+
+def test_a_sampled_sum_below_the_cauchy_schwarz_bound_reaches_the_sidecar_as_a_step(sidecar) -> None:
+    """The poor proposal's first draw takes only saturated examples: the first layer's estimate falls below
+    |h|²/B, which no exact sum can; the rank's Hello says its sums are sampled, so the real sidecar takes the step."""
+    model = Saturating().double()
+    x, y = saturating_batch()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    ns, records = watch_and_record(model, optimizer, sidecar.address, run="sampled-floor", source="per-example", per_example_sample=S)
+    ns, records = watch_and_record(model, optimizer, sidecar.address, run="sampled-below", source="per-example", per_example_sample=S)
     wait_connected(ns)
-    (model(x).sum((1, 2)) * weights).mean().backward()
+    F.cross_entropy(model(x), y).backward()
     optimizer.step()
+    names = [layer.name for layer in ns._sender._info.layers]
     ns.remove()
     (record,) = records
-    for norm, total in zip(record.micro_sq_norms[0], record.per_example_sums[0]):
-        assert math.isclose(total, norm / B, rel_tol=1e-12)
-    step = sidecar.wait_for(lambda e: e["type"] == "step" and e.get("run") == "sampled-floor")
+    below = [n for n, norm, total in zip(names, record.micro_sq_norms[0], record.per_example_sums[0]) if total < norm / B]
+    assert "inner.weight" in below, list(zip(names, record.micro_sq_norms[0], record.per_example_sums[0]))
+    step = sidecar.wait_for(lambda e: e["type"] == "step" and e.get("run") == "sampled-below")
     assert step["source"] == "per-example" and step["raw"] is not None, step
 
 
@@ -247,9 +343,21 @@ class DigitsConv(nn.Module):
         return self.head(torch.tanh(self.c2(torch.tanh(self.c1(x.view(-1, 1, 8, 8)))))).flatten(1)
 
 
-def two_scale_from_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n: int, drawn: torch.Tensor | None, scale: float):
+def head_draw(sampler: Sampler, model: DigitsConv, x: torch.Tensor, y: torch.Tensor) -> Draw | None:
+    """What the hook draws: from δ at the head's output (the first δ of the backward), as demo.train's loss makes it."""
+    seen: list[torch.Tensor] = []
+    handle = model.head.register_forward_hook(lambda m, args, out: seen.append(out))
+    try:
+        loss = F.cross_entropy(model(x), y)
+    finally:
+        handle.remove()
+    (delta,) = torch.autograd.grad(loss / 1, seen[0])
+    return sampler.draw(delta)
+
+
+def two_scale_from_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n: int, drawn: Draw | None):
     """The per-example estimate from this batch's per-example gradients (torch.func): batch of one vs the batch, with
-    Σ_e |g_e|² per parameter tensor over `drawn` × scale (all when None), floored as the hook floors it."""
+    Σ_e |g_e|² per parameter tensor (all when `drawn` is None; else the head's exact, the others Σ_k w_k |g_{i_k}|²)."""
     from exact_noise import LayerNoise
     from torch.func import functional_call, grad, vmap
 
@@ -260,11 +368,11 @@ def two_scale_from_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
 
     batch, inv_n = x.shape[0], 1.0 / n
     sum_sq, y_big = 0.0, 0.0
-    for g in vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y).values():
+    for name, g in vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y).items():
         flat = g.reshape(batch, -1).double()
         per, big = flat.square().sum(1), float(flat.mean(0).square().sum())
-        total = float(per.sum()) if drawn is None else scale * float(per[drawn].sum())
-        sum_sq, y_big = sum_sq + max(total, batch * big), y_big + big
+        total = float(per.sum()) if drawn is None or name.startswith("head.") else float((drawn.root_weight.double().square() * per[drawn.index]).sum())
+        sum_sq, y_big = sum_sq + total, y_big + big
     x_small, x_big = 1.0 - inv_n, 1.0 / batch - inv_n
     trace = (sum_sq / batch - y_big) / (x_small - x_big)
     return LayerNoise(grad_sq_norm=y_big - trace * x_big, trace_sigma=trace)
@@ -306,9 +414,9 @@ def test_sampled_b_simple_on_real_training_against_the_exact_value(beta_sidecar)
         trace.exact.append((truth.grad_sq_norm, truth.trace_sigma))
         replica_model.load_state_dict(m.state_dict())
         x, y = batch.pop()
-        drawn, scale = sampler.draw(x.shape[0])
+        drawn = head_draw(sampler, replica_model, x, y)
         for out, chosen in ((trace.replica, drawn), (exact_replica, None)):
-            est = two_scale_from_examples(replica_model, x, y, n, chosen, scale)
+            est = two_scale_from_examples(replica_model, x, y, n, chosen)
             out.append((est.grad_sq_norm, est.trace_sigma))
         trace.clipped.append(sum(float(p.grad.double().square().sum()) for p in m.parameters()) ** 0.5 > demo.CLIP)
         spent[0] += time.perf_counter() - t0
