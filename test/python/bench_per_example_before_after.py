@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import ModuleType
+from typing import Any, Callable
 
 import torch
 
@@ -48,6 +49,20 @@ def _count_terms() -> None:
             _terms_ns[0] += time.thread_time_ns() - started
 
     pe.PerExample._compute_terms = timed  # type: ignore[method-assign]
+
+
+def fresh(make: Callable[[], torch.nn.Module]) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """The same initial model every configuration and round, and its optimizer."""
+    torch.manual_seed(0)
+    model = make()
+    return model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+
+def unhooked(model: torch.nn.Module, opt: torch.optim.Optimizer, batch: Any, loss_fn: Callable, steps: int) -> tuple[float, float]:
+    """(wall, process CPU) per step without the hook, after 5 warm-up steps."""
+    mean_step_time(model, opt, batch, loss_fn, 5)
+    started = time.process_time()
+    return mean_step_time(model, opt, batch, loss_fn, steps), (time.process_time() - started) / steps
 
 
 def _module_at(revision: str, name: str, folder: Path) -> ModuleType:
@@ -79,14 +94,11 @@ def bench(name: str, address: str, rounds: int, steps: int, before: dict, after:
     faults: dict[str, list[float]] = {c: [] for c in wall}
     for r in range(rounds):
         for label in wall:
-            torch.manual_seed(0)
-            model = make()
-            opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+            model, opt = fresh(make)
             if label == "no hook":
-                mean_step_time(model, opt, batch, loss_fn, 5)
-                started = time.process_time()
-                wall[label].append(mean_step_time(model, opt, batch, loss_fn, steps))
-                cpu[label].append((time.process_time() - started) / steps)
+                step_wall, step_cpu = unhooked(model, opt, batch, loss_fn, steps)
+                wall[label].append(step_wall)
+                cpu[label].append(step_cpu)
                 continue
             source = "accumulation" if label == "norms" else "per-example"
             version, mode = label.split() if label != "norms" else ("after", "inline")

@@ -1,6 +1,6 @@
 """Profile: where the per-example source's CPU time goes, per layer, on the overhead benchmark's models.
 
-Run: .venv/bin/python test/python/bench_per_example_profile.py [model substring ...]
+Run: .venv/bin/python test/python/bench_per_example_profile.py [--sample S] [--split ROUNDS [--worker]] [model substring ...]
 
 Terms computed inline (no worker thread), torch on one thread, the real sidecar in its own process.
 Per measured step, thread CPU time of: the terms of each covered layer (`_compute_terms`, by module and
@@ -14,6 +14,7 @@ import argparse
 import collections
 import logging
 import resource
+import statistics
 import sys
 import time
 from typing import Any, Callable
@@ -23,7 +24,25 @@ import torch
 import noisescope
 from noisescope import _per_example as pe
 from bench_overhead import QuietSidecar
-from bench_per_example_overhead import WORKLOADS, mean_step_time
+from bench_per_example_before_after import fresh, unhooked
+from bench_per_example_overhead import WORKLOADS as BENCH_WORKLOADS, mean_step_time
+
+LAYERS = 16
+
+
+def _tiny_convs() -> torch.nn.Module:
+    return torch.nn.Sequential(*(torch.nn.Conv2d(4, 4, 3, padding=1) for _ in range(LAYERS)), torch.nn.Flatten(), torch.nn.Linear(256, 10))
+
+
+# A model of many tiny layers: its per-example arithmetic is small, so (hooks only − norms) / layers is the fixed
+# cost per covered layer (forward hook, tensor hook, locks, hand-off) in measurable amounts.
+WORKLOADS = {
+    **BENCH_WORKLOADS,
+    f"{LAYERS} tiny convs 4x8x8 (b=8)": (
+        _tiny_convs, lambda g: (torch.randn(8, 4, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g)),
+        torch.nn.functional.cross_entropy,
+    ),
+}
 
 _cpu_ns: collections.Counter[str] = collections.Counter()
 _faults: collections.Counter[str] = collections.Counter()
@@ -56,7 +75,7 @@ def _instrument() -> None:
     pe.PerExample.take = _timed(pe.PerExample.take, lambda *a: "take (step end)")  # type: ignore[method-assign]
 
 
-def profile(name: str, address: str, steps: int) -> None:
+def profile(name: str, address: str, steps: int, sample: int | float | None) -> None:
     make, data, loss_fn = WORKLOADS[name]
     batch = data(torch.Generator().manual_seed(1))
     cpu: dict[str, float] = {}
@@ -70,7 +89,9 @@ def profile(name: str, address: str, steps: int) -> None:
             mean_step_time(model, opt, batch, loss_fn, steps)
             cpu["no hook"] = (time.process_time() - started) / steps
             continue
-        with noisescope.watch(model, opt, address=address, every=1, source=source, run=f"profile-{name}-{source}") as ns:
+        run = f"profile-{name}-{source}"
+        chosen = sample if source == "per-example" else None
+        with noisescope.watch(model, opt, address=address, every=1, source=source, run=run, per_example_sample=chosen) as ns:
             if ns._meter is not None and ns._meter._per_example is not None:
                 ns._meter._per_example.overlap.enabled = False
             mean_step_time(model, opt, batch, loss_fn, 10)
@@ -91,19 +112,92 @@ def profile(name: str, address: str, steps: int) -> None:
     print(f"    {'hooks without the terms':<44} {hooks / steps / 1e3:9.1f} µs")
 
 
+SPLIT = ("no hook", "norms", "per-example", "per-ex hooks only")
+
+
+def _no_arithmetic(self: Any, row: Any, module: Any, calls: list[Any]) -> None:
+    """`_compute_terms` without the terms: every index the layer fills gets a constant (the plumbing stays real)."""
+    for c in calls:
+        c.x = c.stats = None
+    if isinstance(module, pe.pmore.Unit):
+        indices = [*module.attention.values(), *(i for pair in module.slots.values() for i in pair)]
+    else:
+        indices = list(self._modules[module])
+    with self._lock:
+        for index in indices:
+            if index is not None:
+                row.sums[index] = _ONE
+
+
+_ONE = torch.ones((), dtype=torch.float64)
+
+
+def split(name: str, address: str, rounds: int, steps: int, sample: int | float | None, worker: bool) -> None:
+    """Process CPU per step, interleaved rounds (median): no hook, norms, per-example, and per-example with
+    the terms' arithmetic stubbed out: its difference from "norms" is the hooks' fixed cost (forward hook, tensor
+    hook, locks, the sample's selection where stubbed after it, worker hand-off, take), the rest the arithmetic."""
+    make, data, loss_fn = WORKLOADS[name]
+    batch = data(torch.Generator().manual_seed(1))
+    compute = pe.PerExample._compute_terms
+    cpu: dict[str, list[float]] = {c: [] for c in SPLIT}
+    for r in range(rounds):
+        for label in SPLIT:
+            model, opt = fresh(make)
+            if label == "no hook":
+                cpu[label].append(unhooked(model, opt, batch, loss_fn, steps)[1])
+                continue
+            source = "accumulation" if label == "norms" else "per-example"
+            pe.PerExample._compute_terms = _no_arithmetic if label == "per-ex hooks only" else compute  # type: ignore[method-assign]
+            chosen = sample if source == "per-example" else None
+            run = f"split-{name}-{label}-{r}"
+            try:
+                with noisescope.watch(model, opt, address=address, every=1, source=source, run=run, per_example_sample=chosen) as ns:
+                    per_example = ns._meter._per_example if ns._meter is not None else None
+                    if per_example is not None:
+                        per_example.overlap.enabled = worker
+                    mean_step_time(model, opt, batch, loss_fn, 5)
+                    started = time.process_time()
+                    mean_step_time(model, opt, batch, loss_fn, steps)
+                    if per_example is not None:
+                        per_example.overlap.wait()
+                    cpu[label].append((time.process_time() - started) / steps)
+            finally:
+                pe.PerExample._compute_terms = compute  # type: ignore[method-assign]
+    def paired(a: str, b: str) -> float:  # median over rounds of a − b within the round (a busy machine moves both)
+        return statistics.median(x - y for x, y in zip(cpu[a], cpu[b])) * 1e3
+
+    print(
+        f"{name} (sample {sample}, {'worker' if worker else 'inline'}): process CPU per step, medians over {rounds} rounds "
+        f"of in-round differences: no hook {statistics.median(cpu['no hook']) * 1e3:.2f} ms, norms "
+        f"{paired('norms', 'no hook'):+.2f} ms, per-example {paired('per-example', 'no hook'):+.2f} ms; over the norms: "
+        f"hooks {paired('per-ex hooks only', 'norms'):+.2f} ms, terms {paired('per-example', 'per-ex hooks only'):+.2f} ms"
+    )
+
+
+def _sample(text: str) -> int | float:
+    return float(text) if "." in text else int(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", help="substrings of the models to profile (default: all)")
     parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--split", type=int, metavar="ROUNDS", help="only the interleaved split (hooks vs terms), this many rounds")
+    parser.add_argument("--worker", action="store_true", help="--split: terms on the worker thread where it would take them")
+    parser.add_argument("--sample", type=_sample, default=None, help="per_example_sample: an int s, or a fraction of B")
     args = parser.parse_args()
     logging.getLogger("noisescope").setLevel(logging.ERROR)
     torch.set_num_threads(1)
-    _instrument()
+    if not args.split:
+        _instrument()
     sidecar = QuietSidecar()
     try:
         for name in WORKLOADS:
-            if not args.models or any(m in name for m in args.models):
-                profile(name, sidecar.address, args.steps)
+            if (not args.models and name in BENCH_WORKLOADS) or any(m in name for m in args.models):
+                if args.split:
+                    split(name, sidecar.address, args.split, args.steps, args.sample, args.worker)
+                else:
+                    profile(name, sidecar.address, args.steps, args.sample)
     finally:
         sidecar.stop()
 
