@@ -43,6 +43,7 @@ BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 10.0
 REFUSALS_LOGGED = 5
 STEPS_PER_MESSAGE = 32  # steps that wake the request iterator at once, and the most in one message
+MESSAGE_BYTES = 1 << 20  # the most steps' bytes in one StepBundles: far below the sidecar's gRPC limit (16 MiB default)
 FLUSH_S = 0.025  # the longest a step waits for others: the dashboard and recommendations see it within this
 
 _WAKE = object()  # queued by close() after every step submitted before it: say goodbye
@@ -372,6 +373,7 @@ class Sender:
                         break  # close() began and every step is out (its wake-up did not fit in the queue)
                     continue
                 together: list[Any] = []  # consecutive steps' StepBundles, for one message
+                together_bytes = 0
                 while taken:
                     item = taken.popleft()
                     if item is _WAKE:
@@ -384,11 +386,16 @@ class Sender:
                     if per_message > 1 and self.takes_bundles and len(messages) == 1:
                         single = _wire.one_bundle(messages[0])
                         if single is not None:
+                            size = single.ByteSize()
+                            if together and together_bytes + size > MESSAGE_BYTES:
+                                yield self._sent(_wire.several(together))
+                                together, together_bytes = [], 0
                             together.append(single)
+                            together_bytes += size
                             continue
                     if together:
                         yield self._sent(_wire.several(together))
-                        together = []
+                        together, together_bytes = [], 0
                     for message in messages:
                         if isinstance(message, DenseStep):
                             for frame in message.frames():

@@ -85,6 +85,32 @@ def test_steps_within_the_flush_interval_reach_the_sidecar_without_a_full_group_
         assert ns.stats.queued == 0
 
 
+def test_a_group_past_the_message_size_goes_as_several_messages_with_the_same_statistics(
+    sidecar: Sidecar, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sender_module, "FLUSH_S", 60.0)  # after the first step the rest wait for remove()
+    loop = Loop(steps=5)
+    events: dict[int, list[dict[str, Any]]] = {}
+    sent: dict[int, int] = {}
+    for limit in (1 << 20, 1):  # all later steps in one message; one step per message (each is past 1 byte)
+        monkeypatch.setattr(sender_module, "MESSAGE_BYTES", limit)
+        model = make_model()
+        optimizer = make_optimizer(model)
+        ns = noisescope.watch(model, optimizer, address=sidecar.address, run=f"size-{limit}")
+        ns._sender.steps_per_message = loop.steps + 1
+        wait_connected(ns)
+        time.sleep(0.3)  # the sender waits for steps: the first goes alone, at once
+        loop.run(model, optimizer)
+        ns.remove()
+        found = wait_for_events(sidecar, "step", f"size-{limit}", loop.steps)
+        events[limit] = [{k: v for k, v in e.items() if k not in _DIFFERENT} for e in found]
+        sent[limit] = ns.stats.messages_sent
+        assert ns.stats.refusals == 0 and ns.stats.dropped == 0
+    assert [e["step"] for e in events[1]] == list(range(loop.steps))
+    assert events[1] == events[1 << 20]
+    assert sent == {1 << 20: 2 + 2, 1: 2 + loop.steps}
+
+
 def test_a_sidecar_whose_welcome_does_not_take_bundles_gets_one_step_per_message_and_the_same_statistics(
     sidecar: Sidecar, monkeypatch: pytest.MonkeyPatch
 ) -> None:
