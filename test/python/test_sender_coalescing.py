@@ -85,6 +85,22 @@ def test_steps_within_the_flush_interval_reach_the_sidecar_without_a_full_group_
         assert ns.stats.queued == 0
 
 
+def _grouped_run(sidecar: Sidecar, run: str, loop: Loop) -> tuple[list[dict[str, Any]], int]:
+    """`loop` watched, the sender idle when it starts (its first step goes at once, the rest as the sender groups
+    them): the sidecar's step events without wall-clock fields, and the messages sent; nothing refused or dropped."""
+    model = make_model()
+    optimizer = make_optimizer(model)
+    ns = noisescope.watch(model, optimizer, address=sidecar.address, run=run)
+    ns._sender.steps_per_message = loop.steps + 1
+    wait_connected(ns)
+    time.sleep(0.3)  # the sender waits for steps
+    loop.run(model, optimizer)
+    ns.remove()
+    assert ns.stats.refusals == 0 and ns.stats.dropped == 0
+    events = [{k: v for k, v in e.items() if k not in _DIFFERENT} for e in wait_for_events(sidecar, "step", run, loop.steps)]
+    return events, ns.stats.messages_sent
+
+
 def test_a_group_past_the_message_size_goes_as_several_messages_with_the_same_statistics(
     sidecar: Sidecar, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -94,18 +110,7 @@ def test_a_group_past_the_message_size_goes_as_several_messages_with_the_same_st
     sent: dict[int, int] = {}
     for limit in (1 << 20, 1):  # all later steps in one message; one step per message (each is past 1 byte)
         monkeypatch.setattr(sender_module, "MESSAGE_BYTES", limit)
-        model = make_model()
-        optimizer = make_optimizer(model)
-        ns = noisescope.watch(model, optimizer, address=sidecar.address, run=f"size-{limit}")
-        ns._sender.steps_per_message = loop.steps + 1
-        wait_connected(ns)
-        time.sleep(0.3)  # the sender waits for steps: the first goes alone, at once
-        loop.run(model, optimizer)
-        ns.remove()
-        found = wait_for_events(sidecar, "step", f"size-{limit}", loop.steps)
-        events[limit] = [{k: v for k, v in e.items() if k not in _DIFFERENT} for e in found]
-        sent[limit] = ns.stats.messages_sent
-        assert ns.stats.refusals == 0 and ns.stats.dropped == 0
+        events[limit], sent[limit] = _grouped_run(sidecar, f"size-{limit}", loop)
     assert [e["step"] for e in events[1]] == list(range(loop.steps))
     assert events[1] == events[1 << 20]
     assert sent == {1 << 20: 2 + 2, 1: 2 + loop.steps}
@@ -128,17 +133,7 @@ def test_a_sidecar_whose_welcome_does_not_take_bundles_gets_one_step_per_message
                 return original(self, reply)
 
             monkeypatch.setattr(Sender, "_on_reply", older_welcome)
-        model = make_model()
-        optimizer = make_optimizer(model)
-        ns = noisescope.watch(model, optimizer, address=sidecar.address, run=run)
-        ns._sender.steps_per_message = loop.steps + 1
-        wait_connected(ns)
-        time.sleep(0.3)  # the sender waits for steps: the first goes alone, at once
-        loop.run(model, optimizer)
-        ns.remove()
-        events[run] = [{k: v for k, v in e.items() if k not in _DIFFERENT} for e in wait_for_events(sidecar, "step", run, loop.steps)]
-        sent[run] = ns.stats.messages_sent
-        assert ns.stats.refusals == 0 and ns.stats.dropped == 0
+        events[run], sent[run] = _grouped_run(sidecar, run, loop)
     assert [e["step"] for e in events["older"]] == list(range(loop.steps))
     assert events["older"] == events["takes-bundles"]
     assert sent == {"takes-bundles": 2 + 2, "older": 2 + loop.steps}  # Hello and Goodbye around the steps
