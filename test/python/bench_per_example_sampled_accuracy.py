@@ -7,19 +7,21 @@ one micro-batch of 64 per step, SGD + momentum, clipping) runs once without the 
 whole-set truth (float32, ExactNoise) and each example's squared gradient norm per parameter tensor
 (torch.func) are kept. Offline, the per-example estimator (batch of one vs the batch, as the sidecar
 computes it) is then formed from: every example at every step ("exact every=1"); every example on one
-step in 4 ("exact every=4", each offset); a uniformly random s of the 64 at every step, K seeds
-("sampled s"), floored as the hook floors it. Sampled s = 16 at every=1 does the per-example work of
+step in 4 ("exact every=4", each offset); and, K seeds each, s of the 64 at every step: what the hook
+does (watch(per_example_sample=s)), s drawn with replacement from the hook's own proposal at the head's δ
+(noisescope._per_example.Sampler.proposal: ∝ |δ_i|² = |softmax − onehot|²/B², mixed with α/B), weighted
+1/(s·p_i), the head (the first δ) exact — for several α; and, for comparison, a uniformly random s without
+replacement scaled by B/s (what per_example_sample meant before). Nothing is floored (the hook no longer
+floors: an unbiased estimate may fall below |h|²/B). Sampled s = 16 at every=1 does the per-example work of
 exact every=4 (a quarter of the examples per step). Reported: the per-step spread of tr(Σ) (std over
 steps of estimate/truth − 1) and the median |error| of the smoothed B_simple over the second half
 (beta 0.99 per measured step; every=4 also with 0.99^4, the same horizon in steps).
-
-A what-if the hook does not implement: s examples drawn with replacement with probability ∝ |softmax − onehot|²
-(each example's gradient at the logits, known before any layer's δ), weighted 1/(s·q_e) (Hansen–Hurwitz, unbiased).
 """
 from __future__ import annotations
 
 import argparse
 import statistics
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -28,14 +30,15 @@ from torch.func import functional_call, grad, vmap
 
 from exact_noise import ExactNoise, smooth_ratio
 from noisescope import demo
+from noisescope._per_example import Sampler
 from test_per_example_sampled import E2E_BATCH, E2E_STEPS, DigitsConv
 
 BETA = 0.99
 
 
-def record(steps: int) -> tuple[list[tuple[float, float]], list[Tensor], list[Tensor], list[Tensor], int]:
+def record(steps: int) -> tuple[list[tuple[float, float]], list[Tensor], list[Tensor], list[Tensor], int, list[bool]]:
     """Per step: the truth (|G|², tr(Σ)), each example's squared norm per tensor [L, B], |ḡ|² per tensor [L], and
-    |softmax − onehot|² per example [B]."""
+    δ at the head's output (softmax − onehot)/B [B, 10]; and which tensors are the head's (the hook's first δ: exact)."""
     dataset = demo.make_data()
     model = DigitsConv()
     reference = ExactNoise(model, *dataset.tensors, dtype=torch.float32)
@@ -59,24 +62,26 @@ def record(steps: int) -> tuple[list[tuple[float, float]], list[Tensor], list[Te
         per_example.append(torch.stack([f.square().sum(1) for f in flat]))
         mean_sq.append(torch.stack([f.mean(0).square().sum() for f in flat]))
         with torch.no_grad():
-            at_logits = torch.softmax(m(x), 1) - F.one_hot(y, 10)
-        logit_sq.append(at_logits.double().square().sum(1))
+            at_logits = (torch.softmax(m(x), 1) - F.one_hot(y, 10)) / x.shape[0]
+        logit_sq.append(at_logits)
 
     demo.train(
         model, optimizer, dataset, steps=steps, micro_batch=E2E_BATCH, accumulation=1, clip=demo.CLIP, seed=0,
         before_step=before_step, on_micro_batch=lambda step, j, x, y: batch.append((x, y)),
     )
-    return truth, per_example, mean_sq, logit_sq, len(dataset)
+    return truth, per_example, mean_sq, logit_sq, len(dataset), [name.startswith("head.") for name, _ in model.named_parameters()]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=E2E_STEPS)
     parser.add_argument("--seeds", type=int, default=40)
+    parser.add_argument("--mixtures", default="0,0.1,0.2,0.3,0.5", help="α values for the importance rows")
     args = parser.parse_args()
     torch.set_num_threads(1)
     steps = args.steps
-    truth, per_example, mean_sq, logit_sq, n = record(steps)
+    truth, per_example, mean_sq, head_delta, n, head = record(steps)
+    exact_rows = torch.tensor(head)
     batch, inv_n = E2E_BATCH, 1.0 / n
     x_small, x_big = 1.0 - inv_n, 1.0 / batch - inv_n
 
@@ -87,8 +92,7 @@ def main() -> None:
         elif weights is None:
             sums = per[:, drawn].sum(1) * (batch / len(drawn))
         else:
-            sums = (per[:, drawn] * weights).sum(1)
-        sums = torch.maximum(sums, batch * big)  # the hook's Cauchy–Schwarz floor, per tensor
+            sums = torch.where(exact_rows, per.sum(1), (per[:, drawn] * weights).sum(1))
         y_small, y_big = float(sums.sum()) / batch, float(big.sum())
         trace = (y_small - y_big) / (x_small - x_big)
         return y_big - trace * x_big, trace
@@ -103,8 +107,13 @@ def main() -> None:
 
     every_step = list(range(steps))
     exact = {s: estimate(s, None) for s in every_step}
+
+    def sampling_noise(series: dict[int, tuple[float, float]]) -> float:
+        """What the sample adds: std over steps of (sampled − exact per-example tr(Σ)) / true tr(Σ)."""
+        return statistics.pstdev([(series[s][1] - exact[s][1]) / truth[s][1] for s in every_step])
+
     print(f"sampled vs exact per-example sums: DigitsConv on load_digits, {steps} steps of {batch}, beta {BETA}")
-    print(f"{'estimator':<34} {'per-step tr(Σ) spread':>22} {'B_simple error (median |rel|, 2nd half)':>42}")
+    print(f"{'estimator':<34} {'per-step tr(Σ) spread':>22} {'B_simple error (median |rel|, 2nd half)':>42} {'sampling noise':>14}")
     print(f"{'exact every=1':<34} {spread(every_step, exact):>22.1%} {b_simple_error(every_step, exact):>42.1%}")
     for offset in range(4):
         measured = list(range(offset, steps, 4))
@@ -115,29 +124,40 @@ def main() -> None:
     def uniform(size: int, generator: torch.Generator) -> dict[int, tuple[float, float]]:
         return {s: estimate(s, torch.randperm(batch, generator=generator)[:size].sort().values) for s in every_step}
 
-    def proportional(size: int, generator: torch.Generator) -> dict[int, tuple[float, float]]:
-        out = {}
-        for s in every_step:
-            q = logit_sq[s] / logit_sq[s].sum()
-            drawn = torch.multinomial(q, size, replacement=True, generator=generator)
-            out[s] = estimate(s, drawn, 1.0 / (size * q[drawn]))
-        return out
+    def importance(mixture: float) -> Callable[[int, torch.Generator], dict[int, tuple[float, float]]]:
+        def draw(size: int, generator: torch.Generator) -> dict[int, tuple[float, float]]:
+            out = {}
+            for s in every_step:
+                share = (Sampler.proposal(head_delta[s]) - Sampler.MIXTURE / batch) / (1 - Sampler.MIXTURE)  # q/Σq
+                p = (1 - mixture) * share + mixture / batch
+                drawn = torch.multinomial(p, size, replacement=True, generator=generator)
+                out[s] = estimate(s, drawn, 1.0 / (size * p[drawn].double()))
+            return out
 
-    rows = [(f"sampled s={size} every=1", uniform, size) for size in (batch // 8, batch // 4, batch // 2)]
-    rows.append((f"s={batch // 4} ∝ |softmax−onehot|² (what-if)", proportional, batch // 4))
+        return draw
+
+    rows: list[tuple[str, Callable[[int, torch.Generator], dict[int, tuple[float, float]]], int]] = []
+    for size in (batch // 4, batch // 8):
+        rows.append((f"uniform s={size} (before)", uniform, size))
+        for mixture in map(float, args.mixtures.split(",")):
+            marker = " (the hook's)" if mixture == Sampler.MIXTURE else ""
+            rows.append((f"importance s={size} α={mixture:g}{marker}", importance(mixture), size))
     for label, draw, size in rows:
-        errors, spreads = [], []
+        errors, spreads, noises = [], [], []
         for seed in range(args.seeds):
             sampled = draw(size, torch.Generator().manual_seed(seed))
             errors.append(b_simple_error(every_step, sampled))
             spreads.append(spread(every_step, sampled))
+            noises.append(sampling_noise(sampled))
         errors.sort()
         q90 = errors[min(len(errors) - 1, int(0.9 * len(errors)))]
         print(
             f"{label:<34} {statistics.median(spreads):>22.1%} "
-            f"{f'median {statistics.median(errors):.1%}, p90 {q90:.1%}, max {errors[-1]:.1%}':>42}"
+            f"{f'median {statistics.median(errors):.1%}, p90 {q90:.1%}, max {errors[-1]:.1%}':>42} "
+            f"{statistics.median(noises):>14.1%}"
         )
-    print(f"(sampled rows: {args.seeds} seeds; s = {batch // 4} at every=1 does the per-example work of exact every=4)")
+    print(f"(sampled rows: {args.seeds} seeds, medians over them; s = {batch // 4} at every=1 does the per-example work of exact "
+          "every=4; sampling noise: std over steps of (sampled − exact every=1 tr(Σ)) / true tr(Σ))")
 
 
 if __name__ == "__main__":

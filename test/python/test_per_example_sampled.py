@@ -326,7 +326,7 @@ def test_a_sampled_sum_below_the_cauchy_schwarz_bound_reaches_the_sidecar_as_a_s
 E2E_STEPS = 300
 E2E_BATCH = 64
 E2E_SAMPLE = E2E_BATCH // 4
-E2E_TOLERANCE = 0.40  # B_simple, median |relative error| over the second half (see the test's docstring)
+E2E_TOLERANCE = 0.15  # B_simple, median |relative error| over the second half: the issue's goal (see the test's docstring)
 
 
 class DigitsConv(nn.Module):
@@ -380,13 +380,14 @@ def two_scale_from_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
 
 def test_sampled_b_simple_on_real_training_against_the_exact_value(beta_sidecar) -> None:
     """load_digits, one micro-batch of 64 per step, s = 16 (a quarter), real sidecar over real gRPC. The sidecar equals a
-    replica that samples the same examples to ~3e-7 (pipeline), and its smoothed B_simple is near the whole-set truth.
+    replica that draws the same examples from the head's δ (autograd) to ~2e-7 (pipeline), and its smoothed B_simple is
+    near the whole-set truth.
 
-    Measured (300 steps, beta 0.99, median |error| over the second half): B_simple 24.3% with the hook's seed, against
-    10.2% for the exact per-example estimator on the same steps. The same training re-sampled offline with 40 other
-    seeds (test/python/bench_per_example_sampled_accuracy.py): median 17.1%, p90 29.9%, max 33.4% (s = 32: 12.2% /
-    21.1% / 25.2%): one sample of 16 doubles the per-step spread of tr(Σ) here (81% vs 40%: a conv net's per-example
-    norms are heavy-tailed), so the bound asserted is 40%."""
+    Measured (300 steps, beta 0.99, median |error| over the second half): B_simple 10.4% with the hook's seed, the same
+    as the exact per-example estimator on the same steps (10.2%). The same training re-sampled offline with 40 other
+    seeds (test/python/bench_per_example_sampled_accuracy.py, α = 0.1): median 10.1%, p90 11.0%, max 11.8% (s = 8:
+    10.2% / 11.8% / 12.6%); a uniform sample of 16 gave median 17.1%, max 33.4% (this seed 24.3%). Asserted: the issue's
+    goal, 15%."""
     import copy
     import dataclasses
     import time
