@@ -14,7 +14,8 @@ per-example sums) when a covered module's input does not have the model's batch 
 Sampled (watch(per_example_sample=s)): when a row's first δ arrives, it draws s of its B examples by importance
 (`Sampler`), the same for every later layer; those calls' (input, δ, stats) rows are selected before any term is
 computed (cost ∝ s), δ's row k times √w_k, so every term gives Σ_k w_k |g_{i_k}|², an unbiased estimate of the
-row's exact sum (the terms are quadratic in δ). The layer whose δ came first is computed exactly.
+row's exact sum (the terms are quadratic in δ). The first layer is sampled too (its δ is still held): an LM's
+vocabulary head, often the costliest layer, is the first.
 """
 from __future__ import annotations
 
@@ -154,7 +155,7 @@ class _Row:
     void: str = ""  # why this row's sums cannot be used
     batch: int | None = None  # sampled: B (dim 0 of the first covered input)
     sample: Draw | None = None  # sampled: drawn at the first δ; None: every example
-    exact_unit: Any = None  # sampled: the unit whose δ came first (before the draw): computed exactly
+    drawn: bool = False  # sampled: the first δ came (and `sample` was drawn from it)
 
 
 @dataclass(frozen=True)
@@ -178,7 +179,9 @@ class Sampler:
     """
 
     SEED = 0x5A3D
-    MIXTURE = 0.1  # α: sampling noise 2.5% of tr(Σ) vs 2.0% at 0 and 3.1% at 0.2 (bench_per_example_sampled_accuracy.py)
+    # α: the mixture costs a noise floor ~√(α/s) (s = 16: 5.1% of tr(Σ) at 0.02, 6.5% at 0.05, 8.5% at 0.1, 12.0% at 0.2;
+    # bench_per_example_sampled_accuracy.py); a little keeps w ≤ B/(α·s) where q misses an example's gradient.
+    MIXTURE = 0.05
 
     def __init__(self, size: int | float) -> None:
         self.size = size  # an int s ≥ 1, or a float in (0, 1]: that fraction of B (at least one example)
@@ -240,6 +243,7 @@ class PerExample:
         self._rows: list[_Row] = []
         self._measuring = False
         self._flush_queued: set[int] = set()
+        self._deferred: list[tuple[_Row, Any, list[_Call]]] = []  # sampled terms computed inline: at the step's end
         self._warned: set[str] = set()
         self.sequence_form = "auto"  # tests force "gram" or "materialise"
         # CPU layers' terms on a worker thread while the backward goes on, where torch leaves a core free.
@@ -248,7 +252,7 @@ class PerExample:
         if self.sampler is not None:
             logger.info(
                 "noisescope: per-example sums from %s of each micro-batch's B examples, drawn by importance at the "
-                "first layer's δ and reweighted (unbiased; that layer and Linear layers on [B, d] rows stay exact; seed %d)",
+                "first layer's δ and reweighted (unbiased; Linear layers on [B, d] rows stay exact, it costs less; seed %d)",
                 self.sampler.describe(),
                 Sampler.SEED,
             )
@@ -285,6 +289,7 @@ class PerExample:
         with self._lock:
             self._rows = []
             self._flush_queued.clear()
+            self._deferred = []
         self._measuring = measuring
 
     def begin_forward(self, examples: int | None) -> None:
@@ -304,6 +309,7 @@ class PerExample:
             rows, self._rows = self._rows, []
         for row in rows:
             self._flush(row)
+        self._compute_deferred(rows)
         self.overlap.wait()  # the step's terms still being computed (on the worker)
         k = len(micro_sq_norms)
         if len(rows) > k:  # forwards no backward went through (an evaluation with gradients enabled)
@@ -393,8 +399,8 @@ class PerExample:
                     return None
                 call.delta = delta
                 unit = self._units.get(call.module, call.module)
-                if self.sampler is not None and row.exact_unit is None:
-                    row.exact_unit = unit
+                if self.sampler is not None and not row.drawn:
+                    row.drawn = True
                     row.sample = self._draw(call, delta)
                 calls = row.calls.get(unit, [])
                 complete = all(c.delta is not None for c in calls)
@@ -443,8 +449,25 @@ class PerExample:
         delta = calls[0].delta
         if delta is not None and delta.is_cpu and not _row_linear(module, calls) and self.overlap.worthwhile():
             self.overlap.submit(functools.partial(self._compute_guarded, row, module, calls))
+        elif row.sample is not None and not _row_linear(module, calls):
+            # Inline and sampled: the drawn rows are selected now (the layer's full input and δ go) and their terms
+            # computed at the step's end, one layer after another: amid the backward each ran cold (~90 µs more per
+            # conv layer of the benchmark CNN at s = 1, bench_per_example_profile.py --split).
+            selected = _sampled(calls, row.sample)
+            with self._lock:
+                self._deferred.append((row, module, selected))
         else:
             self._compute(row, module, calls)
+
+    def _compute_deferred(self, rows: list[_Row]) -> None:
+        with self._lock:
+            deferred, self._deferred = self._deferred, []
+        for row, module, selected in deferred:
+            if any(row is kept for kept in rows):  # not a row restart() dropped
+                try:  # a stand-in row without the sample (already selected) that adds into the row's own sums
+                    self._compute(_Row(examples=row.examples, sums=row.sums), module, selected)
+                except Exception as error:
+                    self._guard.trip("the per-example step-end terms", error)
 
     def _compute_guarded(self, row: _Row, module: Any, calls: list[_Call]) -> None:
         try:
@@ -460,7 +483,7 @@ class PerExample:
             _computing.on = False
 
     def _compute_terms(self, row: _Row, module: Any, calls: list[_Call]) -> None:
-        if row.sample is not None and module is not row.exact_unit and not _row_linear(module, calls):
+        if row.sample is not None and not _row_linear(module, calls):
             calls = _sampled(calls, row.sample)  # a row Linear's exact sum costs less than selecting
         if isinstance(module, pmore.Unit):
             with torch.no_grad():

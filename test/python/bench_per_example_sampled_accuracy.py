@@ -10,7 +10,7 @@ computes it) is then formed from: every example at every step ("exact every=1");
 step in 4 ("exact every=4", each offset); and, K seeds each, s of the 64 at every step: what the hook
 does (watch(per_example_sample=s)), s drawn with replacement from the hook's own proposal at the head's δ
 (noisescope._per_example.Sampler.proposal: ∝ |δ_i|² = |softmax − onehot|²/B², mixed with α/B), weighted
-1/(s·p_i), the head (the first δ) exact — for several α; and, for comparison, a uniformly random s without
+1/(s·p_i), every layer — for several α; and, for comparison, a uniformly random s without
 replacement scaled by B/s (what per_example_sample meant before). Nothing is floored (the hook no longer
 floors: an unbiased estimate may fall below |h|²/B). Sampled s = 16 at every=1 does the per-example work of
 exact every=4 (a quarter of the examples per step). Reported: the per-step spread of tr(Σ) (std over
@@ -36,9 +36,9 @@ from test_per_example_sampled import E2E_BATCH, E2E_STEPS, DigitsConv
 BETA = 0.99
 
 
-def record(steps: int) -> tuple[list[tuple[float, float]], list[Tensor], list[Tensor], list[Tensor], int, list[bool]]:
+def record(steps: int) -> tuple[list[tuple[float, float]], list[Tensor], list[Tensor], list[Tensor], int]:
     """Per step: the truth (|G|², tr(Σ)), each example's squared norm per tensor [L, B], |ḡ|² per tensor [L], and
-    δ at the head's output (softmax − onehot)/B [B, 10]; and which tensors are the head's (the hook's first δ: exact)."""
+    δ at the head's output (softmax − onehot)/B [B, 10] (the hook's first δ)."""
     dataset = demo.make_data()
     model = DigitsConv()
     reference = ExactNoise(model, *dataset.tensors, dtype=torch.float32)
@@ -69,7 +69,7 @@ def record(steps: int) -> tuple[list[tuple[float, float]], list[Tensor], list[Te
         model, optimizer, dataset, steps=steps, micro_batch=E2E_BATCH, accumulation=1, clip=demo.CLIP, seed=0,
         before_step=before_step, on_micro_batch=lambda step, j, x, y: batch.append((x, y)),
     )
-    return truth, per_example, mean_sq, logit_sq, len(dataset), [name.startswith("head.") for name, _ in model.named_parameters()]
+    return truth, per_example, mean_sq, logit_sq, len(dataset)
 
 
 def main() -> None:
@@ -80,8 +80,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     steps = args.steps
-    truth, per_example, mean_sq, head_delta, n, head = record(steps)
-    exact_rows = torch.tensor(head)
+    truth, per_example, mean_sq, head_delta, n = record(steps)
     batch, inv_n = E2E_BATCH, 1.0 / n
     x_small, x_big = 1.0 - inv_n, 1.0 / batch - inv_n
 
@@ -92,7 +91,7 @@ def main() -> None:
         elif weights is None:
             sums = per[:, drawn].sum(1) * (batch / len(drawn))
         else:
-            sums = torch.where(exact_rows, per.sum(1), (per[:, drawn] * weights).sum(1))
+            sums = (per[:, drawn] * weights).sum(1)
         y_small, y_big = float(sums.sum()) / batch, float(big.sum())
         trace = (y_small - y_big) / (x_small - x_big)
         return y_big - trace * x_big, trace
