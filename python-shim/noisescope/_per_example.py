@@ -401,7 +401,9 @@ class PerExample:
                 unit = self._units.get(call.module, call.module)
                 if self.sampler is not None and not row.drawn:
                     row.drawn = True
-                    row.sample = self._draw(call, delta)
+                    # The forward is over: row.calls holds every call. Only row Linears (exact anyway): no draw.
+                    if not all(_row_linear(u, cs) for u, cs in row.calls.items()):
+                        row.sample = self._draw(call, delta)
                 calls = row.calls.get(unit, [])
                 complete = all(c.delta is not None for c in calls)
                 if complete:

@@ -1,6 +1,6 @@
 """Benchmark: overhead per optimizer step of the per-example source, and of source="auto", on CPU.
 
-Run: .venv/bin/python test/python/bench_per_example_overhead.py [--quick] [model substring ...]
+Run: .venv/bin/python test/python/bench_per_example_overhead.py [--quick] [--terms] [model substring ...]
 
 For an MLP, a small CNN and a small transformer block (hand-written attention, so every
 parameter is covered), each configuration trains the same model, torch on one thread, the
@@ -10,8 +10,10 @@ with the per-example terms computed inline in the backward ("inline"; by default
 thread beside the backward when torch's threads leave a core free, as here: torch on 1 of 2 cores).
 The same batch as 4 micro-batches of accumulation ("×4"): no hook; the norms alone; "auto"
 every=1 (which should cost what the norms do: it skips the per-example work on steps that
-accumulate); "per-example" every=1. "s=B/4": per_example_sample=0.25, the per-example terms of a random
-quarter of each micro-batch (scaled by 4: unbiased), at every=10, every=1 and every=1 inline.
+accumulate); "per-example" every=1. "s=B/4": per_example_sample=0.25, the per-example terms of a quarter of
+each micro-batch drawn by importance (reweighted: unbiased), at every=10, every=1 and every=1 inline.
+--terms: instead, only the CPU seconds per step spent on per-example work (drawing the sample, selecting its rows,
+the terms), inline on the training thread, exact against s=B/4 and s=1 — the steadiest figure on a shared machine.
 Rounds interleave the configurations; a configuration's
 figure in a round is its mean step time, and the table gives the median over rounds of its
 ratio to "no hook" with the same micro-batches in the same round; a second line gives the same ratios
@@ -150,6 +152,44 @@ def bench(name: str, address: str, rounds: int, steps: int) -> str:
     return _row(name, means) + "\n" + _row("  process CPU (all threads)", cpu)
 
 
+def terms_cpu(name: str, address: str, rounds: int, steps: int) -> str:
+    """Thread CPU ms per step in the per-example work (inline: the draw, selecting the drawn rows, the terms), per sample
+    size; medians over rounds."""
+    make, data, loss_fn = WORKLOADS[name]
+    batch = data(torch.Generator().manual_seed(1))
+    samples = {"exact": None, "s=B/4": 0.25, "s=1": 1}
+    spent: dict[str, list[float]] = {label: [] for label in samples}
+    for r in range(rounds):
+        for label, sample in samples.items():
+            torch.manual_seed(0)
+            model = make()
+            opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+            with noisescope.watch(model, opt, address=address, source="per-example", run=f"terms-{name}-{label}-{r}", per_example_sample=sample) as ns:
+                per_example = ns._meter._per_example
+                per_example.overlap.enabled = False
+                total = [0.0]
+                for method in ("_dispatch", "_compute_deferred", "_draw"):  # disjoint: selection, terms, the draw
+                    setattr(per_example, method, _thread_timed(getattr(per_example, method), total))
+                mean_step_time(model, opt, batch, loss_fn, 5)  # warm-up
+                total[0] = 0.0
+                mean_step_time(model, opt, batch, loss_fn, steps)
+                spent[label].append(total[0] / steps)
+    cells = [f"{statistics.median(v) * 1e3:>8.2f} ms" for v in spent.values()]
+    ratio = statistics.median(spent["s=B/4"]) / statistics.median(spent["exact"])
+    return f"{name:<30} " + " ".join(cells) + f" {ratio:>10.2f}"
+
+
+def _thread_timed(method: Callable, total: list[float]) -> Callable:
+    def timed(*args):
+        started = time.thread_time()
+        try:
+            return method(*args)
+        finally:
+            total[0] += time.thread_time() - started
+
+    return timed
+
+
 def _row(title: str, times: dict[str, list[float]]) -> str:
     """Per hooked configuration: the median over rounds of its ratio to no hook with the same micro-batches."""
     base = {k: statistics.median(times[_no_hook(k)]) for k in (1, 4)}
@@ -169,6 +209,7 @@ def _no_hook(k: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run, noisier)")
+    parser.add_argument("--terms", action="store_true", help="only the per-example terms' CPU per step, exact vs s=B/4")
     parser.add_argument("models", nargs="*", help="substrings of the models to run (default: all)")
     args = parser.parse_args()
     rounds = 3 if args.quick else 9
@@ -177,6 +218,14 @@ def main() -> None:
     load = os.getloadavg()  # other work on the machine skews every ratio: say how much there was
     sidecar = QuietSidecar()
     try:
+        if args.terms:
+            print(f"per-example terms' CPU per step, inline on the training thread (torch {torch.__version__}, 1 thread; median over {rounds} rounds)")
+            print(f"{'model':<30} {'exact':>11} {'s=B/4':>11} {'s=1':>11} {'s=B/4 / exact':>10}")
+            for name in WORKLOADS:
+                if not args.models or any(m in name for m in args.models):
+                    print(terms_cpu(name, sidecar.address, rounds=rounds, steps=20))
+            print(f"load average (1/5/15 min) at the start {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}")
+            return
         print(
             f"per-example source overhead per optimizer step (one micro-batch per step, or the same batch as ×4 "
             f"micro-batches; torch {torch.__version__}, 1 thread; median over rounds of mean-step-time ratios to "

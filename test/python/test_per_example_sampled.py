@@ -148,6 +148,19 @@ def test_a_sample_of_at_least_the_batch_is_the_exact_path_bit_for_bit(free_addre
         assert same == exact, sample
 
 
+def test_a_model_of_row_linears_draws_nothing(free_address: str) -> None:
+    """Every layer a Linear on [B, d] rows (exact anyway: its row norms cost less than a sample): no draw is made."""
+    torch.manual_seed(8)
+    model = nn.Sequential(nn.Linear(7, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    ns, records = watch_and_record(model, optimizer, free_address, source="per-example", per_example_sample=S)
+    F.cross_entropy(model(_x(7)), torch.arange(B) % 3).backward()
+    optimizer.step()
+    sampler = ns._meter._per_example.sampler
+    ns.remove()
+    assert len(records) == 1 and records[0].per_example_sums and sampler.last is None
+
+
 def test_a_fraction_samples_that_share_of_the_batch(free_address: str) -> None:
     assert Sampler(0.25).count(64) == 16 and Sampler(0.01).count(64) == 1 and Sampler(5).count(64) == 5
 
