@@ -112,7 +112,12 @@ def profile(name: str, address: str, steps: int, sample: int | float | None) -> 
     print(f"    {'hooks without the terms':<44} {hooks / steps / 1e3:9.1f} µs")
 
 
-SPLIT = ("no hook", "norms", "per-example", "per-ex hooks only")
+SPLIT = ("no hook", "norms", "per-example", "per-ex hooks only", "per-ex in backward")
+
+
+def _in_backward(self: Any, row: Any, module: Any, calls: list[Any]) -> None:
+    """`_dispatch` inline as before sampled terms waited for the step's end: each layer's terms amid the backward."""
+    self._compute(row, module, calls)
 
 
 def _no_arithmetic(self: Any, row: Any, module: Any, calls: list[Any]) -> None:
@@ -135,19 +140,22 @@ _ONE = torch.ones((), dtype=torch.float64)
 def split(name: str, address: str, rounds: int, steps: int, sample: int | float | None, worker: bool) -> None:
     """Process CPU per step, interleaved rounds (median): no hook, norms, per-example, and per-example with
     the terms' arithmetic stubbed out: its difference from "norms" is the hooks' fixed cost (forward hook, tensor
-    hook, locks, the sample's selection where stubbed after it, worker hand-off, take), the rest the arithmetic."""
+    hook, locks, the draw, worker hand-off, take), the rest the arithmetic (with the sample's selection). Inline, also
+    per-example with each layer's terms computed amid the backward (as before sampled ones waited for the step's end)."""
     make, data, loss_fn = WORKLOADS[name]
     batch = data(torch.Generator().manual_seed(1))
-    compute = pe.PerExample._compute_terms
-    cpu: dict[str, list[float]] = {c: [] for c in SPLIT}
+    compute, dispatch = pe.PerExample._compute_terms, pe.PerExample._dispatch
+    labels = [c for c in SPLIT if not (worker and c == "per-ex in backward")]
+    cpu: dict[str, list[float]] = {c: [] for c in labels}
     for r in range(rounds):
-        for label in SPLIT:
+        for label in labels:
             model, opt = fresh(make)
             if label == "no hook":
                 cpu[label].append(unhooked(model, opt, batch, loss_fn, steps)[1])
                 continue
             source = "accumulation" if label == "norms" else "per-example"
             pe.PerExample._compute_terms = _no_arithmetic if label == "per-ex hooks only" else compute  # type: ignore[method-assign]
+            pe.PerExample._dispatch = _in_backward if label == "per-ex in backward" else dispatch  # type: ignore[method-assign]
             chosen = sample if source == "per-example" else None
             run = f"split-{name}-{label}-{r}"
             try:
@@ -162,7 +170,7 @@ def split(name: str, address: str, rounds: int, steps: int, sample: int | float 
                         per_example.overlap.wait()
                     cpu[label].append((time.process_time() - started) / steps)
             finally:
-                pe.PerExample._compute_terms = compute  # type: ignore[method-assign]
+                pe.PerExample._compute_terms, pe.PerExample._dispatch = compute, dispatch  # type: ignore[method-assign]
     def paired(a: str, b: str) -> float:  # median over rounds of a − b within the round (a busy machine moves both)
         return statistics.median(x - y for x, y in zip(cpu[a], cpu[b])) * 1e3
 
@@ -171,6 +179,7 @@ def split(name: str, address: str, rounds: int, steps: int, sample: int | float 
         f"of in-round differences: no hook {statistics.median(cpu['no hook']) * 1e3:.2f} ms, norms "
         f"{paired('norms', 'no hook'):+.2f} ms, per-example {paired('per-example', 'no hook'):+.2f} ms; over the norms: "
         f"hooks {paired('per-ex hooks only', 'norms'):+.2f} ms, terms {paired('per-example', 'per-ex hooks only'):+.2f} ms"
+        + ("" if worker else f"; sampled terms at the step's end − amid the backward {paired('per-example', 'per-ex in backward'):+.2f} ms")
     )
 
 
