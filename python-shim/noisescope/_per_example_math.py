@@ -36,7 +36,8 @@ _DOT_PIECE = 1 << 18
 
 def _dot(u: Tensor, v: Tensor) -> Tensor:
     """Σ u·v over all elements (same shapes), accumulated in fp64 across pieces, as a 0-dim fp64 tensor."""
-    u, v = u.reshape(-1), v.reshape(-1)
+    u, v = u.reshape(-1), (None if v is u else v.reshape(-1))
+    v = u if v is None else v  # a square: one view (or copy) of it
     if u.dtype == torch.float64 or u.numel() <= _DOT_PIECE:
         return torch.dot(u, v).to(torch.float64)
     return torch.stack([torch.dot(a, b) for a, b in zip(u.split(_DOT_PIECE), v.split(_DOT_PIECE))]).sum(dtype=torch.float64)
@@ -151,8 +152,8 @@ def _columns(conv: nn.Conv1d | nn.Conv2d, x: Tensor, delta: Tensor, padded: bool
     """
     two_d = isinstance(conv, nn.Conv2d)
     pad = list(conv._reversed_padding_repeated_twice)
-    if any(pad) and not padded:
-        x = F.pad(x, pad, mode=_PAD_MODES[conv.padding_mode])
+    if any(pad) and not padded:  # zeros: constant_pad_nd itself, without F.pad's Python dispatch (the same op)
+        x = torch.constant_pad_nd(x, pad) if conv.padding_mode == "zeros" else F.pad(x, pad, mode=_PAD_MODES[conv.padding_mode])
     if not two_d:  # Conv1d as a 2-D convolution of height 1
         x, delta = x.unsqueeze(2), delta.unsqueeze(2)
     kernel, stride, dilation = (
@@ -186,7 +187,7 @@ def conv(module: nn.Conv1d | nn.Conv2d, calls: Sequence[Call], form: str = "auto
     if form == "materialise":
         per_example = module.weight.numel()
     else:
-        per_example = sum(x[0].numel() for x, _ in calls) * math.prod(module.kernel_size)  # unfolded size
+        per_example = sum(math.prod(x.shape[1:]) for x, _ in calls) * math.prod(module.kernel_size)  # unfolded size
     parts = _chunks(batch, per_example, CACHED_ELEMENTS if form == "materialise" else None)
     if len(parts) == 1 and len(calls) == 1:
         return _conv_whole(module, _wide(calls[0][0]), _wide(calls[0][1]), form)
@@ -225,7 +226,7 @@ def _conv_form(module: nn.Conv1d | nn.Conv2d, calls: Sequence[Call]) -> str:
     Both run at about the same rate on one CPU thread (grouped convolution_backward vs unfold + bmm,
     measured on the benchmark CNN's layers), so the multiply-add counts decide.
     """
-    positions = sum(d[0].numel() for _, d in calls) // module.out_channels
+    positions = sum(math.prod(d.shape[1:]) for _, d in calls) // module.out_channels  # shapes, not x[0] views (an op each)
     d_in = module.in_channels // module.groups * math.prod(module.kernel_size)
     d_out = module.out_channels // module.groups
     return "gram" if positions * (d_in + d_out) < d_in * d_out else "materialise"
@@ -253,7 +254,7 @@ def _per_example_conv_grads(conv: nn.Conv1d | nn.Conv2d, x: Tensor, delta: Tenso
         a, d = _columns(conv, x, delta, padded=padding is zeros)
         return torch.bmm(d, a.transpose(1, 2)).view(x.shape[0], *shape)
 
-    unfolded = x.shape[0] * conv.in_channels * math.prod(conv.kernel_size) * delta[0, 0].numel()
+    unfolded = x.shape[0] * conv.in_channels * math.prod(conv.kernel_size) * math.prod(delta.shape[2:])
     if not x.is_cpu or unfolded > CHUNK_ELEMENTS:  # timing a GPU needs a sync; a large unfold is never cheap
         return grouped()
     key = ("conv", tuple(x.shape), tuple(delta.shape), x.dtype, shape, conv.stride, tuple(padding), conv.dilation, conv.groups)
