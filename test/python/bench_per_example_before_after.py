@@ -1,7 +1,7 @@
 """Benchmark: the per-example source's overhead with the per-example modules of an earlier revision
 against the working tree's, interleaved in one process (so a busy machine's load falls on both alike).
 
-Run: .venv/bin/python test/python/bench_per_example_before_after.py REVISION [model substring ...]
+Run: .venv/bin/python test/python/bench_per_example_before_after.py REVISION [--sample S] [model substring ...]
 
 The earlier `_per_example_math` and `_per_example_more` come from `git show REVISION:…` and replace the
 working tree's for the "before" configurations (the rest of the hook is the working tree's), with
@@ -85,7 +85,7 @@ def _use(version: str, before: dict[str, ModuleType], after: dict[str, ModuleTyp
     pe._row_linear = row_linear if version == "after" else (lambda module, calls: False)
 
 
-def bench(name: str, address: str, rounds: int, steps: int, before: dict, after: dict, row_linear) -> list[str]:
+def bench(name: str, address: str, rounds: int, steps: int, before: dict, after: dict, row_linear, sample: int | float | None = None) -> list[str]:
     make, data, loss_fn = WORKLOADS[name]
     batch = data(torch.Generator().manual_seed(1))
     wall: dict[str, list[float]] = {c: [] for c in ("no hook", *CONFIGS)}
@@ -103,7 +103,8 @@ def bench(name: str, address: str, rounds: int, steps: int, before: dict, after:
             source = "accumulation" if label == "norms" else "per-example"
             version, mode = label.split() if label != "norms" else ("after", "inline")
             _use(version, before, after, row_linear)
-            with noisescope.watch(model, opt, address=address, every=1, source=source, run=f"ab-{name}-{label}-{r}") as ns:
+            chosen = sample if source == "per-example" else None
+            with noisescope.watch(model, opt, address=address, every=1, source=source, run=f"ab-{name}-{label}-{r}", per_example_sample=chosen) as ns:
                 if ns._meter is not None and ns._meter._per_example is not None:
                     ns._meter._per_example.overlap.enabled = mode == "worker"
                 mean_step_time(model, opt, batch, loss_fn, 5)
@@ -134,6 +135,7 @@ def main() -> None:
     parser.add_argument("models", nargs="*", help="substrings of the models to run (default: all)")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--sample", type=lambda t: float(t) if "." in t else int(t), help="per_example_sample (default: exact)")
     args = parser.parse_args()
     logging.getLogger("noisescope").setLevel(logging.ERROR)
     torch.set_num_threads(1)
@@ -147,11 +149,11 @@ def main() -> None:
         _count_terms()
         sidecar = QuietSidecar()
         try:
-            print(f"per-example overhead, {args.revision} vs working tree, one process, interleaved; torch {torch.__version__}, 1 thread")
+            print(f"per-example overhead, {args.revision} vs working tree, one process, interleaved; sample {args.sample}; torch {torch.__version__}, 1 thread")
             print(f"{'model':<30} {'no hook':>11} " + " ".join(f"{c:>16}" for c in CONFIGS))
             for name in WORKLOADS:
                 if not args.models or any(m in name for m in args.models):
-                    print("\n".join(bench(name, sidecar.address, args.rounds, args.steps, before, after, row_linear)), flush=True)
+                    print("\n".join(bench(name, sidecar.address, args.rounds, args.steps, before, after, row_linear, args.sample)), flush=True)
         finally:
             sidecar.stop()
 
