@@ -464,6 +464,8 @@ class PerExample:
     def _compute_deferred(self, rows: list[_Row]) -> None:
         with self._lock:
             deferred, self._deferred = self._deferred, []
+        if not self._measuring:
+            return  # switched off (or the step's work stopped): let the selected rows go uncomputed
         for row, module, selected in deferred:
             if any(row is kept for kept in rows):  # not a row restart() dropped
                 try:  # a stand-in row without the sample (already selected) that adds into the row's own sums
