@@ -194,8 +194,10 @@ class Sampler:
     @classmethod
     def proposal(cls, delta: Tensor, batch_dim: int = 0, rows: Tensor | None = None) -> Tensor:
         """p over the B examples (float32, δ's device) from δ at the first layer (and its [B, d] input `rows`)."""
-        d = delta.detach().movedim(batch_dim, 0).float()
-        q = d.reshape(d.shape[0], -1).square().sum(1)
+        d = delta.detach().movedim(batch_dim, 0)
+        # One pass, no temporary of δ's size (an LM head's δ is B·T·vocab: 525 → 150 µs on the bench block).
+        upcast = torch.float32 if d.dtype in (torch.float16, torch.bfloat16) else None  # never narrows float64
+        q = torch.linalg.vector_norm(d.reshape(d.shape[0], -1), dim=1, dtype=upcast).float().square()
         if rows is not None:
             q = q * (rows.detach().float().square().sum(1) + 1.0)
         batch, total = q.shape[0], q.sum()
