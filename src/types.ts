@@ -57,6 +57,8 @@ export interface RunInfo {
   readonly policy: Partial<BatchPolicy>;
   /** Sketch mode: the CountSketch size of each layer (in `layers` order) and the wire dtype. */
   readonly sketch?: SketchSpec;
+  /** Present (true) when the hook's per-example sums are sampled estimates (watch(per_example_sample=s)), not exact sums. */
+  readonly perExampleSampled?: true;
 }
 
 export interface SketchSpec {

@@ -43,7 +43,7 @@ export function formatRun(r: RunInfo): string {
   const left = r.uncoveredLayers.reduce((sum, l) => sum + l.numel, 0);
   const uncovered = r.uncoveredLayers.length ? ` (${r.uncoveredLayers.length} more layers, ${left.toLocaleString('en-US')} parameters, not covered)` : '';
   // The source is known from the first step on; 'none' before it would read as "one batch scale only".
-  const source = r.source === 'none' ? 'source none so far' : `source ${r.source}`;
+  const source = r.source === 'none' ? 'source none so far' : `source ${r.source}${r.perExampleSampled ? ' (per-example sums sampled)' : ''}`;
   return `run ${r.run}: ${r.layers.length} layers, ${r.parameters.toLocaleString('en-US')} parameters${uncovered}, mode ${modeSummary(r)}, ${source}, ${state}, every ${r.every} step(s)${n}`;
 }
 

@@ -336,6 +336,7 @@ export class Ingest {
           optimizer: entry.layout.optimizer,
           policy: entry.layout.policy,
           ...(entry.layout.sketch ? { sketch: entry.layout.sketch } : {}),
+          ...(entry.layout.perExampleSampled ? { perExampleSampled: true as const } : {}),
         };
       }),
     );

@@ -25,6 +25,8 @@ export interface RunLayout {
   readonly policy: Partial<BatchPolicy>;
   /** Sketch mode only: the sketches every rank declared. */
   readonly sketch?: SketchSpec;
+  /** The first Hello's per-example sums are sampled estimates (shown beside the source). */
+  readonly perExampleSampled: boolean;
 }
 
 const MODES = { MODE_UNSPECIFIED: 'norms', MODE_NORMS: 'norms', MODE_DENSE: 'dense', MODE_SKETCH: 'sketch' } as const;
@@ -64,6 +66,7 @@ export function layoutFromHello(hello: Hello__Output, limits: Pick<SidecarLimits
     mode,
     optimizer: hello.optimizer ? hello.optimizer.slice(0, LIMITS.nameLength) : null,
     policy: policyFromWire(hello.policy),
+    perExampleSampled: hello.perExampleSampled,
     ...(mode === 'sketch' ? { sketch: sketchSpecFromHello(hello.sketch, layers) } : {}),
   };
 }

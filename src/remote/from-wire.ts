@@ -54,6 +54,7 @@ export function runInfoFromWire(w: WireRunInfo, ended: boolean): RunInfo {
     optimizer: w.optimizer === '' ? null : w.optimizer,
     policy: policyFromWire(w.policy),
     ...(w.sketch && w.sketch.sizes.length > 0 ? { sketch: { sizes: w.sketch.sizes, dtype: w.sketch.dtype === 'DTYPE_UNSPECIFIED' ? 'DTYPE_F32' : w.sketch.dtype } } : {}),
+    ...(w.perExampleSampled ? { perExampleSampled: true as const } : {}),
   };
 }
 

@@ -49,6 +49,7 @@ export function runInfoToWire(info: RunInfo): WireRunInfo {
     policy: policyToWire(info.policy),
     uncoveredLayers: info.uncoveredLayers.map((l) => ({ name: l.name, numel: l.numel, kind: l.kind })),
     sketch: info.sketch ? { sizes: [...info.sketch.sizes], dtype: info.sketch.dtype } : null,
+    perExampleSampled: info.perExampleSampled ?? false,
   };
 }
 

@@ -459,6 +459,8 @@ def test_sampled_b_simple_on_real_training_against_the_exact_value(beta_sidecar)
     assert not report["missing_steps"] and report["steps_measured"] == E2E_STEPS, report["missing_steps"]
     last = next(e for e in events if e["step"] == E2E_STEPS - 1)
     assert last["source"] == "per-example" and last["globalBatch"] == E2E_BATCH and last["microBatches"] == 1
+    # The sidecar says the sums are sampled: in the run's info and its plain line (an exact run's says nothing).
+    assert [e.get("perExampleSampled") for e in beta_sidecar.of_type("run") if e["run"] == run][-1] is True
     pd = report["pipeline_max_dev"]
     assert max(pd["raw"].values()) < 1e-5 and max(pd["smoothed"].values()) < 1e-5, pd
     assert report["vs_truth"]["bSimple"] <= E2E_TOLERANCE, report["vs_truth"]

@@ -1,7 +1,9 @@
 // A rank whose Hello says per_example_sampled sends unbiased estimates of Σ_e |h_e|², which may fall below |h|²/b
 // (no exact sum can): a real sidecar takes them, and still refuses the same sums from an exact rank.
 import { status } from '@grpc/grpc-js';
+import { firstValueFrom } from 'rxjs';
 import { describe, expect, it } from 'vitest';
+import { watchSidecar } from '../../src/remote/watch-client.js';
 import { hello, perExampleStep, RankStream } from '../support/rank-client.js';
 import { sidecarEachTest } from '../support/sidecar-each-test.js';
 
@@ -28,6 +30,14 @@ describe('per-example sums from a sampled rank', () => {
     ]);
     expect(stats[1]?.raw?.traceSigma).toBeLessThan(0);
     expect(Number.isFinite(stats[1]?.raw?.gradSqNorm)).toBe(true);
+    // Said beside the source: in runs$, and to a dashboard watching from elsewhere (through Watch).
+    expect((await firstValueFrom(t.sidecar.runs$)).find((r) => r.run === 'sampled')?.perExampleSampled).toBe(true);
+    const remote = watchSidecar(t.sidecar.address, { retryMs: 50 });
+    try {
+      await expect.poll(() => firstValueFrom(remote.runs$).then((runs) => runs.find((r) => r.run === 'sampled')?.perExampleSampled), { timeout: 10_000 }).toBe(true);
+    } finally {
+      remote.close();
+    }
     rank.end();
   });
 
@@ -57,6 +67,7 @@ describe('per-example sums from a sampled rank', () => {
     expect((await got).map((s) => s.step)).toEqual([1, 2]);
     await expect.poll(() => rank.refusals().length).toBeGreaterThanOrEqual(1);
     expect(rank.refusals()[0]?.code).toBe(status.INVALID_ARGUMENT);
+    expect((await firstValueFrom(t.sidecar.runs$)).find((r) => r.run === 'exact')).not.toHaveProperty('perExampleSampled');
     expect(rank.refusals()[0]?.message).toMatch(/step 0 micro-batch 0: sq_norms\[1\] \(layer 'fc1.bias'\) = 1 exceeds examples × per_example.sums\[1\] = 16 × 0.05 = 0.8.*Cauchy–Schwarz/);
     rank.end();
   });

@@ -100,6 +100,8 @@ describe('dashboard', () => {
     m.runs.next([runInfo({ source: 'per-example', parameters: 39_000, uncoveredLayers })]);
     m.stats.next(step(0, { source: 'per-example', microBatches: 1, levels: 2 }));
     await expect.poll(m.frame).toContain('Scales: per-example (covers 97% of parameters; 2 layers not covered)');
+    m.runs.next([runInfo({ source: 'per-example', parameters: 39_000, uncoveredLayers, perExampleSampled: true })]);
+    await expect.poll(m.frame).toContain('Scales: per-example (sampled) (covers 97% of parameters; 2 layers not covered)');
   });
 
   it('scrolls and sorts many layers', async () => {

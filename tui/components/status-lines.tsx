@@ -27,6 +27,7 @@ export function SourceLine({ info, latest }: { readonly info: RunInfo | null; re
         {'Scales: '}
       </Toned>
       <Toned tone={source === 'none' ? 'warn' : 'plain'}>{source}</Toned>
+      {source === 'per-example' && info?.perExampleSampled ? <Toned tone="plain">{' (sampled)'}</Toned> : null}
       {coverage ? <Toned tone="warn">{` (${coverage})`}</Toned> : null}
       <Toned tone="muted">{detail ? ` (${detail})` : ''}</Toned>
       {source === 'none' && latest?.note ? <Toned tone="warn">{` — ${latest.note}`}</Toned> : null}

@@ -23,6 +23,7 @@ export interface RunInfo {
   'policy'?: (_noisescope_v1_BatchPolicy | null);
   'uncoveredLayers'?: (_noisescope_v1_Layer)[];
   'sketch'?: (_noisescope_v1_SketchSpec | null);
+  'perExampleSampled'?: (boolean);
 }
 
 export interface RunInfo__Output {
@@ -41,4 +42,5 @@ export interface RunInfo__Output {
   'policy': (_noisescope_v1_BatchPolicy__Output | null);
   'uncoveredLayers': (_noisescope_v1_Layer__Output)[];
   'sketch': (_noisescope_v1_SketchSpec__Output | null);
+  'perExampleSampled': (boolean);
 }
