@@ -9,9 +9,19 @@ every=1, with the sender as it is (steps coalesced: woken and sent STEPS_PER_MES
 FLUSH_S) and with each step woken and sent on its own ("one/msg": the sender before coalescing) or a 50 ms
 flush interval. Per configuration:
 the median over rounds of the wall-time ratio to no hook, and CPU per step in µs, medians over rounds, of the
-training thread (time.thread_time), of the process's other threads (grpcio's, the link thread), and of the
-sidecar process (/proc/<pid>/stat, 10 ms ticks: summed over all of a configuration's steps). CPU is the figure to
-trust on a shared machine; the load averages are printed.
+training thread (time.thread_time), of the process's other threads (/proc/self/task/*/schedstat: grpcio's,
+Python's and C's, and our link thread apart), and of the sidecar process (/proc/<pid>/stat, 10 ms ticks: summed
+over all of a configuration's steps). CPU is the figure to trust on a shared machine; the load averages are printed.
+
+--phases: where an isolated measured step's cost falls (every > 1): the training thread's CPU in µs, medians, of
+zero_grad+forward, backward and optimizer.step, at the step before a measured one (its optimizer.step arms the
+hooks), the measured step, the one after (what the sender's wake-up and the measured step's cold caches leave) and
+the others, each minus no hook's. Measured by engineer B2 (idle-ish, load ~1.5): norms every=10 adds ≈ +75 µs
+before (arming ≈ 50 µs), +50/+290/+100 at the measured step (its backward-end read of .grad ≈ 230 µs; close 30,
+queue put and wake 8, disarm 17), +50/+30/+20 after; every=1 adds +45/+270/+23 per step. Without the wake-up
+(everything held until remove()) the measured step's optimizer.step and the next step cost ≈ 110 µs less: the
+wake-up of grpcio's thread (≈ 290 µs of its CPU per message, ≈ 70 µs of that our step → message building) is
+the part an isolated step pays alone; at every=1 up to 32 steps share it.
 """
 from __future__ import annotations
 
@@ -19,6 +29,7 @@ import argparse
 import logging
 import os
 import statistics
+import threading
 import time
 from typing import Any
 
@@ -54,11 +65,78 @@ def sidecar_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) * TICK_S  # utime, stime
 
 
-def run(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, steps: int) -> None:
+def thread_cpu_s() -> dict[str, float]:
+    """CPU seconds so far of each of this process's threads, by native thread id and name."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, float] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            ns = int(open(f"/proc/self/task/{tid}/schedstat").read().split()[0])
+            name = names.get(int(tid)) or open(f"/proc/self/task/{tid}/comm").read().strip()
+        except OSError:
+            continue  # ended meanwhile
+        out[f"{tid}:{name}"] = ns / 1e9
+    return out
+
+
+def split_other(before: dict[str, float], after: dict[str, float]) -> tuple[float, float]:
+    """CPU seconds between the two readings of our link thread and of every other thread but the main one."""
+    link = grpc = 0.0
+    for key, seconds in after.items():
+        spent = seconds - before.get(key, 0.0)
+        if key.endswith(":MainThread"):
+            continue
+        if key.endswith(":noisescope-link"):
+            link += spent
+        else:
+            grpc += spent
+    return link, grpc
+
+
+def run(
+    model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, steps: int,
+    phases: list[tuple[int, int, int]] | None = None,
+) -> None:
+    if phases is None:
+        for _ in range(steps):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        return
+    clock = time.thread_time_ns
     for _ in range(steps):
+        t0 = clock()
         opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
+        loss = F.cross_entropy(model(x), y)
+        t1 = clock()
+        loss.backward()
+        t2 = clock()
         opt.step()
+        phases.append((t1 - t0, clock() - t2, t2 - t1))  # forward, step, backward: reordered in print_phases
+
+
+PHASE_NAMES = ("before", "measured", "after", "others")
+
+
+def phase_of(index: int, every: int) -> str:
+    """Steps are numbered from the warm-up's start: step 20 + index; step n is measured when n % every == 0."""
+    position = (20 + index) % every
+    return "measured" if position == 0 else "before" if position == every - 1 else "after" if position == 1 else "others"
+
+
+def print_phases(chosen: dict[str, dict[str, Any]], phases: dict[str, list[tuple[int, int, int]]], steps: int) -> None:
+    base = [statistics.median(t[j] for t in phases["no hook"]) for j in (0, 2, 1)]
+    print("training thread CPU vs no hook, µs (zero_grad+forward / backward / optimizer.step), medians over steps")
+    print(f"{'config':<18} " + " ".join(f"{name:>17}" for name in PHASE_NAMES))
+    for label, config in chosen.items():
+        if config["source"] is None or config["every"] < 4:
+            continue
+        cells = []
+        for name in PHASE_NAMES:
+            rows = [t for i, t in enumerate(phases[label]) if phase_of(i % steps, config["every"]) == name]
+            extra = [statistics.median(t[j] for t in rows) - b for j, b in zip((0, 2, 1), base)]
+            cells.append("/".join(f"{e / 1e3:+.0f}" for e in extra))
+        print(f"{label:<18} " + " ".join(f"{c:>17}" for c in cells))
 
 
 def main() -> None:
@@ -66,6 +144,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3 rounds of 100 steps (a smoke run)")
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--phases", action="store_true", help="where an isolated measured step's cost falls (see above)")
     parser.add_argument("configs", nargs="*", help="substrings of the configurations to run besides no hook (default: all)")
     args = parser.parse_args()
     chosen = {label: c for label, c in CONFIGS.items() if c["source"] is None or not args.configs or any(s in label for s in args.configs)}
@@ -76,7 +155,9 @@ def main() -> None:
     x, y = torch.randn(64, 784, generator=g), torch.randint(0, 10, (64,), generator=g)
     wall: dict[str, list[float]] = {label: [] for label in chosen}
     train: dict[str, list[float]] = {label: [] for label in chosen}
-    other: dict[str, list[float]] = {label: [] for label in chosen}
+    link: dict[str, list[float]] = {label: [] for label in chosen}
+    grpc: dict[str, list[float]] = {label: [] for label in chosen}
+    phases: dict[str, list[tuple[int, int, int]]] = {label: [] for label in chosen}
     side: dict[str, float] = {label: 0.0 for label in chosen}
     load = os.getloadavg()
     sidecar = QuietSidecar()
@@ -96,25 +177,33 @@ def main() -> None:
                     ns._sender.steps_per_message = config["per_message"]
                 run(model, opt, x, y, 20)  # warm-up (connected by the end of it)
                 time.sleep(0.1)
-                t0, p0, w0, s0 = time.thread_time(), time.process_time(), time.perf_counter(), sidecar_cpu_s(sidecar.proc.pid)
-                run(model, opt, x, y, steps)
-                t1, p1, w1 = time.thread_time(), time.process_time(), time.perf_counter()
+                c0 = thread_cpu_s()
+                t0, w0, s0 = time.thread_time(), time.perf_counter(), sidecar_cpu_s(sidecar.proc.pid)
+                run(model, opt, x, y, steps, phases[label] if args.phases else None)
+                t1, w1 = time.thread_time(), time.perf_counter()
+                c1 = thread_cpu_s()
                 if ns is not None:
                     ns.remove()  # flushes: the sidecar's CPU for these steps is in before the next reading
                     time.sleep(0.05)
                 s1 = sidecar_cpu_s(sidecar.proc.pid)
                 wall[label].append((w1 - w0) / steps)
                 train[label].append((t1 - t0) / steps)
-                other[label].append(((p1 - p0) - (t1 - t0)) / steps)
+                link_s, grpc_s = split_other(c0, c1)
+                link[label].append(link_s / steps)
+                grpc[label].append(grpc_s / steps)
                 side[label] += s1 - s0
         base = statistics.median(wall["no hook"])
         print(f"MLP 784-512-512-10 b=64, torch {torch.__version__} on 1 thread, {rounds} rounds × {steps} steps; "
               f"no hook {base * 1e3:.2f} ms/step")
-        print(f"{'config':<18} {'wall vs no hook':>16} {'train thread µs':>16} {'other threads µs':>17} {'sidecar µs':>11}")
+        print(f"{'config':<18} {'wall vs no hook':>16} {'train thread µs':>16} {'grpc threads µs':>16} {'link µs':>8} "
+              f"{'sidecar µs':>11}")
         for label in chosen:
             ratio = statistics.median(h / b for h, b in zip(wall[label], wall["no hook"]))
             print(f"{label:<18} {(ratio - 1) * 100:>+15.1f}% {statistics.median(train[label]) * 1e6:>16.0f} "
-                  f"{statistics.median(other[label]) * 1e6:>17.0f} {side[label] / (rounds * steps) * 1e6:>11.0f}")
+                  f"{statistics.median(grpc[label]) * 1e6:>16.0f} {statistics.median(link[label]) * 1e6:>8.0f} "
+                  f"{side[label] / (rounds * steps) * 1e6:>11.0f}")
+        if args.phases:
+            print_phases(chosen, phases, steps)
         print(load_line(load))
     finally:
         sidecar.stop()
