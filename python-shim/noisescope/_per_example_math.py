@@ -10,7 +10,9 @@ and returns a float64 0-dim tensor on the inputs' device, without a host sync.
 """
 from __future__ import annotations
 
+import functools
 import math
+import operator
 import time
 from typing import Callable, Sequence
 
@@ -36,8 +38,9 @@ _DOT_PIECE = 1 << 18
 
 def _dot(u: Tensor, v: Tensor) -> Tensor:
     """Σ u·v over all elements (same shapes), accumulated in fp64 across pieces, as a 0-dim fp64 tensor."""
-    u, v = u.reshape(-1), (None if v is u else v.reshape(-1))
-    v = u if v is None else v  # a square: one view (or copy) of it
+    square = v is u
+    u = u.reshape(-1)
+    v = u if square else v.reshape(-1)  # a square: one view (or copy) of it
     if u.dtype == torch.float64 or u.numel() <= _DOT_PIECE:
         return torch.dot(u, v).to(torch.float64)
     return torch.stack([torch.dot(a, b) for a, b in zip(u.split(_DOT_PIECE), v.split(_DOT_PIECE))]).sum(dtype=torch.float64)
@@ -177,7 +180,7 @@ def _unfold(x: Tensor, kernel: tuple[int, ...], dilation: tuple[int, ...], strid
     return windows.reshape(b, c * kernel[0] * kernel[1], out[0] * out[1])
 
 
-def conv(module: nn.Conv1d | nn.Conv2d, calls: Sequence[Call], form: str = "auto") -> tuple[Tensor, Tensor]:
+def conv(module: nn.Conv1d | nn.Conv2d, calls: Sequence[Call], form: str = "auto") -> tuple[Tensor, Tensor | None]:
     """nn.Conv1d/Conv2d (any stride, padding, dilation, groups): (weight term, bias term)."""
     if form == "auto":
         form = _conv_form(module, calls)
@@ -185,39 +188,50 @@ def conv(module: nn.Conv1d | nn.Conv2d, calls: Sequence[Call], form: str = "auto
         raise ValueError(f"form must be 'auto', 'gram' or 'materialise', got {form!r}")
     batch = calls[0][0].shape[0]
     if form == "materialise":
-        per_example = module.weight.numel()
-    else:
-        per_example = sum(math.prod(x.shape[1:]) for x, _ in calls) * math.prod(module.kernel_size)  # unfolded size
-    parts = _chunks(batch, per_example, CACHED_ELEMENTS if form == "materialise" else None)
-    if len(parts) == 1 and len(calls) == 1:
-        return _conv_whole(module, _wide(calls[0][0]), _wide(calls[0][1]), form)
-    weight = torch.zeros((), dtype=torch.float64, device=calls[0][0].device)
-    bias = weight
-    for part in parts:
-        if form == "materialise":
-            grads = [_per_example_conv_grads(module, _wide(x[part]), _wide(d[part])) for x, d in calls]
-            total = grads[0] if len(grads) == 1 else torch.stack(grads).sum(0)
-            weight = weight + _dot(total, total)
-        else:
-            pieces = [_columns(module, _wide(x[part]), _wide(d[part])) for x, d in calls]
-            a = torch.cat([p[0] for p in pieces], 2) if len(pieces) > 1 else pieces[0][0]
-            weight = weight + weight_sq_norm(a, torch.cat([p[1] for p in pieces], 2) if len(pieces) > 1 else pieces[0][1], "gram")
+        parts = _chunks(batch, module.weight.numel(), CACHED_ELEMENTS)
+        return chunked_terms(calls, parts, lambda pairs: materialised_sq_norm(pairs, lambda x, d: _per_example_conv_grads(module, x, d)))
+    unfolded = sum(math.prod(x.shape[1:]) for x, _ in calls) * math.prod(module.kernel_size)  # per example
+
+    def gram(pairs: Sequence[Call]) -> Tensor:
+        pieces = [_columns(module, x, d) for x, d in pairs]
+        if len(pieces) == 1:
+            return weight_sq_norm(*pieces[0], "gram")
+        return weight_sq_norm(torch.cat([p[0] for p in pieces], 2), torch.cat([p[1] for p in pieces], 2), "gram")
+
+    return chunked_terms(calls, _chunks(batch, unfolded), gram)
+
+
+def chunked_terms(
+    calls: Sequence[Call], parts: Sequence[slice], weight_term: Callable[[Sequence[Call]], Tensor], bias: bool = True
+) -> tuple[Tensor, Tensor | None]:
+    """(Σ over the chunks of weight_term(the chunk's widened calls), Σ_e |Σ over positions and calls of δ_e|²).
+
+    One chunk (every step of a sampled source, most of an exact one) is computed as it is: no slices and no
+    running sums from zero (each an op, ~3 µs of dispatch at s = 1 where a conv kernel takes ~50 µs); bitwise the same.
+    """
+
+    def terms(pairs: Sequence[Call]) -> tuple[Tensor, Tensor | None]:
+        pairs = [(_wide(x), _wide(d)) for x, d in pairs]
         # Bias: per example Σ over positions (and calls) of δ, per output channel.
-        bias_grad = sum(_wide(d[part]).flatten(2).sum(2) for _, d in calls)
-        bias = bias + _sq(bias_grad)  # type: ignore[arg-type]
-    return weight, bias
+        bias_term = _sq(functools.reduce(operator.add, (d.flatten(2).sum(2) for _, d in pairs))) if bias else None
+        return weight_term(pairs), bias_term
+
+    if len(parts) == 1:
+        return terms(calls)
+    weight = torch.zeros((), dtype=torch.float64, device=calls[0][0].device)
+    bias_sum: Tensor | None = weight if bias else None
+    for part in parts:
+        w, b = terms([(x[part], d[part]) for x, d in calls])
+        weight = weight + w
+        bias_sum = None if b is None or bias_sum is None else bias_sum + b
+    return weight, bias_sum
 
 
-def _conv_whole(module: nn.Conv1d | nn.Conv2d, x: Tensor, delta: Tensor, form: str) -> tuple[Tensor, Tensor]:
-    """`conv` for one call in one chunk (every step of a sampled source, most of an exact one): no slices, no
-    running sums from zero (each an op, ~3 µs of dispatch at s = 1 where the kernel itself takes ~50 µs); bitwise the same."""
-    if form == "materialise":
-        grads = _per_example_conv_grads(module, x, delta)
-        weight = _dot(grads, grads)
-    else:
-        a, d = _columns(module, x, delta)
-        weight = weight_sq_norm(a, d, "gram")
-    return weight, _sq(delta.flatten(2).sum(2))
+def materialised_sq_norm(pairs: Sequence[Call], grads: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    """Σ_e |Σ over calls of example e's weight gradient|², from per-example weight gradients [B, *weight.shape]."""
+    each = [grads(x, d) for x, d in pairs]
+    total = each[0] if len(each) == 1 else torch.stack(each).sum(0)
+    return _dot(total, total)
 
 
 def _conv_form(module: nn.Conv1d | nn.Conv2d, calls: Sequence[Call]) -> str:

@@ -37,21 +37,9 @@ NORMALISATIONS: tuple[type[nn.Module], ...] = (nn.GroupNorm,)
 
 def convolution(module: nn.Conv3d | nn.ConvTranspose1d | nn.ConvTranspose2d | nn.ConvTranspose3d, calls: Sequence[Call]) -> tuple[Tensor, Tensor | None]:
     """(weight term, bias term): per-example weight gradients, C·k·O/g per example, a bounded chunk at a time."""
-    batch = calls[0][0].shape[0]
-    parts = pem._chunks(batch, module.weight.numel(), pem.CACHED_ELEMENTS)
-    if len(parts) == 1 and len(calls) == 1:  # no slices, no running sums from zero (as pem.conv): bitwise the same
-        x, d = pem._wide(calls[0][0]), pem._wide(calls[0][1])
-        grads = _per_example_weight_grads(module, x, d)
-        return pem._dot(grads, grads), (pem._sq(d.flatten(2).sum(2)) if module.bias is not None else None)
-    weight = torch.zeros((), dtype=torch.float64, device=calls[0][0].device)
-    bias = weight
-    for part in parts:
-        grads = [_per_example_weight_grads(module, pem._wide(x[part]), pem._wide(d[part])) for x, d in calls]
-        total = grads[0] if len(grads) == 1 else torch.stack(grads).sum(0)
-        weight = weight + pem._dot(total, total)
-        bias_grad = sum(pem._wide(d[part]).flatten(2).sum(2) for _, d in calls)
-        bias = bias + pem._sq(bias_grad)  # type: ignore[arg-type]
-    return weight, (bias if module.bias is not None else None)
+    parts = pem._chunks(calls[0][0].shape[0], module.weight.numel(), pem.CACHED_ELEMENTS)
+    weight_term = lambda pairs: pem.materialised_sq_norm(pairs, lambda x, d: _per_example_weight_grads(module, x, d))  # noqa: E731
+    return pem.chunked_terms(calls, parts, weight_term, bias=module.bias is not None)
 
 
 def _per_example_weight_grads(module: nn.Module, x: Tensor, delta: Tensor) -> Tensor:
