@@ -451,9 +451,11 @@ class PerExample:
     def _dispatch(self, row: _Row, module: Any, calls: list[_Call]) -> None:
         """Computes now, or on the worker for CPU tensors when a core is free (take() waits for it)."""
         delta = calls[0].delta
-        if delta is not None and delta.is_cpu and not _row_linear(module, calls) and self.overlap.worthwhile():
+        if _row_linear(module, calls):
+            self._compute(row, module, calls)  # exact, and cheaper than a hand-off or a selection
+        elif delta is not None and delta.is_cpu and self.overlap.worthwhile():
             self.overlap.submit(functools.partial(self._compute_guarded, row, module, calls))
-        elif row.sample is not None and not _row_linear(module, calls):
+        elif row.sample is not None:
             # Inline and sampled: the drawn rows are selected now (the layer's full input and δ go) and their terms
             # computed at the step's end, one layer after another: amid the backward each ran cold (~90 µs more per
             # conv layer of the benchmark CNN at s = 1, bench_per_example_profile.py --split).
