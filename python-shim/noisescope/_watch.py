@@ -124,10 +124,10 @@ def watch(
         per_example_sample: None (default): per-example sums over every example. An int s ≥ 1: over s of each
             micro-batch's B examples (B ≤ s: all) drawn by importance when the backward's first δ arrives
             (probability ∝ that layer's per-example norm, mixed with uniform) and reweighted: Σ_k w_k |g_{i_k}|²,
-            an unbiased estimate that costs about s/B of the exact one (a plain Linear on [B, d] rows stays
-            exact: cheaper than selecting). A float in (0, 1]: that fraction of B. Drawn from noisescope's own seeded
-            generator (training's random stream is untouched). Needs mode="norms" and a source that can be
-            per-example ("auto" or "per-example").
+            an unbiased estimate whose arithmetic is about s/B of the exact one's (each layer keeps a fixed cost;
+            a plain Linear on [B, d] rows stays exact: cheaper than selecting). A float in (0, 1]: that fraction of
+            B. Drawn from noisescope's own seeded generator (training's random stream is untouched). Needs
+            mode="norms" and a source that can be per-example ("auto" or "per-example").
         enabled: False returns an inert handle, so one flag turns noisescope off.
         dtype: dense and sketch mode's wire precision: "fp32" (default), "fp16" or "bf16" (half the bytes).
         sketch_size: sketch mode's buckets per layer, m (a layer of at most m elements is sent exactly);
