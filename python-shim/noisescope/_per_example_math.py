@@ -130,6 +130,18 @@ def _linear_2d(x: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
     return _dot(_row_sq(x), delta_sq), delta_sq.sum(dtype=torch.float64)
 
 
+def row_norms(t: Tensor) -> Tensor:
+    """|t_e| per row of a 2-D tensor, in at least fp32 (fp64 stays fp64), without a widened copy."""
+    return torch.linalg.vector_norm(t, dim=1, dtype=torch.float64 if t.dtype is torch.float64 else torch.float32)
+
+
+def row_linear_terms(x_norms: Sequence[Tensor], delta_norms: Sequence[Tensor]) -> Tensor:
+    """L Linears on [B, d_in] rows from their |a_e| and |δ_e| ([B] each, one dtype and device): [L weight terms,
+    L bias terms] in fp64, by |δ_e a_eᵀ|² = |a_e|²·|δ_e|² and Σ_e |δ_e|², all layers in one norm (a few ops a step)."""
+    a, delta = torch.stack(x_norms), torch.stack(delta_norms)
+    return torch.linalg.vector_norm(torch.cat((a * delta, delta)), dim=1, dtype=torch.float64).square_()
+
+
 def _row_sq(t: Tensor) -> Tensor:
     """|t_e|² per row of a 2-D tensor, in at least fp32, without a squared or widened copy.
 
@@ -230,8 +242,17 @@ def chunked_terms(
 def materialised_sq_norm(pairs: Sequence[Call], grads: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
     """Σ_e |Σ over calls of example e's weight gradient|², from per-example weight gradients [B, *weight.shape]."""
     each = [grads(x, d) for x, d in pairs]
-    total = each[0] if len(each) == 1 else torch.stack(each).sum(0)
+    total = _in_memory_order(each[0]) if len(each) == 1 else torch.stack(each).sum(0)
     return _dot(total, total)
+
+
+def _in_memory_order(t: Tensor) -> Tensor:
+    """A permuted view of a dense tensor (channels-last gradients) as its dims lie in memory: contiguous, so a norm
+    over it needs no copy (the norm does not depend on the order)."""
+    if t.is_contiguous():
+        return t
+    ordered = t.permute(sorted(range(t.dim()), key=t.stride, reverse=True))
+    return ordered if ordered.is_contiguous() else t
 
 
 def _conv_form(module: nn.Conv1d | nn.Conv2d, calls: Sequence[Call]) -> str:
@@ -265,6 +286,8 @@ def _per_example_conv_grads(conv: nn.Conv1d | nn.Conv2d, x: Tensor, delta: Tenso
         return grouped_weight_grads(x, delta, shape, conv.stride, padding, conv.dilation, False, zeros, conv.groups)
 
     def columns() -> Tensor:
+        if conv.groups == 1 and conv.in_channels >= _CHANNELS_LAST_FROM:
+            return _channels_last_grads(conv, x, delta, padding)
         a, d = _columns(conv, x, delta, padded=padding is zeros)
         return torch.bmm(d, a.transpose(1, 2)).view(x.shape[0], *shape)
 
@@ -273,6 +296,35 @@ def _per_example_conv_grads(conv: nn.Conv1d | nn.Conv2d, x: Tensor, delta: Tenso
         return grouped()
     key = ("conv", tuple(x.shape), tuple(delta.shape), x.dtype, shape, conv.stride, tuple(padding), conv.dilation, conv.groups)
     return fastest(key, {"grouped": grouped, "columns": columns})
+
+
+# Input channels from which a channels-last unfold beats the NCHW one (measured 1.1–2× faster from 8 channels on, 1.5×
+# slower at 3: its copy moves runs of C elements where the NCHW one moves runs of W' elements a stride apart).
+_CHANNELS_LAST_FROM = 8
+
+
+def _channels_last_grads(conv: nn.Conv1d | nn.Conv2d, x: Tensor, delta: Tensor, padding: Sequence[int]) -> Tensor:
+    """[B, *weight.shape] as a view of δ [B, O, L] @ columns [B, L, kh·kw·C] unfolded from a channels-last copy of x
+    (groups 1; zero `padding` added in that copy): whole C-vectors are copied, and the bmm reads both operands in
+    rows (on the benchmark CNN's last conv 1.7× faster than the NCHW unfold and bmm, 1.5× than grouped)."""
+    if x.dim() == 3:  # Conv1d as a 2-D convolution of height 1
+        x, delta = x.unsqueeze(2), delta.unsqueeze(2)
+        padding, kernel, stride, dilation = (0, *padding), (1, *conv.kernel_size), (1, *conv.stride), (1, *conv.dilation)
+    else:
+        kernel, stride, dilation = conv.kernel_size, conv.stride, conv.dilation
+    batch, channels, height, width = x.shape
+    shape = (batch, height + 2 * padding[0], width + 2 * padding[1], channels)
+    rows = x.new_zeros(shape) if any(padding) else x.new_empty(shape)
+    rows[:, padding[0] : padding[0] + height, padding[1] : padding[1] + width] = x.permute(0, 2, 3, 1)
+    out = delta.shape[2:]
+    sb, sh, sw, sc = rows.stride()
+    windows = rows.as_strided(
+        (batch, out[0], out[1], kernel[0], kernel[1], channels),
+        (sb, sh * stride[0], sw * stride[1], sh * dilation[0], sw * dilation[1], sc),
+    )
+    grads = torch.bmm(delta.reshape(batch, delta.shape[1], -1), windows.reshape(batch, out[0] * out[1], -1))
+    grads = grads.view(batch, -1, kernel[0], kernel[1], channels).permute(0, 1, 4, 2, 3)  # the weight's (C, kh, kw) order
+    return grads if conv.weight.dim() == 4 else grads.squeeze(3)
 
 
 # The faster of exact alternatives per shape, timed at its first use (see `fastest`).
