@@ -156,6 +156,8 @@ class _Row:
     batch: int | None = None  # sampled: B (dim 0 of the first covered input)
     sample: Draw | None = None  # sampled: drawn at the first δ; None: every example
     drawn: bool = False  # sampled: the first δ came (and `sample` was drawn from it)
+    # Row Linears' (weight index, bias index, |x_e|, |δ_e|): their terms in one batched op at the step's end.
+    linear: list[tuple[int | None, int | None, Tensor, Tensor]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -247,6 +249,7 @@ class PerExample:
         self._flush_queued: set[int] = set()
         self._deferred: list[tuple[_Row, Any, list[_Call]]] = []  # sampled terms computed inline: at the step's end
         self._warned: set[str] = set()
+        self._ones: dict[tuple[Any, ...], Tensor] = {}  # row Linears' [B] ones, by (B, dtypes, device)
         self.sequence_form = "auto"  # tests force "gram" or "materialise"
         # CPU layers' terms on a worker thread while the backward goes on, where torch leaves a core free.
         self.overlap = _Overlap()
@@ -313,6 +316,9 @@ class PerExample:
             self._flush(row)
         self._compute_deferred(rows)
         self.overlap.wait()  # the step's terms still being computed (on the worker)
+        for row in rows:
+            if row.linear:
+                _row_linear_sums(row, self._ones)
         k = len(micro_sq_norms)
         if len(rows) > k:  # forwards no backward went through (an evaluation with gradients enabled)
             rows = [row for row in rows if any(s is not None for s in row.sums)]
@@ -452,7 +458,14 @@ class PerExample:
         """Computes now, or on the worker for CPU tensors when a core is free (take() waits for it)."""
         delta = calls[0].delta
         if _row_linear(module, calls):
-            self._compute(row, module, calls)  # exact, and cheaper than a hand-off or a selection
+            # Exact, and cheaper than a hand-off or a selection: two row norms now (|x_e| here costs less than in the
+            # forward, bench_per_example_profile.py --against), the products with every row Linear's at the step's end.
+            call = calls[0]
+            if delta.requires_grad:  # type: ignore[union-attr]  # backward(create_graph=True): no graph of our own
+                delta = delta.detach()  # type: ignore[union-attr]
+            weight, bias = self._modules[module]
+            row.linear.append((weight, bias, pem.row_norms(call.x), pem.row_norms(delta)))  # type: ignore[arg-type]
+            call.x = call.delta = None  # done: a second δ finds x gone (two backwards)
         elif delta is not None and delta.is_cpu and self.overlap.worthwhile():
             self.overlap.submit(functools.partial(self._compute_guarded, row, module, calls))
         elif row.sample is not None:
@@ -650,19 +663,44 @@ class _Overlap:
                     self._done.notify_all()
 
 
+def _row_linear_sums(row: _Row, ones: dict[tuple[Any, ...], Tensor]) -> None:
+    """Every row Linear's weight and bias sums of one micro-batch in one batched op per (dtype, device, B) group:
+    on the CPU Python floats from one host copy, elsewhere 0-dim tensors (the meter copies them asynchronously).
+    `ones`: a [B] tensor of ones per group, kept across steps."""
+    groups: dict[tuple[Any, ...], list[tuple[int | None, int | None, Tensor, Tensor]]] = {}
+    for entry in row.linear:
+        a, d = entry[2], entry[3]
+        groups.setdefault((a.shape[0], a.dtype, d.dtype, a.device), []).append(entry)
+    row.linear = []
+    for key, entries in groups.items():
+        one = ones.get(key)
+        if one is None:
+            if len(ones) > 8:  # batch sizes come and go
+                ones.clear()
+            one = ones[key] = torch.ones(key[0], dtype=key[1], device=key[3])
+        roots = pem.row_linear_roots([e[2] for e in entries], [e[3] for e in entries], one)
+        values = [v * v for v in roots.tolist()] if roots.is_cpu else roots.square_().unbind()
+        count = len(entries)
+        for j, (weight, bias, _, _) in enumerate(entries):
+            for index, value in ((weight, values[j]), (bias, values[count + j])):
+                if index is not None:
+                    earlier = row.sums[index]
+                    row.sums[index] = value if earlier is None else earlier + value
+
+
 def _host_floats(rows: list[list[Any]]) -> list[list[Any]]:
     """CPU sums as Python floats in one conversion (the meter then sends a plain list, no per-value tensor).
 
     Accelerator sums stay 0-dim tensors: the meter copies them to the host asynchronously.
     """
-    terms = [t for row in rows for t in row if t is not None]
+    terms = [t for row in rows for t in row if t is not None and type(t) is not float]
     if not terms or not all(isinstance(t, Tensor) and t.is_cpu for t in terms):
         return rows
     try:
         values = iter(torch.stack(terms).tolist())
     except RuntimeError:  # mixed dtypes
         values = iter([float(t) for t in terms])
-    return [[None if t is None else next(values) for t in row] for row in rows]
+    return [[t if t is None or type(t) is float else next(values) for t in row] for row in rows]
 
 
 def _terms(module: nn.Module, calls: list[tuple[Tensor, Tensor]], form: str) -> tuple[Tensor | None, Tensor | None]:

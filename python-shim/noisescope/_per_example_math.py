@@ -135,11 +135,15 @@ def row_norms(t: Tensor) -> Tensor:
     return torch.linalg.vector_norm(t, dim=1, dtype=torch.float64 if t.dtype is torch.float64 else torch.float32)
 
 
-def row_linear_terms(x_norms: Sequence[Tensor], delta_norms: Sequence[Tensor]) -> Tensor:
-    """L Linears on [B, d_in] rows from their |a_e| and |δ_e| ([B] each, one dtype and device): [L weight terms,
-    L bias terms] in fp64, by |δ_e a_eᵀ|² = |a_e|²·|δ_e|² and Σ_e |δ_e|², all layers in one norm (a few ops a step)."""
-    a, delta = torch.stack(x_norms), torch.stack(delta_norms)
-    return torch.linalg.vector_norm(torch.cat((a * delta, delta)), dim=1, dtype=torch.float64).square_()
+def row_linear_roots(x_norms: Sequence[Tensor], delta_norms: Sequence[Tensor], ones: Tensor) -> Tensor:
+    """L Linears on [B, d_in] rows from their |a_e| and |δ_e| ([B] each; `ones` [B], all one dtype and device): the
+    square roots of [L weight terms, L bias terms] in fp64, by |δ_e a_eᵀ|² = |a_e|²·|δ_e|² and Σ_e |δ_e|².
+
+    All layers in four ops (on the CPU each costs ~10 µs at a step's end, several times its cost when timed alone).
+    """
+    layers = len(x_norms)
+    rows = torch.stack([*x_norms, *[ones] * layers]) * torch.stack([*delta_norms, *delta_norms])
+    return torch.linalg.vector_norm(rows, dim=1, dtype=torch.float64)
 
 
 def _row_sq(t: Tensor) -> Tensor:
@@ -286,10 +290,7 @@ def _per_example_conv_grads(conv: nn.Conv1d | nn.Conv2d, x: Tensor, delta: Tenso
         return grouped_weight_grads(x, delta, shape, conv.stride, padding, conv.dilation, False, zeros, conv.groups)
 
     def columns() -> Tensor:
-        if conv.groups == 1 and conv.in_channels >= _CHANNELS_LAST_FROM:
-            return _channels_last_grads(conv, x, delta, padding)
-        a, d = _columns(conv, x, delta, padded=padding is zeros)
-        return torch.bmm(d, a.transpose(1, 2)).view(x.shape[0], *shape)
+        return _columns_grads(conv, x, delta, padding, padded=padding is zeros)
 
     unfolded = x.shape[0] * conv.in_channels * math.prod(conv.kernel_size) * math.prod(delta.shape[2:])
     if not x.is_cpu or unfolded > CHUNK_ELEMENTS:  # timing a GPU needs a sync; a large unfold is never cheap
@@ -303,10 +304,38 @@ def _per_example_conv_grads(conv: nn.Conv1d | nn.Conv2d, x: Tensor, delta: Tenso
 _CHANNELS_LAST_FROM = 8
 
 
-def _channels_last_grads(conv: nn.Conv1d | nn.Conv2d, x: Tensor, delta: Tensor, padding: Sequence[int]) -> Tensor:
-    """[B, *weight.shape] as a view of δ [B, O, L] @ columns [B, L, kh·kw·C] unfolded from a channels-last copy of x
-    (groups 1; zero `padding` added in that copy): whole C-vectors are copied, and the bmm reads both operands in
-    rows (on the benchmark CNN's last conv 1.7× faster than the NCHW unfold and bmm, 1.5× than grouped)."""
+def _columns_grads(conv: nn.Conv1d | nn.Conv2d, x: Tensor, delta: Tensor, padding: Sequence[int], padded: bool) -> Tensor:
+    """[B, *weight.shape] by unfold + bmm, the columns unfolded CACHED_ELEMENTS at a time (a whole chunk's, 3.5 MB on
+    the benchmark CNN's input layer, took ~500 page faults a step amid the backward); channels-last from 8 channels."""
+    batch, shape, groups = x.shape[0], tuple(conv.weight.shape), conv.groups
+    parts = _chunks(batch, conv.in_channels * math.prod(conv.kernel_size) * math.prod(delta.shape[2:]), CACHED_ELEMENTS)
+    if groups == 1 and conv.in_channels >= _CHANNELS_LAST_FROM:
+        if len(parts) == 1:
+            raw = _channels_last_product(conv, x, delta, padding)
+        else:
+            raw = x.new_empty(batch, shape[0], math.prod(shape[1:]))
+            for part in parts:
+                _channels_last_product(conv, x[part], delta[part], padding, raw[part])
+        grads = raw.view(batch, shape[0], *((1,) * (4 - len(shape))), *shape[2:], shape[1])  # [B, O, kh, kw, C]
+        grads = grads.permute(0, 1, 4, 2, 3)  # the weight's (C, kh, kw) order
+        return grads if len(shape) == 4 else grads.squeeze(3)
+
+    def product(xs: Tensor, ds: Tensor, out: Tensor | None = None) -> Tensor:
+        a, d = _columns(conv, xs, ds, padded=padded)
+        return torch.bmm(d, a.transpose(1, 2), out=out)
+
+    if len(parts) == 1:
+        return product(x, delta).view(batch, *shape)
+    raw = x.new_empty(batch * groups, shape[0] // groups, math.prod(shape[1:]))
+    for part in parts:
+        product(x[part], delta[part], raw[part.start * groups : part.stop * groups])
+    return raw.view(batch, *shape)
+
+
+def _channels_last_product(conv: nn.Conv1d | nn.Conv2d, x: Tensor, delta: Tensor, padding: Sequence[int], out: Tensor | None = None) -> Tensor:
+    """δ [B, O, L] @ columns [B, L, kh·kw·C] unfolded from a channels-last copy of x (groups 1; zero `padding` added in
+    that copy): whole C-vectors are copied, and the bmm reads both operands in rows (on the benchmark CNN's last conv
+    1.7× faster than the NCHW unfold and bmm, 1.5× than grouped)."""
     if x.dim() == 3:  # Conv1d as a 2-D convolution of height 1
         x, delta = x.unsqueeze(2), delta.unsqueeze(2)
         padding, kernel, stride, dilation = (0, *padding), (1, *conv.kernel_size), (1, *conv.stride), (1, *conv.dilation)
@@ -316,15 +345,13 @@ def _channels_last_grads(conv: nn.Conv1d | nn.Conv2d, x: Tensor, delta: Tensor, 
     shape = (batch, height + 2 * padding[0], width + 2 * padding[1], channels)
     rows = x.new_zeros(shape) if any(padding) else x.new_empty(shape)
     rows[:, padding[0] : padding[0] + height, padding[1] : padding[1] + width] = x.permute(0, 2, 3, 1)
-    out = delta.shape[2:]
+    positions = delta.shape[2:]
     sb, sh, sw, sc = rows.stride()
     windows = rows.as_strided(
-        (batch, out[0], out[1], kernel[0], kernel[1], channels),
+        (batch, positions[0], positions[1], kernel[0], kernel[1], channels),
         (sb, sh * stride[0], sw * stride[1], sh * dilation[0], sw * dilation[1], sc),
     )
-    grads = torch.bmm(delta.reshape(batch, delta.shape[1], -1), windows.reshape(batch, out[0] * out[1], -1))
-    grads = grads.view(batch, -1, kernel[0], kernel[1], channels).permute(0, 1, 4, 2, 3)  # the weight's (C, kh, kw) order
-    return grads if conv.weight.dim() == 4 else grads.squeeze(3)
+    return torch.bmm(delta.reshape(batch, delta.shape[1], -1), windows.reshape(batch, positions[0] * positions[1], -1), out=out)
 
 
 # The faster of exact alternatives per shape, timed at its first use (see `fastest`).

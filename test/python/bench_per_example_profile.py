@@ -1,6 +1,7 @@
 """Profile: where the per-example source's CPU time goes, per layer, on the overhead benchmark's models.
 
 Run: .venv/bin/python test/python/bench_per_example_profile.py [--sample S] [--split ROUNDS [--worker]] [model substring ...]
+     .venv/bin/python test/python/bench_per_example_profile.py --against REV [--rounds N] [model substring ...]
 
 Terms computed inline (no worker thread), torch on one thread, the real sidecar in its own process.
 Per measured step, thread CPU time of: the terms of each covered layer (`_compute_terms`, by module and
@@ -9,6 +10,9 @@ hand-off), and the step end (`take`). Beside them: process CPU per step with no 
 alone, and with per-example sums, so "per-ex − norms" can be compared with what the parts add up to.
 --split: the interleaved split below (hooks vs terms vs where the terms run); "tiny" selects a model of 16
 tiny convolutions whose per-layer fixed cost is large enough to measure.
+--against REV: REV's `_per_example.py` (its PerExample class, on the working tree's math modules) against the working
+tree's, interleaved rounds: the training thread's CPU and the process CPU per step over no hook (medians of in-round
+differences), and the per-example sums of one float64 and one float32 step of each, compared.
 
 What it showed at s = 1 on the benchmark CNN (Dec 2026, 2 shared cores): of ~0.2–0.3 ms per conv layer, the one
 example's weight-gradient kernel is 45–150 µs; ~15–20 small ops around it (selection, views, dots, fp64
@@ -20,11 +24,16 @@ from __future__ import annotations
 
 import argparse
 import collections
+import importlib.util
 import logging
+import os
 import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -191,6 +200,118 @@ def split(name: str, address: str, rounds: int, steps: int, sample: int | float 
     )
 
 
+def _per_example_at(revision: str, folder: str) -> Any:
+    """REV's _per_example module (or that file's, a variant being tried), importing the working tree's math modules."""
+    root = Path(__file__).resolve().parents[2]
+    source = Path(revision).read_text() if Path(revision).is_file() else subprocess.run(
+        ["git", "show", f"{revision}:python-shim/noisescope/_per_example.py"], cwd=root, check=True, capture_output=True, text=True
+    ).stdout
+    path = Path(folder) / "_per_example.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("noisescope._per_example_then", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _sums(make: Callable[[], torch.nn.Module], batch: Any, loss_fn: Callable, address: str, dtype: torch.dtype) -> list:
+    """One measured step's per-example sums, as sent."""
+    torch.manual_seed(0)
+    model = make().to(dtype)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    records: list = []
+    with noisescope.watch(model, opt, address=address, every=1, source="per-example", run="against-sums") as ns:
+        ns._sender.tap = records.append
+        ns._meter._per_example.overlap.enabled = False
+        x = batch[0].to(dtype) if batch[0].is_floating_point() else batch[0]
+        opt.zero_grad()
+        loss_fn(model(x), batch[1]).backward()
+        opt.step()
+    return records[0].per_example_sums[0]
+
+
+def against(name: str, address: str, rounds: int, steps: int, then: Any) -> None:
+    """REV's PerExample against the working tree's, interleaved; figures per step over no hook (in-round differences)."""
+    make, data, loss_fn = WORKLOADS[name]
+    batch = data(torch.Generator().manual_seed(1))
+    tree = pe.PerExample
+    labels = ("no hook", "norms", "then", "now")
+    thread: dict[str, list[float]] = {c: [] for c in labels}
+    process: dict[str, list[float]] = {c: [] for c in labels}
+    parts: dict[str, collections.Counter[str]] = {"then": collections.Counter(), "now": collections.Counter()}
+    measured: dict[str, collections.Counter[str]] = {"then": collections.Counter(), "now": collections.Counter()}
+    timed = {label: _parts_timed(then.PerExample if label == "then" else tree, parts[label]) for label in parts}
+    try:
+        for r in range(rounds):
+            for label in labels:
+                model, opt = fresh(make)
+                if label == "no hook":
+                    mean_step_time(model, opt, batch, loss_fn, 5)
+                    started, cpu = time.thread_time(), time.process_time()
+                    mean_step_time(model, opt, batch, loss_fn, steps)
+                    thread[label].append((time.thread_time() - started) / steps)
+                    process[label].append((time.process_time() - cpu) / steps)
+                    continue
+                pe.PerExample = timed.get(label, tree)  # type: ignore[misc]  # watch() imports it lazily
+                source = "accumulation" if label == "norms" else "per-example"
+                with noisescope.watch(model, opt, address=address, every=1, source=source, run=f"against-{name}-{label}-{r}") as ns:
+                    if ns._meter is not None and ns._meter._per_example is not None:
+                        ns._meter._per_example.overlap.enabled = False
+                    mean_step_time(model, opt, batch, loss_fn, 5)
+                    warm = dict(parts.get(label, {}))
+                    started, cpu = time.thread_time(), time.process_time()
+                    mean_step_time(model, opt, batch, loss_fn, steps)
+                    thread[label].append((time.thread_time() - started) / steps)
+                    process[label].append((time.process_time() - cpu) / steps)
+                    if label in parts:  # the measured steps' share only
+                        measured[label].update({k: v - warm.get(k, 0) for k, v in parts[label].items()})
+        sums = {}
+        for label in ("then", "now"):
+            pe.PerExample = then.PerExample if label == "then" else tree  # type: ignore[misc]
+            sums[label] = {dtype: _sums(make, batch, loss_fn, address, dtype) for dtype in (torch.float64, torch.float32)}
+    finally:
+        pe.PerExample = tree  # type: ignore[misc]
+
+    def paired(times: dict[str, list[float]], a: str, b: str = "no hook") -> str:
+        return f"{statistics.median(x - y for x, y in zip(times[a], times[b])) * 1e6:+7.0f} µs"
+
+    for title, times in (("training thread", thread), ("process", process)):
+        print(
+            f"{name} {title} CPU per step, median of {rounds} rounds: no hook {statistics.median(times['no hook']) * 1e3:.2f} ms; "
+            f"norms {paired(times, 'norms')}, per-example then {paired(times, 'then')}, now {paired(times, 'now')}; "
+            f"now − then {paired(times, 'now', 'then')}"
+        )
+    for key in ("forward hooks", "δ hooks", "take (step end)"):
+        then_ns, now_ns = (measured[label][key] / (rounds * steps) for label in ("then", "now"))
+        print(f"    {key:<18} thread CPU per step (mean) then {then_ns / 1e3:6.1f} µs, now {now_ns / 1e3:6.1f} µs")
+    for dtype in (torch.float64, torch.float32):
+        a, b = sums["then"][dtype], sums["now"][dtype]
+        worst = max(abs(x - y) / max(abs(x), 1e-300) for x, y in zip(a, b) if x is not None)
+        print(f"    sums {str(dtype):<14} {len(a)} layers, largest relative difference now vs then {worst:.1e}")
+
+
+def _parts_timed(cls: type, spent: collections.Counter[str]) -> type:
+    """A subclass of `cls` whose hooks and take() add their thread CPU (ns) to `spent`."""
+
+    def timed(method: Callable[..., Any], key: str) -> Callable[..., Any]:
+        def wrapper(*args: Any) -> Any:
+            started = time.thread_time_ns()
+            try:
+                return method(*args)
+            finally:
+                spent[key] += time.thread_time_ns() - started
+
+        return wrapper
+
+    return type(cls.__name__, (cls,), {
+        "_on_forward": timed(cls._on_forward, "forward hooks"),
+        "_on_delta": timed(cls._on_delta, "δ hooks"),
+        "take": timed(cls.take, "take (step end)"),
+    })
+
+
 def _sample(text: str) -> int | float:
     return float(text) if "." in text else int(text)
 
@@ -202,21 +323,31 @@ def main() -> None:
     parser.add_argument("--split", type=int, metavar="ROUNDS", help="only the interleaved split (hooks vs terms), this many rounds")
     parser.add_argument("--worker", action="store_true", help="--split: terms on the worker thread where it would take them")
     parser.add_argument("--sample", type=_sample, default=None, help="per_example_sample: an int s, or a fraction of B")
+    parser.add_argument("--against", metavar="REV", help="REV's _per_example.py (or a file's) against the working tree's (exact, inline)")
+    parser.add_argument("--rounds", type=int, default=9, help="--against: interleaved rounds")
     args = parser.parse_args()
     logging.getLogger("noisescope").setLevel(logging.ERROR)
     torch.set_num_threads(1)
-    if not args.split:
+    if not args.split and not args.against:
         _instrument()
     sidecar = QuietSidecar()
+    folder = tempfile.TemporaryDirectory()
+    then = _per_example_at(args.against, folder.name) if args.against else None
+    load = os.getloadavg()
     try:
         for name in WORKLOADS:
             if (not args.models and name in BENCH_WORKLOADS) or any(m in name for m in args.models):
-                if args.split:
+                if then is not None:
+                    against(name, sidecar.address, args.rounds, args.steps, then)
+                elif args.split:
                     split(name, sidecar.address, args.split, args.steps, args.sample, args.worker)
                 else:
                     profile(name, sidecar.address, args.steps, args.sample)
+        print(f"load average (1/5/15 min) at the start {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}, at the end "
+              f"{'/'.join(f'{v:.2f}' for v in os.getloadavg())}")
     finally:
         sidecar.stop()
+        folder.cleanup()
 
 
 if __name__ == "__main__":

@@ -36,13 +36,13 @@ from test_per_example_watch import Partly
 def count_per_example_terms(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Counts the per-example computations (one per covered module and micro-batch); the math still runs."""
     calls = [0]
-    real = _per_example._terms
+    real = _per_example.PerExample._dispatch
 
     def counted(*args: Any, **kwargs: Any) -> Any:
         calls[0] += 1
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(_per_example, "_terms", counted)
+    monkeypatch.setattr(_per_example.PerExample, "_dispatch", counted)
     return calls
 
 

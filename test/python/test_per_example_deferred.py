@@ -26,13 +26,14 @@ def test_inline_sampled_terms_hold_only_the_drawn_rows_until_the_step_ends(free_
     per_example.overlap.enabled = False
     torch.stack([regression_loss(o, t) for o, t in zip(model(x), y)]).mean().backward()
     waiting = list(per_example._deferred)
-    # The convolution waits; the head (a Linear on [B, d] rows, exact: it costs less than selecting) was computed at once.
+    # The convolution waits; the head (a Linear on [B, d] rows, exact: it costs less than selecting) had its row norms
+    # taken at once (its sums come at the step's end, in one op with every row Linear's).
     assert [type(module).__name__ for _, module, _ in waiting] == ["Conv2d"]
     (row, _, calls), = waiting
     assert all(c.x.shape[0] == S and c.delta.shape[0] == S for c in calls)
     conv_weight, conv_bias = per_example._modules[model[0]]
     head_weight, _ = per_example._modules[model[3]]
-    assert row.sums[conv_weight] is None and row.sums[conv_bias] is None and row.sums[head_weight] is not None
+    assert row.sums[conv_weight] is None and row.sums[conv_bias] is None and [e[0] for e in row.linear] == [head_weight]
     optimizer.step()
     ns.remove()
     assert not per_example._deferred

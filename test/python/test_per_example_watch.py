@@ -321,6 +321,7 @@ def test_an_error_in_the_per_example_math_is_logged_once_and_training_goes_on_un
     plain = make_model()
     Loop(steps=4, sizes=(8,)).run(plain, torch.optim.SGD(plain.parameters(), lr=0.1))
     monkeypatch.setattr(_per_example_math, "linear", broken)
+    monkeypatch.setattr(_per_example_math, "row_norms", broken)  # a Linear on [B, d] rows: its δ hook's math
     watched = make_model()
     optimizer = torch.optim.SGD(watched.parameters(), lr=0.1)
     with caplog.at_level(logging.ERROR, logger="noisescope"):
