@@ -31,7 +31,7 @@ def made(kind, options, spatial, calls: int = 1) -> tuple[nn.Module, list[tuple[
 
 def only_columns(monkeypatch: pytest.MonkeyPatch, chosen: list[str]) -> None:
     """`fastest` always takes "columns"; `chosen` says which unfold each call ran."""
-    channels_last = pem._channels_last_grads
+    channels_last = pem._channels_last_product
 
     def columns(key: tuple, candidates: dict) -> torch.Tensor:
         chosen.append("columns")
@@ -42,7 +42,7 @@ def only_columns(monkeypatch: pytest.MonkeyPatch, chosen: list[str]) -> None:
         return channels_last(*args)
 
     monkeypatch.setattr(pem, "fastest", columns)
-    monkeypatch.setattr(pem, "_channels_last_grads", spied)
+    monkeypatch.setattr(pem, "_channels_last_product", spied)
 
 
 @pytest.mark.parametrize("kind, options, spatial", CONVS, ids=IDS)
@@ -73,3 +73,21 @@ def test_sums_equal_the_nchw_unfolds(monkeypatch: pytest.MonkeyPatch, kind, opti
             assert got is None
         else:
             torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+
+
+MORE_CONVS = [
+    *CONVS,
+    (nn.Conv2d, dict(in_channels=3, out_channels=5, kernel_size=3, padding=1), (6, 6)),  # NCHW unfold: 3 channels
+    (nn.Conv2d, dict(in_channels=8, out_channels=6, kernel_size=3, stride=2, groups=2), (7, 7)),  # NCHW unfold: groups
+]
+
+
+@pytest.mark.parametrize("kind, options, spatial", MORE_CONVS, ids=[f"{k.__name__}-{i}" for i, (k, _, _) in enumerate(MORE_CONVS)])
+def test_columns_unfolded_a_few_examples_at_a_time_are_the_same(monkeypatch: pytest.MonkeyPatch, kind, options, spatial) -> None:
+    conv, [(x, delta)] = made(kind, options, spatial)
+    only_columns(monkeypatch, [])
+    whole = pem._per_example_conv_grads(conv, x, delta)
+    unfolded = options["in_channels"] * conv.weight[0, 0].numel() * delta[0, 0].numel()  # an example's columns
+    monkeypatch.setattr(pem, "CACHED_ELEMENTS", 2 * unfolded)
+    assert len(pem._chunks(x.shape[0], unfolded, pem.CACHED_ELEMENTS)) == 3  # 2 + 2 + 1 examples
+    torch.testing.assert_close(pem._per_example_conv_grads(conv, x, delta), whole, rtol=1e-12, atol=1e-14)
