@@ -433,7 +433,7 @@ def _saved_tensor_hooks_active() -> bool:
 def embedding(module: nn.Embedding, calls: Sequence[Call]) -> Tensor:
     """nn.Embedding: Σ_e Σ_{distinct tokens v of e} |Σ_{positions of v} δ|²; padding_idx rows get no gradient.
 
-    Grouping by (example, token) is a sort and a segment sum: no host sync, no per-example gradient.
+    Grouping by (example, token) is a sort and a segment sum: no per-example gradient, and off the CPU no host sync.
     Padding positions share one key (-1, sorted first) whose segment is zeroed: δ is never copied.
     """
     tokens = _sequence([x.reshape(x.shape[0], -1, 1) for x, _ in calls])[..., 0]
@@ -444,14 +444,19 @@ def embedding(module: nn.Embedding, calls: Sequence[Call]) -> Tensor:
     keys = (example * module.num_embeddings + tokens).reshape(-1)
     if module.padding_idx is not None:
         keys = keys.masked_fill(tokens.reshape(-1) == module.padding_idx, -1)
-    ordered, order = keys.sort()
-    starts = torch.ones_like(ordered)
-    starts[1:] = ordered[1:] != ordered[:-1]
-    segment = torch.empty_like(order)
-    segment[order] = starts.cumsum(0) - 1  # each position's segment, in the positions' own order
-    sums = flat.new_zeros(flat.shape).index_add_(0, segment, flat)
+    if keys.is_cpu:  # the distinct keys' count is free to know here: one op for the segments, one row per segment
+        distinct, segment = torch.unique(keys, return_inverse=True)  # 1.3–2× faster (bench_per_example_overhead's block)
+        first, segments = distinct[0], distinct.shape[0]
+    else:
+        ordered, order = keys.sort()
+        starts = torch.ones_like(ordered)
+        starts[1:] = ordered[1:] != ordered[:-1]
+        segment = torch.empty_like(order)
+        segment[order] = starts.cumsum(0) - 1  # each position's segment, in the positions' own order
+        first, segments = ordered[0], batch * steps
+    sums = flat.new_zeros(segments, flat.shape[1]).index_add_(0, segment, flat)
     if module.padding_idx is not None:
-        sums[0] *= ordered[0] >= 0  # segment 0 is the padding key's if there is one
+        sums[0] *= first >= 0  # segment 0 is the padding key's if there is one
     return _sq(sums)
 
 
