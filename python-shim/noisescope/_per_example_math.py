@@ -478,13 +478,14 @@ def normalisation(
         saved = stats[i] if i < len(stats) else None
         if module.weight is not None:
             if saved is not None:
-                x_hat = (x - saved[0]) * saved[1]
+                x_hat = (x - saved[0]).mul_(saved[1])
             elif isinstance(module, nn.LayerNorm):
                 x_hat = F.layer_norm(x, shape, None, None, module.eps)
             else:
                 eps = module.eps if module.eps is not None else torch.finfo(x.dtype).eps
                 x_hat = F.rms_norm(x, shape, None, eps)
-            term = (d * x_hat).reshape(batch, -1, size).sum(1)
+            # x̂ is a fresh tensor: in place, one temporary of x's size fewer (each a page-faulting allocation in the backward)
+            term = (x_hat.mul_(d) if x_hat.dtype == d.dtype else x_hat * d).reshape(batch, -1, size).sum(1)
             weight_grad = term if weight_grad is None else weight_grad + term
         if getattr(module, "bias", None) is not None:
             term = d.reshape(batch, -1, size).sum(1)
