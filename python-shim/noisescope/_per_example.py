@@ -316,9 +316,6 @@ class PerExample:
             self._flush(row)
         self._compute_deferred(rows)
         self.overlap.wait()  # the step's terms still being computed (on the worker)
-        for row in rows:
-            if row.linear:
-                _row_linear_sums(row, self._ones)
         k = len(micro_sq_norms)
         if len(rows) > k:  # forwards no backward went through (an evaluation with gradients enabled)
             rows = [row for row in rows if any(s is not None for s in row.sums)]
@@ -479,10 +476,17 @@ class PerExample:
             self._compute(row, module, calls)
 
     def _compute_deferred(self, rows: list[_Row]) -> None:
+        """The step-end terms: each micro-batch's row Linears in one batched op, then sampled layers' drawn rows."""
         with self._lock:
             deferred, self._deferred = self._deferred, []
         if not self._measuring:
             return  # switched off (or the step's work stopped): let the selected rows go uncomputed
+        try:
+            for row in rows:
+                if row.linear:
+                    _row_linear_sums(row, self._ones)
+        except Exception as error:
+            self._guard.trip("the per-example step-end terms", error)
         for row, module, selected in deferred:
             if any(row is kept for kept in rows):  # not a row restart() dropped
                 try:  # a stand-in row without the sample (already selected) that adds into the row's own sums
@@ -626,6 +630,8 @@ class _Overlap:
         At the step's end the queue holds the last layers' terms (a CNN's input layer's δ comes last):
         taking them here puts two cores on what the step waits for instead of one.
         """
+        if not self._pending:
+            return  # nothing submitted is left to run (inline steps: every step ends here)
         if self._pid != os.getpid():
             self._reset()
         while True:

@@ -90,6 +90,8 @@ def _instrument() -> None:
     pe.PerExample._on_forward = _timed(pe.PerExample._on_forward, lambda *a: "forward hooks")  # type: ignore[method-assign]
     pe.PerExample._on_delta = _timed(pe.PerExample._on_delta, lambda *a: "δ hooks (incl. terms)")  # type: ignore[method-assign]
     pe.PerExample.take = _timed(pe.PerExample.take, lambda *a: "take (step end)")  # type: ignore[method-assign]
+    pe.pem.row_norms = _timed(pe.pem.row_norms, lambda *a: "terms: row Linears' |x_e|, |δ_e| (δ hooks)")
+    pe._row_linear_sums = _timed(pe._row_linear_sums, lambda *a: "row Linears' sums, batched (in take)")
 
 
 def profile(name: str, address: str, steps: int, sample: int | float | None) -> None:
@@ -229,7 +231,8 @@ def _sums(make: Callable[[], torch.nn.Module], batch: Any, loss_fn: Callable, ad
         opt.zero_grad()
         loss_fn(model(x), batch[1]).backward()
         opt.step()
-    return records[0].per_example_sums[0]
+    sums = records[0].per_example_sums if records else None
+    return sums[0] if sums else []
 
 
 def against(name: str, address: str, rounds: int, steps: int, then: Any) -> None:
@@ -288,6 +291,9 @@ def against(name: str, address: str, rounds: int, steps: int, then: Any) -> None
         print(f"    {key:<18} thread CPU per step (mean) then {then_ns / 1e3:6.1f} µs, now {now_ns / 1e3:6.1f} µs")
     for dtype in (torch.float64, torch.float32):
         a, b = sums["then"][dtype], sums["now"][dtype]
+        if not a or len(a) != len(b):
+            print(f"    sums {str(dtype):<14} then {len(a)} layers, now {len(b)}: not compared")
+            continue
         worst = max(abs(x - y) / max(abs(x), 1e-300) for x, y in zip(a, b) if x is not None)
         print(f"    sums {str(dtype):<14} {len(a)} layers, largest relative difference now vs then {worst:.1e}")
 
