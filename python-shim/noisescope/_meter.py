@@ -18,6 +18,7 @@ import logging
 import math
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -252,6 +253,15 @@ def _grad_sq_norms(grads: Sequence[torch.Tensor | None]) -> list[float | torch.T
     return out
 
 
+def _sq_norm_alone(grad: torch.Tensor) -> float | torch.Tensor:
+    """|grad|², bitwise what `_grad_sq_norms` gives for it among others on the CPU (the fused norm is the
+    per-tensor vector_norm there), for a norm taken on its own."""
+    if grad.numel() <= _SMALL and (grad.dtype is torch.float32 or grad.dtype is torch.float64) and grad.layout is torch.strided:
+        norm = torch.linalg.vector_norm(grad).item()
+        return norm * norm
+    return _sq_norm(grad)
+
+
 def _leading_dim(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:
     """Dim 0 of the first tensor argument (looking one level into lists, tuples and dicts)."""
     for value in (*args, *kwargs.values()):
@@ -270,7 +280,7 @@ class _StepBuffer:
 
     __slots__ = (
         "sq_norms", "held", "accumulated", "accumulated_at", "fresh", "examples", "task_micro", "running", "calls",
-        "reduced",
+        "reduced", "from_grad",
     )
 
     def __init__(self) -> None:
@@ -285,6 +295,7 @@ class _StepBuffer:
         self.running: list[int] = []  # graph tasks whose backward has not finished
         self.calls: list[int] = []  # per-layer gradient count (only without graph task ids)
         self.reduced: list[Norm | None] | None = None  # [layer]: DDP fallback: |.grad|² at the optimizer step
+        self.from_grad: list[int] = []  # fresh step: layers whose norm the backward's end reads from .grad
 
 
 class Meter:
@@ -325,6 +336,8 @@ class Meter:
         # the step; "skip" (gradient_as_bucket_view: no rank-local figure) sends measured steps as skipped.
         self._ddp = ddp
         self._fsdp = fsdp  # FSDP2: every figure comes from it (no backward reaches the sharded parameters)
+        # A fresh step's norms are taken in the gradient hooks (DDP's and FSDP's come from their own hooks).
+        self._fresh_in_hook = ddp is None and fsdp is None and not reduced_at_step
         self._reduced_at_step = reduced_at_step
         self._dense = dense  # dense mode: each micro-batch's gradient is also copied out
         self._optimizer = optimizer
@@ -348,11 +361,18 @@ class Meter:
         self._retry_handle: Any = None
         self._retry_open = False  # the step's first grad-enabled forward has not run yet
         self._hook_dicts_created: list[nn.Parameter] = []  # their _backward_hooks was None before us
+        self._hook_keys: list[int] = []  # our key in each parameter's _backward_hooks, unique as a handle's id
+        self._own_dicts: list[OrderedDict[int, Any]] = []  # per parameter: {our key: our hook}, set as _backward_hooks
+        self._armed_dicts: list[int] = []  # parameters whose _backward_hooks is ours now
+        self._forward_key = _reserve_hook_id()
+        self._forward_armed = False  # our forward pre-hook is in the model's dicts (not compiled)
+        self._armed = False
         self._lock = threading.Lock()
         self._zeros: dict[torch.device, torch.Tensor] = {}
         self._warned: set[str] = set()
         self._active = False
         self._measuring = False  # read first thing by every hook: the fast path when off
+        self._plain = False  # this step is unmeasured and needs nothing of _begin_step at its end (see there)
         self._micro_batches: int | None = None  # in the last measured step: when to expect the last backward
         self._buffer: _StepBuffer | None = None
         self.steps_seen = 0
@@ -365,6 +385,8 @@ class Meter:
     def attach(self) -> None:
         """Hooks optimizer.step() for good; the gradient and forward hooks only around measured steps."""
         self._grad_hooks = [self._grad_hook(index, param) for index, param in enumerate(self._params)]
+        self._hook_keys = [_reserve_hook_id() for _ in self._params]
+        self._own_dicts = [OrderedDict(((key, hook),)) for key, hook in zip(self._hook_keys, self._grad_hooks)]
         self._step_handle = self._optimizer.register_step_pre_hook(_Hook(self._on_step))
         self._active = True
         try:
@@ -392,24 +414,54 @@ class Meter:
             self._step_handle = None
 
     def _arm(self) -> None:
-        """Registers the per-step hooks (unmeasured steps run with none of them)."""
+        """Registers the per-step hooks (unmeasured steps run with none of them).
+
+        Where a parameter has no tensor hooks and the model is not compiled, our dicts go straight into
+        `_backward_hooks` and `_forward_pre_hooks` (what register_hook and register_forward_pre_hook do,
+        less their handles and new dicts: arming and disarming were ~70 µs of a measured step); setting
+        `_backward_hooks` installs the C++ hook that calls the dict, setting None drops it again.
+        """
+        self._armed = True
         try:
-            for param, hook in zip(self._params, self._grad_hooks):
-                if param._backward_hooks is None:
+            for index, (param, hook) in enumerate(zip(self._params, self._grad_hooks)):
+                hooks = param._backward_hooks
+                if hooks is None and type(param) is nn.Parameter and param.requires_grad and param.grad_fn is None:
+                    param._backward_hooks = self._own_dicts[index]
+                    self._armed_dicts.append(index)
+                    continue
+                if hooks is None:
                     self._hook_dicts_created.append(param)
                 self._handles.append(param.register_hook(hook))
-            # Outside the compiled call for a module.compile()d model (_compiled.py).
-            self._handles.append(register_forward_pre_hook(self._model, self._forward_hook))
+            model = self._model
+            if getattr(model, "_compiled_call_impl", None) is None and type(model._forward_pre_hooks) is OrderedDict:
+                model._forward_pre_hooks[self._forward_key] = self._forward_hook
+                model._forward_pre_hooks_with_kwargs[self._forward_key] = True
+                self._forward_armed = True
+            else:  # outside the compiled call for a module.compile()d model (_compiled.py)
+                self._handles.append(register_forward_pre_hook(model, self._forward_hook))
         except Exception:
             self._disarm()
             raise
 
     def _disarm(self) -> None:
+        self._armed = False
         if self._per_example is not None:
             self._per_example.disarm()
         for handle in reversed(self._handles):
             handle.remove()
         self._handles.clear()
+        if self._forward_armed:
+            self._forward_armed = False
+            self._model._forward_pre_hooks.pop(self._forward_key, None)
+            self._model._forward_pre_hooks_with_kwargs.pop(self._forward_key, None)
+        for index in self._armed_dicts:
+            param, hooks, key = self._params[index], self._own_dicts[index], self._hook_keys[index]
+            if param._backward_hooks is hooks and len(hooks) == 1:
+                param._backward_hooks = None
+            else:  # someone registered a hook of theirs into it meanwhile: it is theirs now, less ours
+                hooks.pop(key, None)
+                self._own_dicts[index] = OrderedDict(((key, self._grad_hooks[index]),))
+        self._armed_dicts.clear()
         for param in self._hook_dicts_created:
             if param._backward_hooks is not None and len(param._backward_hooks) == 0:
                 param._backward_hooks = None  # also drops the C++ hook that would call the empty dict
@@ -438,7 +490,18 @@ class Meter:
                         scale = self._loss_scale() if self._loss_scale is not None else None
                         self._dense.take(micro, index, grad if scale is None else grad / scale)
                     if micro == 0 and buffer.fresh:
-                        return None  # S_1 = h_1: the end of this backward reads it from .grad
+                        # S_1 = h_1, and .grad will be this very tensor (or a copy in the same order): on the
+                        # CPU its norm is taken now, the figure the backward's end would read from .grad (no
+                        # reference kept: AccumulateGrad adopts it). Elsewhere, or a second gradient, .grad.
+                        row = buffer.sq_norms[0]
+                        if (
+                            row[index] is None and self._fresh_in_hook and grad.is_cpu and grad.layout is torch.strided
+                            and grad.is_contiguous() and param.is_contiguous()
+                        ):
+                            row[index] = _sq_norm_alone(grad)
+                        else:
+                            buffer.from_grad.append(index)
+                        return None
                     if grad.numel() <= _SMALL:
                         buffer.held.append((index, grad))  # its norm joins the fused one at the end
                     else:
@@ -515,6 +578,15 @@ class Meter:
             row = buffer.sq_norms[micro]
             grad_is_h = micro == 0 and buffer.fresh  # .grad is h_1 itself
             expected = self._micro_batches
+            if grad_is_h and self._fresh_in_hook:
+                # The hooks took the norms; .grad is read only where they could not (see the hook).
+                again = buffer.from_grad
+                missing = [i for i, sq_norm in enumerate(row) if sq_norm is None or (again and i in again)]
+                if missing:
+                    for i, sq_norm in zip(missing, _grad_sq_norms([self._params[i].grad for i in missing])):
+                        row[i] = sq_norm
+                buffer.accumulated, buffer.accumulated_at = list(row), micro
+                return
             if grad_is_h or expected is None or micro >= expected - 1:
                 # NB: under DDP with gradient_as_bucket_view the last backward's `.grad` is being
                 # all-reduced here; DDP support takes the local norm from its communication hook.
@@ -598,6 +670,8 @@ class Meter:
         try:
             step = self._first_step + self.steps_seen
             self.steps_seen += 1
+            if self._plain and (step + 1) % self._every:
+                return None  # a plain step ended and the next is not due: _begin_step would change nothing
             buffer = self._buffer
             if self._measuring and buffer is not None:
                 if self._reduced_at_step == "grad" and buffer.sq_norms:
@@ -642,9 +716,9 @@ class Meter:
         elif not self._unwanted and self._retry_handle is not None:
             self._retry_handle.remove()  # before _arm: a compiled module's wrappers come off in reverse order
             self._retry_handle = None
-        if measuring and not self._handles:
+        if measuring and not self._armed:
             self._arm()
-        elif not measuring and self._handles:
+        elif not measuring and self._armed:
             self._disarm()
         self._buffer = _StepBuffer() if measuring else None
         if self._dense is not None:
@@ -655,6 +729,11 @@ class Meter:
             self._fsdp.begin_step(measuring)
         self._choose_per_example(measuring)
         self._measuring = measuring
+        # Nothing to arm, count or tell anyone at this step's end unless the next step is due.
+        self._plain = not (
+            measuring or self._unwanted or self._armed or self._retry_handle is not None
+            or self._dense is not None or self._ddp is not None or self._fsdp is not None or self._per_example is not None
+        )
 
     def _choose_per_example(self, measuring: bool) -> None:
         """Arms the per-example hooks for this step or not (never on unmeasured steps).
@@ -849,6 +928,13 @@ class Meter:
         if key not in self._warned:
             self._warned.add(key)
             logger.log(level, message, *args)
+
+
+def _reserve_hook_id() -> int:
+    """An id no RemovableHandle will take: a key of ours in a parameter's _backward_hooks beside any user's."""
+    key = RemovableHandle.next_id
+    RemovableHandle.next_id += 1
+    return key
 
 
 def _inert_hook(*args: Any, **kwargs: Any) -> None:

@@ -1,6 +1,10 @@
 """Benchmark: the hook's fixed cost per measured step, by thread, steps sent one per message vs coalesced.
 
-Run: .venv/bin/python test/python/bench_step_cost.py [--quick] [--steps N] [--rounds R]
+Run: .venv/bin/python test/python/bench_step_cost.py [--quick] [--steps N] [--rounds R] [--baseline REV] [configs]
+
+--baseline REV: the hook as it was at git revision REV (`git archive` of python-shim/noisescope, imported beside
+the working tree's as its own package) runs every chosen configuration too, interleaved in the same rounds and
+process, labelled "@REV": a before/after comparison that the machine's load hits alike.
 
 The 784-512-512-10 MLP at b=64 (one micro-batch per step, torch on 1 thread, the real sidecar in its own
 process): its step is short enough (~2.5 ms) that the hook's fixed per-step cost, not the arithmetic, is
@@ -29,11 +33,20 @@ the load's noise.
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import io
 import logging
 import os
+import shutil
 import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
 import threading
 import time
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -62,6 +75,29 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "per-ex=1": {"source": "per-example", "every": 1},
 }
 TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def baseline_package(rev: str, into: Path) -> ModuleType:
+    """python-shim/noisescope at git revision `rev`, imported as the package `noisescope_baseline` (its generated
+    v1 code, which git ignores, copied from the working tree's package)."""
+    archive = subprocess.run(
+        ["git", "archive", rev, "python-shim/noisescope"], cwd=ROOT, check=True, capture_output=True
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
+    package = into / "python-shim" / "noisescope"
+    if not (package / "v1").exists():
+        shutil.copytree(Path(noisescope.__file__).parent / "v1", package / "v1")
+    spec = importlib.util.spec_from_file_location(
+        "noisescope_baseline", package / "__init__.py", submodule_search_locations=[str(package)]
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["noisescope_baseline"] = module
+    spec.loader.exec_module(module)
+    importlib.import_module("noisescope_baseline._sender")
+    return module
 
 
 def sidecar_cpu_s(pid: int) -> float:
@@ -131,7 +167,7 @@ def phase_of(index: int, every: int) -> str:
 def print_phases(chosen: dict[str, dict[str, Any]], phases: dict[str, list[tuple[int, int, int]]], steps: int) -> None:
     base = [statistics.median(t[j] for t in phases["no hook"]) for j in (0, 2, 1)]
     print("training thread CPU vs no hook, µs (zero_grad+forward / backward / optimizer.step), medians over steps")
-    print(f"{'config':<18} " + " ".join(f"{name:>17}" for name in PHASE_NAMES))
+    print(f"{'config':<24} " + " ".join(f"{name:>17}" for name in PHASE_NAMES))
     for label, config in chosen.items():
         if config["source"] is None or config["every"] < 4:
             continue
@@ -140,7 +176,7 @@ def print_phases(chosen: dict[str, dict[str, Any]], phases: dict[str, list[tuple
             rows = [t for i, t in enumerate(phases[label]) if phase_of(i % steps, config["every"]) == name]
             extra = [statistics.median(t[j] for t in rows) - b for j, b in zip((0, 2, 1), base)]
             cells.append("/".join(f"{e / 1e3:+.0f}" for e in extra))
-        print(f"{label:<18} " + " ".join(f"{c:>17}" for c in cells))
+        print(f"{label:<24} " + " ".join(f"{c:>17}" for c in cells))
 
 
 def main() -> None:
@@ -149,9 +185,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--phases", action="store_true", help="where an isolated measured step's cost falls (see above)")
+    parser.add_argument("--baseline", metavar="REV", help="also run each configuration with the hook at git revision REV")
     parser.add_argument("configs", nargs="*", help="substrings of the configurations to run besides no hook (default: all)")
     args = parser.parse_args()
     chosen = {label: c for label, c in CONFIGS.items() if c["source"] is None or not args.configs or any(s in label for s in args.configs)}
+    packages: dict[str, ModuleType] = {"": noisescope}
+    if args.baseline:
+        packages[args.baseline] = baseline_package(args.baseline, Path(tempfile.mkdtemp(prefix="noisescope-baseline-")))
+        chosen = {
+            **{label: {**c, "package": ""} for label, c in chosen.items()},
+            **{f"{label} @{args.baseline}": {**c, "package": args.baseline} for label, c in chosen.items() if c["source"] is not None},
+        }
     steps, rounds = (100, 3) if args.quick else (args.steps, args.rounds)
     logging.getLogger("noisescope").setLevel(logging.ERROR)
     torch.set_num_threads(1)
@@ -169,13 +213,14 @@ def main() -> None:
         for r in range(rounds):
             for label, config in chosen.items():
                 config = {**DEFAULT, **config}
-                sender.FLUSH_S = config["flush"]  # private switch
+                package = packages[config.get("package", "")]
+                package._sender.FLUSH_S = config["flush"]  # private switch
                 torch.manual_seed(0)
                 model = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
                 opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
                 ns = None
                 if config["source"] is not None:
-                    ns = noisescope.watch(
+                    ns = package.watch(
                         model, opt, address=sidecar.address, every=config["every"], source=config["source"], run=f"cost-{label}-{r}"
                     )
                     ns._sender.steps_per_message = config["per_message"]
@@ -199,11 +244,11 @@ def main() -> None:
         base = statistics.median(wall["no hook"])
         print(f"MLP 784-512-512-10 b=64, torch {torch.__version__} on 1 thread, {rounds} rounds × {steps} steps; "
               f"no hook {base * 1e3:.2f} ms/step")
-        print(f"{'config':<18} {'wall vs no hook':>16} {'train thread µs':>16} {'grpc threads µs':>16} {'link µs':>8} "
+        print(f"{'config':<24} {'wall vs no hook':>16} {'train thread µs':>16} {'grpc threads µs':>16} {'link µs':>8} "
               f"{'sidecar µs':>11}")
         for label in chosen:
             ratio = statistics.median(h / b for h, b in zip(wall[label], wall["no hook"]))
-            print(f"{label:<18} {(ratio - 1) * 100:>+15.1f}% {statistics.median(train[label]) * 1e6:>16.0f} "
+            print(f"{label:<24} {(ratio - 1) * 100:>+15.1f}% {statistics.median(train[label]) * 1e6:>16.0f} "
                   f"{statistics.median(grpc[label]) * 1e6:>16.0f} {statistics.median(link[label]) * 1e6:>8.0f} "
                   f"{side[label] / (rounds * steps) * 1e6:>11.0f}")
         if args.phases:
