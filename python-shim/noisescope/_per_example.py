@@ -5,7 +5,9 @@ accumulation the micro-batches are the cheaper second scale) a forward hook on e
 keeps a reference to its input (which autograd keeps anyway) and hooks its output tensor; when δ
 (the gradient at that output) arrives in the backward, `_per_example_math` turns (input, δ) into
 the layer's sum, and the references go. Nothing per example of parameter size is kept (see the math module for when a
-sequence-shaped layer materialises per-example gradients, chunk by chunk, because that is cheaper).
+sequence-shaped layer materialises per-example gradients, chunk by chunk, because that is cheaper). A Linear on [B, d]
+rows keeps only |x_e| and |δ_e| from its δ hook: every such layer's sums come from one batched op at the step's end
+(each small op costs ~10 µs amid a step, so the op count is the cost: bench_per_example_profile.py).
 
 Rows pair with micro-batches the way the meter pairs forwards with backwards: the j-th
 grad-enabled forward of the model is micro-batch j. A row is void (its step is sent without
@@ -156,6 +158,7 @@ class _Row:
     batch: int | None = None  # sampled: B (dim 0 of the first covered input)
     sample: Draw | None = None  # sampled: drawn at the first δ; None: every example
     drawn: bool = False  # sampled: the first δ came (and `sample` was drawn from it)
+    drawing: threading.Event | None = None  # sampled, worker: set once `sample` is drawn (the worker draws it)
     # Row Linears' (weight index, bias index, |x_e|, |δ_e|): their terms in one batched op at the step's end.
     linear: list[tuple[int | None, int | None, Tensor, Tensor]] = field(default_factory=list)
 
@@ -248,6 +251,8 @@ class PerExample:
         self._measuring = False
         self._flush_queued: set[int] = set()
         self._deferred: list[tuple[_Row, Any, list[_Call]]] = []  # sampled terms computed inline: at the step's end
+        self._draws: list[tuple[_Row, Any, Any, Tensor]] = []  # sampled, worker: (row, module, x, first δ) to draw from
+        self._draw_lock = threading.Lock()  # draws one at a time, in the rows' order (the sampler's stream is seeded)
         self._warned: set[str] = set()
         self._ones: dict[tuple[Any, ...], Tensor] = {}  # row Linears' [B] ones, by (B, dtypes, device)
         self.sequence_form = "auto"  # tests force "gram" or "materialise"
@@ -408,7 +413,7 @@ class PerExample:
                     row.drawn = True
                     # The forward is over: row.calls holds every call. Only row Linears (exact anyway): no draw.
                     if not all(_row_linear(u, cs) for u, cs in row.calls.items()):
-                        row.sample = self._draw(call, delta)
+                        self._start_draw(row, call, delta)
                 calls = row.calls.get(unit, [])
                 complete = all(c.delta is not None for c in calls)
                 if complete:
@@ -424,11 +429,43 @@ class PerExample:
             self._guard.trip("the per-example gradient hook", error)
         return None
 
-    def _draw(self, call: _Call, delta: Tensor) -> Draw | None:
-        """The row's sample, from its first δ (the caller holds the lock)."""
-        x = call.x
+    def _start_draw(self, row: _Row, call: _Call, delta: Tensor) -> None:
+        """The row's sample: drawn now, or where the layers' terms go to the worker, by the worker (first in its queue):
+        the draw reads the whole first δ (an LM head's: ~0.2–0.5 ms), which the backward need not wait for. The caller
+        holds the lock."""
+        if delta.is_cpu and self.overlap.worthwhile():
+            row.drawing = threading.Event()
+            self._draws.append((row, call.module, call.x, delta))  # x and δ as they are now (a row Linear lets x go)
+            self.overlap.submit(self._draw_queued)
+        else:
+            row.sample = self._draw(call.module, call.x, delta)
+
+    def _draw_queued(self) -> None:
+        """Every draw queued so far, in order (whichever thread takes this job first)."""
+        with self._draw_lock:
+            while True:
+                with self._lock:
+                    if not self._draws:
+                        return
+                    row, module, x, delta = self._draws.pop(0)
+                try:
+                    row.sample = self._draw(module, x, delta)
+                except Exception as error:
+                    self._guard.trip("the per-example draw", error)
+                finally:
+                    row.drawing.set()  # type: ignore[union-attr]
+
+    def _sample(self, row: _Row) -> Draw | None:
+        """The row's sample, once drawn (a worker's draw may still be running)."""
+        if row.drawing is not None and not row.drawing.wait(timeout=_DRAW_WAIT_S):
+            # Never expected (the draw is queued before the row's terms): a lost draw switches off, it never hangs.
+            self._guard.trip("the per-example terms", RuntimeError(f"the sample was not drawn within {_DRAW_WAIT_S} s"))
+        return row.sample
+
+    def _draw(self, module: Any, x: Any, delta: Tensor) -> Draw | None:
+        """The row's sample, from its first δ and that layer's input."""
         batch_dim = x.batch_dim if isinstance(x, pmore.AttentionInputs) else 0
-        rows = x if isinstance(call.module, nn.Linear) and isinstance(x, Tensor) and x.dim() == 2 else None
+        rows = x if isinstance(module, nn.Linear) and isinstance(x, Tensor) and x.dim() == 2 else None
         drawn = self.sampler.draw(delta, batch_dim, rows)  # type: ignore[union-attr]
         if drawn is not None:
             self._warn_once(
@@ -465,7 +502,7 @@ class PerExample:
             call.x = call.delta = None  # done: a second δ finds x gone (two backwards)
         elif delta is not None and delta.is_cpu and self.overlap.worthwhile():
             self.overlap.submit(functools.partial(self._compute_guarded, row, module, calls))
-        elif row.sample is not None:
+        elif self._sample(row) is not None:
             # Inline and sampled: the drawn rows are selected now (the layer's full input and δ go) and their terms
             # computed at the step's end, one layer after another: amid the backward each ran cold (~90 µs more per
             # conv layer of the benchmark CNN at s = 1, bench_per_example_profile.py --split).
@@ -508,8 +545,9 @@ class PerExample:
             _computing.on = False
 
     def _compute_terms(self, row: _Row, module: Any, calls: list[_Call]) -> None:
-        if row.sample is not None and not _row_linear(module, calls):
-            calls = _sampled(calls, row.sample)  # a row Linear's exact sum costs less than selecting
+        sample = self._sample(row)
+        if sample is not None and not _row_linear(module, calls):
+            calls = _sampled(calls, sample)  # a row Linear's exact sum costs less than selecting
         if isinstance(module, pmore.Unit):
             with torch.no_grad():
                 terms = module.terms(calls, self.sequence_form)
@@ -543,6 +581,7 @@ class PerExample:
 
 
 _computing = threading.local()  # .on: this thread is inside _compute
+_DRAW_WAIT_S = 10.0
 
 
 def _sampled(calls: list[_Call], draw: Draw) -> list[_Call]:
@@ -577,8 +616,8 @@ def _along(values: Tensor, dim: int, ndim: int) -> Tensor:
 
 
 def _row_linear(module: Any, calls: list[_Call]) -> bool:
-    """A Linear called once on [B, d_in] rows: its terms are a few row norms (~25 µs on the benchmark MLP),
-    less than handing them to the worker costs (a thread wake-up and the GIL passed back and forth)."""
+    """A Linear called once on [B, d_in] rows: its terms are two row norms at δ and a share of one batched op at the
+    step's end, less than handing them to the worker costs (a thread wake-up and the GIL passed back and forth)."""
     return isinstance(module, nn.Linear) and len(calls) == 1 and calls[0].x is not None and calls[0].x.dim() == 2
 
 

@@ -19,6 +19,15 @@ example's weight-gradient kernel is 45–150 µs; ~15–20 small ops around it (
 conversions, bias sum) ~40–60 µs warm; running amid the backward cost ~90 µs more than the same call repeated at
 once (cold caches: now deferred to the step's end when inline and sampled); the hooks ~40–45 µs (forward hook
 ~20 µs of it; a node pre-hook instead of Tensor.register_hook measured no better); the worker hand-off ~20 µs CPU.
+
+Linears on [B, d] rows (Dec 2026, MLP 784-512-512-10 b=64, load 1.5–2.6): amid a step each small torch op costs
+~10 µs of training-thread CPU (2–4× its cost timed alone; the first ops after the backward ~3×: the step-end
+batch costs 52 µs once, 14–17 µs repeated at once), so a row Linear's cost is its op count. Before: ~9 ops per
+layer in its δ hook (~75 µs a layer); now two row norms there (~20 µs) and four ops per micro-batch for all
+row Linears at the step's end (~55–70 µs with the Python around them); per-example over norms 442 → 340 µs
+per step (1024-wide MLP b=128: 835 → 486 µs), `--against 2eeb2ea MLP`. Tried and dropped: |x_e| in the forward
+hook (+44 µs a step: the forward's extra op costs more than reading x again at δ); the batch at the backward's
+end callback or at the last δ (the same cost, moved); a node pre-hook (forward hooks −10 µs, total within noise).
 """
 from __future__ import annotations
 
