@@ -513,15 +513,13 @@ class PerExample:
             self._compute(row, module, calls)
 
     def _compute_deferred(self, rows: list[_Row]) -> None:
-        """The step-end terms: each micro-batch's row Linears in one batched op, then sampled layers' drawn rows."""
+        """The step-end terms: every micro-batch's row Linears in one batched op, then sampled layers' drawn rows."""
         with self._lock:
             deferred, self._deferred = self._deferred, []
         if not self._measuring:
             return  # switched off (or the step's work stopped): let the selected rows go uncomputed
         try:
-            for row in rows:
-                if row.linear:
-                    _row_linear_sums(row, self._ones)
+            _row_linear_sums(rows, self._ones)
         except Exception as error:
             self._guard.trip("the per-example step-end terms", error)
         for row, module, selected in deferred:
@@ -708,25 +706,25 @@ class _Overlap:
                     self._done.notify_all()
 
 
-def _row_linear_sums(row: _Row, ones: dict[tuple[Any, ...], Tensor]) -> None:
-    """Every row Linear's weight and bias sums of one micro-batch in one batched op per (dtype, device, B) group:
-    on the CPU Python floats from one host copy, elsewhere 0-dim tensors (the meter copies them asynchronously).
+def _row_linear_sums(rows: list[_Row], ones: dict[tuple[Any, ...], Tensor]) -> None:
+    """Every row Linear's weight and bias sums of the step's micro-batches in one batched op per (B, dtypes, device)
+    group: on the CPU Python floats from one host copy, elsewhere 0-dim tensors (the meter copies them asynchronously).
     `ones`: a [B] tensor of ones per group, kept across steps."""
-    groups: dict[tuple[Any, ...], list[tuple[int | None, int | None, Tensor, Tensor]]] = {}
-    for entry in row.linear:
-        a, d = entry[2], entry[3]
-        groups.setdefault((a.shape[0], a.dtype, d.dtype, a.device), []).append(entry)
-    row.linear = []
+    groups: dict[tuple[Any, ...], list[tuple[_Row, int | None, int | None, Tensor, Tensor]]] = {}
+    for row in rows:
+        for weight, bias, a, d in row.linear:
+            groups.setdefault((a.shape[0], a.dtype, d.dtype, a.device), []).append((row, weight, bias, a, d))
+        row.linear = []
     for key, entries in groups.items():
         one = ones.get(key)
         if one is None:
             if len(ones) > 8:  # batch sizes come and go
                 ones.clear()
             one = ones[key] = torch.ones(key[0], dtype=key[1], device=key[3])
-        roots = pem.row_linear_roots([e[2] for e in entries], [e[3] for e in entries], one)
+        roots = pem.row_linear_roots([e[3] for e in entries], [e[4] for e in entries], one)
         values = [v * v for v in roots.tolist()] if roots.is_cpu else roots.square_().unbind()
         count = len(entries)
-        for j, (weight, bias, _, _) in enumerate(entries):
+        for j, (row, weight, bias, _, _) in enumerate(entries):
             for index, value in ((weight, values[j]), (bias, values[count + j])):
                 if index is not None:
                     earlier = row.sums[index]

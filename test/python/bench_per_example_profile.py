@@ -244,7 +244,7 @@ def _sums(make: Callable[[], torch.nn.Module], batch: Any, loss_fn: Callable, ad
     return sums[0] if sums else []
 
 
-def against(name: str, address: str, rounds: int, steps: int, then: Any) -> None:
+def against(name: str, address: str, rounds: int, steps: int, then: Any, micro: int = 1) -> None:
     """REV's PerExample against the working tree's, interleaved; figures per step over no hook (in-round differences)."""
     make, data, loss_fn = WORKLOADS[name]
     batch = data(torch.Generator().manual_seed(1))
@@ -260,9 +260,9 @@ def against(name: str, address: str, rounds: int, steps: int, then: Any) -> None
             for label in labels:
                 model, opt = fresh(make)
                 if label == "no hook":
-                    mean_step_time(model, opt, batch, loss_fn, 5)
+                    mean_step_time(model, opt, batch, loss_fn, 5, micro)
                     started, cpu = time.thread_time(), time.process_time()
-                    mean_step_time(model, opt, batch, loss_fn, steps)
+                    mean_step_time(model, opt, batch, loss_fn, steps, micro)
                     thread[label].append((time.thread_time() - started) / steps)
                     process[label].append((time.process_time() - cpu) / steps)
                     continue
@@ -271,10 +271,10 @@ def against(name: str, address: str, rounds: int, steps: int, then: Any) -> None
                 with noisescope.watch(model, opt, address=address, every=1, source=source, run=f"against-{name}-{label}-{r}") as ns:
                     if ns._meter is not None and ns._meter._per_example is not None:
                         ns._meter._per_example.overlap.enabled = False
-                    mean_step_time(model, opt, batch, loss_fn, 5)
+                    mean_step_time(model, opt, batch, loss_fn, 5, micro)
                     warm = dict(parts.get(label, {}))
                     started, cpu = time.thread_time(), time.process_time()
-                    mean_step_time(model, opt, batch, loss_fn, steps)
+                    mean_step_time(model, opt, batch, loss_fn, steps, micro)
                     thread[label].append((time.thread_time() - started) / steps)
                     process[label].append((time.process_time() - cpu) / steps)
                     if label in parts:  # the measured steps' share only
@@ -291,7 +291,7 @@ def against(name: str, address: str, rounds: int, steps: int, then: Any) -> None
 
     for title, times in (("training thread", thread), ("process", process)):
         print(
-            f"{name} {title} CPU per step, median of {rounds} rounds: no hook {statistics.median(times['no hook']) * 1e3:.2f} ms; "
+            f"{name}{f' as {micro} micro-batches' if micro > 1 else ''} {title} CPU per step, median of {rounds} rounds: no hook {statistics.median(times['no hook']) * 1e3:.2f} ms; "
             f"norms {paired(times, 'norms')}, per-example then {paired(times, 'then')}, now {paired(times, 'now')}; "
             f"now − then {paired(times, 'now', 'then')}"
         )
@@ -340,6 +340,7 @@ def main() -> None:
     parser.add_argument("--sample", type=_sample, default=None, help="per_example_sample: an int s, or a fraction of B")
     parser.add_argument("--against", metavar="REV", help="REV's _per_example.py (or a file's) against the working tree's (exact, inline)")
     parser.add_argument("--rounds", type=int, default=9, help="--against: interleaved rounds")
+    parser.add_argument("--micro", type=int, default=1, help="--against: the batch as this many micro-batches per step")
     args = parser.parse_args()
     logging.getLogger("noisescope").setLevel(logging.ERROR)
     torch.set_num_threads(1)
@@ -353,7 +354,7 @@ def main() -> None:
         for name in WORKLOADS:
             if (not args.models and name in BENCH_WORKLOADS) or any(m in name for m in args.models):
                 if then is not None:
-                    against(name, sidecar.address, args.rounds, args.steps, then)
+                    against(name, sidecar.address, args.rounds, args.steps, then, args.micro)
                 elif args.split:
                     split(name, sidecar.address, args.split, args.steps, args.sample, args.worker)
                 else:

@@ -9,10 +9,11 @@ from __future__ import annotations
 import logging
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from per_example_support import assert_sums_match, exact_sums, measure_one_step, regression_loss
-from test_hook_support import parameters_of, watch_and_record
+from test_hook_support import make_model, micro_batch, parameters_of, watch_and_record
 
 B = 6
 
@@ -37,6 +38,25 @@ def test_row_linears_equal_torch_func_to_1e12_in_float64(free_address: str) -> N
     measured, _ = measure_one_step(model, x, y, free_address, source="per-example")
     assert len(measured) == 7
     assert_sums_match(measured, exact, rel=1e-12)
+
+
+def test_micro_batches_of_two_sizes_share_the_step_end_op_and_each_keeps_its_own_sums(free_address: str) -> None:
+    """Accumulation over micro-batches of 6, 6 and 4 examples: the two of 6 are one group, the one of 4 another."""
+    sizes = (6, 6, 4)
+    model = make_model(dtype=torch.float64)
+    batches = [micro_batch(0, j, b, torch.float64) for j, b in enumerate(sizes)]
+    cross_entropy = lambda o, t: F.cross_entropy(o, t)  # noqa: E731
+    exact = [exact_sums(model, x, y, 1 / (len(sizes) * len(x)), loss=cross_entropy) for x, y in batches]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    ns, records = watch_and_record(model, optimizer, free_address, source="per-example")
+    names = [layer.name for layer in ns._sender._info.layers]
+    for x, y in batches:
+        (F.cross_entropy(model(x), y) / len(sizes)).backward()
+    optimizer.step()
+    ns.remove()
+    assert len(records) == 1 and len(records[0].per_example_sums) == len(sizes)
+    for sums, truth in zip(records[0].per_example_sums, exact):
+        assert_sums_match(dict(zip(names, sums)), truth, rel=1e-12)
 
 
 class TwoDtypes(nn.Module):
