@@ -165,6 +165,21 @@ def _no_arithmetic(self: Any, row: Any, module: Any, calls: list[Any]) -> None:
 _ONE = torch.ones((), dtype=torch.float64)
 
 
+def _no_row_norms(t: torch.Tensor) -> torch.Tensor:
+    """A row Linear's |x_e| or |δ_e| without the arithmetic."""
+    return _ONE
+
+
+def _no_row_sums(rows: list[Any], ones: Any) -> None:
+    """The step-end row Linears' sums without the arithmetic: each index they fill gets a constant."""
+    for row in rows:
+        for weight, bias, _, _ in row.linear:
+            for index in (weight, bias):
+                if index is not None:
+                    row.sums[index] = 1.0
+        row.linear = []
+
+
 def split(name: str, address: str, rounds: int, steps: int, sample: int | float | None, worker: bool) -> None:
     """Process CPU per step, interleaved rounds (median): no hook, norms, per-example, and per-example with
     the terms' arithmetic stubbed out: its difference from "norms" is the hooks' fixed cost (forward hook, tensor
@@ -172,7 +187,7 @@ def split(name: str, address: str, rounds: int, steps: int, sample: int | float 
     per-example with each layer's terms computed amid the backward (as before sampled ones waited for the step's end)."""
     make, data, loss_fn = WORKLOADS[name]
     batch = data(torch.Generator().manual_seed(1))
-    compute, dispatch = pe.PerExample._compute_terms, pe.PerExample._dispatch
+    compute, dispatch, row_norms, row_sums = pe.PerExample._compute_terms, pe.PerExample._dispatch, pe.pem.row_norms, pe._row_linear_sums
     labels = [c for c in SPLIT if not (worker and c == "per-ex in backward")]
     cpu: dict[str, list[float]] = {c: [] for c in labels}
     for r in range(rounds):
@@ -182,7 +197,9 @@ def split(name: str, address: str, rounds: int, steps: int, sample: int | float 
                 cpu[label].append(unhooked(model, opt, batch, loss_fn, steps)[1])
                 continue
             source = "accumulation" if label == "norms" else "per-example"
-            pe.PerExample._compute_terms = _no_arithmetic if label == "per-ex hooks only" else compute  # type: ignore[method-assign]
+            stub = label == "per-ex hooks only"
+            pe.PerExample._compute_terms = _no_arithmetic if stub else compute  # type: ignore[method-assign]
+            pe.pem.row_norms, pe._row_linear_sums = (_no_row_norms, _no_row_sums) if stub else (row_norms, row_sums)
             pe.PerExample._dispatch = _in_backward if label == "per-ex in backward" else dispatch  # type: ignore[method-assign]
             chosen = sample if source == "per-example" else None
             run = f"split-{name}-{label}-{r}"
@@ -199,6 +216,7 @@ def split(name: str, address: str, rounds: int, steps: int, sample: int | float 
                     cpu[label].append((time.process_time() - started) / steps)
             finally:
                 pe.PerExample._compute_terms, pe.PerExample._dispatch = compute, dispatch  # type: ignore[method-assign]
+                pe.pem.row_norms, pe._row_linear_sums = row_norms, row_sums
     def paired(a: str, b: str) -> float:  # median over rounds of a − b within the round (a busy machine moves both)
         return statistics.median(x - y for x, y in zip(cpu[a], cpu[b])) * 1e3
 
