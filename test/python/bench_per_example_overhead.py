@@ -206,11 +206,16 @@ def _no_hook(k: int) -> str:
     return next(label for label, (source, _, kk, _, _) in CONFIGS.items() if source is None and kk == k)
 
 
+def _chosen(name: str, wanted: list[str]) -> bool:
+    """Whether a workload is asked for: no substrings, or one of them in its name, in any case ("cnn" is the CNN)."""
+    return not wanted or any(m.lower() in name.lower() for m in wanted)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run, noisier)")
     parser.add_argument("--terms", action="store_true", help="only the per-example terms' CPU per step, exact vs s=B/4")
-    parser.add_argument("models", nargs="*", help="substrings of the models to run (default: all)")
+    parser.add_argument("models", nargs="*", help="substrings of the models to run, any case (default: all)")
     args = parser.parse_args()
     rounds = 3 if args.quick else 9
     logging.getLogger("noisescope").setLevel(logging.ERROR)  # the source line and one-scale warning, once per watch
@@ -222,7 +227,7 @@ def main() -> None:
             print(f"per-example terms' CPU per step, inline on the training thread (torch {torch.__version__}, 1 thread; median over {rounds} rounds)")
             print(f"{'model':<30} {'exact':>11} {'s=B/4':>11} {'s=1':>11} {'s=B/4 / exact':>10}")
             for name in WORKLOADS:
-                if not args.models or any(m in name for m in args.models):
+                if _chosen(name, args.models):
                     print(terms_cpu(name, sidecar.address, rounds=rounds, steps=20))
             print(f"load average (1/5/15 min) at the start {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}")
             return
@@ -234,7 +239,7 @@ def main() -> None:
         hooked = [label for label, (source, *_) in CONFIGS.items() if source is not None]
         print(f"{'model':<30} {'no hook':>11} {'no hook ×4':>11} " + " ".join(f"{label:>16}" for label in hooked))
         for name in WORKLOADS:
-            if not args.models or any(m in name for m in args.models):
+            if _chosen(name, args.models):
                 print(bench(name, sidecar.address, rounds=rounds, steps=40))
         print(f"load average (1/5/15 min) at the start {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}, at the end "
               f"{'/'.join(f'{v:.2f}' for v in os.getloadavg())}")
