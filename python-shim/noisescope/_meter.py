@@ -945,22 +945,20 @@ def _inert() -> Callable[..., None]:
     return _inert_hook
 
 
-class _Hook:
+class _Hook(functools.partial):  # type: ignore[type-arg]
     """Our module/optimizer hook; copies (copy.deepcopy, pickling, torch.save) get a no-op instead.
 
     A bound method would drag the Meter (threads, locks) into every deepcopy of the model,
-    e.g. an EMA copy, and fail there.
+    e.g. an EMA copy, and fail there. A partial, so that calling it adds no Python frame: the
+    optimizer's step hook runs at every step, measured or not.
     """
 
-    __slots__ = ("_fn",)
+    __slots__ = ()
 
-    def __init__(self, fn: Callable[..., None]) -> None:
-        self._fn = fn
+    def __new__(cls, fn: Callable[..., None]) -> _Hook:
+        return super().__new__(cls, fn)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> None:
-        return self._fn(*args, **kwargs)
-
-    def __reduce__(self) -> tuple[Callable[[], Callable[..., None]], tuple[()]]:
+    def __reduce__(self) -> tuple[Callable[[], Callable[..., None]], tuple[()]]:  # type: ignore[override]
         return (_inert, ())
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Callable[..., None]:
@@ -976,7 +974,7 @@ class _ModuleHook(_Hook):
     def __call__(self, *args: Any, **kwargs: Any) -> None:
         if _compiling():
             return None
-        return self._fn(*args, **kwargs)
+        return self.func(*args, **kwargs)
 
 
 _compiling: Callable[[], bool] = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
