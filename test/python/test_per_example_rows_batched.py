@@ -40,6 +40,16 @@ def test_row_linears_equal_torch_func_to_1e12_in_float64(free_address: str) -> N
     assert_sums_match(measured, exact, rel=1e-12)
 
 
+def test_bfloat16_row_linears_stay_within_round_off_of_the_float64_truth(free_address: str) -> None:
+    """Half-precision rows: their norms are taken in float32, the sums in float64."""
+    model = mlp(7)
+    x, y = data(7, 3, seed=8)
+    exact = exact_sums(model, x, y, 1 / B)
+    measured, _ = measure_one_step(model.to(torch.bfloat16), x.bfloat16(), y.bfloat16(), free_address, source="per-example")
+    assert len(measured) == 7
+    assert_sums_match(measured, exact, rel=5e-2)
+
+
 def test_micro_batches_of_two_sizes_share_the_step_end_op_and_each_keeps_its_own_sums(free_address: str) -> None:
     """Accumulation over micro-batches of 6, 6 and 4 examples: the two of 6 are one group, the one of 4 another."""
     sizes = (6, 6, 4)
