@@ -166,8 +166,10 @@ def phase_of(index: int, every: int) -> str:
 
 def print_phases(chosen: dict[str, dict[str, Any]], phases: dict[str, list[tuple[int, int, int]]], steps: int) -> None:
     base = [statistics.median(t[j] for t in phases["no hook"]) for j in (0, 2, 1)]
-    print("training thread CPU vs no hook, µs (zero_grad+forward / backward / optimizer.step), medians over steps")
-    print(f"{'config':<24} " + " ".join(f"{name:>17}" for name in PHASE_NAMES))
+    base_mean = statistics.mean(sum(t) for t in phases["no hook"])
+    print("training thread CPU vs no hook, µs (zero_grad+forward / backward / optimizer.step), medians over steps;")
+    print("mean: of a whole step, over every step (what the medians leave out: rare slow steps)")
+    print(f"{'config':<24} " + " ".join(f"{name:>17}" for name in PHASE_NAMES) + f" {'mean':>6}")
     for label, config in chosen.items():
         if config["source"] is None or config["every"] < 4:
             continue
@@ -176,7 +178,8 @@ def print_phases(chosen: dict[str, dict[str, Any]], phases: dict[str, list[tuple
             rows = [t for i, t in enumerate(phases[label]) if phase_of(i % steps, config["every"]) == name]
             extra = [statistics.median(t[j] for t in rows) - b for j, b in zip((0, 2, 1), base)]
             cells.append("/".join(f"{e / 1e3:+.0f}" for e in extra))
-        print(f"{label:<24} " + " ".join(f"{c:>17}" for c in cells))
+        mean = statistics.mean(sum(t) for t in phases[label]) - base_mean
+        print(f"{label:<24} " + " ".join(f"{c:>17}" for c in cells) + f" {mean / 1e3:>+6.0f}")
 
 
 def main() -> None:
