@@ -3,8 +3,8 @@
 Run: .venv/bin/python test/python/bench_step_cost.py [--quick] [--steps N] [--rounds R] [--baseline REV] [configs]
 
 --baseline REV: the hook as it was at git revision REV (`git archive` of python-shim/noisescope, imported beside
-the working tree's as its own package) runs every chosen configuration too, interleaved in the same rounds and
-process, labelled "@REV": a before/after comparison that the machine's load hits alike.
+the working tree's as its own package; or REV is a directory holding such a package) runs every chosen configuration too, interleaved in the same rounds and
+process, labelled "@REV" ("@dir"): a before/after comparison that the machine's load hits alike.
 
 The 784-512-512-10 MLP at b=64 (one micro-batch per step, torch on 1 thread, the real sidecar in its own
 process): its step is short enough (~2.5 ms) that the hook's fixed per-step cost, not the arithmetic, is
@@ -79,14 +79,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def baseline_package(rev: str, into: Path) -> ModuleType:
-    """python-shim/noisescope at git revision `rev`, imported as the package `noisescope_baseline` (its generated
-    v1 code, which git ignores, copied from the working tree's package)."""
-    archive = subprocess.run(
-        ["git", "archive", rev, "python-shim/noisescope"], cwd=ROOT, check=True, capture_output=True
-    ).stdout
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        tar.extractall(into, filter="data")
-    package = into / "python-shim" / "noisescope"
+    """python-shim/noisescope at git revision `rev` (or the package in directory `rev`), imported as the package
+    `noisescope_baseline` (its generated v1 code, which git ignores, copied from the working tree's package)."""
+    if (Path(rev) / "__init__.py").is_file():
+        package = Path(rev)
+    else:
+        archive = subprocess.run(
+            ["git", "archive", rev, "python-shim/noisescope"], cwd=ROOT, check=True, capture_output=True
+        ).stdout
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(into, filter="data")
+        package = into / "python-shim" / "noisescope"
     if not (package / "v1").exists():
         shutil.copytree(Path(noisescope.__file__).parent / "v1", package / "v1")
     spec = importlib.util.spec_from_file_location(
@@ -188,16 +191,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--phases", action="store_true", help="where an isolated measured step's cost falls (see above)")
-    parser.add_argument("--baseline", metavar="REV", help="also run each configuration with the hook at git revision REV")
+    parser.add_argument("--baseline", metavar="REV", help="also run each configuration with the hook at git revision REV (or a package directory)")
     parser.add_argument("configs", nargs="*", help="substrings of the configurations to run besides no hook (default: all)")
     args = parser.parse_args()
     chosen = {label: c for label, c in CONFIGS.items() if c["source"] is None or not args.configs or any(s in label for s in args.configs)}
     packages: dict[str, ModuleType] = {"": noisescope}
     if args.baseline:
-        packages[args.baseline] = baseline_package(args.baseline, Path(tempfile.mkdtemp(prefix="noisescope-baseline-")))
+        tag = "dir" if Path(args.baseline).is_dir() else args.baseline
+        packages[tag] = baseline_package(args.baseline, Path(tempfile.mkdtemp(prefix="noisescope-baseline-")))
         chosen = {
             **{label: {**c, "package": ""} for label, c in chosen.items()},
-            **{f"{label} @{args.baseline}": {**c, "package": args.baseline} for label, c in chosen.items() if c["source"] is not None},
+            **{f"{label} @{tag}": {**c, "package": tag} for label, c in chosen.items() if c["source"] is not None},
         }
     steps, rounds = (100, 3) if args.quick else (args.steps, args.rounds)
     logging.getLogger("noisescope").setLevel(logging.ERROR)
