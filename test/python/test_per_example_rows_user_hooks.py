@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from per_example_support import assert_sums_match, exact_sums, regression_loss
+from per_example_support import assert_sums_match, exact_sums, measure_one_step, regression_loss
 from test_hook_support import watch_and_record
 
 B = 5
@@ -110,3 +110,39 @@ def test_hooks_follow_arming_through_watch_removal_mid_run(free_address: str) ->
         assert_sums_match(dict(zip(names, records[0].per_example_sums[0])), exact_at(state, x, y), rel=1e-12)
     mine.remove()
     assert hook_counts(model[0]) == (0, 0)
+
+
+class TensorHooked(nn.Module):
+    """Linears whose outputs carry the user's own tensor hooks: one set in their forward hook before ours runs, one
+    set in forward after ours (into the dict ours made), one of those removed at once; a Linear called by keyword."""
+
+    def __init__(self, seen: list[tuple[str, torch.Tensor]]) -> None:
+        super().__init__()
+        torch.manual_seed(4)
+        self.a, self.b, self.c = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 3)
+        self.seen = seen
+        self.a.register_forward_hook(self.hook_a)
+
+    def hook_a(self, module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        out.register_hook(lambda g: self.seen.append(("a, theirs first", g)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.b(torch.tanh(self.a(x)))
+        h.register_hook(lambda g: self.seen.append(("b, after ours", g)))
+        h.register_hook(lambda g: self.seen.append(("b, removed", g))).remove()
+        return self.c(input=torch.tanh(h))
+
+
+def test_users_tensor_hooks_on_linear_outputs_share_our_hook_dict_and_see_the_same_gradients(free_address: str) -> None:
+    x, y = batch(5)
+    plain_seen: list[tuple[str, torch.Tensor]] = []
+    plain = TensorHooked(plain_seen).double()
+    loss_of(plain, x, y).backward()
+    seen: list[tuple[str, torch.Tensor]] = []
+    model = TensorHooked(seen).double()
+    exact = exact_sums(TensorHooked([]).double(), x, y, 1 / B)
+    measured, _ = measure_one_step(model, x, y, free_address, source="per-example")
+    assert_sums_match(measured, exact, rel=1e-12)
+    assert [name for name, _ in seen] == [name for name, _ in plain_seen] == ["b, after ours", "a, theirs first"]
+    for (_, got), (_, want) in zip(seen, plain_seen):
+        assert torch.equal(got, want)
