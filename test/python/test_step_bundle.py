@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import noisescope
+import noisescope._sender  # watch() imports it lazily; the tests patch it before the first watch()
 from conftest import Sidecar
 from test_hook_support import Loop, make_model, make_optimizer, parameters_of, wait_connected, wait_for_events
 
