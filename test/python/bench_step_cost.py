@@ -29,6 +29,22 @@ the part an isolated step pays alone; at every=1 up to 32 steps share it. One in
 ~2.3 (`--phases --rounds 7 =10`): norms every=10 measured step's optimizer.step +90 µs and the next step +109 µs
 with a 25 ms flush (every measured step wakes), +48 and +36 with 50 ms (every other one does); wall ratios within
 the load's noise.
+
+Engineer A (issue 5), against the tree with _meter/_sender/_wire at 2eeb2ea (`--baseline DIR --phases --rounds 5
+=10`, load ~1.8): arming by setting our own dicts instead of register_hook/register_forward_pre_hook takes the step
+before a measured one's optimizer.step from +65–73 to +25–33 µs; a fresh step's norms taken in the gradient hooks
+(the same kernel on the tensor .grad adopts) the measured backward from +274–299 to +250–290 µs (norms) and
++348–366 to +318–349 µs (per-example); training thread per step, norms=10 2562 → 2529 µs, per-ex=10 2585 → 2534 µs
+(no hook 2407); wall ratios within the load's noise (±2%). Timed in place (thread CPU, medians): arm 52 → 14 µs,
+disarm 21 → 10 µs, an unmeasured step's hook 7.8 → 3.6 µs, the request iterator's step → message 17 → 7 µs (hot).
+What is left of a measured step (~0.9 ms of training-thread CPU at every=10): the cold read of 2.65 MB of gradients
+(~190 µs in the hooks, memory-bound: torch.dot on the just-made weight gradient runs at ~20 GB/s, 80 GB/s when in
+L2, and the fixed kernel is what keeps the norms bitwise), and the sender's wake-up aftermath (~150 µs: the measured
+step's optimizer.step and the next step; the request iterator thread spends ~230 µs CPU a message, grpcio's channel
+thread ~55 µs, the sidecar ~0.5 ms). Tried and dropped: taking the step's norms in its hooks on large gradients
+only (no gain: the gemm's output is not in cache either way); waking the sender from an optimizer step post-hook
+instead of the pre-hook (no change); sleeping the request iterator until a put instead of to the flush interval's
+end after a lone step (one wake fewer a message for it, none for the training thread; it changes which steps wait).
 """
 from __future__ import annotations
 
