@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import _per_example_share as share
+
 Call = tuple[Tensor, Tensor]  # (the layer's input, δ at its output) of one forward call
 
 # Elements a chunk of examples may materialise at once (64 MiB in fp32).
@@ -205,6 +207,8 @@ def conv(module: nn.Conv1d | nn.Conv2d, calls: Sequence[Call], form: str = "auto
     batch = calls[0][0].shape[0]
     if form == "materialise":
         parts = _chunks(batch, module.weight.numel(), CACHED_ELEMENTS)
+        if len(parts) == 1:  # on the worker, parts a waiting training thread can share (per_example_share)
+            parts = share.parts(batch, sum(math.prod(x.shape[1:]) for x, _ in calls) * math.prod(module.kernel_size))
         return chunked_terms(calls, parts, lambda pairs: materialised_sq_norm(pairs, lambda x, d: _per_example_conv_grads(module, x, d)))
     unfolded = sum(math.prod(x.shape[1:]) for x, _ in calls) * math.prod(module.kernel_size)  # per example
 
@@ -236,8 +240,7 @@ def chunked_terms(
         return terms(calls)
     weight = torch.zeros((), dtype=torch.float64, device=calls[0][0].device)
     bias_sum: Tensor | None = weight if bias else None
-    for part in parts:
-        w, b = terms([(x[part], d[part]) for x, d in calls])
+    for w, b in share.map(lambda part: terms([(x[part], d[part]) for x, d in calls]), parts):
         weight = weight + w
         bias_sum = None if b is None or bias_sum is None else bias_sum + b
     return weight, bias_sum
