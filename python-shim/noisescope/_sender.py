@@ -242,32 +242,12 @@ class Sender:
         """A queued item's wire messages (a step is finished, tapped and built here, off the training thread)."""
         if isinstance(item, _Messages):
             return item
-        messages = _wire.step_messages(self._finished(item), self._info.world_size)
-        return _wire.bundled(messages) if self.bundle_steps else messages
-
-    def _joinable(self, item: Any) -> tuple[bytes | None, Sequence[Any]]:
-        """A queued item as one serialised StepBundle, to go with others in one StepBundles message; or (None, its
-        messages) when it cannot (dense frames, shards sent separately, control messages)."""
-        if isinstance(item, _Messages):
-            messages: Sequence[Any] = item
-        else:
-            record = self._finished(item)
-            if self.bundle_steps:
-                single = _wire.bundle_bytes(record, self._info.world_size)
-                if single is not None:
-                    return single, ()
-            messages = _wire.step_messages(record, self._info.world_size)
-            if self.bundle_steps:
-                messages = _wire.bundled(messages)
-        bundle = _wire.one_bundle(messages[0]) if len(messages) == 1 else None
-        return (bundle.SerializeToString(), ()) if bundle is not None else (None, messages)
-
-    def _finished(self, pending: PendingStep) -> StepRecord:
-        record = finish(pending, self._layers)
+        record = finish(item, self._layers)
         tap = self.tap
         if tap is not None:
             tap(record)
-        return record
+        messages = _wire.step_messages(record, self._info.world_size)
+        return _wire.bundled(messages) if self.bundle_steps else messages
 
     def _drop(self, item: Any) -> None:
         """A queued step no stream will carry: tapped like a sent one, its dense buffers freed, counted."""
@@ -392,7 +372,7 @@ class Sender:
                     if self._stop.is_set():
                         break  # close() began and every step is out (its wake-up did not fit in the queue)
                     continue
-                together: list[bytes] = []  # consecutive steps' serialised StepBundles, for one message
+                together: list[Any] = []  # consecutive steps' StepBundles, for one message
                 together_bytes = 0
                 while taken:
                     item = taken.popleft()
@@ -402,19 +382,19 @@ class Sender:
                     if goodbye or stream.over.is_set() or time.monotonic() > self._deadline:
                         self._drop(item)  # the stream ended while this waited, or past remove()'s flush budget
                         continue
-                    if per_message > 1 and self.takes_bundles:
-                        single, messages = self._joinable(item)
+                    messages = self._messages(item)
+                    if per_message > 1 and self.takes_bundles and len(messages) == 1:
+                        single = _wire.one_bundle(messages[0])
                         if single is not None:
-                            if together and together_bytes + len(single) > MESSAGE_BYTES:
-                                yield self._sent(_wire.several_bytes(together))
+                            size = single.ByteSize()
+                            if together and together_bytes + size > MESSAGE_BYTES:
+                                yield self._sent(_wire.several(together))
                                 together, together_bytes = [], 0
                             together.append(single)
-                            together_bytes += len(single)
+                            together_bytes += size
                             continue
-                    else:
-                        messages = self._messages(item)
                     if together:
-                        yield self._sent(_wire.several_bytes(together))
+                        yield self._sent(_wire.several(together))
                         together, together_bytes = [], 0
                     for message in messages:
                         if isinstance(message, DenseStep):
@@ -423,7 +403,7 @@ class Sender:
                             continue
                         yield self._sent(message)
                 if together:
-                    yield self._sent(_wire.several_bytes(together))
+                    yield self._sent(_wire.several(together))
             if not goodbye and stream.over.is_set():
                 return  # the stream ended: the link thread drains what is left
         except Exception as error:  # our own bug: never grpcio's "Exception iterating requests"

@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import math
-import struct
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 from ._dense import WIRE_DTYPES
-from ._dense import _varint as varint
 from ._meter import LayerInfo, StepRecord
 from ._policy import BatchPolicy
 from ._types import LearningRateHint, Recommendation
@@ -153,73 +151,6 @@ def one_bundle(message: Any) -> pb.StepBundle | None:
 def several(bundles: list[pb.StepBundle]) -> pb.RankMessage:
     """Several steps' bundles in one message (a sidecar whose Welcome says takes_bundles reads them one by one)."""
     return pb.RankMessage(bundles=pb.StepBundles(bundles=bundles))
-
-
-# A norms step written straight as the bytes of its StepBundle (proto3: fields in number order, zeros left out,
-# doubles packed): what step_messages → bundled → one_bundle → several serialise to, byte for byte, at less than half
-# the cost (the request iterator holds the GIL while it builds, and the training thread waits for it).
-
-
-def _varint(value: int) -> bytes:
-    return _SMALL_VARINTS[value] if value < 0x80 else varint(value)
-
-
-_SMALL_VARINTS = [bytes((i,)) for i in range(0x80)]
-_ZERO_DOUBLE = bytes(8)
-
-
-def _delimited(tag: bytes, payload: bytes) -> bytes:
-    return tag + _varint(len(payload)) + payload
-
-
-def _doubles(values: Sequence[float]) -> bytes:
-    return struct.pack(f"<{len(values)}d", *values)
-
-
-def _uint(tag: bytes, value: int) -> bytes:
-    return tag + _varint(value) if value else b""
-
-
-def _double(tag: bytes, value: float) -> bytes:
-    packed = struct.pack("<d", value)
-    return tag + packed if packed != _ZERO_DOUBLE else b""  # -0.0 and NaN are set values
-
-
-def bundle_bytes(record: StepRecord, world_size: int) -> bytes | None:
-    """The serialised StepBundle of a norms step (as `one_bundle(bundled(step_messages(...))[0])` gives it),
-    or None for a dense step (its chunks go as frames)."""
-    if record.dense is not None:
-        return None
-    local_examples = sum(record.micro_examples)
-    head = _uint(b"\x08", record.step)  # StepEnd: step, micro_batches, local, global examples
-    shards: list[bytes] = []
-    if not record.skipped:
-        head += _uint(b"\x10", len(record.micro_sq_norms))
-        per_example = record.per_example_sums
-        for j, (examples, sq_norms) in enumerate(zip(record.micro_examples, record.micro_sq_norms)):
-            shard = _uint(b"\x08", record.step) + _uint(b"\x10", j) + _uint(b"\x18", examples)
-            if per_example:
-                shard += _delimited(b"\x2a", _delimited(b"\x0a", _doubles(per_example[j])) if per_example[j] else b"")
-            shard += _delimited(b"\x52", _delimited(b"\x0a", _doubles(sq_norms)) if sq_norms else b"")
-            shards.append(_delimited(b"\x0a", shard))
-    end = head + _uint(b"\x18", local_examples) + _uint(b"\x20", local_examples if world_size == 1 else 0)
-    if not record.skipped:
-        if record.accumulated_sq_norms:
-            end += _delimited(b"\x2a", _doubles(record.accumulated_sq_norms))
-        if record.reduced_sq_norms:
-            end += _delimited(b"\x32", _doubles(record.reduced_sq_norms))
-    end += _double(b"\x39", record.lr) + _double(b"\x41", math.nan)
-    if record.skipped:
-        end += b"\x48\x01" + (_delimited(b"\x52", record.skip_reason.encode()) if record.skip_reason else b"")
-    end += _double(b"\x59", record.unix_ms)
-    if not record.skipped and record.reduced_sq_norms and record.reduced_is_shard:
-        end += b"\x60\x01"
-    return b"".join(shards) + _delimited(b"\x12", end)
-
-
-def several_bytes(bundles: list[bytes]) -> bytes:
-    """`several` of serialised StepBundles, serialised: the RankMessage's bundles (6) holding StepBundles.bundles (1)."""
-    return _delimited(b"\x32", b"".join([_delimited(b"\x0a", bundle) for bundle in bundles]))
 
 
 def goodbye(reason: str, dropped: int) -> pb.RankMessage:
