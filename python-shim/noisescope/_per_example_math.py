@@ -189,13 +189,18 @@ def _unfold(x: Tensor, kernel: tuple[int, ...], dilation: tuple[int, ...], strid
     """F.unfold of [B, C, H, W] with no padding as one copy of a strided window view (F.unfold: 1.4–6× slower
     on the benchmark CNN's inputs). `out`: the output positions (H', W'), as δ has them."""
     b, c = x.shape[:2]
+    return _windows(x, kernel, dilation, stride, out).reshape(b, c * kernel[0] * kernel[1], out[0] * out[1])
+
+
+def _windows(x: Tensor, kernel: tuple[int, ...], dilation: tuple[int, ...], stride: tuple[int, ...], out: tuple[int, int]) -> Tensor:
+    """[B, C, kh, kw, H', W']: the unfold of [B, C, H, W] (no padding) as a strided view."""
+    b, c = x.shape[:2]
     sb, sc, sh, sw = x.stride()
-    windows = x.as_strided(
+    return x.as_strided(
         (b, c, kernel[0], kernel[1], out[0], out[1]),
         (sb, sc, sh * dilation[0], sw * dilation[1], sh * stride[0], sw * stride[1]),
         x.storage_offset(),
     )
-    return windows.reshape(b, c * kernel[0] * kernel[1], out[0] * out[1])
 
 
 def conv(module: nn.Conv1d | nn.Conv2d, calls: Sequence[Call], form: str = "auto") -> tuple[Tensor, Tensor | None]:
@@ -209,7 +214,13 @@ def conv(module: nn.Conv1d | nn.Conv2d, calls: Sequence[Call], form: str = "auto
         parts = _chunks(batch, module.weight.numel(), CACHED_ELEMENTS)
         if len(parts) == 1:  # on the worker, parts a waiting training thread can share (per_example_share)
             parts = share.parts(batch, sum(math.prod(x.shape[1:]) for x, _ in calls) * math.prod(module.kernel_size))
-        return chunked_terms(calls, parts, lambda pairs: materialised_sq_norm(pairs, lambda x, d: _per_example_conv_grads(module, x, d)))
+
+        def part_terms(pairs: Sequence[Call]) -> Tensor | tuple[Tensor, Tensor]:
+            if len(pairs) == 1 and _folds_bias(module, *pairs[0]):
+                return _folded_terms(module, *pairs[0])
+            return materialised_sq_norm(pairs, lambda x, d: _per_example_conv_grads(module, x, d))
+
+        return chunked_terms(calls, parts, part_terms)
     unfolded = sum(math.prod(x.shape[1:]) for x, _ in calls) * math.prod(module.kernel_size)  # per example
 
     def gram(pairs: Sequence[Call]) -> Tensor:
@@ -222,7 +233,10 @@ def conv(module: nn.Conv1d | nn.Conv2d, calls: Sequence[Call], form: str = "auto
 
 
 def chunked_terms(
-    calls: Sequence[Call], parts: Sequence[slice], weight_term: Callable[[Sequence[Call]], Tensor], bias: bool = True
+    calls: Sequence[Call],
+    parts: Sequence[slice],
+    weight_term: Callable[[Sequence[Call]], Tensor | tuple[Tensor, Tensor]],
+    bias: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
     """(Σ over the chunks of weight_term(the chunk's widened calls), Σ_e |Σ over positions and calls of δ_e|²).
 
@@ -232,9 +246,12 @@ def chunked_terms(
 
     def terms(pairs: Sequence[Call]) -> tuple[Tensor, Tensor | None]:
         pairs = [(_wide(x), _wide(d)) for x, d in pairs]
+        weight = weight_term(pairs)
+        if type(weight) is tuple:
+            return weight  # the bias term came with it (_folded_terms)
         # Bias: per example Σ over positions (and calls) of δ, per output channel.
         bias_term = _sq(functools.reduce(operator.add, (d.flatten(2).sum(2) for _, d in pairs))) if bias else None
-        return weight_term(pairs), bias_term
+        return weight, bias_term  # type: ignore[return-value]
 
     if len(parts) == 1:
         return terms(calls)
@@ -298,8 +315,50 @@ def _per_example_conv_grads(conv: nn.Conv1d | nn.Conv2d, x: Tensor, delta: Tenso
     unfolded = x.shape[0] * conv.in_channels * math.prod(conv.kernel_size) * math.prod(delta.shape[2:])
     if not x.is_cpu or unfolded > CHUNK_ELEMENTS:  # timing a GPU needs a sync; a large unfold is never cheap
         return grouped()
-    key = ("conv", tuple(x.shape), tuple(delta.shape), x.dtype, shape, conv.stride, tuple(padding), conv.dilation, conv.groups)
-    return fastest(key, {"grouped": grouped, "columns": columns})
+    return fastest(_grads_key(conv, x, delta, padding), {"grouped": grouped, "columns": columns})
+
+
+def _grads_key(conv: nn.Conv1d | nn.Conv2d, x: Tensor, delta: Tensor, padding: Sequence[int]) -> tuple:
+    return ("conv", tuple(x.shape), tuple(delta.shape), x.dtype, tuple(conv.weight.shape), conv.stride, tuple(padding), conv.dilation, conv.groups)
+
+
+def _folds_bias(conv: nn.Conv1d | nn.Conv2d, x: Tensor, delta: Tensor) -> bool:
+    """Whether a part's terms come from _folded_terms: a few-channel convolution (groups 1, zeros padding) whose
+    per-example gradients were timed faster by unfold + bmm ("columns") for this shape."""
+    return (
+        conv.groups == 1
+        and conv.in_channels < _CHANNELS_LAST_FROM
+        and conv.padding_mode == "zeros"
+        and not isinstance(conv.padding, str)
+        and x.is_cpu
+        and _FASTEST.get(_grads_key(conv, x, delta, conv.padding)) == "columns"
+    )
+
+
+def _folded_terms(conv: nn.Conv1d | nn.Conv2d, x: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
+    """(Σ_e |weight gradient_e|², Σ_e |bias gradient_e|²) from one unfold + bmm: the columns get a row of ones, so the
+    bmm's last column is each example's bias gradient and δ is read once (the separate bias pass: ~150 µs of ~1.2 ms
+    on the benchmark CNN's input layer). Unfolded CACHED_ELEMENTS at a time into one reused buffer, as _columns_grads."""
+    pad = list(conv._reversed_padding_repeated_twice)
+    if any(pad):
+        x = torch.constant_pad_nd(x, pad)
+    if x.dim() == 3:  # Conv1d as a 2-D convolution of height 1
+        x, delta = x.unsqueeze(2), delta.unsqueeze(2)
+        kernel, stride, dilation = (1, *conv.kernel_size), (1, *conv.stride), (1, *conv.dilation)
+    else:
+        kernel, stride, dilation = conv.kernel_size, conv.stride, conv.dilation
+    batch, channels = x.shape[:2]
+    out = (delta.shape[2], delta.shape[3])
+    width, positions = channels * kernel[0] * kernel[1], out[0] * out[1]
+    parts = _chunks(batch, width * positions, CACHED_ELEMENTS)
+    columns = x.new_empty(parts[0].stop, width + 1, positions)
+    columns[:, width].fill_(1)
+    grads = x.new_empty(batch, delta.shape[1], width + 1)
+    for part in parts:
+        n = part.stop - part.start
+        columns[:n, :width].view(n, channels, kernel[0], kernel[1], *out).copy_(_windows(x[part], kernel, dilation, stride, out))
+        torch.bmm(delta[part].reshape(n, delta.shape[1], positions), columns[:n].transpose(1, 2), out=grads[part])
+    return _sq(grads[:, :, :width]), _sq(grads[:, :, width])
 
 
 # Input channels from which a channels-last unfold beats the NCHW one (measured 1.1–2× faster from 8 channels on, 1.5×
