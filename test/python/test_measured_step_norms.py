@@ -148,3 +148,21 @@ def test_the_users_tensor_and_forward_hooks_run_beside_ours_and_stay_after_remov
     for handle in handles:
         handle.remove()
     assert model[2].bias._backward_hooks is not None and len(model[2].bias._backward_hooks) == 0
+
+
+def test_steps_between_measured_ones_stay_unhooked_and_counted_from_a_resumed_step_number(free_address: str) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    ns, records = watch_and_record(model, optimizer, free_address, source="accumulation", every=4, first_step=3)
+    hooked = []
+    for _ in range(12):  # steps 3..14
+        optimizer.zero_grad()
+        hooked.append(any(p._backward_hooks for p in model.parameters()) or bool(model._forward_pre_hooks))
+        model(torch.randn(5, 4)).square().sum().backward()
+        optimizer.step()
+    stats = ns.stats
+    ns.remove()
+    assert [r.step for r in records] == [4, 8, 12] and not any(r.skipped for r in records)
+    assert hooked == [n % 4 == 0 for n in range(3, 15)]
+    assert (stats.steps_seen, stats.steps_measured) == (12, 3)
