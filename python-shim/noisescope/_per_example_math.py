@@ -216,11 +216,11 @@ def conv(module: nn.Conv1d | nn.Conv2d, calls: Sequence[Call], form: str = "auto
             parts = share.parts(batch, sum(math.prod(x.shape[1:]) for x, _ in calls) * math.prod(module.kernel_size))
 
         def part_terms(pairs: Sequence[Call]) -> Tensor | tuple[Tensor, Tensor]:
-            if len(pairs) == 1 and _folds_bias(module, *pairs[0]):
+            if len(pairs) == 1 and module.bias is not None and _folds_bias(module, *pairs[0]):
                 return _folded_terms(module, *pairs[0])
             return materialised_sq_norm(pairs, lambda x, d: _per_example_conv_grads(module, x, d))
 
-        return chunked_terms(calls, parts, part_terms)
+        return chunked_terms(calls, parts, part_terms, bias=module.bias is not None)
     unfolded = sum(math.prod(x.shape[1:]) for x, _ in calls) * math.prod(module.kernel_size)  # per example
 
     def gram(pairs: Sequence[Call]) -> Tensor:
@@ -229,7 +229,7 @@ def conv(module: nn.Conv1d | nn.Conv2d, calls: Sequence[Call], form: str = "auto
             return weight_sq_norm(*pieces[0], "gram")
         return weight_sq_norm(torch.cat([p[0] for p in pieces], 2), torch.cat([p[1] for p in pieces], 2), "gram")
 
-    return chunked_terms(calls, _chunks(batch, unfolded), gram)
+    return chunked_terms(calls, _chunks(batch, unfolded), gram, bias=module.bias is not None)  # none: no pass over δ
 
 
 def chunked_terms(
