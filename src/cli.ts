@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { parseArgs } from 'node:util';
 import { computeBackendLine, printSidecar } from './cli/print-sidecar.js';
+import { lineBatch } from './cli/line-batch.js';
 import { runDemo } from './cli/demo.js';
 import { replay, REPLAY_USAGE } from './cli/replay.js';
 import { report, REPORT_USAGE } from './report/report-command.js';
@@ -109,7 +110,7 @@ async function serve(args: string[]): Promise<void> {
     ...partialStepTimeoutFromFlags(values['partial-step-timeout']),
     ...(runLog ? { runLog } : {}),
   });
-  const write = (line: string) => process.stdout.write(`${line}\n`);
+  const write = lineBatch((text) => process.stdout.write(text));
   write(values.json ? JSON.stringify({ type: 'listening', address: sidecar.address }) : `noisescope listening on ${sidecar.address}`);
   if (runLog) write(values.json ? JSON.stringify({ type: 'run-log', path: runLog.dir }) : `noisescope logging runs to ${runLog.dir}`);
   write(computeBackendLine(sidecar, values.json));
