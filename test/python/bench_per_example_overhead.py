@@ -1,6 +1,6 @@
 """Benchmark: overhead per optimizer step of the per-example source, and of source="auto", on CPU.
 
-Run: .venv/bin/python test/python/bench_per_example_overhead.py [--quick] [--terms] [model substring ...]
+Run: .venv/bin/python test/python/bench_per_example_overhead.py [--quick] [--terms | --wait] [model substring ...]
 
 For an MLP, a small CNN and a small transformer block (hand-written attention, so every
 parameter is covered), each configuration trains the same model, torch on one thread, the
@@ -14,6 +14,8 @@ accumulate); "per-example" every=1. "s=B/4": per_example_sample=0.25, the per-ex
 each micro-batch drawn by importance (reweighted: unbiased), at every=10, every=1 and every=1 inline.
 --terms: instead, only the CPU seconds per step spent on per-example work (drawing the sample, selecting its rows,
 the terms), inline on the training thread, exact against s=B/4 and s=1 — the steadiest figure on a shared machine.
+--wait: instead, the ms a step the training thread sits idle in the step-end wait for the worker (every=1), exact and
+s=B/4: what the worker's layers still cost the step after the training thread shared what it could.
 Rounds interleave the configurations; a configuration's
 figure in a round is its mean step time, and the table gives the median over rounds of its
 ratio to "no hook" with the same micro-batches in the same round; a second line gives the same ratios
@@ -179,6 +181,39 @@ def terms_cpu(name: str, address: str, rounds: int, steps: int) -> str:
     return f"{name:<30} " + " ".join(cells) + f" {ratio:>10.2f}"
 
 
+def wait_idle(name: str, address: str, rounds: int, steps: int) -> str:
+    """Per step at every=1 on the worker: ms the training thread sat idle in take()'s wait for the worker (wall less its
+    own CPU there: the work it shared is not idle), exact and s=B/4; medians over rounds."""
+    make, data, loss_fn = WORKLOADS[name]
+    batch = data(torch.Generator().manual_seed(1))
+    samples = {"exact": None, "s=B/4": 0.25}
+    idle: dict[str, list[float]] = {label: [] for label in samples}
+    for r in range(rounds):
+        for label, sample in samples.items():
+            torch.manual_seed(0)
+            model = make()
+            opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+            with noisescope.watch(model, opt, address=address, source="per-example", run=f"wait-{name}-{label}-{r}", per_example_sample=sample) as ns:
+                overlap = ns._meter._per_example.overlap
+                overlap.enabled = True
+                total = [0.0]
+                overlap.wait = _idle_timed(overlap.wait, total)
+                mean_step_time(model, opt, batch, loss_fn, 5)  # warm-up
+                total[0] = 0.0
+                mean_step_time(model, opt, batch, loss_fn, steps)
+                idle[label].append(total[0] / steps)
+    return f"{name:<30} " + " ".join(f"{statistics.median(v) * 1e3:>8.2f} ms" for v in idle.values())
+
+
+def _idle_timed(method: Callable, total: list[float]) -> Callable:
+    def timed():
+        wall, cpu = time.perf_counter(), time.thread_time()
+        method()
+        total[0] += (time.perf_counter() - wall) - (time.thread_time() - cpu)
+
+    return timed
+
+
 def _thread_timed(method: Callable, total: list[float]) -> Callable:
     def timed(*args):
         started = time.thread_time()
@@ -215,6 +250,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run, noisier)")
     parser.add_argument("--terms", action="store_true", help="only the per-example terms' CPU per step, exact vs s=B/4")
+    parser.add_argument("--wait", action="store_true", help="only the training thread's idle ms a step in the step-end wait (worker)")
     parser.add_argument("models", nargs="*", help="substrings of the models to run, any case (default: all)")
     args = parser.parse_args()
     rounds = 3 if args.quick else 9
@@ -223,6 +259,14 @@ def main() -> None:
     load = os.getloadavg()  # other work on the machine skews every ratio: say how much there was
     sidecar = QuietSidecar()
     try:
+        if args.wait:
+            print(f"training thread idle in the step-end wait for the worker, ms a step (every=1; median over {rounds} rounds)")
+            print(f"{'model':<30} {'exact':>11} {'s=B/4':>11}")
+            for name in WORKLOADS:
+                if _chosen(name, args.models):
+                    print(wait_idle(name, sidecar.address, rounds=rounds, steps=40))
+            print(f"load average (1/5/15 min) at the start {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}")
+            return
         if args.terms:
             print(f"per-example terms' CPU per step, inline on the training thread (torch {torch.__version__}, 1 thread; median over {rounds} rounds)")
             print(f"{'model':<30} {'exact':>11} {'s=B/4':>11} {'s=1':>11} {'s=B/4 / exact':>10}")
