@@ -24,6 +24,7 @@ of process CPU time (every thread of the training process).
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import statistics
@@ -259,20 +260,19 @@ def main() -> None:
     load = os.getloadavg()  # other work on the machine skews every ratio: say how much there was
     sidecar = QuietSidecar()
     try:
+        only = None
         if args.wait:
-            print(f"training thread idle in the step-end wait for the worker, ms a step (every=1; median over {rounds} rounds)")
-            print(f"{'model':<30} {'exact':>11} {'s=B/4':>11}")
+            title = f"training thread idle in the step-end wait for the worker, ms a step (every=1; median over {rounds} rounds)"
+            only = (title, f"{'model':<30} {'exact':>11} {'s=B/4':>11}", functools.partial(wait_idle, steps=40))
+        elif args.terms:
+            title = f"per-example terms' CPU per step, inline on the training thread (torch {torch.__version__}, 1 thread; median over {rounds} rounds)"
+            only = (title, f"{'model':<30} {'exact':>11} {'s=B/4':>11} {'s=1':>11} {'s=B/4 / exact':>10}", functools.partial(terms_cpu, steps=20))
+        if only is not None:
+            print(only[0])
+            print(only[1])
             for name in WORKLOADS:
                 if _chosen(name, args.models):
-                    print(wait_idle(name, sidecar.address, rounds=rounds, steps=40))
-            print(f"load average (1/5/15 min) at the start {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}")
-            return
-        if args.terms:
-            print(f"per-example terms' CPU per step, inline on the training thread (torch {torch.__version__}, 1 thread; median over {rounds} rounds)")
-            print(f"{'model':<30} {'exact':>11} {'s=B/4':>11} {'s=1':>11} {'s=B/4 / exact':>10}")
-            for name in WORKLOADS:
-                if _chosen(name, args.models):
-                    print(terms_cpu(name, sidecar.address, rounds=rounds, steps=20))
+                    print(only[2](name, sidecar.address, rounds=rounds))
             print(f"load average (1/5/15 min) at the start {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}")
             return
         print(
