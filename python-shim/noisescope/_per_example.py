@@ -765,7 +765,7 @@ class _Overlap:
                         self._pending = 0  # the worker is gone (interpreter shutdown): never wait on it
                         self._thread = None
             if work is not None:
-                self._run_one(work)
+                self._run_one(functools.partial(share.run_split, work))
 
     def _run(self) -> None:
         self._board.serve()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import math
 import operator
-import threading
 import time
 from typing import Callable, Sequence
 
@@ -213,6 +212,8 @@ def conv(module: nn.Conv1d | nn.Conv2d, calls: Sequence[Call], form: str = "auto
     batch = calls[0][0].shape[0]
     if form == "materialise":
         parts = _chunks(batch, module.weight.numel(), CACHED_ELEMENTS)
+        if len(parts) == 1:  # on the worker, parts a waiting training thread can share (per_example_share)
+            parts = share.parts(batch, sum(math.prod(x.shape[1:]) for x, _ in calls) * math.prod(module.kernel_size))
 
         def part_terms(pairs: Sequence[Call]) -> Tensor | tuple[Tensor, Tensor]:
             if len(pairs) == 1 and module.bias is not None and _folds_bias(module, *pairs[0]):
@@ -350,19 +351,13 @@ def _folded_terms(conv: nn.Conv1d | nn.Conv2d, x: Tensor, delta: Tensor) -> tupl
     out = (delta.shape[2], delta.shape[3])
     width, positions = channels * kernel[0] * kernel[1], out[0] * out[1]
     parts = _chunks(batch, width * positions, CACHED_ELEMENTS)
-    buffers: dict[int, Tensor] = {}  # one per thread that runs chunks (per_example_share), reused across its chunks
+    columns = x.new_empty(parts[0].stop, width + 1, positions)
+    columns[:, width].fill_(1)
     grads = x.new_empty(batch, delta.shape[1], width + 1)
-
-    def chunk(part: slice) -> None:
-        columns = buffers.get(threading.get_ident())
-        if columns is None:
-            columns = buffers[threading.get_ident()] = x.new_empty(parts[0].stop, width + 1, positions)
-            columns[:, width].fill_(1)
+    for part in parts:
         n = part.stop - part.start
         columns[:n, :width].view(n, channels, kernel[0], kernel[1], *out).copy_(_windows(x[part], kernel, dilation, stride, out))
         torch.bmm(delta[part].reshape(n, delta.shape[1], positions), columns[:n].transpose(1, 2), out=grads[part])
-
-    share.map(chunk, parts)
     return _sq(grads[:, :, :width]), _sq(grads[:, :, width])
 
 
@@ -381,7 +376,8 @@ def _columns_grads(conv: nn.Conv1d | nn.Conv2d, x: Tensor, delta: Tensor, paddin
             raw = _channels_last_product(conv, x, delta, padding)
         else:
             raw = x.new_empty(batch, shape[0], math.prod(shape[1:]))
-            share.map(lambda part: _channels_last_product(conv, x[part], delta[part], padding, raw[part]), parts)
+            for part in parts:
+                _channels_last_product(conv, x[part], delta[part], padding, raw[part])
         grads = raw.view(batch, shape[0], *((1,) * (4 - len(shape))), *shape[2:], shape[1])  # [B, O, kh, kw, C]
         grads = grads.permute(0, 1, 4, 2, 3)  # the weight's (C, kh, kw) order
         return grads if len(shape) == 4 else grads.squeeze(3)
@@ -393,7 +389,8 @@ def _columns_grads(conv: nn.Conv1d | nn.Conv2d, x: Tensor, delta: Tensor, paddin
     if len(parts) == 1:
         return product(x, delta).view(batch, *shape)
     raw = x.new_empty(batch * groups, shape[0] // groups, math.prod(shape[1:]))
-    share.map(lambda part: product(x[part], delta[part], raw[part.start * groups : part.stop * groups]), parts)
+    for part in parts:
+        product(x[part], delta[part], raw[part.start * groups : part.stop * groups])
     return raw.view(batch, *shape)
 
 

@@ -1,12 +1,11 @@
-"""A layer's per-example work in chunks that the training thread, waiting at the step's end, can share with the worker.
+"""A layer's per-example work in parts that the training thread, waiting at the step's end, can share with the worker.
 
 The backward reaches a CNN's input layer last, so its terms (the costliest conv's) start on the worker just as the
-training thread is about to wait for them. The convolutions' unfold + bmm already runs CACHED_ELEMENTS-sized chunks of
-examples, each into its own slice of the result; on the worker `map` posts those chunks, runs them in order from a
-cursor, and a thread waiting in `Board.help` takes the next one not yet started: two cores on what the step waits for.
-The chunks are the same on every thread and inline, so the sums are bitwise the same whichever thread ran what.
-(Splitting layers into extra parts for sharing was tried: the worker's extra ops per part made it finish later, and
-the step waited longer, bench_per_example_overhead.py --wait.)
+training thread is about to wait for them. On the worker a layer's examples are split into a few parts (`parts`);
+`map` runs them in order from a cursor, and a thread waiting in `Board.help` takes the next part not yet started:
+two cores on what the step waits for. Results are returned in the parts' order whichever thread computed each, so
+the sums are bitwise those of the worker alone. A queued layer wait() takes whole is split the same way (`run_split`)
+but its parts run in a plain loop; inline terms are not split.
 """
 from __future__ import annotations
 
@@ -15,6 +14,10 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+# At most this many parts a layer; a part has at least SPLIT_ELEMENTS elements of its biggest per-example intermediate
+# (the unfolded columns): smaller parts cost more in per-op dispatch than the sharing gains.
+MOST_PARTS = 4
+SPLIT_ELEMENTS = 1 << 17
 # A part another thread took is waited for this long at most (it is running, not queued): then the layer fails and
 # the guard switches the source off, never a hang.
 PART_WAIT_S = 10.0
@@ -22,6 +25,7 @@ PART_WAIT_S = 10.0
 
 class _Local(threading.local):
     board: Board | None = None  # set on the worker thread: its layers' parts are posted here
+    split = False  # this thread runs the overlap's work (the worker, or wait() taking a queued layer): split it
 
 
 _local = _Local()
@@ -38,6 +42,7 @@ class Board:
     def serve(self) -> None:
         """Marks the calling thread (the worker) as one whose layers are split and posted here."""
         _local.board = self
+        _local.split = True
 
     def open(self) -> bool:
         """Whether a posted layer has parts not started (caller holds `changed`)."""
@@ -86,6 +91,25 @@ class _Parts:
                 self.error = error
             self.finished += 1
             self.board.changed.notify_all()
+
+
+def run_split(work: Callable[[], None]) -> None:
+    """work() with its layers split as the worker splits them (not posted): the sums are the same, bitwise, whichever
+    thread took a queued layer."""
+    _local.split = True
+    try:
+        work()
+    finally:
+        _local.split = False
+
+
+def parts(examples: int, elements_per_example: int) -> list[slice]:
+    """Example ranges for `map` in the overlap's work (one range inline): up to MOST_PARTS of ≥ SPLIT_ELEMENTS each."""
+    count = 1 if not _local.split else min(MOST_PARTS, examples, round(examples * elements_per_example / SPLIT_ELEMENTS))
+    if count <= 1:
+        return [slice(0, examples)]
+    step = -(-examples // count)
+    return [slice(i, min(i + step, examples)) for i in range(0, examples, step)]
 
 
 def map(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:  # noqa: A001 — the builtin's meaning
