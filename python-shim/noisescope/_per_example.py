@@ -35,7 +35,6 @@ from torch import Tensor, nn
 
 from . import _per_example_math as pem
 from . import _per_example_more as pmore
-from . import _per_example_share as share
 from ._guard import Guard
 from ._meter import _reserve_hook_id
 
@@ -706,9 +705,7 @@ class _Overlap:
         self._pid = os.getpid()
         self._queue: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._done = threading.Condition()
-        self._board = share.Board(self._done)  # the worker's layer in parts, for wait() to share
         self._pending = 0
-        self._busy = False  # the worker is running a layer (wait() takes queued ones meanwhile)
         self._thread: threading.Thread | None = None
 
     def worthwhile(self) -> bool:
@@ -732,43 +729,29 @@ class _Overlap:
         self._queue.put(work)
 
     def wait(self) -> None:
-        """Until everything submitted so far has run; meanwhile this thread shares the work: parts of the layer the
-        worker is computing (share.Board), and queued layers the worker has not started.
+        """Until everything submitted so far has run; meanwhile this thread runs queued work too.
 
-        At the step's end the last layers' terms are left (a CNN's input layer's δ comes last, its conv the costliest):
-        this puts two cores on what the step waits for instead of one.
+        At the step's end the queue holds the last layers' terms (a CNN's input layer's δ comes last):
+        taking them here puts two cores on what the step waits for instead of one.
         """
         if not self._pending:
             return  # nothing submitted is left to run (inline steps: every step ends here)
         if self._pid != os.getpid():
             self._reset()
         while True:
-            if self._board.help():
-                continue
-            work = None
-            with self._done:
-                while work is None:
-                    if not self._pending:
-                        return
-                    if self._board.open():
-                        break
-                    if self._busy or self._thread is None:
-                        # The worker is on a layer not in parts (or all taken): a queued one is ours. While it is
-                        # between layers, the next is left to it: there it is split and shared.
-                        try:
-                            work = self._queue.get_nowait()
-                            break
-                        except queue.Empty:
-                            pass
-                    thread = self._thread
-                    if not self._done.wait(timeout=1.0) and (thread is None or not thread.is_alive()):
-                        self._pending = 0  # the worker is gone (interpreter shutdown): never wait on it
-                        self._thread = None
-            if work is not None:
-                self._run_one(functools.partial(share.run_split, work))
+            try:
+                work = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            self._run_one(work)
+        with self._done:
+            while self._pending:
+                thread = self._thread
+                if not self._done.wait(timeout=1.0) and (thread is None or not thread.is_alive()):
+                    self._pending = 0  # the worker is gone (interpreter shutdown): never wait on it
+                    self._thread = None
 
     def _run(self) -> None:
-        self._board.serve()
         while True:
             try:
                 work = self._queue.get(timeout=self.IDLE_S)
@@ -778,20 +761,16 @@ class _Overlap:
                         self._thread = None
                         return
                 continue
-            with self._done:
-                self._busy = True
-                self._done.notify_all()  # a waiting wait() may take the next queued layer
-            self._run_one(work, worker=True)
+            self._run_one(work)
 
-    def _run_one(self, work: Callable[[], None], worker: bool = False) -> None:
+    def _run_one(self, work: Callable[[], None]) -> None:
         try:
             work()  # guards its own errors
         finally:
             with self._done:
                 self._pending -= 1
-                if worker:
-                    self._busy = False
-                self._done.notify_all()  # wait() looks again: done, or the worker is between layers
+                if not self._pending:
+                    self._done.notify_all()
 
 
 def _row_linear_sums(rows: list[_Row], ones: dict[tuple[Any, ...], Tensor]) -> None:

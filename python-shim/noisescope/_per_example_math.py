@@ -20,8 +20,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import _per_example_share as share
-
 Call = tuple[Tensor, Tensor]  # (the layer's input, δ at its output) of one forward call
 
 # Elements a chunk of examples may materialise at once (64 MiB in fp32).
@@ -212,8 +210,6 @@ def conv(module: nn.Conv1d | nn.Conv2d, calls: Sequence[Call], form: str = "auto
     batch = calls[0][0].shape[0]
     if form == "materialise":
         parts = _chunks(batch, module.weight.numel(), CACHED_ELEMENTS)
-        if len(parts) == 1:  # on the worker, parts a waiting training thread can share (per_example_share)
-            parts = share.parts(batch, sum(math.prod(x.shape[1:]) for x, _ in calls) * math.prod(module.kernel_size))
 
         def part_terms(pairs: Sequence[Call]) -> Tensor | tuple[Tensor, Tensor]:
             if len(pairs) == 1 and module.bias is not None and _folds_bias(module, *pairs[0]):
@@ -257,7 +253,8 @@ def chunked_terms(
         return terms(calls)
     weight = torch.zeros((), dtype=torch.float64, device=calls[0][0].device)
     bias_sum: Tensor | None = weight if bias else None
-    for w, b in share.map(lambda part: terms([(x[part], d[part]) for x, d in calls]), parts):
+    for part in parts:
+        w, b = terms([(x[part], d[part]) for x, d in calls])
         weight = weight + w
         bias_sum = None if b is None or bias_sum is None else bias_sum + b
     return weight, bias_sum

@@ -15,7 +15,7 @@ each micro-batch drawn by importance (reweighted: unbiased), at every=10, every=
 --terms: instead, only the CPU seconds per step spent on per-example work (drawing the sample, selecting its rows,
 the terms), inline on the training thread, exact against s=B/4 and s=1 — the steadiest figure on a shared machine.
 --wait: instead, the ms a step the training thread sits idle in the step-end wait for the worker (every=1), exact and
-s=B/4: what the worker's layers still cost the step after the training thread shared what it could.
+s=B/4: what the worker's layers still cost the step after the training thread ran the queued ones it could.
 Rounds interleave the configurations; a configuration's
 figure in a round is its mean step time, and the table gives the median over rounds of its
 ratio to "no hook" with the same micro-batches in the same round; a second line gives the same ratios
@@ -184,7 +184,7 @@ def terms_cpu(name: str, address: str, rounds: int, steps: int) -> str:
 
 def wait_idle(name: str, address: str, rounds: int, steps: int) -> str:
     """Per step at every=1 on the worker: ms the training thread sat idle in take()'s wait for the worker (wall less its
-    own CPU there: the work it shared is not idle), exact and s=B/4; medians over rounds."""
+    own CPU there: queued work it ran itself is not idle), exact and s=B/4; medians over rounds."""
     make, data, loss_fn = WORKLOADS[name]
     batch = data(torch.Generator().manual_seed(1))
     samples = {"exact": None, "s=B/4": 0.25}
