@@ -932,9 +932,16 @@ class Meter:
 
 def _reserve_hook_id() -> int:
     """An id no RemovableHandle will take: a key of ours in a parameter's _backward_hooks beside any user's."""
-    key = RemovableHandle.next_id
-    RemovableHandle.next_id += 1
-    return key
+    global _own_ids
+    if isinstance(getattr(RemovableHandle, "next_id", None), int):
+        key = RemovableHandle.next_id
+        RemovableHandle.next_id += 1
+        return key
+    _own_ids += 1  # a torch without the shared counter: ids far above any handle's
+    return _own_ids
+
+
+_own_ids = 1 << 62
 
 
 def _inert_hook(*args: Any, **kwargs: Any) -> None:
