@@ -158,25 +158,13 @@ def bench(name: str, address: str, rounds: int, steps: int) -> str:
 def terms_cpu(name: str, address: str, rounds: int, steps: int) -> str:
     """Thread CPU ms per step in the per-example work (inline: the draw, selecting the drawn rows, the terms), per sample
     size; medians over rounds."""
-    make, data, loss_fn = WORKLOADS[name]
-    batch = data(torch.Generator().manual_seed(1))
-    samples = {"exact": None, "s=B/4": 0.25, "s=1": 1}
-    spent: dict[str, list[float]] = {label: [] for label in samples}
-    for r in range(rounds):
-        for label, sample in samples.items():
-            torch.manual_seed(0)
-            model = make()
-            opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-            with noisescope.watch(model, opt, address=address, source="per-example", run=f"terms-{name}-{label}-{r}", per_example_sample=sample) as ns:
-                per_example = ns._meter._per_example
-                per_example.overlap.enabled = False
-                total = [0.0]
-                for method in ("_dispatch", "_compute_deferred", "_draw"):  # disjoint: selection, terms, the draw
-                    setattr(per_example, method, _thread_timed(getattr(per_example, method), total))
-                mean_step_time(model, opt, batch, loss_fn, 5)  # warm-up
-                total[0] = 0.0
-                mean_step_time(model, opt, batch, loss_fn, steps)
-                spent[label].append(total[0] / steps)
+
+    def instrument(per_example, total: list[float]) -> None:
+        per_example.overlap.enabled = False
+        for method in ("_dispatch", "_compute_deferred", "_draw"):  # disjoint: selection, terms, the draw
+            setattr(per_example, method, _thread_timed(getattr(per_example, method), total))
+
+    spent = _timed_rounds(name, address, rounds, steps, {"exact": None, "s=B/4": 0.25, "s=1": 1}, "terms", instrument)
     cells = [f"{statistics.median(v) * 1e3:>8.2f} ms" for v in spent.values()]
     ratio = statistics.median(spent["s=B/4"]) / statistics.median(spent["exact"])
     return f"{name:<30} " + " ".join(cells) + f" {ratio:>10.2f}"
@@ -185,25 +173,37 @@ def terms_cpu(name: str, address: str, rounds: int, steps: int) -> str:
 def wait_idle(name: str, address: str, rounds: int, steps: int) -> str:
     """Per step at every=1 on the worker: ms the training thread sat idle in take()'s wait for the worker (wall less its
     own CPU there: queued work it ran itself is not idle), exact and s=B/4; medians over rounds."""
+
+    def instrument(per_example, total: list[float]) -> None:
+        per_example.overlap.enabled = True
+        per_example.overlap.wait = _idle_timed(per_example.overlap.wait, total)
+
+    idle = _timed_rounds(name, address, rounds, steps, {"exact": None, "s=B/4": 0.25}, "wait", instrument)
+    return f"{name:<30} " + " ".join(f"{statistics.median(v) * 1e3:>8.2f} ms" for v in idle.values())
+
+
+def _timed_rounds(
+    name: str, address: str, rounds: int, steps: int, samples: dict, prefix: str, instrument: Callable
+) -> dict[str, list[float]]:
+    """Per sample size, per round: seconds per step that `instrument(per_example, total)` makes the per-example source
+    add into total[0] (per-example every=1, after 5 warm-up steps)."""
     make, data, loss_fn = WORKLOADS[name]
     batch = data(torch.Generator().manual_seed(1))
-    samples = {"exact": None, "s=B/4": 0.25}
-    idle: dict[str, list[float]] = {label: [] for label in samples}
+    out: dict[str, list[float]] = {label: [] for label in samples}
     for r in range(rounds):
         for label, sample in samples.items():
             torch.manual_seed(0)
             model = make()
             opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-            with noisescope.watch(model, opt, address=address, source="per-example", run=f"wait-{name}-{label}-{r}", per_example_sample=sample) as ns:
-                overlap = ns._meter._per_example.overlap
-                overlap.enabled = True
+            run = f"{prefix}-{name}-{label}-{r}"
+            with noisescope.watch(model, opt, address=address, source="per-example", run=run, per_example_sample=sample) as ns:
                 total = [0.0]
-                overlap.wait = _idle_timed(overlap.wait, total)
+                instrument(ns._meter._per_example, total)
                 mean_step_time(model, opt, batch, loss_fn, 5)  # warm-up
                 total[0] = 0.0
                 mean_step_time(model, opt, batch, loss_fn, steps)
-                idle[label].append(total[0] / steps)
-    return f"{name:<30} " + " ".join(f"{statistics.median(v) * 1e3:>8.2f} ms" for v in idle.values())
+                out[label].append(total[0] / steps)
+    return out
 
 
 def _idle_timed(method: Callable, total: list[float]) -> Callable:
