@@ -594,8 +594,8 @@ class PerExample:
 
     def _compute_terms(self, row: _Row, module: Any, calls: list[_Call]) -> None:
         sample = self._sample(row)
-        if sample is not None and not _row_linear(module, calls):
-            calls = _sampled(calls, sample)  # a row Linear's exact sum costs less than selecting
+        if sample is not None:  # row Linears never come here (_dispatch): they stay exact
+            calls = _sampled(calls, sample)
         if isinstance(module, pmore.Unit):
             with torch.no_grad():
                 terms = module.terms(calls, self.sequence_form)
