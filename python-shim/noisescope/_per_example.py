@@ -246,13 +246,8 @@ class PerExample:
         self._n_layers = n_layers
         self._guard = guard
         self._forward_hook = hook(self._on_forward)  # the meter's deepcopy-safe wrapper
-        linear_hook = hook(self._on_forward_linear)
         # Our key per module in its forward-hook dicts, unique as a handle's id: arming puts the hook in directly.
-        self._keys = [
-            (m, _reserve_hook_id(), linear_hook if isinstance(m, nn.Linear) and m not in self._units else self._forward_hook)
-            for m in modules
-            if not isinstance(m, pmore.ParamPair)
-        ]
+        self._keys = [(m, _reserve_hook_id()) for m in modules if not isinstance(m, pmore.ParamPair)]
         self._delta_key = _reserve_hook_id()  # ours in an output tensor's _backward_hooks
         self._armed = False
         self._lock = threading.Lock()
@@ -285,8 +280,8 @@ class PerExample:
         before or meanwhile stay in the same dicts, in the order registered, and keep their own handles."""
         self._armed = True
         try:
-            for module, key, hook in self._keys:
-                module._forward_hooks[key] = hook
+            for module, key in self._keys:
+                module._forward_hooks[key] = self._forward_hook
                 module._forward_hooks_with_kwargs[key] = True
         except Exception:
             self.disarm()
@@ -294,7 +289,7 @@ class PerExample:
 
     def disarm(self) -> None:
         self._armed = False
-        for module, key, _ in self._keys:
+        for module, key in self._keys:
             module._forward_hooks.pop(key, None)
             module._forward_hooks_with_kwargs.pop(key, None)
 
@@ -410,40 +405,6 @@ class PerExample:
                 _hook_output(output, output.grad_fn, self._delta_key, on_delta)
             else:
                 output.register_hook(on_delta)
-        except Exception as error:
-            self._guard.trip("the per-example forward hook", error)
-        return None
-
-    def _on_forward_linear(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
-        """_on_forward for a Linear of its own (no unit): no attention or LayerNorm branches, δ's hook straight into the
-        output's hook dict; anything unusual (no row yet, an input without the batch, a tensor subclass) goes the
-        general way."""
-        if not self._measuring or not torch.is_grad_enabled():
-            return None
-        try:
-            x = args[0] if args else kwargs.get("input")
-            grad_fn = output.grad_fn if type(output) is Tensor else None
-            if grad_fn is None or type(x) is not Tensor or not self._rows:
-                return self._on_forward(module, args, kwargs, output)
-            if (_graph_task_id is not None and _graph_task_id() != -1) or _computing.on:
-                return None  # as in _on_forward: a recomputation in a backward, or our own terms
-            with self._lock:
-                row = self._rows[-1] if self._rows else None
-                examples = None if row is None else row.examples if row.examples is not None else row.batch
-                if row is None or x.dim() < 2 or (examples is not None and x.shape[0] != examples):
-                    call = None
-                else:
-                    if self.sampler is not None and row.batch is None:
-                        row.batch = x.shape[0]
-                    call = _Call(module, row, x.detach())
-                    calls = row.calls.get(module)
-                    if calls is None:
-                        row.calls[module] = [call]
-                    else:
-                        calls.append(call)
-            if call is None:
-                return self._on_forward(module, args, kwargs, output)  # it voids the row, saying why
-            _hook_output(output, grad_fn, self._delta_key, functools.partial(self._on_delta, call))
         except Exception as error:
             self._guard.trip("the per-example forward hook", error)
         return None

@@ -100,7 +100,6 @@ def _layer(self: Any, row: Any, module: Any, calls: list[Any]) -> str:
 def _instrument() -> None:
     pe.PerExample._compute_terms = _timed(pe.PerExample._compute_terms, _layer)  # type: ignore[method-assign]
     pe.PerExample._on_forward = _timed(pe.PerExample._on_forward, lambda *a: "forward hooks")  # type: ignore[method-assign]
-    pe.PerExample._on_forward_linear = _timed(pe.PerExample._on_forward_linear, lambda *a: "forward hooks")  # type: ignore[method-assign]
     pe.PerExample._on_delta = _timed(pe.PerExample._on_delta, lambda *a: "δ hooks (incl. terms)")  # type: ignore[method-assign]
     pe.PerExample.take = _timed(pe.PerExample.take, lambda *a: "take (step end)")  # type: ignore[method-assign]
     pe.pem.row_norms = _timed(pe.pem.row_norms, lambda *a: "terms: row Linears' |x_e|, |δ_e| (δ hooks)")
