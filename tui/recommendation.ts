@@ -99,13 +99,19 @@ function headline(view: RunView, r: Recommendation): Span[] {
   ];
 }
 
-/** The reason, after a warning when the smoothing restarted since the advice (unless the advice caused it). */
+/**
+ * The reason, after the step it was made at: the policy re-advises only when the advice changes,
+ * so its reason quotes the estimate of that step while the header shows the latest one. Marked
+ * when the smoothing restarted since the advice (unless the advice caused it).
+ */
 function why(view: RunView, r: Recommendation): Span[] {
   const applied = r.action !== 'hold' && view.latest?.globalBatch === r.recommendedGlobalBatch;
   const restart = view.restart && view.restart.step > r.step && !applied ? view.restart : null;
   return [
-    ...(restart ? [{ forms: [`  made before the restart at step ${restart.step}:`], tone: 'mark' as const, keep: 9 }] : []),
-    { forms: [`  ${r.reason}`], tone: 'plain' },
+    restart
+      ? { forms: [`  at step ${r.step}, before the restart at step ${restart.step}: `], tone: 'mark', keep: 9 }
+      : { forms: [`  at step ${r.step}: `], tone: 'muted', keep: 9 },
+    { forms: [r.reason], tone: 'plain' },
   ];
 }
 

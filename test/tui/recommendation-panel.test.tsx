@@ -1,7 +1,10 @@
 // The recommendation panel, the restart markers and the trade-off's recommended row, rendered
 // by ink-testing-library from scripted Observables at 80×24 (and wider where it shows more).
 import { render } from 'ink-testing-library';
+import { from, lastValueFrom, map, toArray } from 'rxjs';
 import { afterEach, describe, expect, it } from 'vitest';
+import { DEFAULT_BATCH_POLICY } from '../../src/recommend/batch-policy.js';
+import { recommendBatchSize } from '../../src/recommend/recommend-batch-size.js';
 import { Dashboard } from '../../tui/dashboard.js';
 import { estimate, health, layerStats, recommendation, runInfo, scriptedSources, step } from './fixtures.js';
 
@@ -66,7 +69,8 @@ describe('recommendation panel', () => {
     m.recommendations.next(recommendation());
     await expect.poll(m.frame).toContain('Recommendation ▲ increase 64 → 128 = 32 × 4 accum × 1 rank · confidence 93%');
     const f = m.frame();
-    expect(f).toContain('  B_noise 150 [120, 190] has stayed above the batch 64 for 10 measured steps.');
+    // The reason after the step it was made at; its tail gives way at 80 columns (whole at 200, below).
+    expect(f).toContain('  at step 100: B_noise 150 [120, 190] has stayed above the batch 64 for 10 meas…');
     expect(f).toContain('  −32% steps, +17% examples · lr hint (heuristic, sqrt rule): 0.05 → 0.0707');
     expectFits(f);
   });
@@ -108,7 +112,7 @@ describe('recommendation panel', () => {
       }),
     );
     await expect.poll(m.frame).toContain('Recommendation ■ hold at 64 = micro-batch 16 × 4 accum × 1 rank · confidence 60%');
-    expect(m.frame()).toContain('  The batch 64 lies inside the interval [50, 200] of B_noise.');
+    expect(m.frame()).toContain('  at step 100: The batch 64 lies inside the interval [50, 200] of B_noise.');
     expect(m.frame()).toContain('  holding since step 100');
     expect(m.frame()).not.toContain('lr hint');
     expectFits(m.frame());
@@ -119,8 +123,34 @@ describe('recommendation panel', () => {
     steady(m);
     m.recommendations.next(recommendation());
     await expect.poll(m.frame).toContain('= micro-batch 32 × 4 accumulation steps × 1 rank · confidence 93%');
+    expect(m.frame()).toContain('  at step 100: B_noise 150 [120, 190] has stayed above the batch 64 for 10 measured steps.\n');
     expect(m.frame()).toContain('to the same loss: −32% steps, +17% examples · lr hint (heuristic, sqrt rule): 0.05 → 0.0707 — A heuristic');
     expectFits(m.frame(), 200);
+  });
+
+  it('names the step its reason is from: the advice stands while the header’s estimate moves on', async () => {
+    // The sidecar's own policy on an estimate drifting from 100 to 250 at a batch of 64: it
+    // advises 64 → 112 once, early, and then only sees its target move less than REVISION_RATIO (capped at 2×).
+    const steps = Array.from({ length: 101 }, (_, i) => step(i, { smoothed: estimate(100 + 1.5 * i) }));
+    const advice = await lastValueFrom(
+      from(steps).pipe(
+        map((stats) => ({ stats, run: runInfo() })),
+        recommendBatchSize(DEFAULT_BATCH_POLICY),
+        toArray(),
+      ),
+    );
+    expect(advice.map((r) => [r.action, r.recommendedGlobalBatch])).toEqual([['increase', 112]]);
+    const r = advice[0]!;
+    expect(r.step).toBeLessThan(20);
+    const m = mount(200);
+    m.runs.next([runInfo()]);
+    for (const s of steps) m.stats.next(s);
+    m.recommendations.next(r);
+    await expect.poll(m.frame).toContain('▲ increase 64 → 112');
+    const f = m.frame();
+    expect(f).toContain('step 100');
+    expect(f).toContain('B_simple 250 [200, 325]');
+    expect(f).toContain(`  at step ${r.step}: B_simple ≈ ${Math.round(100 + 1.5 * r.step)} (interval `);
   });
 
   it('follows the run shown: each run has its own latest advice', async () => {
@@ -200,6 +230,6 @@ describe('smoothing restarts on the chart', () => {
     for (let i = 0; i <= 100; i++) m.stats.next(step(i, { temperatureChange: i === 95 ? change : null }));
     m.recommendations.next(recommendation({ step: 90 }));
     await expect.poll(m.frame).toContain('▲ increase 64 → 128');
-    expect(m.frame()).toContain('  made before the restart at step 95:  B_noise 150');
+    expect(m.frame()).toContain('  at step 90, before the restart at step 95: B_noise 150');
   });
 });

@@ -46,6 +46,8 @@ it('serve shows the live dashboard in an 80×24 terminal while a real model trai
   // trade-off marks the advised row ("rec" for a change, "hold" on the current one).
   expect(screen).toMatch(/Recommendation (▲ increase 64 → \d+|▼ decrease 64 → \d+|■ hold at 64) = /);
   expect(screen).toMatch(/\d+\s+[\d.]+\s+[\d.]+ (rec|hold)/);
+  // The reason names the step it was made at: the header's estimate is the latest step's.
+  expect(screen).toMatch(/^ {2}at step \d+: /m);
   for (const line of screen.split('\n')) expect([...line].length).toBeLessThanOrEqual(80);
   tmux('send-keys', '-t', session, 'q');
   await expect.poll(() => spawnSync('tmux', ['has-session', '-t', session]).status, { timeout: 10_000 }).not.toBe(0);
