@@ -30,6 +30,7 @@ export async function report(args: string[]): Promise<void> {
   const { out, csv, png } = values;
   if (out === undefined && csv === undefined && png === undefined) throw new UsageError('report needs somewhere to write: --out FILE.svg, --csv FILE.csv or --png FILE.png');
   if (png === '-') throw new UsageError("--png needs a file name ('-' is for --out and --csv)");
+  if (png !== undefined && out === '-') throw new UsageError('--png renders the SVG from a file: give --out a file name, or leave it out');
   if (out === '-' && csv === '-') throw new UsageError("only one of --out and --csv can write to stdout ('-')");
   const toStdout = out === '-' || csv === '-';
   const say = (line: string) => (toStdout ? process.stderr : process.stdout).write(`${line}\n`);
@@ -43,16 +44,16 @@ export async function report(args: string[]): Promise<void> {
     say(`noisescope: wrote ${what} ${path} (run ${run.run}, ${run.steps.length} steps)`);
   };
 
-  if (out !== undefined || png !== undefined) {
+  const svgPath = out ?? png?.replace(/(\.png)?$/i, '.svg');
+  if (svgPath !== undefined) {
     const figure = renderReportSvg(run);
     for (const note of figure.notes) process.stderr.write(`noisescope: ${note}\n`);
-    const svgPath = out ?? png!.replace(/(\.png)?$/i, '.svg');
     await write(svgPath, figure.svg, 'SVG');
-    if (png !== undefined) {
-      if (svgPath === '-') throw new UsageError('--png renders the SVG from a file: give --out a file name, or leave it out');
-      const renderer = svgToPng(svgPath, png);
-      say(`noisescope: wrote PNG ${png} (rendered by ${renderer})`);
-    }
   }
   if (csv !== undefined) await write(csv, reportCsv(run), 'CSV');
+  // Last: the one output that can fail for want of a program on this machine (the others are written by then).
+  if (png !== undefined) {
+    const renderer = svgToPng(svgPath!, png);
+    say(`noisescope: wrote PNG ${png} (rendered by ${renderer})`);
+  }
 }

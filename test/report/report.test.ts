@@ -160,8 +160,8 @@ describe('noisescope report', () => {
     return expect(readFile(join(dir, 'again.svg'), 'utf8')).resolves.toBe(svg);
   });
 
-  it('--png renders through an SVG renderer when the machine has one, and otherwise says so clearly (the SVG is kept)', async () => {
-    const { code, stderr } = cli(path, '--png', 'run.png');
+  it('--png renders through an SVG renderer when the machine has one, and otherwise says so clearly (the SVG and the CSV are kept)', async () => {
+    const { code, stderr } = cli(path, '--png', 'run.png', '--csv', 'beside-png.csv');
     if (findPngRenderer() === null) {
       expect([code, stderr]).toEqual([1, expect.stringMatching(/--png needs an SVG renderer and none was found \(tried rsvg-convert, inkscape, magick, convert.*the SVG was written to run\.svg/)]);
     } else {
@@ -169,6 +169,11 @@ describe('noisescope report', () => {
       expect((await readFile(join(dir, 'run.png'))).subarray(1, 4).toString()).toBe('PNG');
     }
     expect(parseSvg(await readFile(join(dir, 'run.svg'), 'utf8')).name).toBe('svg');
+    expect(await readFile(join(dir, 'beside-png.csv'), 'utf8')).toBe(await readFile(join(dir, 'run.csv'), 'utf8'));
+  });
+
+  it('refuses --png with the SVG on stdout before writing anything', () => {
+    expect(cli(path, '--out', '-', '--png', 'x.png')).toMatchObject({ code: 2, stdout: '', stderr: expect.stringContaining('--png renders the SVG from a file') });
   });
 });
 
