@@ -69,7 +69,8 @@ export class WatchService {
     // A client that does not read holds at most queueEvents events here, not an ever-growing grpc-js buffer.
     const queue = new WatchQueue(call, this.queueEvents);
     this.queues.add(queue);
-    for (const info of this.runs) if (mine(info.run)) queue.push({ runStarted: runInfoToWire(info) });
+    // An ended run is told as ended (`ended` is not a RunInfo field on the wire: the event says it).
+    for (const info of this.runs) if (mine(info.run)) queue.push(info.ended ? { runEnded: runInfoToWire(info) } : { runStarted: runInfoToWire(info) });
     // stats$ replays its latest value on subscribe: send each run's step once.
     const sentStep = new Map<string, number>();
     for (const [run, stats] of this.latestStep) {

@@ -61,6 +61,11 @@ describe('watchSidecar', () => {
     await expect.poll(() => far.runs.at(-1)?.[0]?.ended, { timeout: 10_000 }).toBe(true);
     // The wire carries every RunInfo field and each change of a run (ranks connected, source).
     expect(far.runs.at(-1)).toEqual(local.runs.at(-1));
+    // A client that connects after the run ended hears it as ended, not as started.
+    const later = watchSidecar(sidecar.address);
+    cleanup.push(() => later.close());
+    const laterRuns = record<readonly RunInfo[]>(later.runs$);
+    await expect.poll(() => laterRuns.at(-1), { timeout: 10_000 }).toEqual(local.runs.at(-1));
 
     // Each remote health value is one the sidecar emitted.
     await expect.poll(() => far.health.length).toBeGreaterThan(2);
