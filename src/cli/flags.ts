@@ -86,7 +86,7 @@ export function policyFromFlags(values: FlagValues): Partial<BatchPolicy> {
   const policy: { -readonly [K in keyof BatchPolicy]?: BatchPolicy[K] } = {};
   if (values.objective !== undefined) {
     if (!OBJECTIVES.includes(values.objective as Objective)) {
-      throw new UsageError(`--objective must be ${OBJECTIVES.join(', ')}, got '${values.objective}'`);
+      throw new UsageError(`--objective must be one of ${OBJECTIVES.join(', ')}, got '${values.objective}'`);
     }
     policy.objective = values.objective as Objective;
   }

@@ -52,7 +52,7 @@ describe('noisescope serve', () => {
     [['serve', '--confidence', '1'], /--confidence must be in \(0, 1\), got '1'/],
     [['serve', '--temperature-tolerance', '0'], /--temperature-tolerance must be a number > 0 \(or Infinity\), got '0'/],
     [['serve', '--temperature-tolerance', 'wide'], /--temperature-tolerance must be a number > 0 \(or Infinity\), got 'wide'/],
-    [['serve', '--objective', 'fast'], /--objective must be balanced, time, compute, got 'fast'/],
+    [['serve', '--objective', 'fast'], /--objective must be one of balanced, time, compute, got 'fast'/],
     [['serve', '--min-batch', '0'], /--min-batch must be a whole number ≥ 1, got '0'/],
     [['serve', '--max-batch', '12.5'], /--max-batch must be a whole number ≥ 1, got '12.5'/],
     [['serve', '--max-micro-batch=-4'], /--max-micro-batch must be a whole number ≥ 1, got '-4'/],
