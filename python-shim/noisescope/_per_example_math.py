@@ -116,9 +116,51 @@ def linear(calls: Sequence[Call], form: str = "auto") -> tuple[Tensor, Tensor]:
     """nn.Linear: (weight term, bias term). Inputs [B, *, d_in]; middle dims are one sequence."""
     if len(calls) == 1 and calls[0][0].dim() == 2:
         return _linear_2d(*calls[0])
-    a = _sequence([x for x, _ in calls])
-    delta = _sequence([d for _, d in calls])
-    return weight_sq_norm(a.transpose(1, 2), delta.transpose(1, 2), form), bias_sq_norm(delta)
+    a = _wide(_sequence([x for x, _ in calls]))
+    delta = _wide(_sequence([d for _, d in calls]))
+    examples, steps, d_in = a.shape
+    if form == "auto":
+        form = sequence_form(steps, d_in, delta.shape[2])
+    if steps == 1 or form != "gram":  # weight_sq_norm checks the form
+        return weight_sq_norm(a.transpose(1, 2), delta.transpose(1, 2), form), bias_sq_norm(delta)
+    parts = _chunks(examples, steps * steps)
+    if len(parts) == 1:
+        return _gram_terms(a, delta)
+    weight = bias = torch.zeros((), dtype=torch.float64, device=a.device)
+    for part in parts:
+        w, b = _gram_terms(a[part], delta[part])
+        weight, bias = weight + w, bias + b
+    return weight, bias
+
+
+# Parts of a sequence Linear from this many multiply-adds (E·T²·(d_in + d_out)) make ¾ of each Gram, not all of it:
+# the quarter saved (~90 µs at bmm's ~46 G multiply-adds/s on one thread here) pays for six more ops (~10 µs each amid
+# a step; timed alone, halves broke even at ~0.6 of this).
+_HALVES_FROM = 1 << 24
+
+
+def _gram_terms(a: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
+    """(Σ_e Σ_{s,t} (a_s·a_t)(δ_s·δ_t), Σ_e |Σ_t δ_t|²) for a: [E, T, d_in], δ: [E, T, d_out] (fp32/fp64).
+
+    The bias term is the sum of δ's Gram, Σ_{s,t} δ_s·δ_t, made anyway: no second pass over δ (the benchmark block's
+    head: a [16, 64, 1000] δ, ~80 µs). Both Grams are symmetric, so from _HALVES_FROM on only ¾ of each is made: the
+    right half of the columns [G₁₂; G₂₂] and the top-left quarter G₁₁, δ's G₁₂ doubled (exactly) to stand for G₂₁ too
+    (the benchmark block's exact terms, thread CPU per step: 6.99 → 6.51 ms inline, 7.18 → 6.52 ms on the worker;
+    bench_per_example_before_after.py 74b46dc transformer).
+    """
+    examples, steps, _ = a.shape
+    if examples * steps * steps * (a.shape[2] + delta.shape[2]) < _HALVES_FROM:
+        grams = torch.bmm(delta, delta.transpose(1, 2))
+        return _dot(torch.bmm(a, a.transpose(1, 2)), grams), grams.sum(dtype=torch.float64)
+    half = steps // 2
+    right_a = torch.bmm(a, a[:, half:].transpose(1, 2))  # [E, T, T - half]: G₁₂ in the first `half` rows, then G₂₂
+    right_d = torch.bmm(delta, delta[:, half:].transpose(1, 2))
+    right_d[:, :half].mul_(2)
+    first_a, first_d = a[:, :half], delta[:, :half]
+    corner_a = torch.bmm(first_a, first_a.transpose(1, 2))
+    corner_d = torch.bmm(first_d, first_d.transpose(1, 2))
+    weight = _dot(right_a, right_d) + _dot(corner_a, corner_d)
+    return weight, right_d.sum(dtype=torch.float64) + corner_d.sum(dtype=torch.float64)
 
 
 def _linear_2d(x: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
