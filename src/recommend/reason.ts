@@ -69,13 +69,13 @@ export function changeReason(e: ReasonEvidence, c: ChangeReason): string {
   return `${streak(e, side)}: ${formatCount(c.recommendedBatch)}${limitNote(c.limit, c.maxFactor, c.boundValue)} ${effect}.`;
 }
 
-/** "the current batch 128 lies inside B_simple's interval 90–180." */
+/** "The current batch 128 lies inside B_simple's interval 90–180." (a sentence of its own: `serve` prints it after the advice's ". ") */
 export function insideReason(e: ReasonEvidence): string {
   const B = formatCount(e.currentBatch);
-  if (e.factor === 1) return `the current batch ${B} lies inside B_simple's interval ${formatCount(e.interval.low)}–${formatCount(e.interval.high)}.`;
+  if (e.factor === 1) return `The current batch ${B} lies inside B_simple's interval ${formatCount(e.interval.low)}–${formatCount(e.interval.high)}.`;
   const low = formatCount(e.factor * e.interval.low);
   const high = formatCount(e.factor * e.interval.high);
-  return `the current batch ${B} lies inside ${e.factor} × B_simple's interval ${low}–${high} (${e.objective} objective).`;
+  return `The current batch ${B} lies inside ${e.factor} × B_simple's interval ${low}–${high} (${e.objective} objective).`;
 }
 
 export function monotoneReason(e: ReasonEvidence): string {

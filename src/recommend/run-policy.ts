@@ -172,7 +172,7 @@ export class RunPolicy {
     return {
       ...this.holdShape(facts, noiseScale, stats.smoothed?.interval ?? UNBOUNDED, OBJECTIVE_FACTOR[objective] * noiseScale, objective),
       confidence: 0,
-      reason: `${problem}.`,
+      reason: `${problem.charAt(0).toUpperCase()}${problem.slice(1)}.`, // a sentence, as every reason is
     };
   }
 }

@@ -76,7 +76,7 @@ describe('flat noise scale at the knee', () => {
     expect(r.recommendations).toHaveLength(1);
     const hold = r.recommendations[0]!;
     expect(hold).toMatchObject({ action: 'hold', step: 10, sequence: 1, currentGlobalBatch: 128, recommendedGlobalBatch: 128, microBatch: 32, accumulationSteps: 4 });
-    expect(hold.reason).toMatch(/^the current batch 128 lies inside B_simple's interval \d+–\d+\.$/);
+    expect(hold.reason).toMatch(/^The current batch 128 lies inside B_simple's interval \d+–\d+\.$/);
     expect(hold.lrHint).toBeNull();
     expect(hold).toMatchObject({ stepsFactor: 1, examplesFactor: 1 });
     expect(hold.confidence).toBeGreaterThan(0.5);

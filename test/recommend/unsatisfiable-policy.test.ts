@@ -31,7 +31,7 @@ describe('a policy the run cannot satisfy', () => {
       currentGlobalBatch: 128,
       recommendedGlobalBatch: 128,
       confidence: 0,
-      reason: 'cannot follow the noise scale: the smallest batch this run can take, 16 per micro-batch × 8 ranks = 128, is above max batch 64.',
+      reason: 'Cannot follow the noise scale: the smallest batch this run can take, 16 per micro-batch × 8 ranks = 128, is above max batch 64.',
     });
   });
 
@@ -39,7 +39,7 @@ describe('a policy the run cannot satisfy', () => {
     const r = new ScriptedRun(runInfo({ policy: { maxBatch: 24 } }), { microBatch: 16, accumulationSteps: 2 });
     r.follow(5, () => 500);
     expect(r.recommendations.map((x) => x.reason)).toEqual([
-      'cannot follow the noise scale: the smallest batch this run can take, 16 per micro-batch × 2 accumulation steps (one rank needs two to measure) = 32, is above max batch 24.',
+      'Cannot follow the noise scale: the smallest batch this run can take, 16 per micro-batch × 2 accumulation steps (one rank needs two to measure) = 32, is above max batch 24.',
     ]);
   });
 
@@ -47,7 +47,7 @@ describe('a policy the run cannot satisfy', () => {
     const r = new ScriptedRun(runInfo({ worldSize: 8, policy: { minBatch: 130, maxBatch: 200 } }), { microBatch: 16, accumulationSteps: 1 });
     r.follow(5, () => 500);
     expect(r.recommendations.map((x) => x.reason)).toEqual([
-      'cannot follow the noise scale: no batch from min batch 130 to max batch 200 is a multiple of 128 (16 per micro-batch × 8 ranks).',
+      'Cannot follow the noise scale: no batch from min batch 130 to max batch 200 is a multiple of 128 (16 per micro-batch × 8 ranks).',
     ]);
   });
 
@@ -57,7 +57,7 @@ describe('a policy the run cannot satisfy', () => {
     r.feed(null);
     expect(r.recommendations).toHaveLength(1);
     const [hold] = r.recommendations;
-    expect(hold!.reason).toBe('cannot follow the noise scale: max batch 256 is below min batch 500: no batch satisfies both.');
+    expect(hold!.reason).toBe('Cannot follow the noise scale: max batch 256 is below min batch 500: no batch satisfies both.');
     expect(hold!.noiseScale).toBeNaN();
     expect(hold!.interval).toEqual({ low: 0, high: Infinity });
   });
@@ -70,14 +70,14 @@ describe('a policy the run cannot satisfy', () => {
     r.microBatch = 12;
     r.follow(3, () => 500);
     expect(r.recommendations.map((x) => x.reason)).toEqual([
-      'cannot follow the noise scale: the smallest batch this run can take, 16 per micro-batch × 8 ranks = 128, is above max batch 64.',
-      'cannot follow the noise scale: the smallest batch this run can take, 12 per micro-batch × 8 ranks = 96, is above max batch 64.',
+      'Cannot follow the noise scale: the smallest batch this run can take, 16 per micro-batch × 8 ranks = 128, is above max batch 64.',
+      'Cannot follow the noise scale: the smallest batch this run can take, 12 per micro-batch × 8 ranks = 96, is above max batch 64.',
     ]);
     // Now 8 per micro-batch fits exactly: ordinary advice after a full window.
     r.microBatch = 8;
     r.follow(10, () => 64);
     expect(r.recommendations).toHaveLength(3);
-    expect(r.recommendations[2]).toMatchObject({ action: 'hold', sequence: 3, step: 16, reason: expect.stringMatching(/^the current batch 64 lies inside/) });
+    expect(r.recommendations[2]).toMatchObject({ action: 'hold', sequence: 3, step: 16, reason: expect.stringMatching(/^The current batch 64 lies inside/) });
   });
 
   it('with a max micro-batch the run can shrink its micro-batch, so only the world size bounds it', () => {
@@ -89,7 +89,7 @@ describe('a policy the run cannot satisfy', () => {
     const tooSmall = new ScriptedRun(runInfo({ worldSize: 8, policy: { maxBatch: 4, maxMicroBatch: 8 } }), { microBatch: 16, accumulationSteps: 1 });
     tooSmall.follow(2, () => 40);
     expect(tooSmall.recommendations.map((x) => x.reason)).toEqual([
-      'cannot follow the noise scale: the smallest batch this run can take, 1 per micro-batch × 8 ranks = 8, is above max batch 4.',
+      'Cannot follow the noise scale: the smallest batch this run can take, 1 per micro-batch × 8 ranks = 8, is above max batch 4.',
     ]);
   });
 });
