@@ -157,6 +157,7 @@ export function Dashboard(props: DashboardProps) {
         paused={paused}
         nowMs={Date.now()}
         width={width}
+        address={props.address ?? null}
       />
       {help ? (
         <Help />

@@ -85,7 +85,7 @@ async function runDemoDashboard(sidecar: Sidecar, options: DemoOptions): Promise
   const log = new Subject<string>();
   let last: StepStats | null = null;
   const keepLast = sidecar.stats$.subscribe((s) => (last = s));
-  const ink = renderDashboard({ ...sidecar, log$: log.asObservable() }, { address: sidecar.address });
+  const ink = renderDashboard({ ...sidecar, log$: log.asObservable() }, { address: `listening on ${sidecar.address}` });
   const python = findPython();
   const child = spawn(python, ['-m', 'noisescope.demo', '--address', sidecar.address, ...options.pythonArgs], {
     stdio: ['ignore', 'pipe', 'pipe'],

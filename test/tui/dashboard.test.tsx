@@ -13,7 +13,7 @@ afterEach(() => {
   for (const unmount of mounted.splice(0)) unmount();
 });
 
-function mount(sources = scriptedSources(), extra: { onQuit?: () => void; columns?: number } = {}) {
+function mount(sources = scriptedSources(), extra: { onQuit?: () => void; columns?: number; address?: string } = {}) {
   const view = render(<Dashboard sources={sources.sources} columns={80} rows={24} updatesPerSecond={50} {...extra} />);
   mounted.push(view.unmount);
   const frame = () => view.lastFrame() ?? '';
@@ -46,6 +46,14 @@ describe('dashboard', () => {
     expect(m.frame()).toContain('no per-layer estimates yet');
     expect(m.frame()).toContain('Recommendation waiting for a training job');
     expect(m.frame()).toContain('ingest: no health report yet');
+  });
+
+  it('says where the sidecar listens while it waits, within 80 columns', async () => {
+    const m = mount(undefined, { address: 'listening on 127.0.0.1:50051' });
+    await expect.poll(m.frame).toContain('no run yet');
+    expect(m.frame().split('\n').filter((line) => line.includes('listening on 127.0.0.1:50051'))).toHaveLength(1);
+    steady(m);
+    await expect.poll(m.frame).not.toContain('no run yet');
   });
 
   it('shows a steady estimate: B_simple, the chart with the batch, the trade-off and what the batch buys', async () => {

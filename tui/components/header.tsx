@@ -19,6 +19,8 @@ export interface HeaderProps {
   readonly nowMs: number;
   /** Columns the run line is fitted to (least important parts give way first); unbounded when absent. */
   readonly width?: number;
+  /** Where the sidecar listens (or the one watched): said while no run has attached, when the hook needs it. */
+  readonly address?: string | null;
 }
 
 function uptime(ms: number): string {
@@ -57,11 +59,16 @@ export function Header(props: HeaderProps) {
           <Toned tone="accent" bold>
             noisescope{' '}
           </Toned>
-          <Toned tone="muted">no run yet — waiting for a training job to attach (noisescope.watch(model, optimizer))</Toned>
+          <Toned tone="muted">no run yet: waiting for noisescope.watch(model, optimizer)</Toned>
         </Line>
+        {/* In 80 columns the keys line has no room left for the address. */}
         {conn ? (
           <Line>
             <Toned tone={statusTone(status)}>{conn}</Toned>
+          </Line>
+        ) : props.address ? (
+          <Line>
+            <Toned tone="muted">{props.address}</Toned>
           </Line>
         ) : null}
       </Box>
