@@ -85,6 +85,8 @@ async function runDemoDashboard(sidecar: Sidecar, options: DemoOptions): Promise
   const log = new Subject<string>();
   let last: StepStats | null = null;
   const keepLast = sidecar.stats$.subscribe((s) => (last = s));
+  let advice: Recommendation | null = null;
+  const keepAdvice = sidecar.recommendations$.subscribe((r) => (advice = r));
   const ink = renderDashboard({ ...sidecar, log$: log.asObservable() }, { address: `listening on ${sidecar.address}` });
   const python = findPython();
   const child = spawn(python, ['-m', 'noisescope.demo', '--address', sidecar.address, ...options.pythonArgs], {
@@ -105,7 +107,8 @@ async function runDemoDashboard(sidecar: Sidecar, options: DemoOptions): Promise
     });
     child.on('exit', (c, signal) => {
       code = c ?? (signal ? 1 : 0);
-      log.next(`${lastLine ? `${lastLine} · ` : ''}training finished (exit ${code}), q quits`);
+      // Short, so the training's last line and its end fit beside "q quit  ? help" in 80 columns.
+      log.next(`${lastLine ? `${lastLine} · ` : 'training '}exit ${code}`);
       resolve();
     });
   });
@@ -114,7 +117,9 @@ async function runDemoDashboard(sidecar: Sidecar, options: DemoOptions): Promise
   await trained;
   ink.unmount();
   keepLast.unsubscribe();
+  keepAdvice.unsubscribe();
   await sidecar.close();
   if (last) process.stdout.write(`\n${formatSummary(last)}\n`);
+  if (advice) process.stdout.write(`  Standing advice: ${formatRecommendation(advice)}\n`);
   return code;
 }

@@ -76,3 +76,15 @@ it('`dashboard --address` follows a `serve --no-dashboard` sidecar and shows whe
   await expect.poll(dashboard, { timeout: 15_000 }).toContain(`connection to 127.0.0.1:${port} lost`);
   tmux('send-keys', '-t', `${session}:1`, 'q');
 }, 180_000);
+
+it('`demo` in an 80×24 terminal: the end of training fits the keys line, and q leaves the summary with the standing advice', async () => {
+  requireSetUp();
+  // The shell stays after the demo exits, so its summary can be read from the pane.
+  tmux('new-session', '-d', '-s', session, '-x', '80', '-y', '24', `${NODE} ${CLI} demo --no-log -- --steps 60 --step-time 0; sleep 60`);
+  await expect.poll(capture, { timeout: 60_000 }).toMatch(/│ train: done: full-set loss [\d.]+, accuracy [\d.]+% · exit 0$/m);
+  for (const line of capture().split('\n')) expect([...line].length).toBeLessThanOrEqual(80);
+  tmux('send-keys', '-t', session, 'q');
+  const joined = () => tmux('capture-pane', '-p', '-J', '-t', session);
+  await expect.poll(joined, { timeout: 15_000 }).toMatch(/^ {2}Standing advice: demo-\S+ step \d+ {2}recommendation #\d+: /m);
+  expect(joined()).toMatch(/^demo-\S+: B_simple ≈ [\d.]+ \[/m); // the summary above it
+}, 120_000);
