@@ -33,7 +33,7 @@ export class RunPolicy {
   private readonly evidence = new EvidenceStreak();
   private sequence = 0;
   private lastKey: string | null = null;
-  private lastChange: { action: RecommendationAction; current: number; recommended: number } | null = null;
+  private lastChange: { action: RecommendationAction; current: number; target: number } | null = null;
 
   constructor(
     private readonly defaults: BatchPolicy,
@@ -64,11 +64,15 @@ export class RunPolicy {
     return this.emit(`${decision.action}|${decision.recommendedGlobalBatch}|${decision.currentGlobalBatch}`, stats, decision);
   }
 
-  /** The same unapplied change with a target that moved by less than REVISION_RATIO. */
+  /**
+   * The same unapplied change with a target that moved by less than REVISION_RATIO. The target, not
+   * the rounded batch: a target hovering where the rounding flips (54 → 48, 58 → 64) moves 7% while
+   * the two batches are 33% apart, and re-advised the change at every step it crossed.
+   */
   private isMinorRevision(d: Decision): boolean {
     const last = this.lastChange;
     if (!last || d.action === 'hold' || d.action !== last.action || d.currentGlobalBatch !== last.current) return false;
-    const ratio = d.recommendedGlobalBatch / last.recommended;
+    const ratio = d.targetBatch / last.target;
     return Math.max(ratio, 1 / ratio) < REVISION_RATIO;
   }
 
@@ -78,7 +82,7 @@ export class RunPolicy {
     this.lastChange =
       decision.action === 'hold'
         ? null
-        : { action: decision.action, current: decision.currentGlobalBatch, recommended: decision.recommendedGlobalBatch };
+        : { action: decision.action, current: decision.currentGlobalBatch, target: decision.targetBatch };
     return { run: stats.run, step: stats.step, sequence: ++this.sequence, ...decision, unixMs: this.now() };
   }
 

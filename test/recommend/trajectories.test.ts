@@ -157,6 +157,14 @@ describe('an unapplied change while the estimate drifts', () => {
     const targets = new Set(r.recommendations.map((x) => Math.round(x.targetBatch / 4)));
     expect(targets.size).toBeLessThan(10);
   });
+
+  it('is not revised by a target that hovers where the rounding flips, however far apart the two batches', () => {
+    // Batch 32 in micro-batches of 16: a target of 54 rounds to 48, one of 58 to 64 (33% apart, the targets 7%).
+    // Seen under real training (Lightning, load_digits): 32 → 64, → 48, → 64, … at steps 26, 32, 33, 34, 35, 38, 39.
+    const r = new ScriptedRun(runInfo(), { microBatch: 16, accumulationSteps: 2 }, false);
+    r.follow(60, (i) => (i % 2 === 0 ? 58 : 54));
+    expect(r.recommendations.map((x) => [x.action, x.currentGlobalBatch])).toEqual([['increase', 32]]);
+  });
 });
 
 describe('a per-example run (one micro-batch per step measures the noise scale)', () => {
