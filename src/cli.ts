@@ -283,6 +283,7 @@ async function main(argv: string[]): Promise<void> {
 
 main(process.argv.slice(2)).catch((error: unknown) => {
   const usage = error instanceof UsageError || error instanceof RangeError || (error as { code?: string }).code?.startsWith('ERR_PARSE_ARGS');
-  process.stderr.write(`noisescope: ${(error as Error).message ?? String(error)}\n${usage ? `\n${USAGE}` : ''}`);
+  // One line to point at the usage, not the usage itself: its 60 lines scrolled the message off a terminal.
+  process.stderr.write(`noisescope: ${(error as Error).message ?? String(error)}\n${usage ? '(--help lists every command and flag)\n' : ''}`);
   process.exitCode = usage ? 2 : 1;
 });

@@ -69,6 +69,8 @@ describe('noisescope serve', () => {
     const run = start(args.includes('--port') ? args : [...args, '--port', '0']);
     expect(await run.exit).toBe(2);
     expect(run.stderr()).toMatch(message);
+    // The message and a pointer to --help: a terminal still shows the message.
+    expect(run.stderr().trimEnd().split('\n')).toEqual([expect.stringMatching(message), '(--help lists every command and flag)']);
     expect(run.lines).toEqual([]);
   });
 
