@@ -247,9 +247,15 @@ def conv(module: nn.Conv1d | nn.Conv2d, calls: Sequence[Call], form: str = "auto
     """nn.Conv1d/Conv2d (any stride, padding, dilation, groups): (weight term, bias term)."""
     if form == "auto":
         form = _conv_form(module, calls)
-    if form not in ("gram", "materialise"):
-        raise ValueError(f"form must be 'auto', 'gram' or 'materialise', got {form!r}")
+    if form not in ("gram", "materialise", "phase"):
+        raise ValueError(f"form must be 'auto', 'gram', 'materialise' or 'phase', got {form!r}")
     batch = calls[0][0].shape[0]
+    if form == "phase":
+        if len(calls) != 1 or any(v != 1 for v in module.dilation):
+            raise ValueError("the phase form takes one call of a convolution without dilation")
+        _, elements = _phase_plan(module, tuple(calls[0][1].shape[2:]))
+        parts = _chunks(batch, elements * module.groups)
+        return chunked_terms(calls, parts, lambda pairs: _phase_terms(module, *pairs[0]), bias=module.bias is not None)
     if form == "materialise":
         parts = _chunks(batch, module.weight.numel(), CACHED_ELEMENTS)
 
@@ -319,15 +325,124 @@ def _in_memory_order(t: Tensor) -> Tensor:
 
 
 def _conv_form(module: nn.Conv1d | nn.Conv2d, calls: Sequence[Call]) -> str:
-    """Gram over output positions (L²(C·k/g + O/g)) or per-example weight gradients (L·C·k·O/g²).
+    """Gram over output positions (L²(C·k/g + O/g)), per-example weight gradients (L·C·k·O/g²), or for one call
+    without dilation the phase Grams (_phase_plan; no unfold, so it wins even at a small margin).
 
-    Both run at about the same rate on one CPU thread (grouped convolution_backward vs unfold + bmm,
+    They run at about the same rate on one CPU thread (grouped convolution_backward vs unfold + bmm,
     measured on the benchmark CNN's layers), so the multiply-add counts decide.
     """
     positions = sum(math.prod(d.shape[1:]) for _, d in calls) // module.out_channels  # shapes, not x[0] views (an op each)
     d_in = module.in_channels // module.groups * math.prod(module.kernel_size)
     d_out = module.out_channels // module.groups
-    return "gram" if positions * (d_in + d_out) < d_in * d_out else "materialise"
+    form = "gram" if positions * (d_in + d_out) < d_in * d_out else "materialise"
+    if len(calls) == 1 and all(v == 1 for v in module.dilation):
+        cost, _ = _phase_plan(module, tuple(calls[0][1].shape[2:]))
+        if cost < min(positions * (d_in + d_out), d_in * d_out) * positions:
+            return "phase"
+    return form
+
+
+def _phase_plan(conv: nn.Conv1d | nn.Conv2d, out: tuple[int, ...]) -> tuple[int, int]:
+    """The phase form's (multiply-adds, most elements held) per example and group, for output positions `out`."""
+    return _phase_cost(
+        tuple(conv.kernel_size), tuple(conv.stride), out, conv.in_channels // conv.groups, conv.out_channels // conv.groups
+    )
+
+
+@functools.lru_cache(maxsize=256)  # asked at every measured step: ~10 µs of Python a layer uncached
+def _phase_cost(kernel: tuple[int, ...], stride: tuple[int, ...], out: tuple[int, ...], channels: int, d_out: int) -> tuple[int, int]:
+    phases = _phases((1, *kernel)[-2:], (1, *stride)[-2:], (1, *out)[-2:])  # type: ignore[arg-type]
+    positions = math.prod(out)
+    widths = len({grid[1] for _, grid, _, _ in phases})
+    cost = positions * positions * (d_out + _ELEMENTWISE * widths)  # δ's Gram, the dot, each width's gather
+    elements = positions * positions * 2
+    for _, grid, taps, kept in phases:
+        size = grid[0] * grid[1]
+        cost += size * size * channels + _ELEMENTWISE * taps[0] * taps[1] * kept * kept
+        elements += size * size + kept * kept
+    return cost, elements
+
+
+_Phase = tuple[tuple[int, int], tuple[int, int], tuple[int, int], int]
+
+
+def _phases(kernel: tuple[int, int], stride: tuple[int, int], out: tuple[int, int]) -> list[_Phase]:
+    """Per phase r of the padded input (its pixels r + stride·m) that some kernel offset reads: r, its grid (the output
+    plus the offsets' extent in strides), its taps (the offsets that read it), and `kept`, the side of the square of the
+    phase Gram (flattened grid) that every offset's shifted output positions lie in: Ho·g' − taps' + 1, the same for
+    every phase of one grid width g'."""
+    plans = []
+    for row in range(min(stride[0], kernel[0])):
+        for col in range(min(stride[1], kernel[1])):
+            taps = (len(range(row, kernel[0], stride[0])), len(range(col, kernel[1], stride[1])))
+            grid = (out[0] + taps[0] - 1, out[1] + taps[1] - 1)
+            plans.append(((row, col), grid, taps, out[0] * grid[1] - taps[1] + 1))
+    return plans
+
+
+def _phase_terms(conv: nn.Conv1d | nn.Conv2d, x: Tensor, delta: Tensor) -> Tensor:
+    """Σ_e |weight gradient_e|² of one call (no dilation) as Σ_{t,t'} (a_t·a_t')(δ_t·δ_t'), with the windows' inner
+    products a_t·a_t' summed from the input's phase Grams instead of unfolding.
+
+    A kernel offset u reads input pixel stride·t + u, so it pairs pixels of one phase (r = u mod stride) a whole number
+    of strides apart: a_t·a_t' = Σ_u P_r[t + ⌊u/stride⌋, t' + ⌊u/stride⌋], P_r the Gram of phase r's pixels. Overlapping
+    windows share those products: on the benchmark CNN's last conv (64 channels, 3×3, stride 2, 8×8 out) 1.4 M
+    multiply-adds an example where unfolding and materialising take 2.4 M and a plain Gram 2.6 M, and its terms in the
+    backward 3.6–3.8 → 2.6–2.7 ms (bench_per_example_profile.py CNN, 2 runs each, load 2.6–4.5). In the flattened grid
+    an offset is one constant shift of both indices (output position (i, j) is grid pixel i·g' + j), so each offset is a
+    diagonal block of P_r: the blocks are summed per grid width, taken at the output positions and dotted with δ's Gram."""
+    pad = list(conv._reversed_padding_repeated_twice)
+    if any(pad) and conv.padding_mode != "zeros":
+        x = F.pad(x, pad, mode=_PAD_MODES[conv.padding_mode])
+        pad = [0] * len(pad)
+    if x.dim() == 3:  # Conv1d as a 2-D convolution of height 1
+        x, delta, pad = x.unsqueeze(2), delta.unsqueeze(2), [*pad, 0, 0]
+    kernel, stride = (1, *conv.kernel_size)[-2:], (1, *conv.stride)[-2:]
+    out = (delta.shape[2], delta.shape[3])
+    phases = _phases(kernel, stride, out)
+    examples = x.shape[0] * conv.groups
+    x = x.reshape(examples, -1, *x.shape[2:])
+    delta = delta.reshape(examples, -1, *out)
+    # Every phase's grid in one zeroed buffer (the padding stays zero): the input is copied once, never padded first.
+    sizes = [grid[0] * grid[1] for _, grid, _, _ in phases]
+    pixels = x.new_zeros(examples, x.shape[1], sum(sizes))
+    sums: dict[int, Tensor] = {}  # per grid width: the offsets' blocks, summed
+    first = 0
+    for phase, grid, taps, kept in phases:
+        flat = pixels[:, :, first : first + grid[0] * grid[1]]
+        first += grid[0] * grid[1]
+        rows = _phase_span(phase[0], stride[0], pad[2], x.shape[2], grid[0])
+        cols = _phase_span(phase[1], stride[1], pad[0], x.shape[3], grid[1])
+        if rows[1] > rows[0] and cols[1] > cols[0]:
+            source = x[:, :, rows[2] :: stride[0], cols[2] :: stride[1]][:, :, : rows[1] - rows[0], : cols[1] - cols[0]]
+            flat.view(examples, -1, *grid)[:, :, rows[0] : rows[1], cols[0] : cols[1]] = source
+        gram = torch.bmm(flat.transpose(1, 2), flat)
+        for q in range(taps[0]):
+            for r in range(taps[1]):
+                shift = q * grid[1] + r
+                block = gram[:, shift : shift + kept, shift : shift + kept]
+                summed = sums.get(grid[1])
+                sums[grid[1]] = block.clone() if summed is None else summed.add_(block)
+    # Each width's sum at the output positions' grid pixels, added up: one Gram of δ for all (as [T, T]).
+    total = sums.pop(out[1], None)
+    for width, summed in sums.items():
+        stride0 = summed.stride(0)
+        windows = summed.as_strided((examples, *out, *out), (stride0, width * summed.shape[1], summed.shape[1], width, 1))
+        if total is None:
+            total = windows.reshape(examples, out[0] * out[1], out[0] * out[1])
+        else:
+            total.view(examples, *out, *out).add_(windows)
+    assert total is not None
+    delta = delta.reshape(examples, -1, out[0] * out[1])
+    return _dot(total, torch.bmm(delta.transpose(1, 2), delta))
+
+
+def _phase_span(phase: int, stride: int, before: int, size: int, grid: int) -> tuple[int, int, int]:
+    """The grid indices [lo, hi) of a phase whose pixels lie in the unpadded input (`before` padded ahead of its `size`),
+    and the input index of lo's pixel."""
+    lo = max(0, -((phase - before) // stride))
+    hi = min(grid, (size - 1 + before - phase) // stride + 1)
+    return lo, hi, phase + stride * lo - before
 
 
 def _per_example_conv_grads(conv: nn.Conv1d | nn.Conv2d, x: Tensor, delta: Tensor) -> Tensor:
@@ -376,8 +491,11 @@ def _folds_bias(conv: nn.Conv1d | nn.Conv2d, x: Tensor, delta: Tensor) -> bool:
 
 def _folded_terms(conv: nn.Conv1d | nn.Conv2d, x: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
     """(Σ_e |weight gradient_e|², Σ_e |bias gradient_e|²) from one unfold + bmm: the columns get a row of ones, so the
-    bmm's last column is each example's bias gradient and δ is read once (the separate bias pass: ~150 µs of ~1.2 ms
-    on the benchmark CNN's input layer). Unfolded CACHED_ELEMENTS at a time into one reused buffer, as _columns_grads."""
+    bmm's last row is each example's bias gradient and δ is read once (the separate bias pass: ~150 µs of ~1.2 ms
+    on the benchmark CNN's input layer). Unfolded CACHED_ELEMENTS at a time into one reused buffer, as _columns_grads.
+    The gradients come transposed, columns @ δᵀ ([C·k + 1, O] an example): oneDNN's bmm runs that shape (28 × 1024 @
+    1024 × 32 on the benchmark CNN's input layer) faster than δ @ columnsᵀ (32 × 28): the layer's terms in the backward
+    1.98 → 1.53–1.64 ms (bench_per_example_profile.py CNN, 2 runs each, load 2.6–4.5), 1.53 → 1.17 ms timed alone."""
     pad = list(conv._reversed_padding_repeated_twice)
     if any(pad):
         x = torch.constant_pad_nd(x, pad)
@@ -392,12 +510,12 @@ def _folded_terms(conv: nn.Conv1d | nn.Conv2d, x: Tensor, delta: Tensor) -> tupl
     parts = _chunks(batch, width * positions, CACHED_ELEMENTS)
     columns = x.new_empty(parts[0].stop, width + 1, positions)
     columns[:, width].fill_(1)
-    grads = x.new_empty(batch, delta.shape[1], width + 1)
+    grads = x.new_empty(batch, width + 1, delta.shape[1])
     for part in parts:
         n = part.stop - part.start
         columns[:n, :width].view(n, channels, kernel[0], kernel[1], *out).copy_(_windows(x[part], kernel, dilation, stride, out))
-        torch.bmm(delta[part].reshape(n, delta.shape[1], positions), columns[:n].transpose(1, 2), out=grads[part])
-    return _sq(grads[:, :, :width]), _sq(grads[:, :, width])
+        torch.bmm(columns[:n], delta[part].reshape(n, delta.shape[1], positions).transpose(1, 2), out=grads[part])
+    return _sq(grads[:, :width]), _sq(grads[:, width])
 
 
 # Input channels from which a channels-last unfold beats the NCHW one (measured 1.1–2× faster from 8 channels on, 1.5×
