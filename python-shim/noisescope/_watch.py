@@ -691,18 +691,21 @@ def _choose_source(
         )
         return None, ""
     if cover.coupling:
+        # Named with their kind: a Sequential's index alone read "1 mixes examples".
+        modules = dict(model.named_modules())
+        coupling = ", ".join(f"'{n}' ({type(modules['' if n == '<root>' else n]).__name__})" for n in cover.coupling)
         if source == "auto":
             logger.warning(
-                "noisescope: %s mixes examples in training (batch statistics), so per-example gradients are not "
-                "independent; the per-example source is off (source='per-example' forces it, biased); using "
+                "noisescope: the model mixes examples in training (batch statistics in %s), so per-example gradients "
+                "are not independent; the per-example source is off (source='per-example' forces it, biased); using "
                 "accumulation micro-batches and ranks only",
-                ", ".join(cover.coupling),
+                coupling,
             )
             return None, ""
         logger.warning(
-            "noisescope: source='per-example' with %s, which mixes examples: the per-example contributions are "
-            "not independent and the estimate is biased",
-            ", ".join(cover.coupling),
+            "noisescope: source='per-example' while the model mixes examples (batch statistics in %s): the "
+            "per-example contributions are not independent and the estimate is biased",
+            coupling,
         )
     if source == "auto" and cover.uncovered:
         # Accumulation covers the whole model; per-example over part of it is the user's call.

@@ -194,6 +194,7 @@ def test_batch_norm_keeps_auto_on_accumulation_and_forcing_warns(free_address: s
         ns.remove()
     messages = [r.getMessage() for r in caplog.records]
     assert sum("mixes examples" in m and "source is off" in m for m in messages) == 1
+    assert sum("batch statistics in '1' (BatchNorm1d)" in m for m in messages) == 1  # not the bare index "1"
     assert sum("no noise-scale estimate" in m for m in messages) == 1  # nothing gives a second scale here
     assert all(r.per_example_sums == () for r in records) and len(records[0].micro_sq_norms[0]) == 6
     assert ns._sender._info.per_example is False
