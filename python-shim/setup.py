@@ -28,8 +28,15 @@ def generate_grpc_code() -> None:
         if all((GENERATED / name).exists() for name in OUTPUTS):
             return
         raise RuntimeError(f"{PROTO} is missing and no generated code is present: build from the repository")
-    import grpc_tools
-    from grpc_tools import protoc
+    try:
+        import grpc_tools
+        from grpc_tools import protoc
+    except ImportError as error:  # pip shows the last line of the build's traceback: make it say what to do
+        raise ImportError(
+            "building the noisescope hook needs grpcio-tools (it generates the gRPC code from proto/): "
+            "`pip install grpcio-tools` into this environment first, or leave out --no-build-isolation so pip "
+            "fetches it"
+        ) from error
 
     well_known = Path(grpc_tools.__file__).resolve().parent / "_proto"
     GENERATED.mkdir(parents=True, exist_ok=True)

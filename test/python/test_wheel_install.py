@@ -140,3 +140,21 @@ def test_a_hook_speaking_another_protocol_version_is_told_why_and_training_goes_
     assert "FAILED_PRECONDITION: hook speaks protocol version 2, this sidecar speaks 1: upgrade the older side" in mismatch[0]
     assert not [e for e in sidecar.of_type("step") if e["run"] == "old-hook"]
     assert not [e for e in sidecar.of_type("run") if e["run"] == "old-hook"]
+
+
+def test_building_without_grpcio_tools_says_what_to_install(tmp_path: Path) -> None:
+    """README's offline install (`pip install --no-build-isolation ./python-shim`) into an environment without grpcio-tools."""
+    interpreter = subprocess.run([sys.executable, "-c", "import sys; print(sys._base_executable)"], capture_output=True, text=True, check=True).stdout.strip()
+    venv = tmp_path / "venv"
+    subprocess.run([interpreter, "-m", "venv", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    if subprocess.run([python, "-c", "import setuptools"], capture_output=True).returncode != 0:
+        pytest.skip("this Python's venvs come without setuptools (3.12+): pip then names setuptools itself")
+    assert subprocess.run([python, "-c", "import grpc_tools"], capture_output=True).returncode != 0
+    done = subprocess.run(
+        [python, "-m", "pip", "install", "--no-deps", "--no-index", "--no-build-isolation", "--disable-pip-version-check", str(ROOT / "python-shim")],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, env={**os.environ, "PIP_RETRIES": "0"},
+    )
+    assert done.returncode != 0
+    assert "building the noisescope hook needs grpcio-tools" in done.stdout + done.stderr, done.stdout + done.stderr
+    assert "`pip install grpcio-tools` into this environment first" in done.stdout + done.stderr
