@@ -337,9 +337,16 @@ def _conv_form(module: nn.Conv1d | nn.Conv2d, calls: Sequence[Call]) -> str:
     form = "gram" if positions * (d_in + d_out) < d_in * d_out else "materialise"
     if len(calls) == 1 and all(v == 1 for v in module.dilation):
         cost, _ = _phase_plan(module, tuple(calls[0][1].shape[2:]))
-        if cost < min(positions * (d_in + d_out), d_in * d_out) * positions:
+        saved = min(positions * (d_in + d_out), d_in * d_out) * positions - cost
+        if saved * calls[0][1].shape[0] * module.groups > _PHASE_FIXED:
             return "phase"
     return form
+
+
+# Multiply-adds that the phase form's ~20 small ops (four bmm's, copies, block sums) cost in a fixed ~100 µs beyond the
+# other forms' on one CPU thread: on the benchmark CNN's last conv it is slower at 1–4 examples (+80 µs at 1) and
+# faster from ~5 (−0.7 ms at 32), ~25 µs an example saved (thread CPU, each B timed alone, 5 interleaved rounds).
+_PHASE_FIXED = 3_000_000
 
 
 def _phase_plan(conv: nn.Conv1d | nn.Conv2d, out: tuple[int, ...]) -> tuple[int, int]:
