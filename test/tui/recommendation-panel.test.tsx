@@ -129,8 +129,8 @@ describe('recommendation panel', () => {
   });
 
   it('names the step its reason is from: the advice stands while the header’s estimate moves on', async () => {
-    // The sidecar's own policy on an estimate drifting from 100 to 250 at a batch of 64: it
-    // advises 64 → 112 once, early, and then only sees its target move less than REVISION_RATIO (capped at 2×).
+    // The sidecar's own policy on an estimate drifting from 100 to 250 at a batch of 64: it advises
+    // 64 → 112 early, revises it once the target has moved REVISION_RATIO, to 128 (capped at 2×), and then stays.
     const steps = Array.from({ length: 101 }, (_, i) => step(i, { smoothed: estimate(100 + 1.5 * i) }));
     const advice = await lastValueFrom(
       from(steps).pipe(
@@ -139,14 +139,14 @@ describe('recommendation panel', () => {
         toArray(),
       ),
     );
-    expect(advice.map((r) => [r.action, r.recommendedGlobalBatch])).toEqual([['increase', 112]]);
-    const r = advice[0]!;
-    expect(r.step).toBeLessThan(20);
+    expect(advice.map((r) => [r.action, r.recommendedGlobalBatch])).toEqual([['increase', 112], ['increase', 128]]);
+    const r = advice.at(-1)!;
+    expect(r.step).toBeLessThan(50);
     const m = mount(200);
     m.runs.next([runInfo()]);
     for (const s of steps) m.stats.next(s);
     m.recommendations.next(r);
-    await expect.poll(m.frame).toContain('▲ increase 64 → 112');
+    await expect.poll(m.frame).toContain('▲ increase 64 → 128');
     const f = m.frame();
     expect(f).toContain('step 100');
     expect(f).toContain('B_simple 250 [200, 325]');
