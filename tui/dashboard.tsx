@@ -8,7 +8,7 @@ import { DiversityLine, hasDiversity } from './components/diversity-line.js';
 import { Header } from './components/header.js';
 import { LAYER_SORTS, layerRows, LayersPanel, type LayerSort } from './components/layers-panel.js';
 import { RecommendationPanel } from './components/recommendation-panel.js';
-import { Help, HealthLine, KeysLine, SourceLine } from './components/status-lines.js';
+import { Help, HealthLine, KeysLine, ReplayLine, SourceLine } from './components/status-lines.js';
 import { TradeoffPanel } from './components/tradeoff-panel.js';
 import { EMPTY_MODEL, examplesPerSecond, recentRestart, reduce, type DashboardEvent, type DashboardModel } from './model.js';
 import { RECOMMENDATION_LINES, restartNotice } from './recommendation.js';
@@ -30,6 +30,8 @@ export interface DashboardProps {
   readonly address?: string;
   /** Listen for keys (needs a TTY stdin); default true. */
   readonly keys?: boolean;
+  /** A run log played back at this many times its pace: the ingest line says so, the uptime runs on the log's clock. */
+  readonly replaySpeed?: number;
   readonly scheduler?: SchedulerLike;
 }
 
@@ -155,7 +157,7 @@ export function Dashboard(props: DashboardProps) {
         health={model.health}
         connection={model.connection}
         paused={paused}
-        nowMs={Date.now()}
+        nowMs={props.replaySpeed === undefined ? Date.now() : (run?.latest?.unixMs ?? run?.info.startedUnixMs ?? 0)}
         width={width}
         address={props.address ?? null}
       />
@@ -191,7 +193,11 @@ export function Dashboard(props: DashboardProps) {
               focused={focus === 'layers'}
             />
           </Box>
-          <HealthLine health={model.health} previous={model.previousHealth} lagMs={run?.lagMs ?? null} />
+          {props.replaySpeed === undefined ? (
+            <HealthLine health={model.health} previous={model.previousHealth} lagMs={run?.lagMs ?? null} />
+          ) : (
+            <ReplayLine health={model.health} speed={props.replaySpeed} />
+          )}
         </>
       )}
       <KeysLine log={model.log} address={props.address ?? null} />

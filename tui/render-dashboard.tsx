@@ -12,6 +12,8 @@ export interface DashboardOptions {
   readonly address?: string;
   /** Listen for keys; default true (needs a TTY stdin). */
   readonly keys?: boolean;
+  /** A run log played back at this many times its pace (`noisescope replay`). */
+  readonly replaySpeed?: number;
   /** Called after each frame Ink writes (benchmarks count them). */
   readonly onFrame?: () => void;
   readonly stdout?: NodeJS.WriteStream;
@@ -20,7 +22,7 @@ export interface DashboardOptions {
 
 export function renderDashboard(sources: DashboardSources, options: DashboardOptions = {}): Instance {
   const fps = options.maxFps ?? 10;
-  return render(<Dashboard sources={sources} updatesPerSecond={fps} {...(options.onQuit ? { onQuit: options.onQuit } : {})} {...(options.address ? { address: options.address } : {})} keys={options.keys ?? true} />, {
+  return render(<Dashboard sources={sources} updatesPerSecond={fps} {...(options.onQuit ? { onQuit: options.onQuit } : {})} {...(options.address ? { address: options.address } : {})} {...(options.replaySpeed === undefined ? {} : { replaySpeed: options.replaySpeed })} keys={options.keys ?? true} />, {
     maxFps: fps,
     exitOnCtrlC: false,
     ...(options.onFrame ? { onRender: () => options.onFrame?.() } : {}),

@@ -186,7 +186,7 @@ export async function replay(args: string[], context: ReplayContext): Promise<vo
   if (context.wantsDashboard(values)) {
     const played = replayRunLog(log, { speed: speed ?? 1 });
     const { renderDashboard } = await import('../../tui/render-dashboard.js');
-    const ink = renderDashboard(played, { address: `replaying ${log.path}` });
+    const ink = renderDashboard(played, { address: `replaying ${log.path}`, replaySpeed: speed ?? 1 });
     await Promise.race([ink.waitUntilExit(), context.untilSignal()]);
     played.stop();
     ink.unmount();

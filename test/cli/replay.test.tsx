@@ -1,7 +1,7 @@
 // `noisescope replay`: a run logged by a real sidecar, played back by the built CLI
 // (--json and lines) and into the same Dashboard component the live sidecar feeds.
 import { spawnSync } from 'node:child_process';
-import { appendFile, mkdtemp, rm } from 'node:fs/promises';
+import { appendFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { render } from 'ink-testing-library';
@@ -98,6 +98,29 @@ describe('noisescope replay', () => {
     }
   });
 
+  it("keeps the log's clock: a run logged an hour ago, killed before it ended, was up as long as it ran", async () => {
+    const hour = 3_600_000;
+    const shifted = (await readFile(path, 'utf8'))
+      .split('\n')
+      .filter((l) => l.endsWith('}') && !l.includes('"type":"run-ended"'))
+      .map((l) => JSON.stringify(JSON.parse(l, (key, v: unknown) => (/^(unixMs|startedUnixMs)$/.test(key) ? (v as number) - hour : v))));
+    const aged = join(dir, 'aged.ndjson');
+    await writeFile(aged, `${shifted.join('\n')}\n`);
+    const log = await readRunLog(aged);
+    const played = replayRunLog(log, { speed: 1000 });
+    const view = render(<Dashboard sources={played} columns={200} rows={30} updatesPerSecond={50} replaySpeed={1000} />);
+    try {
+      await played.done;
+      await expect.poll(() => view.lastFrame() ?? '', { timeout: 5_000 }).toContain(`Replay ${STEPS} steps played · 1000× the logged pace`);
+      const started = log.records.find((r) => r.type === 'run')!.unixMs;
+      expect(log.records.at(-1)!.unixMs - started).toBeLessThan(60_000); // the run itself took seconds
+      expect(view.lastFrame()).toMatch(/ ranks 1\/1 .* up 0:\d\d /);
+      expect(view.lastFrame()).not.toMatch(/msg\/s| lag /);
+    } finally {
+      view.unmount();
+    }
+  });
+
   it('plays into the dashboard in a real terminal (tmux, 80×24) until q', async () => {
     expect(spawnSync('tmux', ['-V']).status, 'tmux is missing: run `npm run setup`').toBe(0);
     const session = `noisescope-replay-${process.pid}`;
@@ -112,6 +135,9 @@ describe('noisescope replay', () => {
       expect(screen).toMatch(/●{5,}/); // the chart, from every replayed step
       expect(screen).toMatch(/Recommendation ▲ increase 32 → \d+/);
       expect(screen).toContain('replay of'); // where the live one names its compute backend
+      // The log keeps no ingest counters and its steps were not just received: no rates, no lag.
+      expect(screen).toContain(`Replay ${STEPS} steps played · 20× the logged pace`);
+      expect(screen).not.toMatch(/msg\/s| lag /);
       tmux('send-keys', '-t', session, 'q');
       await expect.poll(() => tmux('has-session', '-t', session).status, { timeout: 10_000 }).not.toBe(0);
     } finally {

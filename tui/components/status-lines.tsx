@@ -72,6 +72,18 @@ export function HealthLine({
   );
 }
 
+/** A replay's line instead: its log keeps no ingest counters and its steps were not just received, so no rates, losses or lag. */
+export function ReplayLine({ health, speed }: { readonly health: Health | null; readonly speed: number }) {
+  return (
+    <Line>
+      <Toned tone="plain" bold>
+        {'Replay '}
+      </Toned>
+      <Toned tone="plain">{`${short(health?.stepsCompleted ?? 0)} steps played · ${short(speed)}× the logged pace`}</Toned>
+    </Line>
+  );
+}
+
 function bytesPerSecond(v: number): string {
   return v >= 1e6 ? `${short(v / 1e6)}MB/s` : `${short(v / 1e3)}kB/s`;
 }
