@@ -16,8 +16,11 @@ SHAPES = [(4, 65, 24, 40), (3, 64, 16, 8), (2, 2, 5, 3), (5, 3, 4, 6), (16, 64, 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"{e}x{t}x{i}-{o}" for e, t, i, o in SHAPES])
 @pytest.mark.parametrize("calls", [1, 2])
-def test_halved_grams_equal_whole_grams_and_the_delta_pass(monkeypatch: pytest.MonkeyPatch, shape, calls: int) -> None:
+@pytest.mark.parametrize("chunked", [False, True], ids=["one-part", "parts"])
+def test_halved_grams_equal_whole_grams_and_the_delta_pass(monkeypatch: pytest.MonkeyPatch, shape, calls: int, chunked: bool) -> None:
     examples, steps, d_in, d_out = shape
+    if chunked:  # two examples a part (the last one alone where E is odd)
+        monkeypatch.setattr(pem, "CHUNK_ELEMENTS", 2 * (steps * calls) ** 2)
     g = torch.Generator().manual_seed(steps + calls)
     pairs = [
         (torch.randn(examples, steps, d_in, generator=g, dtype=torch.float64), torch.randn(examples, steps, d_out, generator=g, dtype=torch.float64))
