@@ -492,13 +492,7 @@ class Sender:
         elif code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, None):
             if not self._warned_outage:
                 self._warned_outage = True
-                logger.warning(
-                    "noisescope: no sidecar reachable at %s (%s). Training continues; measurements are dropped "
-                    "until one is. Start one with `noisescope serve`, or pass watch(address=...) / set "
-                    "NOISESCOPE_ADDRESS.",
-                    self._address,
-                    details,
-                )
+                logger.warning("noisescope: %s", _unreachable(self._address, details, self._credentials.tls))
         else:
             key = (str(code), details)
             if key not in self._warned_statuses:
@@ -525,6 +519,29 @@ class Sender:
         if steps:
             with self._counters_lock:
                 self.dropped += steps
+
+
+# grpc's words when a TLS handshake failed: the wrong CA, a name the certificate lacks, no client certificate.
+_TLS_FAILED = re.compile(r"handshake failed|Hostname Verification|TSI_", re.IGNORECASE)
+
+
+def _unreachable(address: str, details: str, tls: bool) -> str:
+    """The first failed connection, with what to check: a failed TLS handshake means a sidecar answered."""
+    if tls and _TLS_FAILED.search(details):
+        return (
+            f"the sidecar at {address} did not complete the TLS handshake ({details}). tls_ca (NOISESCOPE_TLS_CA) "
+            "must be the CA that signed its certificate, tls_server_name a name in that certificate when the address's "
+            "host is not, a sidecar started with --tls-client-ca needs tls_cert and tls_key, and one started without "
+            "--tls-cert serves no TLS. Training continues; measurements are dropped until it connects."
+        )
+    # A sidecar serving TLS closes a plain-text connection at once (grpc: "Socket closed").
+    plain_to_tls = "" if tls or "Socket closed" not in details else (
+        " If it serves TLS (--tls-cert), pass watch(tls_ca=...) or set NOISESCOPE_TLS_CA."
+    )
+    return (
+        f"no sidecar reachable at {address} ({details}). Training continues; measurements are dropped until one is. "
+        f"Start one with `noisescope serve`, or pass watch(address=...) / set NOISESCOPE_ADDRESS.{plain_to_tls}"
+    )
 
 
 _VERSIONS = re.compile(r"hook speaks protocol version (\d+), this sidecar speaks (\d+)")

@@ -120,26 +120,64 @@ def test_a_wrong_token_never_disturbs_training_and_is_logged_once(
     assert WRONG not in written and TOKEN not in written
 
 
-def test_the_hook_without_the_ca_is_refused_by_a_tls_sidecar_and_says_so_once(
-    pki: Path, caplog: pytest.LogCaptureFixture
+def _wait_for_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    deadline = time.monotonic() + 15
+    while not caplog.records:
+        assert time.monotonic() < deadline, "no warning within 15 s"
+        time.sleep(0.05)
+
+
+TLS_HANDSHAKE = "did not complete the TLS handshake"
+PLAIN_TO_TLS = "If it serves TLS (--tls-cert), pass watch(tls_ca=...) or set NOISESCOPE_TLS_CA."
+
+
+@pytest.mark.parametrize(
+    ("client_ca", "server_extra", "hook_extra", "words"),
+    [
+        # A sidecar answered each time: the warning says what to check, not to start one.
+        ("other-ca.pem", (), {}, TLS_HANDSHAKE),
+        ("ca.pem", (), {"tls_server_name": "example.com"}, TLS_HANDSHAKE),
+        ("ca.pem", ("--tls-client-ca", "ca.pem"), {}, TLS_HANDSHAKE),
+        (None, (), {}, PLAIN_TO_TLS),
+    ],
+    ids=["wrong-ca", "wrong-server-name", "no-client-cert", "plain-text"],
+)
+def test_a_hook_a_tls_sidecar_refuses_says_so_once_and_what_to_check(
+    pki: Path, caplog: pytest.LogCaptureFixture, client_ca: str | None, server_extra: tuple, hook_extra: dict, words: str
 ) -> None:
     caplog.set_level(logging.WARNING, logger="noisescope")
-    sidecar = Sidecar("--token-file", str(pki / "token"), "--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key"))
+    extra = [str(pki / a) if a.endswith(".pem") else a for a in server_extra]
+    sidecar = Sidecar("--token-file", str(pki / "token"), "--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key"), *extra)
     try:
         model = make_model()
         optimizer = make_optimizer(model)
-        ns = noisescope.watch(model, optimizer, address=sidecar.address, run="wrong-ca", token=TOKEN, tls_ca=pki / "other-ca.pem")
+        tls = {} if client_ca is None else {"tls_ca": pki / client_ca}
+        ns = noisescope.watch(model, optimizer, address=sidecar.address, run="refused", token=TOKEN, **tls, **hook_extra)
         Loop(steps=2).run(model, optimizer)
-        deadline = time.monotonic() + 15
-        while not caplog.records:
-            assert time.monotonic() < deadline, "no warning within 15 s"
-            time.sleep(0.05)
+        _wait_for_a_warning(caplog)
         ns.remove()
         assert not ns.stats.connected and not sidecar.of_type("step")
     finally:
         sidecar.stop()
     warnings = [r.getMessage() for r in caplog.records if r.name == "noisescope"]
-    assert len(warnings) == 1 and "no sidecar reachable" in warnings[0], warnings
+    assert len(warnings) == 1 and words in warnings[0], warnings
+    assert (words == TLS_HANDSHAKE) != ("Start one with `noisescope serve`" in warnings[0]), warnings
+
+
+def test_a_hook_with_nothing_listening_is_told_to_start_a_sidecar(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="noisescope")
+    sidecar = Sidecar()
+    address = sidecar.address
+    sidecar.stop()  # the port is free again: nothing answers there
+    model = make_model()
+    optimizer = make_optimizer(model)
+    ns = noisescope.watch(model, optimizer, address=address, run="nowhere")
+    Loop(steps=2).run(model, optimizer)
+    _wait_for_a_warning(caplog)
+    ns.remove()
+    warnings = [r.getMessage() for r in caplog.records if r.name == "noisescope"]
+    assert len(warnings) == 1 and "no sidecar reachable" in warnings[0] and "Start one with `noisescope serve`" in warnings[0]
+    assert TLS_HANDSHAKE not in warnings[0] and PLAIN_TO_TLS not in warnings[0], warnings
 
 
 def test_a_run_token_opens_its_run_only(pki: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -155,10 +193,7 @@ def test_a_run_token_opens_its_run_only(pki: Path, caplog: pytest.LogCaptureFixt
         Loop(steps=2).run(beta, beta_optimizer)
         ns_alpha.remove()
         assert [s["step"] for s in wait_for_events(sidecar, "step", "alpha", 2)] == [0, 1]
-        deadline = time.monotonic() + 15
-        while not caplog.records:
-            assert time.monotonic() < deadline, "no warning within 15 s"
-            time.sleep(0.05)
+        _wait_for_a_warning(caplog)
         ns_beta.remove()
         assert not sidecar.of_type("step")[2:] and not [e for e in sidecar.of_type("run") if e.get("run") == "beta"]
     finally:
