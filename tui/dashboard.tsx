@@ -49,6 +49,11 @@ export function dashboardModel$(sources: DashboardSources, perSecond: number, sc
   return events$.pipe(scan(reduce, EMPTY_MODEL), auditTime(1000 / perSecond, scheduler), startWith(EMPTY_MODEL));
 }
 
+/** Before any run, why nothing arrives, in full: the header's line cuts the reason at 80 columns, the empty chart has room. */
+function lostReason(connection: DashboardModel['connection']): string | null {
+  return connection?.state === 'lost' ? `none yet, the connection is lost: ${connection.reason}` : null;
+}
+
 function useTerminalSize(columns?: number, rows?: number): { columns: number; rows: number } {
   const { stdout } = useStdout();
   const read = () => ({ columns: columns ?? stdout.columns ?? 80, rows: rows ?? stdout.rows ?? 24 });
@@ -170,7 +175,7 @@ export function Dashboard(props: DashboardProps) {
             width={width}
             height={chartHeight}
             focused={focus === 'chart'}
-            note={run?.latest?.smoothed ? null : (run?.latest?.note ?? null)}
+            note={run ? (run.latest?.smoothed ? null : (run.latest?.note ?? null)) : lostReason(model.connection)}
             restart={restart ? restartNotice(restart) : null}
           />
           <RecommendationPanel run={run} width={width} recommending={props.sources.recommendations$ !== undefined} />

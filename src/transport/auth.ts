@@ -116,7 +116,9 @@ export function authInterceptor(auth: Authenticator): grpc.ServerInterceptor {
           const run = runOf(message);
           if (run !== null && !grant.runs.has(run)) {
             denied = true;
-            const what = run === '' ? 'every run' : `run '${run}'`;
+            // The all-runs Watch is the dashboard's without --run: say how to name the run.
+            const named = grant.runs.size > 1 ? 'NAME' : [...grant.runs][0];
+            const what = run === '' ? `every run: watch it by name (noisescope dashboard --run ${named})` : `run '${run}'`;
             call.sendStatus({
               code: grpc.status.PERMISSION_DENIED,
               details: `this token opens only run${grant.runs.size > 1 ? 's' : ''} ${[...grant.runs].map((r) => `'${r}'`).join(', ')}, not ${what}`,

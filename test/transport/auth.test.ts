@@ -116,7 +116,10 @@ describe('a sidecar with a token', () => {
     expect(status.code).toBe(grpc.status.PERMISSION_DENIED);
     expect(status.details).toBe("this token opens only run 'run-a', not run 'run-b'");
     expect(await runs()).not.toContain('run-b');
-    expect(await watchOnce(client, bearerMetadata(RUN_A_TOKEN))).toMatchObject({ code: grpc.status.PERMISSION_DENIED });
+    expect(await watchOnce(client, bearerMetadata(RUN_A_TOKEN))).toMatchObject({
+      code: grpc.status.PERMISSION_DENIED,
+      details: "this token opens only run 'run-a', not every run: watch it by name (noisescope dashboard --run run-a)",
+    });
     expect(await watchOnce(client, bearerMetadata(RUN_A_TOKEN), 'run-b')).toMatchObject({ code: grpc.status.PERMISSION_DENIED });
     const runA = await watchOnce(client, bearerMetadata(RUN_A_TOKEN), 'run-a');
     expect('runStarted' in runA && runA.runStarted?.run).toBe('run-a');
