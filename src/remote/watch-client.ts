@@ -39,6 +39,17 @@ export interface RemoteSidecar {
   close(): void;
 }
 
+/**
+ * One short line: grpc-js details can run to several sentences. A failed connection's are "No connection
+ * established. Last error: <why>. Resolution note: …", and the why (a certificate the CA did not sign, a
+ * client certificate required) is what to act on; OpenSSL's own lines are cut to their reason.
+ */
+export function briefDetail(details: string): string {
+  const why = /^No connection established\. Last error: (?:Error: )?([\s\S]*?)\s*(?:\(\d{4}-\d\d-\d\dT[^)]*\))?\. Resolution note:/.exec(details)?.[1];
+  if (why === undefined) return details.split(/\.\s|\n/)[0] ?? '';
+  return /:SSL routines:[^:]*:([^:]+):/.exec(why)?.[1] ?? why.split('\n')[0]!;
+}
+
 /** Watches the sidecar at host:port; never throws for a lost connection, it reports it on connection$ (bad TLS files do throw). */
 export function watchSidecar(address: string, options: WatchClientOptions = {}): RemoteSidecar {
   const Service = loadProto().noisescope.v1.NoiseScope;
@@ -98,8 +109,7 @@ export function watchSidecar(address: string, options: WatchClientOptions = {}):
     current.on('error', () => {}); // 'status' carries it
     current.on('status', (status: grpc.StatusObject) => {
       if (closed || call !== current) return;
-      // One short line: grpc-js details can run to several sentences.
-      const detail = (status.details || '').split(/\.\s|\n/)[0] ?? '';
+      const detail = briefDetail(status.details || '');
       const reason = status.code === grpc.status.OK ? 'the sidecar closed the stream' : `${grpc.status[status.code] ?? status.code}${detail ? `: ${detail}` : ''}`;
       connection.next({ state: 'lost', address, reason: `${reason} (retrying)` });
       timer = setTimeout(open, delay);

@@ -68,6 +68,16 @@ describe('a TLS sidecar', () => {
     expect((await firstValueFrom(sidecar.runs$)).map((r) => r.run)).not.toContain('wrong-ca');
   });
 
+  it("tells the TS watch client why the handshake failed (grpc-js's last error), not only that no connection was made", async () => {
+    const remote = watchSidecar(address(), { token: TOKEN, tls: { caFile: pki.otherCaCert }, retryMs: 60_000 });
+    try {
+      const lost = await firstValueFrom(remote.connection$.pipe(filter((c) => c.state === 'lost')));
+      expect(lost).toMatchObject({ reason: expect.stringMatching(/^UNAVAILABLE: .*(verify|self.signed).*certificate.* \(retrying\)$/) });
+    } finally {
+      remote.close();
+    }
+  });
+
   it("feeds the TS watch client over TLS with the token (runs$ and connection$)", async () => {
     const remote = watchSidecar(address(), { token: TOKEN, tls: { caFile: pki.caCert } });
     try {
@@ -111,6 +121,16 @@ describe('a sidecar requiring client certificates', () => {
     const status = await tryWith(files, 'no-cert');
     expect(status).toMatchObject({ code: grpc.status.UNAVAILABLE });
     expect((await firstValueFrom(sidecar.runs$)).map((r) => r.run)).not.toContain('no-cert');
+  });
+
+  it('tells a TS watch client without a client certificate that one is required', async () => {
+    const remote = watchSidecar(`127.0.0.1:${sidecar.port}`, { token: TOKEN, tls: { caFile: pki.caCert }, retryMs: 60_000 });
+    try {
+      const lost = await firstValueFrom(remote.connection$.pipe(filter((c) => c.state === 'lost')));
+      expect(lost).toMatchObject({ reason: expect.stringMatching(/^UNAVAILABLE: .*certificate required \(retrying\)$/) });
+    } finally {
+      remote.close();
+    }
   });
 });
 
