@@ -326,7 +326,7 @@ def _in_memory_order(t: Tensor) -> Tensor:
 
 def _conv_form(module: nn.Conv1d | nn.Conv2d, calls: Sequence[Call]) -> str:
     """Gram over output positions (L²(C·k/g + O/g)), per-example weight gradients (L·C·k·O/g²), or for one call
-    without dilation the phase Grams (_phase_plan; no unfold, so it wins even at a small margin).
+    without dilation the phase Grams (_phase_plan: no unfold, but ~20 more small ops, so only from a few examples on).
 
     They run at about the same rate on one CPU thread (grouped convolution_backward vs unfold + bmm,
     measured on the benchmark CNN's layers), so the multiply-add counts decide.
@@ -394,7 +394,8 @@ def _phase_terms(conv: nn.Conv1d | nn.Conv2d, x: Tensor, delta: Tensor) -> Tenso
     A kernel offset u reads input pixel stride·t + u, so it pairs pixels of one phase (r = u mod stride) a whole number
     of strides apart: a_t·a_t' = Σ_u P_r[t + ⌊u/stride⌋, t' + ⌊u/stride⌋], P_r the Gram of phase r's pixels. Overlapping
     windows share those products: on the benchmark CNN's last conv (64 channels, 3×3, stride 2, 8×8 out) 1.4 M
-    multiply-adds an example where unfolding and materialising take 2.4 M and a plain Gram 2.6 M, and its terms in the
+    multiply-adds an example (1.7 M with δ's Gram and the sums) where unfolding and materialising take 2.4 M and a
+    plain Gram 2.6 M, and its terms in the
     backward 3.6–3.8 → 2.6–2.7 ms (bench_per_example_profile.py CNN, 2 runs each, load 2.6–4.5). In the flattened grid
     an offset is one constant shift of both indices (output position (i, j) is grid pixel i·g' + j), so each offset is a
     diagonal block of P_r: the blocks are summed per grid width, taken at the output positions and dotted with δ's Gram."""
