@@ -1,6 +1,6 @@
 """Benchmark: the hook's fixed cost per measured step, by thread, steps sent one per message vs coalesced.
 
-Run: .venv/bin/python test/python/bench_step_cost.py [--quick] [--steps N] [--rounds R] [--baseline REV] [configs]
+Run: .venv/bin/python test/python/bench_step_cost.py [--quick] [--steps N] [--rounds R] [--baseline REV] [--phases] [--exact] [configs]
 
 --baseline REV: the hook as it was at git revision REV (`git archive` of python-shim/noisescope, imported beside
 the working tree's as its own package; or REV is a directory holding such a package) runs every chosen configuration too, interleaved in the same rounds and
@@ -17,7 +17,7 @@ training thread (time.thread_time), of the process's other threads (/proc/self/t
 Python's and C's, and our link thread apart), and of the sidecar process (/proc/<pid>/stat, 10 ms ticks: summed
 over all of a configuration's steps). CPU is the figure to trust on a shared machine; the load averages are printed.
 
---phases: where an isolated measured step's cost falls (every > 1): the training thread's CPU in µs, medians, of
+--phases: where an isolated measured step's cost falls (every ≥ 4; at every=1, that of every step): the training thread's CPU in µs, medians, of
 zero_grad+forward, backward and optimizer.step, at the step before a measured one (its optimizer.step arms the
 hooks), the measured step, the one after (what the sender's wake-up and the measured step's cold caches leave) and
 the others, each minus no hook's. Measured by engineer B2 (idle-ish, load ~1.5): norms every=10 adds ≈ +75 µs
@@ -47,6 +47,21 @@ instead of the pre-hook (no change); sleeping the request iterator until a put i
 end after a lone step (one wake fewer a message for it, none for the training thread; it changes which steps wait);
 writing a norms step's StepBundle bytes directly instead of through protobuf objects (byte-exact, 7 vs 17 µs hot on
 the request iterator's thread; no training-thread gain beyond the noise; reverted in 3c8052d, see there).
+
+Engineer D (issue 5, norms every=1, `--phases --exact "norms=1"`): where a measured step's cost goes, from copies
+of the package in one process with one piece patched out each, cycling blocks of 30 steps per configuration (30
+cycles; training-thread CPU over no hook, medians of per-cycle differences; load 2-3; a one-off script, not kept): in full
++275 to +343 µs; the gradient reads patched out +119 to +179, so the reads are ~140 µs, all in the backward (perf
+puts MKL's sdot at ~60 µs of it for the 2.65 MB; the rest is dispatch on cold caches: just after a backward the
+first torch op costs ~18 µs and its .item() ~6, the next ones ~4 and 1: 3 dots and 4 vector_norms a step); the
+step's close patched out too (nothing built or sent) +38 to +97; gradient hooks that return at once -8 to +67.
+The same configuration moves by 30-40 µs between runs (each model's memory placement), more than any piece but
+the reads: the C++→Python hook calls, the forward pre-hook and the sender's wake-ups (FLUSH_S 0.1 or 0.2 s, or
+nothing submitted) stay within it. Timed in place (thread CPU, wrapped, so a few µs high): a large gradient's read
+58-67 µs, the first hook's micro-batch bookkeeping 16, the backward-end callback 11, optimizer.step's hook 34 (the
+close 23), the forward pre-hook 10. Tried and dropped: leaving a fresh step's 4 small gradients to the
+backward end's read (one cold episode instead of four): backward +198 vs +193 µs, no gain: their hooks run beside
+the large gradients' warm reads.
 """
 from __future__ import annotations
 
@@ -192,11 +207,14 @@ def print_phases(chosen: dict[str, dict[str, Any]], phases: dict[str, list[tuple
     print("mean: of a whole step, over every step (what the medians leave out: rare slow steps)")
     print(f"{'config':<24} " + " ".join(f"{name:>17}" for name in PHASE_NAMES) + f" {'mean':>6}")
     for label, config in chosen.items():
-        if config["source"] is None or config["every"] < 4:
+        if config["source"] is None or 1 < config["every"] < 4:
             continue
         cells = []
         for name in PHASE_NAMES:
             rows = [t for i, t in enumerate(phases[label]) if phase_of(i % steps, config["every"]) == name]
+            if not rows:  # every=1: every step is a measured one
+                cells.append("-")
+                continue
             extra = [statistics.median(t[j] for t in rows) - b for j, b in zip((0, 2, 1), base)]
             cells.append("/".join(f"{e / 1e3:+.0f}" for e in extra))
         mean = statistics.mean(sum(t) for t in phases[label]) - base_mean
@@ -210,9 +228,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--phases", action="store_true", help="where an isolated measured step's cost falls (see above)")
     parser.add_argument("--baseline", metavar="REV", help="also run each configuration with the hook at git revision REV (or a package directory)")
+    parser.add_argument("--exact", action="store_true", help="configs are whole labels, not substrings")
     parser.add_argument("configs", nargs="*", help="substrings of the configurations to run besides no hook (default: all)")
     args = parser.parse_args()
-    chosen = {label: c for label, c in CONFIGS.items() if c["source"] is None or not args.configs or any(s in label for s in args.configs)}
+    picked = (lambda label: label in args.configs) if args.exact else (lambda label: any(s in label for s in args.configs))
+    chosen = {label: c for label, c in CONFIGS.items() if c["source"] is None or not args.configs or picked(label)}
     packages: dict[str, ModuleType] = {"": noisescope}
     if args.baseline:
         tag = "dir" if Path(args.baseline).is_dir() else args.baseline
