@@ -43,9 +43,10 @@ ${LIMIT_USAGE}
       [--run-token RUN=PATH]...             a token that opens only run RUN (Attach its ranks, Watch it)
       [--tls-cert PEM --tls-key PEM]        serve TLS; [--tls-client-ca PEM] also requires client certificates
   noisescope dashboard [--address 127.0.0.1:${DEFAULT_PORT}] [--run NAME] [--token-file PATH | --token TOKEN]
-                       [--tls-ca PEM] [--tls-cert PEM --tls-key PEM]
+                       [--tls-ca PEM] [--tls-cert PEM --tls-key PEM] [--tls-server-name NAME]
       Attach the dashboard to a running sidecar through its Watch stream
-      (token default $NOISESCOPE_TOKEN; TLS files default $NOISESCOPE_TLS_CA, _CERT, _KEY).
+      (token default $NOISESCOPE_TOKEN; TLS files default $NOISESCOPE_TLS_CA, _CERT, _KEY; --tls-server-name,
+      default $NOISESCOPE_TLS_SERVER_NAME: the name to check the sidecar's certificate for when it names another host).
   noisescope demo [--port 0] [--json] [--no-dashboard] [--adaptive] [--log-dir DIR | --no-log] [--backend NAME] [smoothing] [policy] [-- <python demo args>]
       Start a sidecar and train a small MLP on scikit-learn's digits through the hook;
       --adaptive lets the training apply each recommendation (gradient accumulation).

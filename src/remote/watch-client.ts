@@ -53,7 +53,8 @@ export function briefDetail(details: string): string {
 /** Watches the sidecar at host:port; never throws for a lost connection, it reports it on connection$ (bad TLS files do throw). */
 export function watchSidecar(address: string, options: WatchClientOptions = {}): RemoteSidecar {
   const Service = loadProto().noisescope.v1.NoiseScope;
-  const client: NoiseScopeClient = new Service(address, clientCredentials(options.tls));
+  const serverName = options.tls?.serverName;
+  const client: NoiseScopeClient = new Service(address, clientCredentials(options.tls), serverName ? { 'grpc.ssl_target_name_override': serverName } : {});
   const metadata = () => (options.token === undefined ? new grpc.Metadata() : bearerMetadata(options.token));
   const stats = new ReplaySubject<StepStats>(1);
   const layers = new ReplaySubject<LayerStats>(1);

@@ -28,6 +28,7 @@ export const CLIENT_SECURITY_FLAGS = {
   'tls-ca': { type: 'string' },
   'tls-cert': { type: 'string' },
   'tls-key': { type: 'string' },
+  'tls-server-name': { type: 'string' },
 } as const;
 
 interface TokenValues {
@@ -101,18 +102,25 @@ export function serveSecurityFromFlags(
   };
 }
 
-/** The Watch client's token and TLS files from `dashboard`'s flags ($NOISESCOPE_TLS_CA/_CERT/_KEY as for the hook). */
+/** The Watch client's token and TLS files from `dashboard`'s flags ($NOISESCOPE_TLS_CA/_CERT/_KEY/_SERVER_NAME as for the hook). */
 export function clientSecurityFromFlags(
-  values: TokenValues & { readonly 'tls-ca'?: string | undefined; readonly 'tls-cert'?: string | undefined; readonly 'tls-key'?: string | undefined },
+  values: TokenValues & {
+    readonly 'tls-ca'?: string | undefined;
+    readonly 'tls-cert'?: string | undefined;
+    readonly 'tls-key'?: string | undefined;
+    readonly 'tls-server-name'?: string | undefined;
+  },
   env: NodeJS.ProcessEnv = process.env,
 ): { token?: string; tls?: TlsClientFiles } {
   const token = tokenFromFlags(values, env);
-  const pick = (flag: 'tls-ca' | 'tls-cert' | 'tls-key', name: string) => values[flag] ?? (env[name] || undefined);
+  const pick = (flag: 'tls-ca' | 'tls-cert' | 'tls-key' | 'tls-server-name', name: string) => values[flag] ?? (env[name] || undefined);
   const caFile = pick('tls-ca', 'NOISESCOPE_TLS_CA');
   const certFile = pick('tls-cert', 'NOISESCOPE_TLS_CERT');
   const keyFile = pick('tls-key', 'NOISESCOPE_TLS_KEY');
   if ((certFile === undefined) !== (keyFile === undefined)) throw new UsageError('--tls-cert and --tls-key go together: give both');
   const tls = caFile !== undefined || certFile !== undefined;
+  const serverName = pick('tls-server-name', 'NOISESCOPE_TLS_SERVER_NAME');
+  if (serverName !== undefined && !tls) throw new UsageError('--tls-server-name is the name checked against the sidecar\'s TLS certificate, but TLS is off: give --tls-ca too');
   return {
     ...(token !== undefined ? { token } : {}),
     ...(tls
@@ -120,6 +128,7 @@ export function clientSecurityFromFlags(
           tls: {
             ...(caFile !== undefined ? { caFile } : {}),
             ...(certFile !== undefined && keyFile !== undefined ? { certFile, keyFile } : {}),
+            ...(serverName !== undefined ? { serverName } : {}),
           },
         }
       : {}),

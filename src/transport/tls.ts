@@ -22,6 +22,8 @@ export interface TlsClientFiles {
   /** This client's certificate and key (PEM), for a sidecar that requires client certificates. */
   readonly certFile?: string;
   readonly keyFile?: string;
+  /** The name checked against the sidecar's certificate instead of the address's host (it names another). */
+  readonly serverName?: string;
 }
 
 function bad(message: string, cause?: unknown): NoiseScopeError {

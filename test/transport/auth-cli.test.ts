@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { describe, expect, it } from 'vitest';
 import { bearerMetadata } from '../../src/transport/auth.js';
-import { serveSecurityFromFlags, tokenFromFlags } from '../../src/transport/security-flags.js';
+import { clientSecurityFromFlags, serveSecurityFromFlags, tokenFromFlags } from '../../src/transport/security-flags.js';
 import { cliEachTest } from '../support/cli-process.js';
 import { connect } from '../support/rank-client.js';
 
@@ -74,5 +74,12 @@ describe('token precedence', () => {
 
   it('reads --run-token files per run', () => {
     expect(serveSecurityFromFlags({ 'run-token': [`alpha=${tokenFile}`] }, {})).toEqual({ runTokens: { alpha: TOKEN } });
+  });
+
+  it("dashboard: --tls-server-name, else $NOISESCOPE_TLS_SERVER_NAME, only with TLS", () => {
+    const env = { NOISESCOPE_TLS_CA: 'ca.pem', NOISESCOPE_TLS_SERVER_NAME: 'from-env.internal' };
+    expect(clientSecurityFromFlags({ 'tls-server-name': 'sidecar.internal' }, env)).toEqual({ tls: { caFile: 'ca.pem', serverName: 'sidecar.internal' } });
+    expect(clientSecurityFromFlags({}, env)).toEqual({ tls: { caFile: 'ca.pem', serverName: 'from-env.internal' } });
+    expect(() => clientSecurityFromFlags({ 'tls-server-name': 'sidecar.internal' }, {})).toThrow('--tls-server-name is the name checked against');
   });
 });

@@ -78,6 +78,19 @@ describe('a TLS sidecar', () => {
     }
   });
 
+  it('checks the certificate for serverName instead of the host dialled (dashboard --tls-server-name)', async () => {
+    const named = watchSidecar(address(), { token: TOKEN, tls: { caFile: pki.caCert, serverName: 'localhost' } });
+    const other = watchSidecar(address(), { token: TOKEN, tls: { caFile: pki.caCert, serverName: 'elsewhere.internal' }, retryMs: 60_000 });
+    try {
+      expect((await firstValueFrom(named.connection$.pipe(filter((c) => c.state !== 'connecting')))).state).toBe('connected');
+      const lost = await firstValueFrom(other.connection$.pipe(filter((c) => c.state === 'lost')));
+      expect(lost).toMatchObject({ reason: expect.stringMatching(/^UNAVAILABLE: .*elsewhere\.internal.*certificate|^UNAVAILABLE: .*certificate.*elsewhere\.internal/) });
+    } finally {
+      named.close();
+      other.close();
+    }
+  });
+
   it("feeds the TS watch client over TLS with the token (runs$ and connection$)", async () => {
     const remote = watchSidecar(address(), { token: TOKEN, tls: { caFile: pki.caCert } });
     try {
