@@ -248,7 +248,7 @@ def _per_example_at(revision: str, folder: str) -> Any:
     return module
 
 
-def _sums(make: Callable[[], torch.nn.Module], batch: Any, loss_fn: Callable, address: str, dtype: torch.dtype) -> list:
+def _sums(make: Callable[[], torch.nn.Module], batch: Any, loss_fn: Callable, address: str, dtype: torch.dtype, worker: bool = False) -> list:
     """One measured step's per-example sums, as sent."""
     torch.manual_seed(0)
     model = make().to(dtype)
@@ -256,7 +256,7 @@ def _sums(make: Callable[[], torch.nn.Module], batch: Any, loss_fn: Callable, ad
     records: list = []
     with noisescope.watch(model, opt, address=address, every=1, source="per-example", run="against-sums") as ns:
         ns._sender.tap = records.append
-        ns._meter._per_example.overlap.enabled = False
+        ns._meter._per_example.overlap.enabled = worker
         x = batch[0].to(dtype) if batch[0].is_floating_point() else batch[0]
         opt.zero_grad()
         loss_fn(model(x), batch[1]).backward()
@@ -265,7 +265,7 @@ def _sums(make: Callable[[], torch.nn.Module], batch: Any, loss_fn: Callable, ad
     return sums[0] if sums else []
 
 
-def against(name: str, address: str, rounds: int, steps: int, then: Any, micro: int = 1) -> None:
+def against(name: str, address: str, rounds: int, steps: int, then: Any, micro: int = 1, worker: bool = False) -> None:
     """REV's PerExample against the working tree's, interleaved; figures per step over no hook (in-round differences)."""
     make, data, loss_fn = WORKLOADS[name]
     batch = data(torch.Generator().manual_seed(1))
@@ -291,7 +291,7 @@ def against(name: str, address: str, rounds: int, steps: int, then: Any, micro: 
                 source = "accumulation" if label == "norms" else "per-example"
                 with noisescope.watch(model, opt, address=address, every=1, source=source, run=f"against-{name}-{label}-{r}") as ns:
                     if ns._meter is not None and ns._meter._per_example is not None:
-                        ns._meter._per_example.overlap.enabled = False
+                        ns._meter._per_example.overlap.enabled = worker
                     mean_step_time(model, opt, batch, loss_fn, 5, micro)
                     warm = dict(parts.get(label, {}))
                     started, cpu = time.thread_time(), time.process_time()
@@ -303,7 +303,7 @@ def against(name: str, address: str, rounds: int, steps: int, then: Any, micro: 
         sums = {}
         for label in ("then", "now"):
             pe.PerExample = then.PerExample if label == "then" else tree  # type: ignore[misc]
-            sums[label] = {dtype: _sums(make, batch, loss_fn, address, dtype) for dtype in (torch.float64, torch.float32)}
+            sums[label] = {dtype: _sums(make, batch, loss_fn, address, dtype, worker) for dtype in (torch.float64, torch.float32)}
     finally:
         pe.PerExample = tree  # type: ignore[misc]
 
@@ -316,7 +316,7 @@ def against(name: str, address: str, rounds: int, steps: int, then: Any, micro: 
             f"norms {paired(times, 'norms')}, per-example then {paired(times, 'then')}, now {paired(times, 'now')}; "
             f"now − then {paired(times, 'now', 'then')}"
         )
-    for key in ("forward hooks", "δ hooks", "take (step end)"):
+    for key in ("forward hooks", "δ hooks", "δ hooks' _dispatch", "take (step end)"):
         then_ns, now_ns = (measured[label][key] / (rounds * steps) for label in ("then", "now"))
         print(f"    {key:<18} thread CPU per step (mean) then {then_ns / 1e3:6.1f} µs, now {now_ns / 1e3:6.1f} µs")
     for dtype in (torch.float64, torch.float32):
@@ -345,6 +345,7 @@ def _parts_timed(cls: type, spent: collections.Counter[str]) -> type:
         "_on_forward": timed(cls._on_forward, "forward hooks"),
         "_on_delta": timed(cls._on_delta, "δ hooks"),
         "take": timed(cls.take, "take (step end)"),
+        "_dispatch": timed(cls._dispatch, "δ hooks' _dispatch"),  # with --worker: the hand-offs
     }
     if hasattr(cls, "_on_forward_linear"):  # Linears' own forward hook (it calls _on_forward only for the unusual)
         methods["_on_forward_linear"] = timed(cls._on_forward_linear, "forward hooks")
@@ -360,9 +361,9 @@ def main() -> None:
     parser.add_argument("models", nargs="*", help="substrings of the models to profile (default: all)")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--split", type=int, metavar="ROUNDS", help="only the interleaved split (hooks vs terms), this many rounds")
-    parser.add_argument("--worker", action="store_true", help="--split: terms on the worker thread where it would take them")
+    parser.add_argument("--worker", action="store_true", help="--split, --against: terms on the worker thread where it would take them")
     parser.add_argument("--sample", type=_sample, default=None, help="per_example_sample: an int s, or a fraction of B")
-    parser.add_argument("--against", metavar="REV", help="REV's _per_example.py (or a file's) against the working tree's (exact, inline)")
+    parser.add_argument("--against", metavar="REV", help="REV's _per_example.py (or a file's) against the working tree's (exact; inline unless --worker)")
     parser.add_argument("--rounds", type=int, default=9, help="--against: interleaved rounds")
     parser.add_argument("--micro", type=int, default=1, help="--against: the batch as this many micro-batches per step")
     args = parser.parse_args()
@@ -378,7 +379,7 @@ def main() -> None:
         for name in WORKLOADS:
             if (not args.models and name in BENCH_WORKLOADS) or any(m in name for m in args.models):
                 if then is not None:
-                    against(name, sidecar.address, args.rounds, args.steps, then, args.micro)
+                    against(name, sidecar.address, args.rounds, args.steps, then, args.micro, args.worker)
                 elif args.split:
                     split(name, sidecar.address, args.split, args.steps, args.sample, args.worker)
                 else:
