@@ -133,6 +133,7 @@ def bench(name: str, address: str, rounds: int, steps: int) -> str:
     cpu: dict[str, list[float]] = {label: [] for label in CONFIGS}  # process CPU per step: every thread's work
     for r in range(rounds):
         for label, (source, every, k, overlap, sample) in CONFIGS.items():
+            _settle()
             torch.manual_seed(0)
             model = make()
             opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -153,6 +154,32 @@ def bench(name: str, address: str, rounds: int, steps: int) -> str:
     # Wall time is what training feels; process CPU (training, sender, gRPC and per-example worker threads) is the
     # hook's whole cost, steadier on a loaded machine, and an upper bound on the wall overhead when no core is free.
     return _row(name, means) + "\n" + _row("  process CPU (all threads)", cpu)
+
+
+_SIDECAR_PID: int | None = None
+
+
+def _settle(quiet_s: float = 0.1, most_s: float = 5.0) -> None:
+    """Until the sidecar has used no CPU for `quiet_s` (at most `most_s`): the configuration before this one leaves it
+    decoding a backlog, and a configuration measured meanwhile paid for it — "no hook" first in each round most, so every
+    ratio of that round with it (the CNN's no-hook step read 22–33 ms between runs; ×4's, measured later, 21–22 ms)."""
+    if _SIDECAR_PID is None:
+        return
+    stat = f"/proc/{_SIDECAR_PID}/stat"
+
+    def ticks() -> int:
+        with open(stat) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime
+
+    deadline = time.monotonic() + most_s
+    last = ticks()
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s)
+        now = ticks()
+        if now == last:
+            return
+        last = now
 
 
 def terms_cpu(name: str, address: str, rounds: int, steps: int) -> str:
@@ -259,6 +286,8 @@ def main() -> None:
     torch.set_num_threads(1)  # one core for training, the other for the sidecar
     load = os.getloadavg()  # other work on the machine skews every ratio: say how much there was
     sidecar = QuietSidecar()
+    global _SIDECAR_PID
+    _SIDECAR_PID = sidecar.proc.pid if os.path.exists(f"/proc/{sidecar.proc.pid}/stat") else None
     try:
         only = None
         if args.wait:
