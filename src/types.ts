@@ -57,7 +57,10 @@ export interface RunInfo {
   readonly policy: Partial<BatchPolicy>;
   /** Sketch mode: the CountSketch size of each layer (in `layers` order) and the wire dtype. */
   readonly sketch?: SketchSpec;
-  /** Present (true) when the hook's per-example sums are sampled estimates (watch(per_example_sample=s)), not exact sums. */
+  /**
+   * Present (true) when the hook's per-example sums are sampled estimates, not exact sums: its Hello says so
+   * (watch(per_example_sample=s)), or the latest measured step's sums were sampled (per_example_sample="auto").
+   */
   readonly perExampleSampled?: true;
 }
 

@@ -19,6 +19,8 @@ export interface RankStep {
    * contribution|², [microBatch][layer] (units of microSqNorms); null without it.
    */
   readonly microExampleSqNormSums: readonly (readonly number[])[] | null;
+  /** Present (true) when some micro-batch's per-example sums were sampled estimates (PerExampleSqNorms.sampled). */
+  readonly perExampleSampled?: true;
   /** Dense steps: pairwise cosines of the micro-batch gradients, from the Gram matrices. */
   readonly diversity?: GradientDiversity;
 }
@@ -45,4 +47,9 @@ export function sourceOf(step: CompletedStep): Source {
   if (step.ranks.length > 1) return 'data-parallel';
   if (step.ranks.some((r) => r.microExamples.length > 1)) return 'accumulation';
   return 'none';
+}
+
+/** Some rank's per-example sums for the step were sampled estimates, not exact sums. */
+export function perExampleSampledIn(step: CompletedStep): boolean {
+  return step.ranks.some((r) => r.perExampleSampled === true);
 }

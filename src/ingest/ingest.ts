@@ -5,7 +5,7 @@ import type { GradientShard__Output } from '../transport/generated/noisescope/v1
 import type { Hello__Output } from '../transport/generated/noisescope/v1/Hello.js';
 import type { StepEnd__Output } from '../transport/generated/noisescope/v1/StepEnd.js';
 import type { RunInfo, Source } from '../types.js';
-import { sourceOf, type CompletedStep } from './completed-step.js';
+import { perExampleSampledIn, sourceOf, type CompletedStep } from './completed-step.js';
 import { checkSameLayout, layoutFromHello, type RunLayout } from './run-layout.js';
 import { AlignedPayloads } from '../transport/aligned-copy.js';
 import { ByteBudget, DENSE_BUDGET_BYTES } from './dense-rank-step.js';
@@ -57,6 +57,8 @@ interface RunEntry {
   /** The hook session each rank last attached with. */
   readonly hookSessions: Map<number, string>;
   source: Source;
+  /** The latest measured step's per-example sums were sampled estimates: said beside the source, as the Hello's flag is. */
+  stepSampled: boolean;
   readonly startedUnixMs: number;
   /** Sketch mode: checks each sketch and splits it into per-layer chunks for the assembler. */
   readonly sketches: SketchShards | null;
@@ -185,6 +187,7 @@ export class Ingest {
         dropped: new Map(),
         hookSessions: new Map(),
         source: 'none',
+        stepSampled: false,
         startedUnixMs: Date.now(),
       };
       this.runs.set(layout.run, entry);
@@ -212,8 +215,10 @@ export class Ingest {
       if (outcome.kind === 'completed') {
         this.counters.stepsCompleted++;
         const source = sourceOf(outcome.step);
-        if (source !== run.source && !outcome.step.skipReason) {
+        const sampled = perExampleSampledIn(outcome.step);
+        if ((source !== run.source || sampled !== run.stepSampled) && !outcome.step.skipReason) {
           run.source = source;
+          run.stepSampled = sampled;
           this.publishRuns();
         }
         this.steps.next({ layout: run.layout, step: outcome.step });
@@ -336,7 +341,7 @@ export class Ingest {
           optimizer: entry.layout.optimizer,
           policy: entry.layout.policy,
           ...(entry.layout.sketch ? { sketch: entry.layout.sketch } : {}),
-          ...(entry.layout.perExampleSampled ? { perExampleSampled: true as const } : {}),
+          ...(entry.layout.perExampleSampled || entry.stepSampled ? { perExampleSampled: true as const } : {}),
         };
       }),
     );

@@ -31,6 +31,8 @@ interface MicroBatch {
   readonly sqNorms: readonly number[];
   /** Per-example source: Σ_e |h_e|² per layer; null without it. */
   readonly exampleSqNormSums: readonly number[] | null;
+  /** Those sums are sampled estimates (PerExampleSqNorms.sampled): no Cauchy–Schwarz bound on them. */
+  readonly sampled: boolean;
 }
 
 /** What dense shards need: a backend to reduce them, a byte budget, one reused aligned buffer. */
@@ -235,14 +237,15 @@ export class StepAssembler {
     const values = shard.sqNorms.values;
     this.checkNorms(values, `${where}: sq_norms`);
     const exampleSqNormSums = shard.perExample ? shard.perExample.sums : null;
+    const sampled = shard.perExample?.sampled === true;
     if (exampleSqNormSums) {
       this.checkNorms(exampleSqNormSums, `${where}: per_example.sums`);
-      if (!this.sampledRanks.has(rank)) this.checkCauchySchwarz(values, exampleSqNormSums, shard.examples, where);
+      if (!sampled && !this.sampledRanks.has(rank)) this.checkCauchySchwarz(values, exampleSqNormSums, shard.examples, where);
     }
     if (state.open.get(shard.step)?.micro.has(shard.microBatch)) {
       throw new NoiseScopeError('duplicate', `${where}: already received from rank ${rank}`);
     }
-    this.openStep(state, rank, shard.step).micro.set(shard.microBatch, { examples: shard.examples, sqNorms: values, exampleSqNormSums });
+    this.openStep(state, rank, shard.step).micro.set(shard.microBatch, { examples: shard.examples, sqNorms: values, exampleSqNormSums, sampled });
   }
 
   /**
@@ -648,6 +651,7 @@ export class StepAssembler {
       reducedIsShard: end.reducedIsShard,
       // All or none (mixedPerExample checked it).
       microExampleSqNormSums: ordered.every((m) => m.exampleSqNormSums !== null) ? ordered.map((m) => m.exampleSqNormSums as readonly number[]) : null,
+      ...(ordered.some((m) => m.sampled) ? { perExampleSampled: true as const } : {}),
     };
   }
 }

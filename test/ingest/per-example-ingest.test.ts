@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { checkSameLayout, layoutFromHello } from '../../src/ingest/run-layout.js';
 import { CAUCHY_SCHWARZ_SLACK, StepAssembler } from '../../src/ingest/step-assembler.js';
-import { sourceOf } from '../../src/ingest/completed-step.js';
+import { perExampleSampledIn, sourceOf } from '../../src/ingest/completed-step.js';
 import type { Hello__Output } from '../../src/transport/generated/noisescope/v1/Hello.js';
 import { end, layout, shard as normsShard } from './fixtures.js';
 
@@ -50,6 +50,29 @@ describe('per-example sums in the step assembler', () => {
     // Equality (every example the same) and rounding above it are fine.
     a.addShard(0, shard(0, 0, [1 / 8, (2 / 8) * (1 - CAUCHY_SCHWARZ_SLACK / 2)]));
     expect(a.endStep(0, end(0, 1)).kind).toBe('completed');
+  });
+
+  it('takes sums below the bound from a shard that says sampled (per_example.sampled), and the step says so', () => {
+    const a = new StepAssembler(layout());
+    const sampled = (step: number, microBatch: number, sums: number[]) => {
+      const s = shard(step, microBatch, sums);
+      return { ...s, perExample: { sums, sampled: true } };
+    };
+    // Layer b: |Σh|² = 2 but 8 × 0.2 = 1.6, an unbiased estimate may be that low.
+    a.addShard(0, sampled(0, 0, [1, 0.2]));
+    a.addShard(0, shard(0, 1, [1, 1]));
+    const outcome = a.endStep(0, end(0, 2));
+    if (outcome.kind !== 'completed') throw new Error(`expected a completed step, got ${outcome.kind}`);
+    expect(outcome.step.ranks[0]?.microExampleSqNormSums).toEqual([[1, 0.2], [1, 1]]);
+    expect(outcome.step.ranks[0]?.perExampleSampled).toBe(true);
+    expect(perExampleSampledIn(outcome.step)).toBe(true);
+    // The same sums unmarked are refused; still-checked fields are checked on a sampled shard.
+    expect(() => a.addShard(0, shard(1, 0, [1, 0.2]))).toThrow(/sq_norms\[1\] \(layer 'b'\) = 2 exceeds.*Cauchy–Schwarz/);
+    expect(() => a.addShard(0, sampled(1, 0, [1, -0.2]))).toThrow(/per_example.sums\[1\] \(layer 'b'\) is negative/);
+    a.addShard(0, shard(1, 0, [1, 1]));
+    const exact = a.endStep(0, end(1, 1));
+    expect(exact.kind === 'completed' && exact.step.ranks[0]).not.toHaveProperty('perExampleSampled');
+    expect(exact.kind === 'completed' && perExampleSampledIn(exact.step)).toBe(false);
   });
 
   it('excludes a step whose micro-batches mix shards with and without per-example sums, naming them', () => {

@@ -1,9 +1,15 @@
 // A rank whose Hello says per_example_sampled sends unbiased estimates of Σ_e |h_e|², which may fall below |h|²/b
 // (no exact sum can): a real sidecar takes them, and still refuses the same sums from an exact rank.
 import { status } from '@grpc/grpc-js';
-import { firstValueFrom } from 'rxjs';
+import { render } from 'ink-testing-library';
+import { createElement } from 'react';
+import { filter, firstValueFrom } from 'rxjs';
 import { describe, expect, it } from 'vitest';
+import { formatRun } from '../../src/cli/format.js';
 import { watchSidecar } from '../../src/remote/watch-client.js';
+import type { RankMessage } from '../../src/transport/generated/noisescope/v1/RankMessage.js';
+import type { RunInfo } from '../../src/types.js';
+import { SourceLine } from '../../tui/components/status-lines.js';
 import { hello, perExampleStep, RankStream } from '../support/rank-client.js';
 import { sidecarEachTest } from '../support/sidecar-each-test.js';
 
@@ -69,6 +75,47 @@ describe('per-example sums from a sampled rank', () => {
     expect(rank.refusals()[0]?.code).toBe(status.INVALID_ARGUMENT);
     expect((await firstValueFrom(t.sidecar.runs$)).find((r) => r.run === 'exact')).not.toHaveProperty('perExampleSampled');
     expect(rank.refusals()[0]?.message).toMatch(/step 0 micro-batch 0: sq_norms\[1\] \(layer 'fc1.bias'\) = 1 exceeds examples × per_example.sums\[1\] = 16 × 0.05 = 0.8.*Cauchy–Schwarz/);
+    rank.end();
+  });
+});
+
+/** perExampleStep, its shard's per_example marked sampled (as watch(per_example_sample="auto") does once exact sums cost too much). */
+const sampledStep = (step: number, sums: number[]): RankMessage[] =>
+  perExampleStep(step, NORMS, sums).map((m) => (m.shard ? { shard: { ...m.shard, perExample: { sums, sampled: true } } } : m));
+
+describe('per-example sums from a shard that says sampled, on a rank whose Hello says exact', () => {
+  it('are taken below the Cauchy–Schwarz bound and said sampled while the latest step is; the same sums unmarked are refused', async () => {
+    const rank = new RankStream(t.client);
+    rank.send(hello({ run: 'auto' }));
+    const info = async () => (await firstValueFrom(t.sidecar.runs$)).find((r) => r.run === 'auto') as RunInfo;
+    const label = (r: RunInfo) => render(createElement(SourceLine, { info: r, latest: null })).lastFrame() ?? '';
+    // stats$ replays its latest: wait for the step by number.
+    const stepOf = async (step: number, messages: RankMessage[]) => {
+      const got = firstValueFrom(t.sidecar.stats$.pipe(filter((s) => s.run === 'auto' && s.step === step)));
+      for (const m of messages) rank.send(m);
+      return got;
+    };
+
+    const sampled = await stepOf(0, sampledStep(0, BELOW));
+    expect(rank.refusals()).toEqual([]);
+    expect([sampled.source, sampled.skipped]).toEqual(['per-example', false]);
+    expect(Number.isFinite(sampled.raw?.traceSigma)).toBe(true);
+    expect((await info()).perExampleSampled).toBe(true);
+    expect(formatRun(await info())).toContain('source per-example (per-example sums sampled)');
+    expect(label(await info())).toContain('Scales: per-example (sampled)');
+
+    // An exact step follows: no longer said.
+    await stepOf(1, perExampleStep(1, NORMS, EXACT));
+    expect(await info()).not.toHaveProperty('perExampleSampled');
+    expect(formatRun(await info())).not.toContain('sampled');
+    expect(label(await info())).not.toContain('sampled');
+
+    // The same below-bound sums without `sampled` are refused as before; the next step is taken.
+    await stepOf(3, [...perExampleStep(2, NORMS, BELOW), ...perExampleStep(3, NORMS, EXACT)]);
+    // (then its StepEnd: the step is excluded, its shard missing)
+    await expect.poll(() => rank.refusals().length).toBeGreaterThanOrEqual(1);
+    expect(rank.refusals()[0]?.code).toBe(status.INVALID_ARGUMENT);
+    expect(rank.refusals()[0]?.message).toMatch(/step 2 micro-batch 0: sq_norms\[1\] \(layer 'fc1.bias'\) = 1 exceeds .*Cauchy–Schwarz/);
     rank.end();
   });
 });
