@@ -3,8 +3,10 @@
 
 export interface PerExampleSqNorms {
   'sums'?: (number | string)[];
+  'sampled'?: (boolean);
 }
 
 export interface PerExampleSqNorms__Output {
   'sums': (number)[];
+  'sampled': (boolean);
 }
