@@ -69,6 +69,7 @@ class PendingStep:
     unix_ms: float
     skip_reason: str = ""  # set: a skipped step, `values` unused
     per_example: bool = False  # `values` ends with k·L per-example sums ([micro-batch][layer])
+    per_example_sampled: bool = False  # those sums are sampled estimates (per_example_sample)
     dense: Any = None  # dense mode: the step's DenseStep (its gradients, sent as chunks)
     reduced: bool = False  # `values` ends with L all-reduced squared norms (DDP)
     reduced_is_shard: bool = False  # FSDP: those are this rank's shard of the reduced gradient
@@ -91,6 +92,7 @@ class StepRecord:
     skip_reason: str = ""
     # [micro-batch][layer]: Σ over the micro-batch's examples of |example's contribution|²; () if none.
     per_example_sums: tuple[tuple[float, ...], ...] = ()
+    per_example_sampled: bool = False  # per_example_sums are sampled estimates, not exact
     dense: Any = None  # dense mode: the step's DenseStep
     # [layer]: |the all-reduced gradient|² (DDP: the ranks' average, the optimizer's units); () if none.
     reduced_sq_norms: tuple[float, ...] = ()
@@ -150,6 +152,7 @@ def finish(pending: PendingStep, layers: Sequence[LayerInfo]) -> StepRecord:
         skipped=bool(skip_reason),
         skip_reason=skip_reason,
         per_example_sums=per_example if not skip_reason else (),
+        per_example_sampled=pending.per_example_sampled and bool(per_example) and not skip_reason,
         dense=pending.dense,
         reduced_sq_norms=reduced if not skip_reason else (),
         reduced_is_shard=pending.reduced_is_shard,
@@ -852,6 +855,7 @@ class Meter:
                 unix_ms=unix_ms,
                 skip_reason=skip_reason,
                 per_example=per_example is not None,
+                per_example_sampled=per_example is not None and self._per_example.last_sampled,  # type: ignore[union-attr]
                 dense=dense,
                 reduced=reduced is not None and not skip_reason,
                 reduced_is_shard=self._fsdp is not None,

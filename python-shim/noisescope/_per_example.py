@@ -26,6 +26,7 @@ import logging
 import os
 import queue
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
@@ -37,6 +38,7 @@ from torch import Tensor, nn
 from . import _per_example_math as pem
 from . import _per_example_more as pmore
 from ._guard import Guard
+from ._per_example_budget import Budget
 from ._meter import _reserve_hook_id
 
 logger = logging.getLogger("noisescope")
@@ -239,10 +241,16 @@ class PerExample:
         n_layers: int,
         guard: Guard,
         hook: Callable,
-        sample: int | float | None = None,
+        sample: int | float | str | None = None,
     ) -> None:
         self._modules = modules
-        self.sampler = Sampler(sample) if sample is not None else None  # None: every example (exact)
+        # "auto": exact until the terms cost more than the budget allows, then the budget's s (set between steps).
+        self.budget = Budget() if sample == "auto" else None
+        self._auto_sampler = Sampler(Budget.MIN_SAMPLE) if self.budget is not None else None
+        self.sampler = Sampler(sample) if sample is not None and sample != "auto" else None  # None: every example
+        self.last_sampled = False  # the latest take()'s sums were sampled estimates
+        self._costs: list[float] = []  # budget: this step's sampleable terms' thread CPU seconds (any thread)
+        self._step_started = 0.0
         self._units = pmore.units(modules)  # modules whose terms are computed jointly (attention, tied weights)
         self._n_layers = n_layers
         self._guard = guard
@@ -311,6 +319,9 @@ class PerExample:
             self._flush_queued.clear()
             self._deferred = []
         self._measuring = measuring
+        if measuring and self.budget is not None:
+            self._costs = []
+            self._step_started = time.perf_counter()
 
     def begin_forward(self, examples: int | None) -> None:
         if not self._measuring:
@@ -331,6 +342,9 @@ class PerExample:
             self._flush(row)
         self._compute_deferred(rows)
         self.overlap.wait()  # the step's terms still being computed (on the worker)
+        self.last_sampled = any(row.sample is not None for row in rows)
+        if self.budget is not None:
+            self._spend(rows)
         k = len(micro_sq_norms)
         if len(rows) > k:  # forwards no backward went through (an evaluation with gradients enabled)
             rows = [row for row in rows if any(s is not None for s in row.sums)]
@@ -361,6 +375,34 @@ class PerExample:
         return _host_floats([row.sums for row in rows])
 
     # ------------------------------------------------------------ hooks
+
+    def _spend(self, rows: list[_Row]) -> None:
+        """The budget sees the step's cost; a new sample size takes effect from the next step (none is running)."""
+        cost, self._costs = sum(self._costs), []
+        step = time.perf_counter() - self._step_started
+        batch = max((row.examples or row.batch or 0 for row in rows), default=0)
+        if not self.budget.observe(cost, step, batch):  # type: ignore[union-attr]
+            return
+        size = self.budget.size  # type: ignore[union-attr]
+        if size is None:
+            self.sampler = None
+            logger.info(
+                "noisescope: per-example sums exact again (sampled they cost %.2f ms a step%s)",
+                cost * 1e3,
+                ", not a quarter less than exact: sampling is not worth its noise here" if self.budget.futile else "",  # type: ignore[union-attr]
+            )
+        else:
+            self._auto_sampler.size = size  # type: ignore[union-attr]
+            self.sampler = self._auto_sampler
+            logger.info(
+                "noisescope: per-example sums cost %.2f ms of a %.2f ms step (budget %.0f%%): from now on from %d of "
+                "each micro-batch's examples, drawn by importance and reweighted (unbiased; per_example_sample=None "
+                "keeps them exact)",
+                cost * 1e3,
+                step * 1e3,
+                Budget.FRACTION * 100,
+                size,
+            )
 
     def _switch_off(self) -> None:
         self._measuring = False
@@ -478,7 +520,10 @@ class PerExample:
         """The row's sample, from its first δ and that layer's input."""
         batch_dim = x.batch_dim if isinstance(x, pmore.AttentionInputs) else 0
         rows = x if isinstance(module, nn.Linear) and isinstance(x, Tensor) and x.dim() == 2 else None
+        started = time.thread_time() if self.budget is not None else 0.0
         drawn = self.sampler.draw(delta, batch_dim, rows)  # type: ignore[union-attr]
+        if self.budget is not None:
+            self._costs.append(time.thread_time() - started)
         if drawn is not None:
             self._warn_once(
                 "sampled", "noisescope: per-example source sampled: %d of %d examples per micro-batch",
@@ -549,10 +594,13 @@ class PerExample:
 
     def _compute(self, row: _Row, module: Any, calls: list[_Call]) -> None:
         _computing.on = True
+        started = time.thread_time() if self.budget is not None else 0.0
         try:
             self._compute_terms(row, module, calls)
         finally:
             _computing.on = False
+            if self.budget is not None:
+                self._costs.append(time.thread_time() - started)  # list.append: atomic, from the worker too
 
     def _compute_terms(self, row: _Row, module: Any, calls: list[_Call]) -> None:
         sample = self._sample(row)

@@ -114,7 +114,11 @@ def step_messages(record: StepRecord, world_size: int) -> list[Any]:
                 micro_batch=j,
                 examples=examples,
                 sq_norms=pb.SquaredNorms(values=sq_norms),
-                per_example=pb.PerExampleSqNorms(sums=record.per_example_sums[j]) if record.per_example_sums else None,
+                per_example=(
+                    pb.PerExampleSqNorms(sums=record.per_example_sums[j], sampled=record.per_example_sampled)
+                    if record.per_example_sums
+                    else None
+                ),
             )
         )
         for j, (examples, sq_norms) in enumerate(zip(record.micro_examples, record.micro_sq_norms))

@@ -77,6 +77,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=E2E_STEPS)
     parser.add_argument("--seeds", type=int, default=40)
     parser.add_argument("--mixtures", default="0,0.1,0.2,0.3,0.5", help="α values for the importance rows")
+    parser.add_argument("--sizes", default="16,8", help="sample sizes s of the sampled rows")
     args = parser.parse_args()
     torch.set_num_threads(1)
     steps = args.steps
@@ -136,7 +137,7 @@ def main() -> None:
         return draw
 
     rows: list[tuple[str, Callable[[int, torch.Generator], dict[int, tuple[float, float]]], int]] = []
-    for size in (batch // 4, batch // 8):
+    for size in map(int, args.sizes.split(",")):
         rows.append((f"uniform s={size} (before)", uniform, size))
         for mixture in map(float, args.mixtures.split(",")):
             marker = " (the hook's)" if mixture == Sampler.MIXTURE else ""

@@ -90,7 +90,8 @@ def run_training(
         trace.clipped.append(total > CLIP)
         spent += time.perf_counter() - t0
 
-    handle = noisescope.watch(model, optimizer, address=address, run=run, dataset_size=n)
+    # Exact sums: this checks the exact estimator (per_example_sample='auto' may sample a costly model's).
+    handle = noisescope.watch(model, optimizer, address=address, run=run, dataset_size=n, per_example_sample=None)
     assert handle._sender._info.per_example, "auto should pick the per-example source here"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

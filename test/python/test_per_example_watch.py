@@ -79,8 +79,8 @@ def test_accumulation_micro_batches_each_carry_their_sums_with_the_loss_divided_
     model = make_model(dtype=torch.float64)
     reference = copy.deepcopy(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    # Forced: "auto" skips the per-example work on steps that accumulate.
-    ns, records = watch_and_record(model, optimizer, free_address, source="per-example")
+    # Forced: "auto" skips the per-example work on steps that accumulate. Exact sums (never sampled: checked below).
+    ns, records = watch_and_record(model, optimizer, free_address, source="per-example", per_example_sample=None)
     names = [layer.name for layer in ns._sender._info.layers]
     k = len(loop.sizes)
     exact: list[list[dict[str, float]]] = []
