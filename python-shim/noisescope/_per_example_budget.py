@@ -9,7 +9,8 @@ So "auto" measures what the sampleable layers' terms cost (thread CPU, wherever 
 wall time, and halves s while they cost more than FRACTION of it, down to MIN_SAMPLE, or doubles it back (to
 exact) while twice the cost would fit; where sampling at MIN_SAMPLE does not save a quarter of the exact cost (small layers,
 whose fixed per-layer part dominates), it goes back to exact while the batch size stays. Row Linears (every MLP layer) stay exact and
-cost nothing here.
+cost nothing here. On a GPU the terms are asynchronous kernels: their thread CPU is the launches', so the budget
+rarely samples there (unmeasured: no GPU yet).
 """
 from __future__ import annotations
 

@@ -11,7 +11,9 @@ thread beside the backward when torch's threads leave a core free, as here: torc
 The same batch as 4 micro-batches of accumulation ("×4"): no hook; the norms alone; "auto"
 every=1 (which should cost what the norms do: it skips the per-example work on steps that
 accumulate); "per-example" every=1. "s=B/4": per_example_sample=0.25, the per-example terms of a quarter of
-each micro-batch drawn by importance (reweighted: unbiased), at every=10, every=1 and every=1 inline.
+each micro-batch drawn by importance (reweighted: unbiased), at every=10, every=1 and every=1 inline. "auto": watch()'s
+default per_example_sample, exact until the terms cost more than its budget, then sampled (after a warm-up long enough
+for its budget to settle); the other per-example columns pass per_example_sample=None (exact) or 0.25.
 --terms: instead, only the CPU seconds per step spent on per-example work (drawing the sample, selecting its rows,
 the terms), inline on the training thread, exact against s=B/4 and s=1 — the steadiest figure on a shared machine.
 --wait: instead, the ms a step the training thread sits idle in the step-end wait for the worker (every=1), exact and
@@ -39,8 +41,8 @@ import noisescope
 from bench_overhead import QuietSidecar
 
 # label → (source or None for no hook, every, micro-batches per step, per-example worker: None auto / False inline,
-# per_example_sample)
-CONFIGS: dict[str, tuple[str | None, int, int, bool | None, float | None]] = {
+# per_example_sample: None exact, "auto" watch()'s default)
+CONFIGS: dict[str, tuple[str | None, int, int, bool | None, float | str | None]] = {
     "no hook": (None, 1, 1, None, None),
     "norms every=1": ("accumulation", 1, 1, None, None),
     "per-ex every=10": ("per-example", 10, 1, None, None),
@@ -49,6 +51,9 @@ CONFIGS: dict[str, tuple[str | None, int, int, bool | None, float | None]] = {
     "s=B/4 every=10": ("per-example", 10, 1, None, 0.25),
     "s=B/4 every=1": ("per-example", 1, 1, None, 0.25),
     "s=B/4 =1 inline": ("per-example", 1, 1, False, 0.25),
+    "auto every=10": ("per-example", 10, 1, None, "auto"),
+    "auto every=1": ("per-example", 1, 1, None, "auto"),
+    "auto =1 inline": ("per-example", 1, 1, False, "auto"),
     "no hook ×4": (None, 1, 4, None, None),
     "×4 norms": ("accumulation", 1, 4, None, None),
     "×4 auto": ("auto", 1, 4, None, None),
@@ -147,7 +152,9 @@ def bench(name: str, address: str, rounds: int, steps: int) -> str:
             with noisescope.watch(model, opt, address=address, every=every, source=source, run=run, per_example_sample=sample) as ns:
                 if ns._meter is not None and ns._meter._per_example is not None:
                     ns._meter._per_example.overlap.enabled = overlap
-                mean_step_time(model, opt, batch, loss_fn, 10, k)  # warm-up, connected, one measured step in it
+                # Warm-up, connected, one measured step in it; "auto" until its budget has settled (a decision needs
+                # 7 measured steps, each change 4 more).
+                mean_step_time(model, opt, batch, loss_fn, 10 if sample != "auto" else 10 + 16 * every, k)
                 started = time.process_time()
                 means[label].append(mean_step_time(model, opt, batch, loss_fn, steps, k))
                 cpu[label].append((time.process_time() - started) / steps)
