@@ -17,8 +17,8 @@ import torch.nn.functional as F
 
 from conftest import Sidecar
 from ddp_support import (
-    K, LR, _join, assert_within_each_others_interval, batch, by_hand, fsdp_worker, reference, shard, spawn, steps_of, train_fsdp,
-    watch_one_process,
+    K, LR, _join, assert_within_each_others_interval, batch, by_hand, end_process_group, fsdp_worker, reference, shard, spawn,
+    steps_of, train_fsdp, watch_one_process,
 )
 
 STEPS = 40
@@ -96,8 +96,6 @@ def test_fsdp_configurations_it_cannot_measure_are_named_and_training_is_unaffec
 
 def fallback_worker(rank: int, world: int, port: int, address: str, out: str, scenario: str, steps: int) -> None:
     """One FSDP rank watching with each of FALLBACKS, then training the same without noisescope; writes to `out/rank<r>.pt`."""
-    import torch.distributed as dist
-
     import noisescope
     from noisescope.demo import make_model
 
@@ -121,7 +119,7 @@ def fallback_worker(rank: int, world: int, port: int, address: str, out: str, sc
             result[f"{name}_log"], lines.lines[:] = list(lines.lines), []
     finally:
         torch.save(result, os.path.join(out, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+    end_process_group()
 
 
 def test_fsdp_dense_sketch_and_per_example_fall_back_to_norms_said_once_and_training_is_unaffected(sidecar: Sidecar, tmp_path: Path) -> None:
