@@ -344,7 +344,10 @@ class PerExample:
         self.overlap.wait()  # the step's terms still being computed (on the worker)
         self.last_sampled = any(row.sample is not None for row in rows)
         if self.budget is not None:
-            self._spend(rows)
+            try:
+                self._spend(rows)
+            except Exception as error:
+                self._guard.trip("the per-example budget", error)
         k = len(micro_sq_norms)
         if len(rows) > k:  # forwards no backward went through (an evaluation with gradients enabled)
             rows = [row for row in rows if any(s is not None for s in row.sums)]

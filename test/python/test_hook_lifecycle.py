@@ -103,8 +103,10 @@ def test_no_sidecar_training_continues_with_one_warning_and_counted_drops(free_a
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
     message = warnings[0].getMessage()
     assert free_address in message and "training continues" in message.lower() and "dropped" in message
-    # Step 0 is measured (begun before the first connect failed); none after the outage is known (the second loop).
-    assert stats.steps_seen == 20 and 1 <= stats.steps_measured <= 10
+    # Step 0 is measured (begun before the first connect failed); none after the outage is known (the second loop)
+    # but its first step, whose measuring was decided at the first loop's last optimizer.step: on a loaded machine
+    # the first connect can fail only after the whole first loop (CI: 11 measured once).
+    assert stats.steps_seen == 20 and 1 <= stats.steps_measured <= 11
     assert stats.dropped + stats.queued == 20
     assert ns.stats.dropped == 20 and ns.stats.queued == 0
     assert not stats.connected

@@ -114,3 +114,19 @@ def test_per_example_sample_none_never_samples_however_costly(sidecar, monkeypat
     assert len(records) == STEPS and all(r.per_example_sums and not r.per_example_sampled for r in records)
     runs = sidecar_took_every_step(sidecar, "none-exact", ns)
     assert not any(e.get("perExampleSampled") for e in runs)
+
+
+def test_a_failing_budget_switches_noisescope_off_and_training_goes_on_unchanged(
+    sidecar, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(self, cost_s: float, step_s: float, batch: int) -> bool:
+        raise RuntimeError("budget broke")
+
+    monkeypatch.setattr(Budget, "observe", broken)
+    plain = DigitsConv()
+    train(plain)
+    model, records, ns = train_watched(sidecar, "auto-broken")
+    assert ns._guard.tripped and len(records) < STEPS  # off after the first measured step's end, not crashed
+    assert "internal error in the per-example budget" in caplog.text  # said where, once
+    for a, b in zip(parameters_of(plain), parameters_of(model)):
+        assert torch.equal(a, b)
