@@ -11,6 +11,7 @@ import logging
 import multiprocessing
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 from datetime import timedelta
@@ -369,13 +370,19 @@ def fsdp_worker(rank: int, world: int, port: int, address: str, out: str, scenar
 
 
 def end_process_group() -> None:
-    """Both ranks' gloo work done before either tears its pairs down. Without the barrier one FSDP2 rank in ~7
-    died with SIGABRT after writing its results ("terminate called without an active exception"; 3 of 20 runs of
-    the fallback test's trainings with noisescope not even watching, 0 of 24 with it: torch's gloo teardown)."""
+    """Ends an FSDP rank once its results are written: both ranks' gloo work done, the group destroyed, and the
+    process left without the interpreter's finalisation. One FSDP2 rank in ~7 died with SIGABRT there, after writing
+    its results ("terminate called without an active exception", no Python frame: torch's native threads at
+    teardown) — 3 of 20 runs of the fallback test's trainings with noisescope not watching at all; a barrier
+    before destroy_process_group made it rarer, not gone (CI on a clean clone hit it once more). Every watch() was
+    removed before (its threads joined), so nothing of noisescope's is skipped."""
     import torch.distributed as dist
 
     dist.barrier()
     dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _shard_only_first(model: torch.nn.Module) -> torch.nn.Module:
