@@ -527,7 +527,7 @@ class PerExample:
         drawn = self.sampler.draw(delta, batch_dim, rows)  # type: ignore[union-attr]
         if self.budget is not None:
             self._costs.append(time.thread_time() - started)
-        if drawn is not None:
+        if drawn is not None and self.budget is None:  # "auto" logs each size it picks, with why
             self._warn_once(
                 "sampled", "noisescope: per-example source sampled: %d of %d examples per micro-batch",
                 len(drawn.index), delta.shape[batch_dim], level=logging.INFO,
