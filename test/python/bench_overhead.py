@@ -61,6 +61,22 @@ class QuietSidecar:
         self.proc.wait(timeout=10)
 
 
+# glibc's malloc serves big tensors with mmap and, by its dynamic threshold and heap trimming, hands their pages back
+# and faults them in again on a later step; how many a step takes swings with allocation order (the CNN's un-hooked
+# step: 19.5 ms at ~1 fault a step, 25-29 ms at 2,500-5,100, in three runs of one script), so any extra allocation
+# (a hook's) can move a step by ±25% either way. Fixed thresholds keep the pages: step times measure work.
+FIXED_MALLOC = "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=1073741824"
+
+
+def fixed_malloc(default: bool) -> str:
+    """Re-executes this script with FIXED_MALLOC unless `default` or GLIBC_TUNABLES is set already; says which."""
+    if not default and "GLIBC_TUNABLES" not in os.environ:
+        os.environ["GLIBC_TUNABLES"] = FIXED_MALLOC
+        os.execv(sys.executable, [sys.executable, *sys.argv])
+    tunables = os.environ.get("GLIBC_TUNABLES")
+    return f"malloc: GLIBC_TUNABLES={tunables}" if tunables else "malloc: glibc's defaults (dynamic mmap threshold)"
+
+
 def load_line(start: tuple[float, float, float]) -> str:
     """Other work on the machine skews every ratio: how much there was, at the start and now."""
     return (f"load average (1/5/15 min) at the start {'/'.join(f'{v:.2f}' for v in start)}, at the end "

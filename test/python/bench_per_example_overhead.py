@@ -1,6 +1,6 @@
 """Benchmark: overhead per optimizer step of the per-example source, and of source="auto", on CPU.
 
-Run: .venv/bin/python test/python/bench_per_example_overhead.py [--quick] [--terms | --wait] [model substring ...]
+Run: .venv/bin/python test/python/bench_per_example_overhead.py [--quick] [--terms | --wait] [--default-malloc] [model substring ...]
 
 For an MLP, a small CNN and a small transformer block (hand-written attention, so every
 parameter is covered), each configuration trains the same model, torch on one thread, the
@@ -18,7 +18,9 @@ for its budget to settle); the other per-example columns pass per_example_sample
 the terms), inline on the training thread, exact against s=B/4 and s=1 — the steadiest figure on a shared machine.
 --wait: instead, the ms a step the training thread sits idle in the step-end wait for the worker (every=1), exact and
 s=B/4: what the worker's layers still cost the step after the training thread ran the queued ones it could.
-Rounds interleave the configurations; a configuration's
+Runs under fixed glibc malloc thresholds (bench_overhead.FIXED_MALLOC; --default-malloc: glibc's own), so that a step's
+page faults, which swing by thousands with allocation order, do not pass for the hook's cost; a third line gives the
+process's minor page faults per step. Rounds interleave the configurations; a configuration's
 figure in a round is its mean step time, and the table gives the median over rounds of its
 ratio to "no hook" with the same micro-batches in the same round; a second line gives the same ratios
 of process CPU time (every thread of the training process).
@@ -29,6 +31,7 @@ import argparse
 import functools
 import logging
 import os
+import resource
 import statistics
 import time
 from typing import Callable
@@ -38,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import noisescope
-from bench_overhead import QuietSidecar
+from bench_overhead import QuietSidecar, fixed_malloc
 
 # label → (source or None for no hook, every, micro-batches per step, per-example worker: None auto / False inline,
 # per_example_sample: None exact, "auto" watch()'s default)
@@ -136,6 +139,7 @@ def bench(name: str, address: str, rounds: int, steps: int) -> str:
     batch = data(torch.Generator().manual_seed(1))
     means: dict[str, list[float]] = {label: [] for label in CONFIGS}
     cpu: dict[str, list[float]] = {label: [] for label in CONFIGS}  # process CPU per step: every thread's work
+    faults: dict[str, list[float]] = {label: [] for label in CONFIGS}  # the process's minor page faults per step
     for r in range(rounds):
         for label, (source, every, k, overlap, sample) in CONFIGS.items():
             _settle()
@@ -144,9 +148,10 @@ def bench(name: str, address: str, rounds: int, steps: int) -> str:
             opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
             if source is None:
                 mean_step_time(model, opt, batch, loss_fn, 10, k)  # warm-up
-                started = time.process_time()
+                started, faulted = time.process_time(), _minor_faults()
                 means[label].append(mean_step_time(model, opt, batch, loss_fn, steps, k))
                 cpu[label].append((time.process_time() - started) / steps)
+                faults[label].append((_minor_faults() - faulted) / steps)
                 continue
             run = f"bench-{name}-{label}-{r}"
             with noisescope.watch(model, opt, address=address, every=every, source=source, run=run, per_example_sample=sample) as ns:
@@ -155,12 +160,19 @@ def bench(name: str, address: str, rounds: int, steps: int) -> str:
                 # Warm-up, connected, one measured step in it; "auto" until its budget has settled (a decision needs
                 # 7 measured steps, each change 4 more).
                 mean_step_time(model, opt, batch, loss_fn, 10 if sample != "auto" else 10 + 16 * every, k)
-                started = time.process_time()
+                started, faulted = time.process_time(), _minor_faults()
                 means[label].append(mean_step_time(model, opt, batch, loss_fn, steps, k))
                 cpu[label].append((time.process_time() - started) / steps)
+                faults[label].append((_minor_faults() - faulted) / steps)
     # Wall time is what training feels; process CPU (training, sender, gRPC and per-example worker threads) is the
     # hook's whole cost, steadier on a loaded machine, and an upper bound on the wall overhead when no core is free.
-    return _row(name, means) + "\n" + _row("  process CPU (all threads)", cpu)
+    faulted = [f"{'  page faults per step':<30} " + " ".join(f"{statistics.median(faults[label]):>11.0f}" for label in
+               (_no_hook(1), _no_hook(4)))] + [f"{statistics.median(faults[label]):>16.0f}" for label, c in CONFIGS.items() if c[0]]
+    return _row(name, means) + "\n" + _row("  process CPU (all threads)", cpu) + "\n" + " ".join(faulted)
+
+
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 _SIDECAR_PID: int | None = None
@@ -286,8 +298,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run, noisier)")
     parser.add_argument("--terms", action="store_true", help="only the per-example terms' CPU per step, exact vs s=B/4")
     parser.add_argument("--wait", action="store_true", help="only the training thread's idle ms a step in the step-end wait (worker)")
+    parser.add_argument("--default-malloc", action="store_true", help="glibc's own malloc thresholds (page faults vary a step)")
     parser.add_argument("models", nargs="*", help="substrings of the models to run, any case (default: all)")
     args = parser.parse_args()
+    malloc = fixed_malloc(args.default_malloc)
     rounds = 3 if args.quick else 9
     logging.getLogger("noisescope").setLevel(logging.ERROR)  # the source line and one-scale warning, once per watch
     torch.set_num_threads(1)  # one core for training, the other for the sidecar
@@ -309,7 +323,7 @@ def main() -> None:
             for name in WORKLOADS:
                 if _chosen(name, args.models):
                     print(only[2](name, sidecar.address, rounds=rounds))
-            print(f"load average (1/5/15 min) at the start {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}")
+            print(f"load average (1/5/15 min) at the start {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}; {malloc}")
             return
         print(
             f"per-example source overhead per optimizer step (one micro-batch per step, or the same batch as ×4 "
@@ -322,7 +336,7 @@ def main() -> None:
             if _chosen(name, args.models):
                 print(bench(name, sidecar.address, rounds=rounds, steps=40))
         print(f"load average (1/5/15 min) at the start {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}, at the end "
-              f"{'/'.join(f'{v:.2f}' for v in os.getloadavg())}")
+              f"{'/'.join(f'{v:.2f}' for v in os.getloadavg())}; {malloc}")
     finally:
         sidecar.stop()
 
