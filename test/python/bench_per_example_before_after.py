@@ -30,7 +30,7 @@ import torch
 
 import noisescope
 from noisescope import _per_example as pe
-from bench_overhead import QuietSidecar
+from bench_overhead import QuietSidecar, fixed_malloc
 from bench_per_example_overhead import WORKLOADS, mean_step_time
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -136,7 +136,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--sample", type=lambda t: float(t) if "." in t else int(t), help="per_example_sample (default: exact)")
+    parser.add_argument("--default-malloc", action="store_true", help="glibc's own malloc thresholds (page faults vary a step)")
     args = parser.parse_args()
+    malloc = fixed_malloc(args.default_malloc)  # bench_overhead.FIXED_MALLOC: page faults would pass for the change's cost
     logging.getLogger("noisescope").setLevel(logging.ERROR)
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as folder:
@@ -149,7 +151,7 @@ def main() -> None:
         _count_terms()
         sidecar = QuietSidecar()
         try:
-            print(f"per-example overhead, {args.revision} vs working tree, one process, interleaved; sample {args.sample}; torch {torch.__version__}, 1 thread")
+            print(f"per-example overhead, {args.revision} vs working tree, one process, interleaved; sample {args.sample}; torch {torch.__version__}, 1 thread; {malloc}")
             print(f"{'model':<30} {'no hook':>11} " + " ".join(f"{c:>16}" for c in CONFIGS))
             for name in WORKLOADS:
                 if not args.models or any(m in name for m in args.models):

@@ -52,7 +52,7 @@ import torch
 
 import noisescope
 from noisescope import _per_example as pe
-from bench_overhead import QuietSidecar
+from bench_overhead import QuietSidecar, fixed_malloc
 from bench_per_example_before_after import fresh, unhooked
 from bench_per_example_overhead import WORKLOADS as BENCH_WORKLOADS, mean_step_time
 
@@ -366,7 +366,9 @@ def main() -> None:
     parser.add_argument("--against", metavar="REV", help="REV's _per_example.py (or a file's) against the working tree's (exact; inline unless --worker)")
     parser.add_argument("--rounds", type=int, default=9, help="--against: interleaved rounds")
     parser.add_argument("--micro", type=int, default=1, help="--against: the batch as this many micro-batches per step")
+    parser.add_argument("--default-malloc", action="store_true", help="glibc's own malloc thresholds (page faults vary a step)")
     args = parser.parse_args()
+    malloc = fixed_malloc(args.default_malloc)  # bench_overhead.FIXED_MALLOC: page faults would pass for the hook's CPU
     logging.getLogger("noisescope").setLevel(logging.ERROR)
     torch.set_num_threads(1)
     if not args.split and not args.against:
@@ -385,7 +387,7 @@ def main() -> None:
                 else:
                     profile(name, sidecar.address, args.steps, args.sample)
         print(f"load average (1/5/15 min) at the start {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}, at the end "
-              f"{'/'.join(f'{v:.2f}' for v in os.getloadavg())}")
+              f"{'/'.join(f'{v:.2f}' for v in os.getloadavg())}; {malloc}")
     finally:
         sidecar.stop()
         folder.cleanup()
