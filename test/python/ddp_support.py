@@ -211,7 +211,6 @@ def with_and_without(result: dict[str, Any], address: str, run: str, build: Any,
 
 
 def worker(rank: int, world: int, port: int, address: str, out: str, scenario: str, steps: int) -> None:
-    import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     import noisescope
@@ -285,11 +284,9 @@ def worker(rank: int, world: int, port: int, address: str, out: str, scenario: s
         result["log"] = lines.lines
         torch.save(result, os.path.join(out, f"rank{rank}.pt"))
     if scenario != "kill":
-        # Both ranks' gloo work done before either tears its pairs down: a rank destroying its group
-        # while the peer's last collective was still in flight once died with SIGABRT in CI
-        # ("terminate called without an active exception", after its results were written).
-        dist.barrier()
-        dist.destroy_process_group()
+        # Barrier, destroy, os._exit: a DDP rank too died with SIGABRT after writing its results, barrier and all
+        # (test_ddp_estimate_agrees_with_one_process_accumulating_the_same_batch, CI on a clean clone, Dec 2026).
+        end_process_group()
 
 
 def shard(model: torch.nn.Module) -> torch.nn.Module:
@@ -370,7 +367,7 @@ def fsdp_worker(rank: int, world: int, port: int, address: str, out: str, scenar
 
 
 def end_process_group() -> None:
-    """Ends an FSDP rank once its results are written: both ranks' gloo work done, the group destroyed, and the
+    """Ends a DDP or FSDP rank once its results are written: both ranks' gloo work done, the group destroyed, and the
     process left without the interpreter's finalisation. One FSDP2 rank in ~7 died with SIGABRT there, after writing
     its results ("terminate called without an active exception", no Python frame: torch's native threads at
     teardown) — 3 of 20 runs of the fallback test's trainings with noisescope not watching at all; a barrier

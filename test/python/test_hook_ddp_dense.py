@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from conftest import Sidecar
-from ddp_support import K, LR, _join, spawn, steps_of, train
+from ddp_support import K, LR, _join, end_process_group, spawn, steps_of, train
 
 STEPS = 6
 NOISE = 0.05  # the corrupted rank's added gradient noise: ~20× its micro-batch gradient's own size here
@@ -53,7 +53,6 @@ def _fit(rank: int, world: int, address: str, run: str | None, mode: str, corrup
 
 def worker(rank: int, world: int, port: int, address: str, out: str, _scenario: str, _steps: int) -> None:
     """One rank: dense, norms and unwatched training of the same batches, then dense with rank world−1 noisy, then sketch."""
-    import torch.distributed as dist
     from noisescope import _wire
 
     step_messages = _wire.step_messages
@@ -71,7 +70,7 @@ def worker(rank: int, world: int, port: int, address: str, out: str, _scenario: 
     finally:
         result["log"] = lines.lines
         torch.save(result, os.path.join(out, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+    end_process_group()  # barrier, destroy, os._exit: gloo's teardown can SIGABRT a rank after its results
 
 
 def worst_relative(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> float:
