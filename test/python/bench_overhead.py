@@ -64,7 +64,7 @@ class QuietSidecar:
 # glibc's malloc serves big tensors with mmap and, by its dynamic threshold and heap trimming, hands their pages back
 # and faults them in again on a later step; how many a step takes swings with allocation order (the CNN's un-hooked
 # step: 19.5 ms at ~1 fault a step, 25-29 ms at 2,500-5,100, in three runs of one script), so any extra allocation
-# (a hook's) can move a step by ±25% either way. Fixed thresholds keep the pages: step times measure work.
+# (a hook's) can move a step by up to half, either way. Fixed thresholds keep the pages: step times measure work.
 FIXED_MALLOC = "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=1073741824"
 
 

@@ -166,9 +166,9 @@ def bench(name: str, address: str, rounds: int, steps: int) -> str:
                 faults[label].append((_minor_faults() - faulted) / steps)
     # Wall time is what training feels; process CPU (training, sender, gRPC and per-example worker threads) is the
     # hook's whole cost, steadier on a loaded machine, and an upper bound on the wall overhead when no core is free.
-    faulted = [f"{'  page faults per step':<30} " + " ".join(f"{statistics.median(faults[label]):>11.0f}" for label in
-               (_no_hook(1), _no_hook(4)))] + [f"{statistics.median(faults[label]):>16.0f}" for label, c in CONFIGS.items() if c[0]]
-    return _row(name, means) + "\n" + _row("  process CPU (all threads)", cpu) + "\n" + " ".join(faulted)
+    fault_cells = [f"{'  page faults per step':<30} " + " ".join(f"{statistics.median(faults[label]):>11.0f}" for label in
+                   (_no_hook(1), _no_hook(4)))] + [f"{statistics.median(faults[label]):>16.0f}" for label, c in CONFIGS.items() if c[0]]
+    return _row(name, means) + "\n" + _row("  process CPU (all threads)", cpu) + "\n" + " ".join(fault_cells)
 
 
 def _minor_faults() -> int:
