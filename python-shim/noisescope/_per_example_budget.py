@@ -3,8 +3,9 @@
 Exact per-example norms of a convolution or a sequence Linear cost about one more weight-gradient pass of the
 layer: on the benchmark CNN (CPU) +49% a step without a free core, +12% with one (fixed malloc thresholds; with
 glibc's defaults, page faults came on top). Sampled sums are unbiased and, at s ≥ 4 of the batch, cost the
-smoothed B_simple almost no accuracy: the per-step noise of tr(Σ) is dominated by the batch's own (bench_per_example_sampled_accuracy.py --sizes 16,8,4,2,1 on load_digits, 40 seeds, B = 64:
-median / p90 error 10.2% / — exact, 10.1 / 12.3% at s = 16, 9.1 / 13.0% at 8, 10.2 / 13.7% at 4, 8.5 / 18.1% at 1).
+smoothed B_simple almost no accuracy: the per-step noise of tr(Σ) is dominated by the batch's own
+(bench_per_example_sampled_accuracy.py --sizes 16,8,4,2,1 on load_digits, 40 seeds, B = 64: median / p90
+error 10.2% / — exact, 10.1 / 12.3% at s = 16, 9.1 / 13.0% at 8, 10.2 / 13.7% at 4, 8.5 / 18.1% at 1).
 So "auto" measures what the sampleable layers' terms cost (thread CPU, wherever they run) against the step's
 wall time, and halves s while they cost more than FRACTION of it, down to MIN_SAMPLE, or doubles it back (to
 exact) while twice the cost would fit; where sampling at MIN_SAMPLE does not save a quarter of the exact cost (small layers,
