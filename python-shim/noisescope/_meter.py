@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import random
 import threading
 import time
 from collections import OrderedDict
@@ -367,6 +368,11 @@ class Meter:
         self._measuring = False  # read first thing by every hook: the fast path when off
         self._plain = False  # this step is unmeasured and needs nothing of _begin_step at its end (see there)
         self._micro_batches: int | None = None  # in the last measured step: when to expect the last backward
+        # per_example_sample="auto" thinning (Budget.stride): the due steps left in this block, the one measured.
+        self._thin_left = self._thin_pick = self._thin_stride = 0
+        self._thin_random = random.Random(0x6E5C)  # seeded: which steps are measured is the same run to run
+        if per_example is not None and per_example.budget is not None:
+            per_example.budget.every = every
         self._buffer: _StepBuffer | None = None
         self.steps_seen = 0
         self.steps_measured = 0
@@ -681,6 +687,13 @@ class Meter:
     # ------------------------------------------------------------ step boundaries
 
     @property
+    def measuring_one_in(self) -> int:
+        """Thinning by the per-example budget: 1 in this many steps due is measured (1: every one)."""
+        per_example = self._per_example
+        budget = per_example.budget if per_example is not None else None
+        return budget.stride if budget is not None and self._world_size == 1 else 1
+
+    @property
     def has_per_example(self) -> bool:
         """Per-example norms are on for this watch (auto arms them only on one-micro-batch steps)."""
         return self._per_example is not None
@@ -701,6 +714,8 @@ class Meter:
 
     def _begin_step(self) -> None:
         due = self._active and (self._first_step + self.steps_seen) % self._every == 0
+        if due and self._per_example is not None:
+            due = self._due_after_thinning()
         measuring = due and (self._wanted is None or self._wanted())
         self._unwanted = due and not measuring
         self._retry_open = self._unwanted
@@ -727,6 +742,21 @@ class Meter:
             measuring or self._unwanted or self._armed or self._retry_handle is not None
             or self._dense is not None or self._ddp is not None or self._fsdp is not None or self._per_example is not None
         )
+
+    def _due_after_thinning(self) -> bool:
+        """A due step stays due unless the per-example budget thins (Budget.stride > 1): then one in each block of
+        `stride` due steps, at a random place in it, so a pattern in the data with the stride's period is not
+        aliased. One process only: ranks must measure the same steps, and each rank's budget is its own."""
+        budget = self._per_example.budget  # type: ignore[union-attr]
+        stride = budget.stride if budget is not None and self._world_size == 1 else 1
+        if stride == 1 or (self._per_example_auto and (self._micro_batches or 1) != 1):
+            self._thin_left = 0  # no per-example work on these steps (or none too costly): every one is measured
+            return True
+        if self._thin_left <= 0 or stride != self._thin_stride:  # a new block (or a new stride)
+            self._thin_left = self._thin_stride = stride
+            self._thin_pick = self._thin_random.randrange(stride)
+        self._thin_left -= 1
+        return self._thin_left == self._thin_pick
 
     def _choose_per_example(self, measuring: bool) -> None:
         """Arms the per-example hooks for this step or not (never on unmeasured steps).

@@ -250,6 +250,7 @@ class PerExample:
         self.sampler = Sampler(sample) if sample is not None and sample != "auto" else None  # None: every example
         self.last_sampled = False  # the latest take()'s sums were sampled estimates
         self._costs: list[float] = []  # budget: this step's sampleable terms' thread CPU seconds (any thread)
+        self._worker_costs: list[float] = []  # those of them spent on the worker thread (beside the backward)
         self._step_started = 0.0
         self._units = pmore.units(modules)  # modules whose terms are computed jointly (attention, tied weights)
         self._n_layers = n_layers
@@ -321,6 +322,7 @@ class PerExample:
         self._measuring = measuring
         if measuring and self.budget is not None:
             self._costs = []
+            self._worker_costs = []
             self._step_started = time.perf_counter()
 
     def begin_forward(self, examples: int | None) -> None:
@@ -382,12 +384,28 @@ class PerExample:
     def _spend(self, rows: list[_Row]) -> None:
         """The budget sees the step's cost; a new sample size takes effect from the next step (none is running)."""
         cost, self._costs = sum(self._costs), []
+        worker, self._worker_costs = sum(self._worker_costs), []
         step = time.perf_counter() - self._step_started
         batch = max((row.examples or row.batch or 0 for row in rows), default=0)
-        if not self.budget.observe(cost, step, batch):  # type: ignore[union-attr]
+        budget = self.budget
+        stride = budget.stride  # type: ignore[union-attr]
+        if not budget.observe(cost, step, batch, inline_s=cost - worker):  # type: ignore[union-attr]
             return
-        size = self.budget.size  # type: ignore[union-attr]
-        if size is None:
+        size = budget.size  # type: ignore[union-attr]
+        if budget.stride != stride:  # type: ignore[union-attr]
+            logger.info(
+                "noisescope: per-example sums at s = %s still cost %.2f ms of a %.2f ms step on the training thread "
+                "(budget %.0f%%): %s",
+                size or "every example",
+                (cost - worker) * 1e3,
+                step * 1e3,
+                Budget.FRACTION * 100,
+                f"from now on 1 in {budget.stride} of the steps due is measured, chosen at random (each block of "  # type: ignore[union-attr]
+                f"{budget.stride}); per_example_sample=None or an int keeps every step"  # type: ignore[union-attr]
+                if budget.stride > 1  # type: ignore[union-attr]
+                else "every step due is measured again",
+            )
+        elif size is None:
             self.sampler = None
             logger.info(
                 "noisescope: per-example sums exact again (sampled they cost %.2f ms a step%s)",
@@ -526,7 +544,7 @@ class PerExample:
         started = time.thread_time() if self.budget is not None else 0.0
         drawn = self.sampler.draw(delta, batch_dim, rows)  # type: ignore[union-attr]
         if self.budget is not None:
-            self._costs.append(time.thread_time() - started)
+            self._charge(time.thread_time() - started)
         if drawn is not None and self.budget is None:  # "auto" logs each size it picks, with why
             self._warn_once(
                 "sampled", "noisescope: per-example source sampled: %d of %d examples per micro-batch",
@@ -603,7 +621,12 @@ class PerExample:
         finally:
             _computing.on = False
             if self.budget is not None:
-                self._costs.append(time.thread_time() - started)  # list.append: atomic, from the worker too
+                self._charge(time.thread_time() - started)
+
+    def _charge(self, seconds: float) -> None:
+        self._costs.append(seconds)  # list.append: atomic, from the worker too
+        if _computing.worker:
+            self._worker_costs.append(seconds)
 
     def _compute_terms(self, row: _Row, module: Any, calls: list[_Call]) -> None:
         sample = self._sample(row)
@@ -643,6 +666,7 @@ class PerExample:
 
 class _Computing(threading.local):
     on = False  # this thread is inside _compute (a class default: no getattr fallback per forward hook call)
+    worker = False  # this thread is the _Overlap worker: its terms' CPU overlaps the backward (the budget's stride)
 
 
 _computing = _Computing()
@@ -781,6 +805,7 @@ class _Overlap:
                     self._thread = None
 
     def _run(self) -> None:
+        _computing.worker = True
         while True:
             try:
                 work = self._queue.get(timeout=self.IDLE_S)

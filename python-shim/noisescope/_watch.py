@@ -547,6 +547,7 @@ class Watch:
             refusals=sender.refusals if sender else 0,
             queued=sender.queued if sender else 0,
             connected=sender.connected if sender else False,
+            measuring_one_in=meter.measuring_one_in if meter else 1,
         )
 
     def remove(self, timeout: float = 2.0) -> None:

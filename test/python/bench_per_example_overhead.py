@@ -12,8 +12,10 @@ The same batch as 4 micro-batches of accumulation ("×4"): no hook; the norms al
 every=1 (which should cost what the norms do: it skips the per-example work on steps that
 accumulate); "per-example" every=1. "s=B/4": per_example_sample=0.25, the per-example terms of a quarter of
 each micro-batch drawn by importance (reweighted: unbiased), at every=10, every=1 and every=1 inline. "auto": watch()'s
-default per_example_sample, exact until the terms cost more than its budget, then sampled (after a warm-up long enough
-for its budget to settle); the other per-example columns pass per_example_sample=None (exact) or 0.25.
+default per_example_sample, exact until the terms cost more than its budget, then sampled, and at its floor (s = 4)
+thinned to 1 measured step in k (after a warm-up long enough for its budget to settle; a fourth line says where it
+settled: s, and "1/k" when thinned); "auto inline each": the same without thinning (every step measured, as "auto" was
+before it thinned); the other per-example columns pass per_example_sample=None (exact) or 0.25.
 --terms: instead, only the CPU seconds per step spent on per-example work (drawing the sample, selecting its rows,
 the terms), inline on the training thread, exact against s=B/4 and s=1 — the steadiest figure on a shared machine.
 --wait: instead, the ms a step the training thread sits idle in the step-end wait for the worker (every=1), exact and
@@ -28,6 +30,7 @@ of process CPU time (every thread of the training process).
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
 import logging
 import os
@@ -44,7 +47,7 @@ import noisescope
 from bench_overhead import QuietSidecar, fixed_malloc
 
 # label → (source or None for no hook, every, micro-batches per step, per-example worker: None auto / False inline,
-# per_example_sample: None exact, "auto" watch()'s default)
+# per_example_sample: None exact, "auto" watch()'s default, "auto, every step" it without thinning: Budget.MAX_STRIDE 1)
 CONFIGS: dict[str, tuple[str | None, int, int, bool | None, float | str | None]] = {
     "no hook": (None, 1, 1, None, None),
     "norms every=1": ("accumulation", 1, 1, None, None),
@@ -57,6 +60,7 @@ CONFIGS: dict[str, tuple[str | None, int, int, bool | None, float | str | None]]
     "auto every=10": ("per-example", 10, 1, None, "auto"),
     "auto every=1": ("per-example", 1, 1, None, "auto"),
     "auto =1 inline": ("per-example", 1, 1, False, "auto"),
+    "auto inline each": ("per-example", 1, 1, False, "auto, every step"),
     "no hook ×4": (None, 1, 4, None, None),
     "×4 norms": ("accumulation", 1, 4, None, None),
     "×4 auto": ("auto", 1, 4, None, None),
@@ -140,6 +144,7 @@ def bench(name: str, address: str, rounds: int, steps: int) -> str:
     means: dict[str, list[float]] = {label: [] for label in CONFIGS}
     cpu: dict[str, list[float]] = {label: [] for label in CONFIGS}  # process CPU per step: every thread's work
     faults: dict[str, list[float]] = {label: [] for label in CONFIGS}  # the process's minor page faults per step
+    settled: dict[str, list[str]] = {label: [] for label, c in CONFIGS.items() if str(c[4]).startswith("auto")}
     for r in range(rounds):
         for label, (source, every, k, overlap, sample) in CONFIGS.items():
             _settle()
@@ -154,21 +159,31 @@ def bench(name: str, address: str, rounds: int, steps: int) -> str:
                 faults[label].append((_minor_faults() - faulted) / steps)
                 continue
             run = f"bench-{name}-{label}-{r}"
-            with noisescope.watch(model, opt, address=address, every=every, source=source, run=run, per_example_sample=sample) as ns:
-                if ns._meter is not None and ns._meter._per_example is not None:
-                    ns._meter._per_example.overlap.enabled = overlap
+            auto = isinstance(sample, str)
+            with noisescope.watch(
+                model, opt, address=address, every=every, source=source, run=run, per_example_sample="auto" if auto else sample
+            ) as ns:
+                per_example = ns._meter._per_example if ns._meter is not None else None
+                if per_example is not None:
+                    per_example.overlap.enabled = overlap
+                    if sample == "auto, every step":
+                        per_example.budget.MAX_STRIDE = 1
                 # Warm-up, connected, one measured step in it; "auto" until its budget has settled (a decision needs
-                # 7 measured steps, each change 4 more).
-                mean_step_time(model, opt, batch, loss_fn, 10 if sample != "auto" else 10 + 16 * every, k)
+                # 7 measured steps, each change 4 more; thinned, 4 more measured steps are 4k steps).
+                mean_step_time(model, opt, batch, loss_fn, 10 if not auto else 10 + 40 * every, k)
                 started, faulted = time.process_time(), _minor_faults()
                 means[label].append(mean_step_time(model, opt, batch, loss_fn, steps, k))
                 cpu[label].append((time.process_time() - started) / steps)
                 faults[label].append((_minor_faults() - faulted) / steps)
+                if auto and per_example is not None and per_example.budget is not None:
+                    budget = per_example.budget
+                    settled[label].append(f"s={budget.size or 'exact'}" + (f" 1/{budget.stride}" if budget.stride > 1 else ""))
     # Wall time is what training feels; process CPU (training, sender, gRPC and per-example worker threads) is the
     # hook's whole cost, steadier on a loaded machine, and an upper bound on the wall overhead when no core is free.
     fault_cells = [f"{'  page faults per step':<30} " + " ".join(f"{statistics.median(faults[label]):>11.0f}" for label in
                    (_no_hook(1), _no_hook(4)))] + [f"{statistics.median(faults[label]):>16.0f}" for label, c in CONFIGS.items() if c[0]]
-    return _row(name, means) + "\n" + _row("  process CPU (all threads)", cpu) + "\n" + " ".join(fault_cells)
+    where = ", ".join(f"{label}: {'; '.join(f'{v} ×{n}' for v, n in collections.Counter(states).most_common())}" for label, states in settled.items())
+    return _row(name, means) + "\n" + _row("  process CPU (all threads)", cpu) + "\n" + " ".join(fault_cells) + f"\n  auto settled (rounds): {where}"
 
 
 def _minor_faults() -> int:

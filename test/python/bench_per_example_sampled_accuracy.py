@@ -1,6 +1,6 @@
 """Benchmark: what sampling costs in accuracy — sampled per-example sums at every=1 against exact ones at every=4.
 
-Run: .venv/bin/python test/python/bench_per_example_sampled_accuracy.py [--steps N] [--seeds K]
+Run: .venv/bin/python test/python/bench_per_example_sampled_accuracy.py [--steps N] [--seeds K] [--sizes S,…] [--thin K,…]
 
 The e2e test's training (test_per_example_sampled: load_digits as 8×8 images, an all-convolution model,
 one micro-batch of 64 per step, SGD + momentum, clipping) runs once without the hook; at every step the
@@ -16,6 +16,9 @@ floors: an unbiased estimate may fall below |h|²/B). Sampled s = 16 at every=1 
 exact every=4 (a quarter of the examples per step). Reported: the per-step spread of tr(Σ) (std over
 steps of estimate/truth − 1) and the median |error| of the smoothed B_simple over the second half
 (beta 0.99 per measured step; every=4 also with 0.99^4, the same horizon in steps).
+--thin K,…: also the hook's importance rows (its α) thinned as per_example_sample="auto" thins at its floor: one
+step at random in each block of K measured, beta 0.99 per measured step as the sidecar smooths (so over K times
+the steps); each seed draws both the samples and the steps.
 """
 from __future__ import annotations
 
@@ -78,6 +81,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=40)
     parser.add_argument("--mixtures", default="0,0.1,0.2,0.3,0.5", help="α values for the importance rows")
     parser.add_argument("--sizes", default="16,8", help="sample sizes s of the sampled rows")
+    parser.add_argument("--thin", default="", help="strides K: the hook's rows thinned to 1 step in K (auto's floor)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     steps = args.steps
@@ -113,12 +117,12 @@ def main() -> None:
         return statistics.pstdev([(series[s][1] - exact[s][1]) / truth[s][1] for s in every_step])
 
     print(f"sampled vs exact per-example sums: DigitsConv on load_digits, {steps} steps of {batch}, beta {BETA}")
-    print(f"{'estimator':<34} {'per-step tr(Σ) spread':>22} {'B_simple error (median |rel|, 2nd half)':>42} {'sampling noise':>14}")
-    print(f"{'exact every=1':<34} {spread(every_step, exact):>22.1%} {b_simple_error(every_step, exact):>42.1%}")
+    print(f"{'estimator':<42} {'per-step tr(Σ) spread':>22} {'B_simple error (median |rel|, 2nd half)':>42} {'sampling noise':>14}")
+    print(f"{'exact every=1':<42} {spread(every_step, exact):>22.1%} {b_simple_error(every_step, exact):>42.1%}")
     for offset in range(4):
         measured = list(range(offset, steps, 4))
         print(
-            f"{f'exact every=4 (offset {offset})':<34} {spread(measured, exact):>22.1%} "
+            f"{f'exact every=4 (offset {offset})':<42} {spread(measured, exact):>22.1%} "
             f"{f'{b_simple_error(measured, exact):.1%} (beta^4: {b_simple_error(measured, exact, BETA ** 4):.1%})':>42}"
         )
     def uniform(size: int, generator: torch.Generator) -> dict[int, tuple[float, float]]:
@@ -142,20 +146,32 @@ def main() -> None:
         for mixture in map(float, args.mixtures.split(",")):
             marker = " (the hook's)" if mixture == Sampler.MIXTURE else ""
             rows.append((f"importance s={size} α={mixture:g}{marker}", importance(mixture), size))
-    for label, draw, size in rows:
+    def thinned(stride: int, generator: torch.Generator) -> list[int]:
+        """One step at random in each block of `stride` (the meter's _due_after_thinning)."""
+        picks = torch.randint(stride, ((steps + stride - 1) // stride,), generator=generator).tolist()
+        return [b * stride + pick for b, pick in enumerate(picks) if b * stride + pick < steps]
+
+    def report(label: str, draw: Callable[[int, torch.Generator], dict[int, tuple[float, float]]], size: int, stride: int) -> None:
         errors, spreads, noises = [], [], []
         for seed in range(args.seeds):
-            sampled = draw(size, torch.Generator().manual_seed(seed))
-            errors.append(b_simple_error(every_step, sampled))
-            spreads.append(spread(every_step, sampled))
+            generator = torch.Generator().manual_seed(seed)
+            sampled = draw(size, generator)
+            measured = thinned(stride, generator) if stride > 1 else every_step
+            errors.append(b_simple_error(measured, sampled))
+            spreads.append(spread(measured, sampled))
             noises.append(sampling_noise(sampled))
         errors.sort()
         q90 = errors[min(len(errors) - 1, int(0.9 * len(errors)))]
         print(
-            f"{label:<34} {statistics.median(spreads):>22.1%} "
+            f"{label:<42} {statistics.median(spreads):>22.1%} "
             f"{f'median {statistics.median(errors):.1%}, p90 {q90:.1%}, max {errors[-1]:.1%}':>42} "
             f"{statistics.median(noises):>14.1%}"
         )
+    for label, draw, size in rows:
+        report(label, draw, size, 1)
+    for size in map(int, args.sizes.split(",")):
+        for stride in (int(k) for k in args.thin.split(",") if k):
+            report(f"hook's s={size} (α={Sampler.MIXTURE:g}) 1 step in {stride}", importance(Sampler.MIXTURE), size, stride)
     print(f"(sampled rows: {args.seeds} seeds, medians over them; s = {batch // 4} at every=1 does the per-example work of exact "
           "every=4; sampling noise: std over steps of (sampled − exact every=1 tr(Σ)) / true tr(Σ))")
 

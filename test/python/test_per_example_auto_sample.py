@@ -39,8 +39,9 @@ def train_watched(sidecar, run: str, **kwargs) -> tuple[nn.Module, list, object]
 
 def patch_budget(monkeypatch: pytest.MonkeyPatch, floor_s: float, **more: float) -> None:
     """Any cost is over a share of 1e-9 of the step; `floor_s` decides whether it may sample at all; `more`: other
-    constants (FUTILE, WINDOW)."""
-    for name, value in {**dict(FRACTION=1e-9, FLOOR_S=floor_s, WARMUP=WARMUP, WINDOW=WINDOW), **more}.items():
+    constants (FUTILE, WINDOW). No thinning (MAX_STRIDE 1) unless `more` says: these tests want every step measured
+    (test_per_example_auto_thinning.py thins)."""
+    for name, value in {**dict(FRACTION=1e-9, FLOOR_S=floor_s, WARMUP=WARMUP, WINDOW=WINDOW, MAX_STRIDE=1), **more}.items():
         monkeypatch.setattr(Budget, name, value)
 
 
@@ -118,7 +119,7 @@ def test_per_example_sample_none_never_samples_however_costly(sidecar, monkeypat
 def test_a_failing_budget_switches_noisescope_off_and_training_goes_on_unchanged(
     sidecar, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def broken(self, cost_s: float, step_s: float, batch: int) -> bool:
+    def broken(self, cost_s: float, step_s: float, batch: int, inline_s: float | None = None) -> bool:
         raise RuntimeError("budget broke")
 
     monkeypatch.setattr(Budget, "observe", broken)

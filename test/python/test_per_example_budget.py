@@ -2,7 +2,8 @@
 size, halving, doubling back to exact, giving up on sampling that saves too little (futility), settling for a cost
 with a fixed part, and medians over a noisy window.
 
-The constants are pinned (the `pinned` fixture) so the expected sizes below are worked out by hand from them."""
+The constants are pinned (the `pinned` fixture) so the expected sizes below are worked out by hand from them; thinning
+(MAX_STRIDE) is off in them but for the tests of it at the end, from `thinning` on."""
 from __future__ import annotations
 
 import pytest
@@ -15,7 +16,8 @@ FRACTION, FLOOR_S, MIN_SAMPLE, WARMUP, WINDOW, FUTILE = 0.05, 0.5e-3, 4, 3, 4, 0
 @pytest.fixture(autouse=True)
 def pinned(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in dict(
-        FRACTION=FRACTION, FLOOR_S=FLOOR_S, MIN_SAMPLE=MIN_SAMPLE, WARMUP=WARMUP, WINDOW=WINDOW, FUTILE=FUTILE
+        FRACTION=FRACTION, FLOOR_S=FLOOR_S, MIN_SAMPLE=MIN_SAMPLE, WARMUP=WARMUP, WINDOW=WINDOW, FUTILE=FUTILE,
+        MAX_STRIDE=1,
     ).items():
         monkeypatch.setattr(Budget, name, value)
 
@@ -259,3 +261,88 @@ def test_a_cost_linear_in_the_sample_settles_within_its_budget_with_the_floor(mo
     """With the floor too: no 4 ↔ 8 oscillation (a cost over 1.25× the share but under FLOOR_S at 2·MIN_SAMPLE, e.g.
     5e-05·s with a 1 ms step at batch 64, doubled from 4 since twice it is under the floor, must not halve back)."""
     assert unsettled(monkeypatch, FLOOR_S) == []
+
+
+# ------------------------------------------------------------------ thinning: fewer steps once s is at its floor
+
+
+@pytest.fixture
+def thinning(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Budget, "MAX_STRIDE", 8)
+
+
+def strides(budget: Budget, windows: list[float], inline: list[float] | None = None) -> list[int]:
+    """The stride after each window of the given costs (inline: the training thread's share; None: all of it)."""
+    seen = []
+    for j, cost in enumerate(windows):
+        for _ in range(WINDOW):
+            budget.observe(cost, STEP, 64, None if inline is None else inline[j])
+        seen.append(budget.stride)
+    return seen
+
+
+@pytest.mark.usefixtures("thinning")
+def test_thins_only_once_sampling_is_at_min_sample_and_to_the_stride_that_fits_the_share() -> None:
+    """From exact 80 ms: 40 ms halves 4 → … (no thinning while s can go down), then at MIN_SAMPLE 15 ms (three
+    shares, not futile: under 60 ms) thins to 3 in the next window whose size did not change."""
+    budget = warmed(16)
+    assert strides(budget, [40e-3, 40e-3]) == [1, 1] and budget.size == MIN_SAMPLE
+    assert strides(budget, [15e-3]) == [3] and budget.size == MIN_SAMPLE
+
+
+@pytest.mark.usefixtures("thinning")
+def test_the_stride_follows_the_cost_with_hysteresis_and_gives_way_to_doubling_at_one() -> None:
+    budget = warmed(MIN_SAMPLE)
+    # 15 ms: 3; 16 ms holds (under 1.25 shares a step: 18.75); 19 ms: 4; 11 ms holds (3 would be over 0.8 of the
+    # share: 11/4 = 2.75 → 3 < 4: lowered to 3); 7.9 ms: 2 (7.9 / 4 → 2); under the floor: 1.
+    assert strides(budget, [15e-3, 16e-3, 19e-3, 11e-3, 7.9e-3, 0.4e-3]) == [3, 3, 4, 3, 2, 1]
+    assert budget.size == MIN_SAMPLE  # the stride moved, the size did not
+    feed(budget, 0.44 * ALLOWED, STEP, 64, WINDOW)  # cheap again at stride 1: s doubles as before
+    assert (budget.size, budget.stride) == (8, 1)
+
+
+@pytest.mark.usefixtures("thinning")
+def test_thinning_is_capped_at_max_stride_and_also_applies_to_futile_exact() -> None:
+    budget = warmed(MIN_SAMPLE)
+    assert strides(budget, [50e-3]) == [8]  # ten shares: capped
+    budget = warmed(MIN_SAMPLE)
+    assert strides(budget, [70e-3]) == [1] and budget.futile  # over FUTILE of 80 ms: exact (a size change)
+    assert strides(budget, [exact_cost(MIN_SAMPLE)]) == [8]  # exact and still 16 shares: thinned
+
+
+@pytest.mark.usefixtures("thinning")
+def test_only_the_training_threads_share_counts_and_every_spreads_the_share() -> None:
+    budget = warmed(MIN_SAMPLE)
+    assert strides(budget, [15e-3, 15e-3], inline=[0.0, 4e-3]) == [1, 1]  # on the worker / within the share: none
+    assert strides(budget, [15e-3], inline=[15e-3]) == [3]
+    budget = warmed(MIN_SAMPLE)
+    budget.every = 4  # steps due are 4 apart already: a share of 20 ms between two
+    assert strides(budget, [24e-3, 30e-3]) == [1, 2]  # 24 under 1.25 × 20; 30 → 2
+
+
+@pytest.mark.usefixtures("thinning")
+def test_a_cost_linear_in_the_sample_settles_within_its_budget_with_thinning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The grid again with thinning: sizes and strides stop changing, and each case's cost per step due (a measured
+    step's over the stride) ends within 1.25 shares, under the floor, or at MAX_STRIDE."""
+    monkeypatch.setattr(Budget, "FLOOR_S", 0.0)
+    bad, thinned = [], 0
+    for fixed, per_example, base, batch in GRID:
+        budget = Budget()
+        seen = []
+        for _ in range(200):
+            cost = fixed + per_example * (budget.size or batch)
+            budget.observe(cost, base + cost, batch)
+            seen.append((budget.size, budget.stride))
+        case = f"cost {fixed:g} + {per_example:g}·s, base {base:g}, batch {batch}"
+        if len(set(seen[100:])) > 1:
+            bad.append(f"{case}: never settles, last {seen[-3 * WINDOW::WINDOW]}")
+            continue
+        size, stride = seen[-1]
+        cost = fixed + per_example * (size or batch)
+        if stride > 1 and not (size == MIN_SAMPLE or budget.futile):
+            bad.append(f"{case}: thinned at {size}")
+        if not (cost / stride <= 1.25 * FRACTION * (base + cost) or stride == Budget.MAX_STRIDE):
+            bad.append(f"{case}: settles at {size}, stride {stride}: {cost:g} of a {base + cost:g} s step")
+        thinned += stride > 1
+    assert bad == []
+    assert thinned >= 20  # not vacuous
