@@ -373,6 +373,8 @@ class Meter:
         self._thin_random = random.Random(0x6E5C)  # seeded: which steps are measured is the same run to run
         if per_example is not None and per_example.budget is not None:
             per_example.budget.every = every
+            if world_size > 1:
+                per_example.budget.MAX_STRIDE = 1  # ranks must measure the same steps: each rank's budget is its own
         self._buffer: _StepBuffer | None = None
         self.steps_seen = 0
         self.steps_measured = 0
@@ -691,7 +693,7 @@ class Meter:
         """Thinning by the per-example budget: 1 in this many steps due is measured (1: every one)."""
         per_example = self._per_example
         budget = per_example.budget if per_example is not None else None
-        return budget.stride if budget is not None and self._world_size == 1 else 1
+        return budget.stride if budget is not None else 1
 
     @property
     def has_per_example(self) -> bool:
@@ -746,9 +748,9 @@ class Meter:
     def _due_after_thinning(self) -> bool:
         """A due step stays due unless the per-example budget thins (Budget.stride > 1): then one in each block of
         `stride` due steps, at a random place in it, so a pattern in the data with the stride's period is not
-        aliased. One process only: ranks must measure the same steps, and each rank's budget is its own."""
+        aliased. Never with several ranks (their budgets' MAX_STRIDE is 1)."""
         budget = self._per_example.budget  # type: ignore[union-attr]
-        stride = budget.stride if budget is not None and self._world_size == 1 else 1
+        stride = budget.stride if budget is not None else 1
         if stride == 1 or (self._per_example_auto and (self._micro_batches or 1) != 1):
             self._thin_left = 0  # no per-example work on these steps (or none too costly): every one is measured
             return True

@@ -54,5 +54,5 @@ class WatchStats:
     queued: int  # measured steps waiting for the sender thread
     connected: bool  # the sidecar has welcomed the current stream
     # per_example_sample="auto" at its floor (s = 4) and still over its budget: 1 in this many steps due is measured
-    # (1: every one; see the README's "What it costs")
+    # (1: every one; README, per_example_sample="auto")
     measuring_one_in: int = 1

@@ -245,6 +245,22 @@ def worker(rank: int, world: int, port: int, address: str, out: str, scenario: s
             handle = noisescope.watch(model, opt, address=address, run=f"sync-every-{world}")
             train(model, None, opt, rank, world, 2, wrapped=ddp)
             handle.remove(timeout=10)
+        elif scenario == "per-example-thin":
+            # A budget that would thin within a few steps in one process (test_per_example_auto_thinning.py).
+            from test_per_example_sampled import DigitsConv
+
+            from noisescope._per_example_budget import Budget
+
+            for name, value in dict(FRACTION=1e-9, FLOOR_S=0.0, WARMUP=1, WINDOW=2, FUTILE=1e9, MAX_STRIDE=4).items():
+                setattr(Budget, name, value)
+            model = DigitsConv()
+            ddp = DDP(model)
+            opt = torch.optim.SGD(ddp.parameters(), lr=LR)
+            handle = noisescope.watch(model, opt, address=address, run=f"thin-{world}", source="per-example")
+            train(model, ddp, opt, rank, world, steps, k=1)
+            result["size"] = handle._meter._per_example.budget.size
+            handle.remove(timeout=10)
+            result["stats"] = handle.stats
         elif scenario == "bucket-view":
             # gradient_as_bucket_view: .grad is the bucket, all-reduced in place before the backward ends.
             for k, steps_k in ((2, steps), (1, steps)):

@@ -59,6 +59,20 @@ def test_ddp_training_sends_three_scales_with_exact_norms_and_unchanged_numerics
         assert e["globalBatch"] == world * K * 16 and not e["skipped"]
 
 
+def test_ranks_never_thin_their_measured_steps(sidecar: Sidecar, tmp_path: Path) -> None:
+    """The per-example budget's thinning is one process's: each rank's own would measure different steps, which never
+    join. With ranks, every step due is measured though the budget is at its floor (s = 4) and over its share."""
+    steps = 12
+    codes, results = spawn(2, sidecar.address, tmp_path, "per-example-thin", steps=steps)
+    assert codes == [0, 0], [r.get("log") for r in results]
+    for result in results:
+        assert result["size"] == 4  # where one process would thin from
+        assert (result["stats"].steps_measured, result["stats"].measuring_one_in) == (steps, 1)
+        assert [s["step"] for s in result["sent"]] == list(range(steps))
+    events = _steps(sidecar, "thin-2", steps)
+    assert [e["step"] for e in events] == list(range(steps)) and all(e["source"] == "per-example" for e in events)
+
+
 def test_ddp_with_gradient_as_bucket_view_sends_the_rank_local_norm_not_the_reduced_one(
     sidecar: Sidecar, tmp_path: Path
 ) -> None:
