@@ -75,6 +75,8 @@ WORKLOADS = {
 
 _cpu_ns: collections.Counter[str] = collections.Counter()
 _faults: collections.Counter[str] = collections.Counter()
+# Terms timed while a δ hook runs (inline exact ones); sampled inline terms run in take, at the step's end.
+_in_delta = [0, 0]  # [δ hooks running now, their terms' ns]
 
 
 def _timed(fn: Callable[..., Any], key: Callable[..., str]) -> Callable[..., Any]:
@@ -85,8 +87,22 @@ def _timed(fn: Callable[..., Any], key: Callable[..., str]) -> Callable[..., Any
         try:
             return fn(*args)
         finally:
-            _cpu_ns[name] += time.thread_time_ns() - started
+            spent = time.thread_time_ns() - started
+            _cpu_ns[name] += spent
             _faults[name] += resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - faults
+            if _in_delta[0] and name.startswith("terms"):
+                _in_delta[1] += spent
+
+    return wrapper
+
+
+def _delta_hook(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def wrapper(*args: Any) -> Any:
+        _in_delta[0] += 1
+        try:
+            return fn(*args)
+        finally:
+            _in_delta[0] -= 1
 
     return wrapper
 
@@ -100,7 +116,7 @@ def _layer(self: Any, row: Any, module: Any, calls: list[Any]) -> str:
 def _instrument() -> None:
     pe.PerExample._compute_terms = _timed(pe.PerExample._compute_terms, _layer)  # type: ignore[method-assign]
     pe.PerExample._on_forward = _timed(pe.PerExample._on_forward, lambda *a: "forward hooks")  # type: ignore[method-assign]
-    pe.PerExample._on_delta = _timed(pe.PerExample._on_delta, lambda *a: "δ hooks (incl. terms)")  # type: ignore[method-assign]
+    pe.PerExample._on_delta = _delta_hook(_timed(pe.PerExample._on_delta, lambda *a: "δ hooks (incl. terms)"))  # type: ignore[method-assign]
     pe.PerExample.take = _timed(pe.PerExample.take, lambda *a: "take (step end)")  # type: ignore[method-assign]
     pe.pem.row_norms = _timed(pe.pem.row_norms, lambda *a: "terms: row Linears' |x_e|, |δ_e| (δ hooks)")
     pe._row_linear_sums = _timed(pe._row_linear_sums, lambda *a: "row Linears' sums, batched (in take)")
@@ -128,6 +144,7 @@ def profile(name: str, address: str, steps: int, sample: int | float | None) -> 
             mean_step_time(model, opt, batch, loss_fn, 10)
             _cpu_ns.clear()
             _faults.clear()
+            _in_delta[1] = 0
             started = time.process_time()
             mean_step_time(model, opt, batch, loss_fn, steps)
             cpu[source] = (time.process_time() - started) / steps
@@ -136,10 +153,9 @@ def profile(name: str, address: str, steps: int, sample: int | float | None) -> 
         f"{name}: process CPU per step {base * 1e3:.2f} ms no hook, norms {(cpu['accumulation'] - base) * 1e3:+.2f} ms, "
         f"per-example {(cpu['per-example'] - base) * 1e3:+.2f} ms (per-ex − norms {(cpu['per-example'] - cpu['accumulation']) * 1e3:+.2f} ms)"
     )
-    terms = sum(v for k, v in _cpu_ns.items() if k.startswith("terms"))
     for key in sorted(_cpu_ns):
         print(f"    {key:<44} {_cpu_ns[key] / steps / 1e3:9.1f} µs   {_faults[key] / steps:6.0f} page faults")
-    hooks = _cpu_ns["forward hooks"] + _cpu_ns["δ hooks (incl. terms)"] - terms
+    hooks = _cpu_ns["forward hooks"] + _cpu_ns["δ hooks (incl. terms)"] - _in_delta[1]  # not the step-end terms
     print(f"    {'hooks without the terms':<44} {hooks / steps / 1e3:9.1f} µs")
 
 
