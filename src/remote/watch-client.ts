@@ -50,6 +50,14 @@ export function briefDetail(details: string): string {
   return /:SSL routines:[^:]*:([^:]+):/.exec(why)?.[1] ?? why.split('\n')[0]!;
 }
 
+/**
+ * A plain-text client at a TLS port gets only grpc-js's "Failed to connect" (no HTTP/2 preface comes back; a port
+ * where nothing listens says ECONNREFUSED instead): say what it likely means.
+ */
+function plainTextHint(code: grpc.status, detail: string): string {
+  return code === grpc.status.UNAVAILABLE && detail === 'Failed to connect' ? '; if the sidecar serves TLS (serve --tls-cert), give its CA: --tls-ca PEM' : '';
+}
+
 /** Watches the sidecar at host:port; never throws for a lost connection, it reports it on connection$ (bad TLS files do throw). */
 export function watchSidecar(address: string, options: WatchClientOptions = {}): RemoteSidecar {
   const Service = loadProto().noisescope.v1.NoiseScope;
@@ -112,7 +120,7 @@ export function watchSidecar(address: string, options: WatchClientOptions = {}):
       if (closed || call !== current) return;
       const detail = briefDetail(status.details || '');
       const reason = status.code === grpc.status.OK ? 'the sidecar closed the stream' : `${grpc.status[status.code] ?? status.code}${detail ? `: ${detail}` : ''}`;
-      connection.next({ state: 'lost', address, reason: `${reason} (retrying)` });
+      connection.next({ state: 'lost', address, reason: `${reason} (retrying)${options.tls ? '' : plainTextHint(status.code, detail)}` });
       timer = setTimeout(open, delay);
       delay = Math.min(delay * 2, options.maxRetryMs ?? 5000);
     });

@@ -78,6 +78,20 @@ describe('a TLS sidecar', () => {
     }
   });
 
+  it('tells a plain-text watch client (dashboard without --tls-ca) that the sidecar may serve TLS; not where nothing listens', async () => {
+    const plain = watchSidecar(address(), { token: TOKEN, retryMs: 60_000 });
+    const nowhere = watchSidecar('127.0.0.1:1', { retryMs: 60_000 }); // port 1: nothing listens
+    try {
+      const lost = await firstValueFrom(plain.connection$.pipe(filter((c) => c.state === 'lost')));
+      expect(lost).toMatchObject({ reason: 'UNAVAILABLE: Failed to connect (retrying); if the sidecar serves TLS (serve --tls-cert), give its CA: --tls-ca PEM' });
+      const refused = await firstValueFrom(nowhere.connection$.pipe(filter((c) => c.state === 'lost')));
+      expect(refused).toMatchObject({ reason: expect.stringMatching(/^UNAVAILABLE: connect ECONNREFUSED .* \(retrying\)$/) });
+    } finally {
+      plain.close();
+      nowhere.close();
+    }
+  });
+
   it('checks the certificate for serverName instead of the host dialled (dashboard --tls-server-name)', async () => {
     const named = watchSidecar(address(), { token: TOKEN, tls: { caFile: pki.caCert, serverName: 'localhost' } });
     const other = watchSidecar(address(), { token: TOKEN, tls: { caFile: pki.caCert, serverName: 'elsewhere.internal' }, retryMs: 60_000 });
