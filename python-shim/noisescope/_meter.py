@@ -749,8 +749,7 @@ class Meter:
         """A due step stays due unless the per-example budget thins (Budget.stride > 1): then one in each block of
         `stride` due steps, at a random place in it, so a pattern in the data with the stride's period is not
         aliased. Never with several ranks (their budgets' MAX_STRIDE is 1)."""
-        budget = self._per_example.budget  # type: ignore[union-attr]
-        stride = budget.stride if budget is not None else 1
+        stride = self.measuring_one_in
         if stride == 1 or (self._per_example_auto and (self._micro_batches or 1) != 1):
             self._thin_left = 0  # no per-example work on these steps (or none too costly): every one is measured
             return True

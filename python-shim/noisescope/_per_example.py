@@ -347,7 +347,7 @@ class PerExample:
         self.last_sampled = any(row.sample is not None for row in rows)
         if self.budget is not None:
             try:
-                self._spend(rows)
+                self._spend(self.budget, rows)
             except Exception as error:
                 self._guard.trip("the per-example budget", error)
         k = len(micro_sq_norms)
@@ -381,36 +381,35 @@ class PerExample:
 
     # ------------------------------------------------------------ hooks
 
-    def _spend(self, rows: list[_Row]) -> None:
-        """The budget sees the step's cost; a new sample size takes effect from the next step (none is running)."""
+    def _spend(self, budget: Budget, rows: list[_Row]) -> None:
+        """The budget sees the step's cost; a new sample size or stride takes effect from the next step (none is running)."""
         cost, self._costs = sum(self._costs), []
-        worker, self._worker_costs = sum(self._worker_costs), []
+        inline = cost - sum(self._worker_costs)
+        self._worker_costs = []
         step = time.perf_counter() - self._step_started
         batch = max((row.examples or row.batch or 0 for row in rows), default=0)
-        budget = self.budget
-        stride = budget.stride  # type: ignore[union-attr]
-        if not budget.observe(cost, step, batch, inline_s=cost - worker):  # type: ignore[union-attr]
+        stride = budget.stride
+        if not budget.observe(cost, step, batch, inline_s=inline):
             return
-        size = budget.size  # type: ignore[union-attr]
-        if budget.stride != stride:  # type: ignore[union-attr]
+        size = budget.size
+        if budget.stride != stride:
+            then = (
+                f"from now on 1 in {budget.stride} of the steps due is measured, chosen at random (each block of "
+                f"{budget.stride}); per_example_sample=None or an int keeps every step"
+                if budget.stride > 1
+                else "every step due is measured again"
+            )
             logger.info(
                 "noisescope: per-example sums at s = %s still cost %.2f ms of a %.2f ms step on the training thread "
                 "(budget %.0f%%): %s",
-                size or "every example",
-                (cost - worker) * 1e3,
-                step * 1e3,
-                Budget.FRACTION * 100,
-                f"from now on 1 in {budget.stride} of the steps due is measured, chosen at random (each block of "  # type: ignore[union-attr]
-                f"{budget.stride}); per_example_sample=None or an int keeps every step"  # type: ignore[union-attr]
-                if budget.stride > 1  # type: ignore[union-attr]
-                else "every step due is measured again",
+                size or "every example", inline * 1e3, step * 1e3, Budget.FRACTION * 100, then,
             )
         elif size is None:
             self.sampler = None
             logger.info(
                 "noisescope: per-example sums exact again (sampled they cost %.2f ms a step%s)",
                 cost * 1e3,
-                ", not a quarter less than exact: sampling is not worth its noise here" if self.budget.futile else "",  # type: ignore[union-attr]
+                ", not a quarter less than exact: sampling is not worth its noise here" if budget.futile else "",
             )
         else:
             self._auto_sampler.size = size  # type: ignore[union-attr]
